@@ -1,0 +1,38 @@
+"""Errors that mean "the user gave us something wrong" and how command lines report them.
+
+Every package raises :class:`InputError` (or a subclass) for bad input: a file that is not what it
+claims, a value out of range, geometry that disagrees. Its message is one line that names the file or
+value and says what is wrong. Command lines wrap their work in :func:`cli_errors`, which turns an
+``InputError`` into that line on stderr and exit code 2 (DESIGN.md, "Exit codes"); anything else is a
+bug and exits 1 with a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+
+import typer
+
+
+class InputError(ValueError):
+    """Bad input from the user: a file, a value or a combination that cannot be used."""
+
+    def __init__(self, message: str) -> None:
+        # One line, always: newlines would break "one line on stderr".
+        super().__init__(" ".join(str(message).split()))
+
+
+@contextlib.contextmanager
+def cli_errors() -> Iterator[None]:
+    """Turn :class:`InputError` (and FileNotFoundError) into one stderr line and exit code 2."""
+    try:
+        yield
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    except FileNotFoundError as exc:
+        name = exc.filename if exc.filename is not None else str(exc)
+        print(f"error: {name}: no such file or directory", file=sys.stderr)
+        raise typer.Exit(2) from None
