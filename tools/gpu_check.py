@@ -1,0 +1,213 @@
+"""GPU check: attention backends (xformers vs SDPA) and bf16 pre-training throughput / MFU.
+
+Run on a CUDA machine from the repository root::
+
+    PYTHONPATH=packages/hiend-data/src:packages/hiend-model/src python tools/gpu_check.py --out gpu.json
+
+What it measures (each number printed as it is made, all of them written to ``--out`` as JSON):
+
+1. Environment: torch, CUDA, device, whether xformers imports and whether its memory-efficient
+   kernel actually runs (a probe call, not the import).
+2. Attention parity and speed: our ``Attention`` module with backend ``xformers`` vs ``sdpa`` vs
+   ``math`` on the token counts the models see (ViT-B/16 at 96^3: 216 tokens, 55 visible with the
+   class token; ViT-L/12: 512 tokens, 129 visible), bf16, forward + backward.
+3. A bf16 (autocast) pre-training step (forward, backward, fused AdamW) of ``vit-b16`` and
+   ``vit-l12`` at 96^3 for a few batch sizes and both attention backends: crops/s and model FLOP
+   utilisation (FLOPs counted with ``torch.utils.flop_counter`` on one step; peak = the dense bf16
+   rate given by ``--peak-tflops``, 989 for an H100/H200 SXM by the datasheet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+
+
+def _log(results: dict, key: str, value) -> None:
+    results[key] = value
+    print(json.dumps({key: value}), flush=True)
+
+
+def _time_cuda(fn, warmup: int = 3, iters: int = 10) -> float:
+    """Median seconds of ``fn()`` measured with CUDA events."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000.0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def check_env(results: dict) -> None:
+    import torch
+
+    env = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "device": torch.cuda.get_device_name(0),
+        "capability": list(torch.cuda.get_device_capability(0)),
+    }
+    try:
+        import xformers
+        import xformers.ops as xops
+
+        env["xformers"] = xformers.__version__
+        q = torch.randn(2, 64, 4, 64, device="cuda", dtype=torch.bfloat16)
+        xops.memory_efficient_attention(q, q, q)
+        torch.cuda.synchronize()
+        env["xformers_runs"] = True
+    except Exception as exc:  # noqa: BLE001 - the probe reports whatever failed
+        env["xformers_runs"] = False
+        env["xformers_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+    _log(results, "env", env)
+
+
+def check_attention(results: dict) -> None:
+    import torch
+
+    from hiend_model.attention import Attention
+
+    rows = []
+    for name, dim, heads, tokens, batch in [
+        ("vit-b16 visible", 768, 12, 55, 64),
+        ("vit-b16 all tokens", 768, 12, 217, 32),
+        ("vit-l12 visible", 1536, 16, 129, 32),
+        ("vit-l12 all tokens", 1536, 16, 513, 16),
+    ]:
+        torch.manual_seed(0)
+        ref = Attention(dim, heads, backend="math").cuda()
+        x = torch.randn(batch, tokens, dim, device="cuda")
+        row = {"case": name, "batch": batch, "tokens": tokens, "dim": dim, "heads": heads}
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            want = ref(x).float()
+        for backend in ("sdpa", "xformers"):
+            try:
+                mod = Attention(dim, heads, backend=backend).cuda()
+                mod.load_state_dict(ref.state_dict())
+                xb = x.clone().requires_grad_(True)
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    got = mod(xb).float()
+                row[f"{backend}_max_abs_diff_vs_math"] = float((got - want).abs().max())
+                row[f"{backend}_backend_used"] = getattr(mod, "last_backend", getattr(mod, "backend", backend))
+
+                def step(mod=mod, xb=xb):
+                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                        out = mod(xb)
+                    out.float().sum().backward()
+
+                row[f"{backend}_fwd_bwd_ms"] = round(_time_cuda(step) * 1000, 3)
+            except Exception as exc:  # noqa: BLE001
+                row[f"{backend}_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        if "sdpa_fwd_bwd_ms" in row and "xformers_fwd_bwd_ms" in row:
+            row["xformers_speedup_vs_sdpa"] = round(row["sdpa_fwd_bwd_ms"] / row["xformers_fwd_bwd_ms"], 3)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    results["attention"] = rows
+
+
+def check_pretrain(results: dict, presets: list[str], batches: list[int], backends: list[str], peak: float,
+                   steps: int) -> None:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from hiend_model import build
+
+    rows = []
+    for preset in presets:
+        for backend in backends:
+            for batch in batches:
+                row = {"preset": preset, "backend": backend, "batch": batch}
+                try:
+                    torch.manual_seed(0)
+                    model = build(preset)
+                    cfg = model.config.model_copy(update={"attn_backend": backend,
+                                                          "grad_checkpointing": False})
+                    model = build(cfg).cuda()
+                    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
+                    size = cfg.img_size if isinstance(cfg.img_size, int) else cfg.img_size[0]
+                    x = torch.rand(batch, cfg.in_chans, size, size, size, device="cuda")
+
+                    def step(model=model, opt=opt, x=x):
+                        with torch.autocast("cuda", dtype=torch.bfloat16):
+                            out = model(x)
+                        out.loss.backward()
+                        opt.step()
+                        opt.zero_grad(set_to_none=True)
+                        return out.loss
+
+                    with FlopCounterMode(display=False) as counter:
+                        step()
+                    flops = counter.get_total_flops()
+                    torch.cuda.reset_peak_memory_stats()
+                    sec = _time_cuda(step, warmup=3, iters=steps)
+                    row.update(step_s=round(sec, 5), crops_per_s=round(batch / sec, 1),
+                               tflop_per_step=round(flops / 1e12, 4),
+                               achieved_tflops=round(flops / sec / 1e12, 1),
+                               mfu=round(flops / sec / (peak * 1e12), 4),
+                               peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                               loss_finite=bool(torch.isfinite(step()).item()))
+                    del model, opt, x
+                except torch.cuda.OutOfMemoryError:
+                    row["error"] = "out of memory"
+                except Exception as exc:  # noqa: BLE001
+                    row["error"] = f"{type(exc).__name__}: {exc}"[:400]
+                    traceback.print_exc()
+                torch.cuda.empty_cache()
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    results["pretrain_bf16"] = rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="gpu_check.json")
+    parser.add_argument("--presets", default="vit-b16,vit-l12")
+    parser.add_argument("--batches", default="8,32")
+    parser.add_argument("--backends", default="sdpa,xformers")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--peak-tflops", type=float, default=989.0)
+    args = parser.parse_args()
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print("error: no CUDA device", file=sys.stderr)
+        return 2
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    results: dict = {"peak_tflops_assumed": args.peak_tflops}
+    t0 = time.time()
+    check_env(results)
+    for name, fn in [("attention", lambda: check_attention(results)),
+                     ("pretrain", lambda: check_pretrain(results, args.presets.split(","),
+                                                         [int(b) for b in args.batches.split(",")],
+                                                         args.backends.split(","), args.peak_tflops,
+                                                         args.steps))]:
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - keep going: report what we have
+            results[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:400]
+            traceback.print_exc()
+    results["wall_s"] = round(time.time() - t0, 1)
+    with open(args.out, "w") as fh:
+        json.dump(results, fh, indent=2)
+    print(f"wrote {os.path.abspath(args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
