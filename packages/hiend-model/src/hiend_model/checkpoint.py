@@ -1,0 +1,299 @@
+"""hiend model checkpoints: one ``.safetensors`` file with everything needed to use the model.
+
+Layout (DESIGN.md, "Model checkpoints"): the tensors are the model's ``state_dict`` (parameters and
+persistent buffers, at the dtype they were saved with); the safetensors metadata holds JSON strings
+
+* ``format``: ``"hiend"``;
+* ``kind``: ``"mae"`` (pre-training model, :class:`~hiend_model.mae.HiEndMAE`) or ``"unetr"``
+  (:class:`~hiend_model.unetr.UNETR`);
+* ``config``: the full model config (``MAEConfig`` / ``UNETRConfig`` fields);
+* ``plan``: the preprocessing (:class:`hiend_data.Plan` fields) or ``null``;
+* ``versions``: package versions that wrote the file (hiend-model, hiend-data, torch, python);
+* ``extra``: free JSON provenance (e.g. what a converted file came from, training epochs).
+
+Loading never unpickles anything (safetensors holds raw tensors only). Every problem with a file
+raises :class:`~hiend_data.errors.InputError` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hiend_data.errors import InputError
+
+FORMAT = "hiend"
+KINDS = ("mae", "unetr")
+_MAX_SHOWN = 3  # mismatching keys named in one error line
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint's metadata says. ``plan`` is a :class:`hiend_data.Plan` or None."""
+
+    kind: str
+    config: dict[str, Any]
+    plan: Any = None
+    versions: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+def model_kind(model: Any) -> str:
+    """``"mae"`` for a :class:`HiEndMAE`, ``"unetr"`` for a :class:`UNETR`; InputError otherwise."""
+    from .mae import HiEndMAE
+    from .unetr import UNETR
+
+    if isinstance(model, HiEndMAE):
+        return "mae"
+    if isinstance(model, UNETR):
+        return "unetr"
+    raise InputError(f"cannot save a {type(model).__name__}: expected a HiEndMAE or a UNETR")
+
+
+def build_model(kind: str, config: dict[str, Any]) -> Any:
+    """A freshly initialised model of ``kind`` from config fields (InputError if they are invalid)."""
+    from .config import MAEConfig, UNETRConfig, validated
+
+    if kind == "mae":
+        from .mae import HiEndMAE
+
+        return HiEndMAE(validated(MAEConfig, config))
+    if kind == "unetr":
+        from .unetr import UNETR
+
+        return UNETR(validated(UNETRConfig, config))
+    raise InputError(f"unknown checkpoint kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+
+def package_versions() -> dict[str, str]:
+    """Versions recorded in every checkpoint."""
+    import hiend_data
+    import safetensors
+    import torch
+
+    from .__about__ import __version__
+
+    return {"hiend-model": __version__, "hiend-data": hiend_data.__version__, "torch": torch.__version__,
+            "safetensors": safetensors.__version__, "python": platform.python_version()}
+
+
+# ------------------------------------------------------------------------------------------ saving
+
+
+def _plan_json(plan: Any) -> str:
+    if plan is None:
+        return "null"
+    if hasattr(plan, "model_dump_json"):
+        return plan.model_dump_json()
+    if isinstance(plan, dict):
+        from hiend_data import Plan
+
+        return Plan.model_validate(plan).model_dump_json()
+    raise InputError(f"plan must be a hiend_data.Plan, a dict or None, got {type(plan).__name__}")
+
+
+def _unshared(state: dict[str, Any]) -> dict[str, Any]:
+    """CPU, contiguous copies of the tensors with no two sharing memory (safetensors refuses aliases).
+
+    Tied parameters are stored once per name; loading copies the same values into each.
+    """
+    out, seen = {}, set()
+    for name, tensor in state.items():
+        t = tensor.detach().to("cpu").contiguous()
+        storage = t.untyped_storage().data_ptr() if t.numel() else None
+        if storage is not None and storage in seen:
+            t = t.clone()  # an alias (tied weight or view) of a tensor already stored
+        elif storage is not None:
+            seen.add(storage)
+        out[name] = t
+    return out
+
+
+def save_checkpoint(path: str | os.PathLike[str], model: Any, plan: Any = None,
+                    extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (HiEndMAE or UNETR) with its config, ``plan`` and ``extra`` to one .safetensors file.
+
+    The file is written under a temporary name in the same folder and renamed, so it appears complete
+    or not at all. Returns the path.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    kind = model_kind(model)
+    try:
+        extra_json = json.dumps(extra or {})
+    except TypeError as exc:
+        raise InputError(f"checkpoint extra metadata for {path} is not JSON-serialisable: {exc}") from None
+    metadata = {
+        "format": FORMAT,
+        "kind": kind,
+        "config": json.dumps(model.config.model_dump(mode="json")),
+        "plan": _plan_json(plan),
+        "versions": json.dumps(package_versions()),
+        "extra": extra_json,
+    }
+    tensors = _unshared(model.state_dict())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+
+def _open_error(path: Path, exc: Exception) -> InputError:
+    hint = ""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        if head[:2] == b"PK" or head[:1] == b"\x80":
+            hint = (" (it looks like a torch.save file: convert the paper's checkpoints with "
+                    "'hiend-model convert SRC DST --from official-pretrain|official-finetune')")
+    except OSError:
+        pass
+    return InputError(f"{path}: not a readable safetensors checkpoint (truncated or another format: "
+                      f"{exc}){hint}")
+
+
+def _parse_metadata(path: Path, metadata: dict[str, str] | None) -> CheckpointInfo:
+    if not metadata or metadata.get("format") != FORMAT:
+        got = (metadata or {}).get("format")
+        raise InputError(f"{path}: not a hiend checkpoint (metadata format is {got!r}, expected "
+                         f"{FORMAT!r})")
+    kind = metadata.get("kind")
+    if kind not in KINDS:
+        raise InputError(f"{path}: unknown checkpoint kind {kind!r}; expected one of {', '.join(KINDS)}")
+    fields = {}
+    for name in ("config", "plan", "versions", "extra"):
+        raw = metadata.get(name, "null" if name == "plan" else "{}")
+        try:
+            fields[name] = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: metadata {name!r} is not valid JSON ({exc})") from None
+    if not isinstance(fields["config"], dict) or not fields["config"]:
+        raise InputError(f"{path}: metadata 'config' is missing or not a JSON object")
+    plan = None
+    if fields["plan"] is not None:
+        from hiend_data import Plan
+        from pydantic import ValidationError
+
+        try:
+            plan = Plan.model_validate(fields["plan"])
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise InputError(f"{path}: metadata 'plan' is invalid: "
+                             f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    return CheckpointInfo(kind=kind, config=fields["config"], plan=plan, versions=fields["versions"] or {},
+                          extra=fields["extra"] or {}, path=path)
+
+
+def _check_kind(path: Path, info: CheckpointInfo, expected_kind: str | None) -> None:
+    if expected_kind is not None and info.kind != expected_kind:
+        raise InputError(f"{path}: expected a {expected_kind} checkpoint, got {info.kind}")
+
+
+def read_checkpoint_info(path: str | os.PathLike[str], expected_kind: str | None = None) -> CheckpointInfo:
+    """The metadata of a checkpoint without reading its tensors (fast even for GB files)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata()
+    except (SafetensorError, OSError) as exc:
+        raise _open_error(path, exc) from None
+    info = _parse_metadata(path, metadata)
+    _check_kind(path, info, expected_kind)
+    return info
+
+
+def tensor_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in the file, from the header only."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise _open_error(path, exc) from None
+
+
+def _shown(keys: list[str]) -> str:
+    more = f" and {len(keys) - _MAX_SHOWN} more" if len(keys) > _MAX_SHOWN else ""
+    return ", ".join(keys[:_MAX_SHOWN]) + more
+
+
+def check_state_dict(path: Path | str, expected: dict[str, Any], found: dict[str, Any]) -> None:
+    """InputError naming the first mismatching keys (with both shapes), missing and unexpected keys.
+
+    ``expected`` is the model's state_dict, ``found`` the file's tensors (or anything with ``.shape``).
+    """
+    mismatched = [f"{k} (checkpoint {tuple(found[k].shape)}, model {tuple(v.shape)})"
+                  for k, v in expected.items() if k in found and tuple(found[k].shape) != tuple(v.shape)]
+    if mismatched:
+        raise InputError(f"{path}: {len(mismatched)} tensor shape mismatch(es) with the model its config "
+                         f"describes: {_shown(mismatched)}")
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s): {_shown(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s): {_shown(unexpected)}")
+        raise InputError(f"{path}: tensors do not match the model its config describes: "
+                         + "; ".join(parts))
+
+
+def load_checkpoint(path: str | os.PathLike[str], expected_kind: str | None = None,
+                    map_location: Any = "cpu",
+                    config_overrides: dict[str, Any] | None = None) -> tuple[Any, CheckpointInfo]:
+    """Rebuild the model a checkpoint describes and load its weights.
+
+    Args:
+        path: the ``.safetensors`` file.
+        expected_kind: ``"mae"`` or ``"unetr"`` to refuse the other kind (InputError).
+        map_location: device the model ends up on.
+        config_overrides: runtime config fields to change (e.g. ``{"attn_backend": "math"}``).
+
+    Returns:
+        ``(model, info)``: the model in eval mode and the checkpoint's :class:`CheckpointInfo`.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    info = read_checkpoint_info(path, expected_kind)
+    config = {**info.config, **(config_overrides or {})}
+    model = build_model(info.kind, config)
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise _open_error(path, exc) from None
+    check_state_dict(path, model.state_dict(), tensors)
+    model.load_state_dict(tensors, strict=True)
+    del tensors
+    model.to(map_location).eval()
+    if config_overrides:
+        info = CheckpointInfo(kind=info.kind, config=model.config.model_dump(mode="json"), plan=info.plan,
+                              versions=info.versions, extra=info.extra, path=path)
+    return model, info
