@@ -1,0 +1,152 @@
+"""Voxel-grid geometry: reorientation by axis permutations and flips, resampling to a spacing.
+
+Conventions. Arrays hold space in their last three axes (``[X, Y, Z]`` or ``[C, X, Y, Z]``); an
+affine maps voxel indices ``(i, j, k, 1)`` to world millimetres in RAS+ (nibabel's convention: +x
+points to the patient's Right, +y Anterior, +z Superior; the patient's left is at -x).
+
+Reorientation never interpolates: it permutes and flips array axes (exact, invertible) and updates
+the affine so every voxel keeps its world position. An oblique scan (axes not parallel to the world
+axes) is turned to the closest orientation; its affine keeps the obliquity, so geometry stays exact.
+
+Resampling treats voxels as cells: ``n_in`` voxels of size ``s_in`` become ``n_out`` voxels spanning the
+same extent, output voxel ``j`` sampling input coordinate ``(j + 0.5) * n_in / n_out - 0.5`` (voxel
+centres at integer coordinates). Nearest neighbour (labels) uses exact integer arithmetic, so an
+integer up-sampling followed by the inverse down-sampling gives back the original voxels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputError
+
+
+def orientation_transform(affine: np.ndarray, target: str = "RAS") -> np.ndarray:
+    """``(3, 2)`` nibabel orientation transform turning an array with ``affine`` into ``target`` codes.
+
+    Row ``i`` is ``[j, f]``: input axis ``i`` becomes output axis ``j``, reversed when ``f == -1``.
+    """
+    import nibabel.orientations as nio
+
+    src = nio.io_orientation(np.asarray(affine, dtype=np.float64))
+    if np.isnan(src).any():
+        raise InputError(f"affine {np.asarray(affine).round(4).tolist()} has axes that cannot be matched "
+                         "to world axes (degenerate or sheared geometry)")
+    return nio.ornt_transform(src, nio.axcodes2ornt(tuple(target))).astype(np.int64)
+
+
+def invert_ornt(ornt: np.ndarray) -> np.ndarray:
+    """The transform that undoes ``ornt`` (``apply_ornt(apply_ornt(a, t), invert_ornt(t)) == a``)."""
+    ornt = np.asarray(ornt, dtype=np.int64)
+    inv = np.zeros_like(ornt)
+    for i, (j, f) in enumerate(ornt):
+        inv[j] = (i, f)
+    return inv
+
+
+def apply_ornt(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:
+    """Permute and flip the last three axes of ``array`` as ``ornt`` says (a view, no copy)."""
+    ornt = np.asarray(ornt, dtype=np.int64)
+    lead = array.ndim - 3
+    out = array
+    for i, (_, f) in enumerate(ornt):
+        if f == -1:
+            out = np.flip(out, axis=lead + i)
+    perm = np.argsort(ornt[:, 0])  # output axis k comes from input axis perm[k]
+    return out.transpose(*range(lead), *(lead + int(p) for p in perm))
+
+
+def ornt_affine(affine: np.ndarray, ornt: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Affine of ``apply_ornt(array, ornt)`` when ``array`` (spatial ``shape``) had ``affine``."""
+    import nibabel.orientations as nio
+
+    return np.asarray(affine, dtype=np.float64) @ nio.inv_ornt_aff(ornt, tuple(shape[-3:]))
+
+
+def ornt_shape(shape: tuple[int, ...], ornt: np.ndarray) -> tuple[int, int, int]:
+    """Spatial shape after :func:`apply_ornt`."""
+    out = [0, 0, 0]
+    for i, (j, _) in enumerate(np.asarray(ornt, dtype=np.int64)):
+        out[int(j)] = int(shape[-3:][i])
+    return tuple(out)  # type: ignore[return-value]
+
+
+def obliquity_deg(affine: np.ndarray) -> float:
+    """Largest angle (degrees) between an array axis and its closest world axis (0 for axis-aligned)."""
+    rzs = np.asarray(affine, dtype=np.float64)[:3, :3]
+    cos = np.abs(rzs / np.linalg.norm(rzs, axis=0)).max(axis=0)
+    return float(np.degrees(np.arccos(np.clip(cos.min(), -1.0, 1.0))))
+
+
+def target_shape(shape: tuple[int, ...], spacing: tuple[float, ...], target: tuple[float, ...]
+                 ) -> tuple[int, int, int]:
+    """Voxel counts that cover the same extent at the ``target`` spacing (rounded, at least 1)."""
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in  # type: ignore[return-value]
+                 zip(shape[-3:], spacing, target, strict=True))
+
+
+def resample_affine(affine: np.ndarray, shape_in: tuple[int, ...], shape_out: tuple[int, ...]) -> np.ndarray:
+    """Affine of the grid of ``shape_out`` voxels spanning the same extent as ``shape_in`` (cell model)."""
+    scale = np.array([i / o for i, o in zip(shape_in[-3:], shape_out[-3:], strict=True)])
+    m = np.eye(4)
+    m[:3, :3] = np.diag(scale)
+    m[:3, 3] = 0.5 * scale - 0.5
+    return np.asarray(affine, dtype=np.float64) @ m
+
+
+def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
+    """Input index sampled by each of ``n_out`` output voxels (nearest, exact integer arithmetic)."""
+    j = np.arange(n_out, dtype=np.int64)
+    return np.minimum(((2 * j + 1) * n_in) // (2 * n_out), n_in - 1)
+
+
+def resample_nearest(array: np.ndarray, shape_out: tuple[int, ...]) -> np.ndarray:
+    """Nearest-neighbour resampling of the last three axes to ``shape_out`` (labels; dtype kept)."""
+    shape_in = array.shape[-3:]
+    if tuple(shape_in) == tuple(shape_out[-3:]):
+        return np.ascontiguousarray(array)
+    ix, iy, iz = (nearest_indices(i, o) for i, o in zip(shape_in, shape_out[-3:], strict=True))
+    out = array[..., ix, :, :][..., iy, :][..., iz]
+    return np.ascontiguousarray(out)
+
+
+def resample_linear(array: np.ndarray, shape_out: tuple[int, ...]) -> np.ndarray:
+    """Linear resampling of the last three axes to ``shape_out``; returns float32 (channels kept).
+
+    Samples at the cell-model coordinates of the module docstring; values beyond the border repeat the
+    edge voxel. Works one channel at a time so at most one float32 output volume per channel is held.
+    """
+    from scipy import ndimage
+
+    shape_out = tuple(int(s) for s in shape_out[-3:])
+    lead = array.shape[:-3]
+    if tuple(array.shape[-3:]) == shape_out:
+        return np.ascontiguousarray(array, dtype=np.float32)
+    out = np.empty((*lead, *shape_out), dtype=np.float32)
+    zoom = [o / i for i, o in zip(array.shape[-3:], shape_out, strict=True)]
+    flat_in = array.reshape(-1, *array.shape[-3:]) if lead else array[None]
+    flat_out = out.reshape(-1, *shape_out) if lead else out[None]
+    for c in range(flat_in.shape[0]):
+        ndimage.zoom(flat_in[c], zoom, output=flat_out[c], order=1, mode="nearest", grid_mode=True,
+                     prefilter=False)
+    return out
+
+
+def foreground_box(mask: np.ndarray) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """``(start, stop)`` of the smallest box holding every True voxel of a 3-D mask (whole grid if none)."""
+    if not mask.any():
+        return (0, 0, 0), tuple(int(s) for s in mask.shape)  # type: ignore[return-value]
+    start, stop = [], []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=other))
+        start.append(int(hit[0]))
+        stop.append(int(hit[-1]) + 1)
+    return tuple(start), tuple(stop)  # type: ignore[return-value]
+
+
+def crop_affine(affine: np.ndarray, start: tuple[int, int, int]) -> np.ndarray:
+    """Affine of the sub-grid whose voxel 0 is voxel ``start`` of the grid with ``affine``."""
+    out = np.array(affine, dtype=np.float64)
+    out[:3, 3] = affine[:3, :3] @ np.asarray(start, dtype=np.float64) + affine[:3, 3]
+    return out

@@ -1,0 +1,359 @@
+"""Reading and writing NIfTI volumes (``.nii`` / ``.nii.gz``) with every check a bad file deserves.
+
+A :class:`Volume` is an array plus the geometry needed to put it back in the world:
+
+* ``array``: ``[X, Y, Z]`` (one channel) or ``[C, X, Y, Z]`` (several), header intensity scaling applied;
+* ``affine``: ``(4, 4)`` float64 voxel index -> world millimetres (RAS+, nibabel's convention);
+* ``spacing``: voxel size in mm per array axis (the norms of the affine's first three columns);
+* ``orientation``: axis codes such as ``("R", "A", "S")`` (where each array axis points in the world).
+
+Everything that is wrong with a file raises :class:`~hiend_data.errors.InputError` naming it, before
+large allocations where the header alone can tell.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# deflate cannot compress better than about 1032:1, so a header claiming more bytes than that is a lie.
+_MAX_DEFLATE_RATIO = 1100
+_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+@dataclass
+class Volume:
+    """A scan or label map and its geometry (see the module docstring for the fields)."""
+
+    array: np.ndarray
+    affine: np.ndarray
+    path: Path | None = None
+    header: Any = field(default=None, repr=False)  # nibabel header of the source, reused on save
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along the three array axes."""
+        return spacing_of(self.affine)
+
+    @property
+    def orientation(self) -> tuple[str, str, str]:
+        """Axis codes, e.g. ``("R", "A", "S")``: the world direction each array axis points to."""
+        import nibabel as nib
+
+        return tuple(nib.aff2axcodes(self.affine))  # type: ignore[return-value]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Spatial shape ``(X, Y, Z)`` (channels left out)."""
+        return tuple(int(s) for s in self.array.shape[-3:])  # type: ignore[return-value]
+
+    @property
+    def channels(self) -> int:
+        """Number of channels: 1 for ``[X, Y, Z]``, C for ``[C, X, Y, Z]``."""
+        return 1 if self.array.ndim == 3 else int(self.array.shape[0])
+
+
+def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size (mm) per array axis: the lengths of the affine's first three columns."""
+    norms = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
+    return tuple(float(n) for n in norms)  # type: ignore[return-value]
+
+
+def strip_nifti_suffix(name: str) -> str:
+    """``"ct_0000.nii.gz"`` -> ``"ct_0000"``; names without a NIfTI suffix are returned unchanged."""
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def is_nifti(path: str | os.PathLike[str]) -> bool:
+    """True when the file name ends in ``.nii`` or ``.nii.gz``."""
+    return str(path).endswith(NIFTI_SUFFIXES)
+
+
+# ----------------------------------------------------------------------------------------- reading
+
+
+def _open_header(path: Path) -> Any:
+    """nibabel image of ``path`` with its header checked; no voxel data read yet."""
+    import nibabel as nib
+
+    if not path.exists():
+        raise FileNotFoundError(2, "no such file", str(path))
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a NIfTI file (.nii or .nii.gz)")
+    if not is_nifti(path):
+        raise InputError(f"{path}: not a NIfTI file name (expected .nii or .nii.gz)")
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError(f"{path}: empty file")
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises several types for garbage
+        raise InputError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise InputError(f"{path}: not a NIfTI image (nibabel read it as {type(img).__name__})")
+    _check_header(path, img, size)
+    return img
+
+
+def _check_header(path: Path, img: Any, file_size: int) -> None:
+    hdr = img.header
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) < 3:
+        raise InputError(f"{path}: {len(shape)}-D image {shape}, expected a 3-D volume")
+    if len(shape) > 4:
+        raise InputError(f"{path}: {len(shape)}-D image {shape}, expected a 3-D volume (or 4-D channels)")
+    if min(shape) < 1:
+        raise InputError(f"{path}: empty dimension in shape {shape}")
+    raw = np.asarray(hdr["pixdim"], dtype=np.float64)[1:4]  # nibabel turns a zero pixdim into 1 later
+    if not np.all(np.isfinite(raw)) or np.any(raw <= 0):
+        raise InputError(f"{path}: invalid voxel spacing {tuple(float(v) for v in raw)} in the header "
+                         "(pixdim must be finite and > 0)")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)):
+        raise InputError(f"{path}: non-finite values in the header's affine")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-12 or min(spacing_of(affine)) <= 0:
+        raise InputError(f"{path}: singular affine in the header (axes collapse)")
+    itemsize = np.dtype(img.get_data_dtype()).itemsize
+    needed = int(np.prod(shape, dtype=np.int64)) * itemsize + int(hdr.get("vox_offset", 0) or 0)
+    _check_size(path, shape, needed, file_size)
+
+
+def _check_size(path: Path, shape: tuple[int, ...], needed: int, file_size: int) -> None:
+    """Refuse headers that claim more voxel bytes than the file can hold, without reading the data."""
+    claim = f"header claims {'x'.join(map(str, shape))} voxels ({needed / 2**20:.1f} MiB)"
+    if str(path).endswith(".nii"):
+        if file_size < needed:
+            raise InputError(f"{path}: truncated: {claim} but the file has {file_size} bytes")
+        return
+    if needed > _MAX_DEFLATE_RATIO * file_size:
+        raise InputError(f"{path}: {claim}, far beyond what {file_size} compressed bytes can hold")
+    if needed >= 2**32:
+        return  # gzip's size trailer is mod 2^32: let the read itself find a short stream
+    with open(path, "rb") as fh:
+        fh.seek(-4, os.SEEK_END)
+        isize = int.from_bytes(fh.read(4), "little")
+    if isize >= needed:
+        return
+    # The trailer (last member's size) says too short: a truncated file, a lying header, or a
+    # multi-member gzip. Count the real stream in small chunks (no big allocation) to tell.
+    total = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while total < needed:
+                chunk = fh.read(1 << 22)
+                if not chunk:
+                    break
+                total += len(chunk)
+    except (EOFError, OSError, zlib.error):
+        raise InputError(f"{path}: truncated or corrupt gzip stream ({claim})") from None
+    if total < needed:
+        raise InputError(f"{path}: {claim} but the data holds only {total} bytes")
+
+
+def _read_array(path: Path, img: Any) -> np.ndarray:
+    """Voxel data with the header's scaling applied: raw dtype when the scaling is identity, else float32."""
+    proxy = img.dataobj
+    slope = getattr(proxy, "slope", 1.0)
+    inter = getattr(proxy, "inter", 0.0)
+    try:
+        if slope == 1.0 and inter == 0.0:
+            arr = np.asarray(proxy)
+        else:
+            arr = img.get_fdata(dtype=np.float32)
+    except (EOFError, OSError, zlib.error, ValueError) as exc:
+        raise InputError(f"{path}: truncated or corrupt voxel data ({type(exc).__name__}: {exc})") from None
+    if arr.dtype.kind not in "biuf":
+        raise InputError(f"{path}: unsupported voxel type {arr.dtype}")
+    if arr.dtype == np.float16 or arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
+        arr = arr.astype(np.float32)
+    if arr.dtype.kind == "b":
+        arr = arr.astype(np.uint8)
+    return arr
+
+
+def count_nonfinite(array: np.ndarray) -> int:
+    """Number of NaN or infinite voxels (0 for integer arrays); works slab by slab to save memory."""
+    if array.dtype.kind != "f":
+        return 0
+    flat = array.reshape(-1, array.shape[-1]) if array.ndim > 1 else array[None]
+    step = max(1, (1 << 24) // max(1, flat.shape[1]))
+    return int(sum(int(np.count_nonzero(~np.isfinite(flat[i:i + step]))) for i in range(0, len(flat), step)))
+
+
+def _check_finite(path: Path, array: np.ndarray) -> None:
+    bad = count_nonfinite(array)
+    if bad:
+        nan = int(np.count_nonzero(np.isnan(array)))
+        raise InputError(f"{path}: {bad} non-finite voxels ({nan} NaN, {bad - nan} infinite) "
+                         f"out of {array.size}")
+
+
+def _load_one(path: Path) -> Volume:
+    img = _open_header(path)
+    arr = _read_array(path, img)
+    _check_finite(path, arr)
+    if arr.ndim == 4:
+        arr = np.ascontiguousarray(np.moveaxis(arr, -1, 0)) if arr.shape[-1] > 1 else arr[..., 0]
+    return Volume(array=arr, affine=np.asarray(img.affine, dtype=np.float64), path=path, header=img.header)
+
+
+def load_volume(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> Volume:
+    """Read a NIfTI volume, or a list of channel files (nnU-Net ``{case}_0000``, ``_0001``, ...).
+
+    Returns a :class:`Volume` with ``array`` ``[X, Y, Z]`` for one channel, ``[C, X, Y, Z]`` for several
+    (a 4-D file's last axis becomes C). Raises :class:`InputError` for empty, truncated or non-NIfTI
+    files, 2-D or 5-D images, NaN/inf voxels, non-positive spacing, headers larger than their data and
+    channels whose grids disagree.
+    """
+    if isinstance(path, str | os.PathLike):
+        return _load_one(Path(path))
+    paths = [Path(p) for p in path]
+    if not paths:
+        raise InputError("load_volume: empty list of channel files")
+    if len(paths) == 1:
+        return _load_one(paths[0])
+    vols = [_load_one(p) for p in paths]
+    first = vols[0]
+    for vol in vols[1:]:
+        if vol.channels != 1:
+            raise InputError(f"{vol.path}: a channel file must hold one channel, found {vol.channels}")
+        check_same_grid(first, vol)
+    arr = np.stack([v.array for v in vols])
+    return Volume(array=arr, affine=first.affine, path=first.path, header=first.header)
+
+
+def check_same_grid(ref: Volume, other: Volume, atol: float = 1e-4) -> None:
+    """Raise :class:`InputError` unless ``other`` has ``ref``'s spatial shape and affine (within ``atol`` mm)."""
+    if ref.shape != other.shape:
+        raise InputError(f"{other.path}: grid {other.shape} disagrees with {ref.path} {ref.shape}")
+    if not np.allclose(ref.affine, other.affine, atol=atol, rtol=0):
+        diff = float(np.abs(ref.affine - other.affine).max())
+        raise InputError(f"{other.path}: affine differs from {ref.path} by up to {diff:.4g} mm")
+
+
+def as_label(vol: Volume) -> Volume:
+    """Check that ``vol`` is a label map (one channel, non-negative integers) and give it an integer dtype.
+
+    Float label maps whose values are all whole numbers are accepted and converted to the smallest
+    unsigned type that holds them; anything else raises :class:`InputError` naming the file.
+    """
+    arr = vol.array
+    if arr.ndim != 3:
+        raise InputError(f"{vol.path}: a label map must have one channel, found shape {arr.shape}")
+    if arr.dtype.kind == "f":
+        frac = int(np.count_nonzero(arr != np.round(arr)))
+        if frac:
+            raise InputError(f"{vol.path}: label map has {frac} non-integer values (labels must be "
+                             "non-negative integers)")
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if lo < 0:
+        raise InputError(f"{vol.path}: label map has negative values (min {lo:g}); labels must be "
+                         "non-negative integers")
+    dtype = smallest_label_dtype(int(hi))
+    if arr.dtype != dtype:
+        arr = arr.astype(dtype)
+    return Volume(array=arr, affine=vol.affine, path=vol.path, header=vol.header)
+
+
+def smallest_label_dtype(max_value: int) -> np.dtype:
+    """uint8, uint16 or int32 (NIfTI has no unsigned 32-bit in every reader), whichever holds ``max_value``."""
+    if max_value <= 255:
+        return np.dtype(np.uint8)
+    if max_value <= 65535:
+        return np.dtype(np.uint16)
+    if max_value <= 2**31 - 1:
+        return np.dtype(np.int32)
+    return np.dtype(np.int64)
+
+
+def load_label(path: str | os.PathLike[str], like: Volume | None = None) -> Volume:
+    """Read a label map (see :func:`as_label`), checking its grid against ``like`` when given."""
+    vol = as_label(_load_one(Path(path)))
+    if like is not None:
+        check_same_grid(like, vol)
+    return vol
+
+
+def channel_files(path: str | os.PathLike[str]) -> list[Path]:
+    """All nnU-Net channel files of the case ``path`` belongs to (``x_0000.nii.gz`` -> ``x_0000``, ``x_0001``...).
+
+    A file that does not follow the ``_NNNN`` naming is returned alone.
+    """
+    path = Path(path)
+    stem = strip_nifti_suffix(path.name)
+    m = _CHANNEL_RE.match(stem)
+    if not m:
+        return [path]
+    suffix = path.name[len(stem):]
+    files = []
+    for c in range(10000):
+        f = path.with_name(f"{m['case']}_{c:04d}{suffix}")
+        if not f.exists():
+            break
+        files.append(f)
+    return files or [path]
+
+
+# ----------------------------------------------------------------------------------------- writing
+
+
+def save_volume(path: str | os.PathLike[str], array: np.ndarray, like: Volume) -> Path:
+    """Write ``array`` (``[X, Y, Z]`` or ``[C, X, Y, Z]``) as NIfTI on ``like``'s grid and affine, atomically.
+
+    Integer and boolean arrays are stored in the smallest integer type holding them; floats as float32.
+    The file appears complete or not at all (written to a temporary name in the same folder, then
+    renamed). Returns the path written.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not is_nifti(path):
+        raise InputError(f"{path}: output name must end in .nii or .nii.gz")
+    array = np.asarray(array)
+    if tuple(array.shape[-3:]) != like.shape or array.ndim not in (3, 4):
+        raise InputError(f"{path}: array shape {array.shape} does not match the grid {like.shape}")
+    if array.dtype.kind == "b":
+        array = array.astype(np.uint8)
+    if array.dtype.kind in "iu":
+        lo = int(array.min()) if array.size else 0
+        dtype = smallest_label_dtype(int(array.max()) if array.size else 0) if lo >= 0 else (
+            np.dtype(np.int16) if lo >= -32768 and int(array.max()) <= 32767 else np.dtype(np.int32))
+    elif array.dtype.kind == "f":
+        dtype = np.dtype(np.float32)
+    else:
+        raise InputError(f"{path}: cannot store arrays of type {array.dtype}")
+    data = np.asarray(array, dtype=dtype)
+    if data.ndim == 4:
+        data = np.moveaxis(data, 0, -1)
+    header = like.header.copy() if type(like.header) is nib.Nifti1Header else None
+    img = nib.Nifti1Image(data, like.affine, header=header)
+    img.set_data_dtype(dtype)
+    img.header.set_slope_inter(np.nan, np.nan)
+    if header is None:
+        img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(like.affine, code=int(img.header["qform_code"]) or 1)
+    img.set_sform(like.affine, code=int(img.header["sform_code"]) or 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
+    try:
+        nib.save(img, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
