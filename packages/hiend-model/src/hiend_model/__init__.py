@@ -1,5 +1,52 @@
-"""hiend-model: 3D ViT, Hi-End-MAE pre-training model, UNETR, checkpoints and sliding-window segmentation."""
+"""hiend-model: 3D ViT, Hi-End-MAE pre-training model, UNETR, checkpoints and sliding-window segmentation.
+
+Names are imported lazily so ``import hiend_model`` (and the CLI's ``--help``) does not load torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 from .__about__ import __version__
 
-__all__ = ["__version__"]
+_LAZY = {
+    "HiEndMAE": ".mae",
+    "MAEOutput": ".mae",
+    "build": ".mae",
+    "UNETR": ".unetr",
+    "MAEConfig": ".config",
+    "UNETRConfig": ".config",
+    "PRESETS": ".config",
+    "load_official_pretrained": ".official",
+    "load_official_finetuned": ".official",
+    "export_official_pretrained": ".official",
+    "export_official_finetuned": ".official",
+    "infer_arch_from_state_dict": ".official",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import PRESETS, MAEConfig, UNETRConfig
+    from .mae import HiEndMAE, MAEOutput, build
+    from .official import (
+        export_official_finetuned,
+        export_official_pretrained,
+        infer_arch_from_state_dict,
+        load_official_finetuned,
+        load_official_pretrained,
+    )
+    from .unetr import UNETR
+
+
+def __getattr__(name: str):  # noqa: ANN202 - PEP 562 lazy attribute
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'hiend_model' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

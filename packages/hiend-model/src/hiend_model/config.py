@@ -1,0 +1,207 @@
+"""Validated model configurations and the paper's presets.
+
+``MAEConfig`` describes the Hi-End-MAE pre-training model (DESIGN.md, "What Hi-End-MAE computes"),
+``UNETRConfig`` the fine-tuning UNETR ("What UNETR computes"). Both are pydantic models with
+``extra="forbid"``: an unknown or misspelt field is an error, and every error names the bad value.
+Sizes are in voxels; ``img_size`` is stored as an (H, W, D) triple (an int means a cube).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from hiend_data.errors import InputError
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+AttnBackend = Literal["auto", "xformers", "sdpa", "math"]
+Triple = tuple[int, int, int]
+
+
+def _triple(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value, value)
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        return (value[0],) * 3
+    return value
+
+
+def default_taps(depth: int) -> tuple[int, ...]:
+    """Blocks whose outputs feed the decoder / UNETR skips: (3, 6, 9) for depth 12 (0-based)."""
+    return (depth // 4, depth // 2, (3 * depth) // 4)
+
+
+class EncoderConfig(BaseModel):
+    """Fields shared by the pre-training model and the UNETR: the 3D ViT encoder."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    img_size: Triple = (96, 96, 96)
+    patch_size: int = 16
+    in_chans: int = 1
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    layer_norm_eps: float = 1e-6
+    tap_blocks: tuple[int, ...] | None = None
+    drop_path: float = 0.0
+    grad_checkpointing: bool = False
+    attn_backend: AttnBackend = "auto"
+
+    @field_validator("img_size", mode="before")
+    @classmethod
+    def _img_triple(cls, value: object) -> object:
+        return _triple(value)
+
+    @model_validator(mode="after")
+    def _check_encoder(self):  # noqa: ANN202 - pydantic hook
+        for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if any(s < 1 for s in self.img_size):
+            raise ValueError(f"img_size={self.img_size} must be positive")
+        bad = [s for s in self.img_size if s % self.patch_size]
+        if bad:
+            raise ValueError(f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio={self.mlp_ratio} must be > 0")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ValueError(f"drop_path={self.drop_path} must be in [0, 1)")
+        if self.layer_norm_eps <= 0:
+            raise ValueError(f"layer_norm_eps={self.layer_norm_eps} must be > 0")
+        if self.tap_blocks is None:
+            object.__setattr__(self, "tap_blocks", default_taps(self.depth))
+        taps = self.tap_blocks
+        if any(not 0 <= t < self.depth for t in taps) or list(taps) != sorted(set(taps)):
+            raise ValueError(f"tap_blocks={taps} must be increasing block indices in [0, {self.depth})")
+        return self
+
+    @property
+    def grid(self) -> Triple:
+        """Token grid (H/p, W/p, D/p)."""
+        return tuple(s // self.patch_size for s in self.img_size)  # type: ignore[return-value]
+
+    @property
+    def num_patches(self) -> int:
+        """L = number of tokens (without the class token)."""
+        g = self.grid
+        return g[0] * g[1] * g[2]
+
+    @property
+    def patch_dim(self) -> int:
+        """P = p^3 C values per patch."""
+        return self.patch_size**3 * self.in_chans
+
+
+class MAEConfig(EncoderConfig):
+    """Hi-End-MAE pre-training model (encoder + hierarchical encoder-driven decoder)."""
+
+    pos_embed: Literal["sincos", "learned"] = "sincos"
+    decoder_embed_dim: int = 384
+    decoder_num_heads: int = 12
+    decoder_depth: int = 2
+    cross_depth: int = 3
+    mask_ratio: float = 0.75
+
+    @model_validator(mode="after")
+    def _check_mae(self):  # noqa: ANN202
+        if self.decoder_embed_dim < 1 or self.decoder_num_heads < 1:
+            raise ValueError(f"decoder_embed_dim={self.decoder_embed_dim} / decoder_num_heads="
+                             f"{self.decoder_num_heads} must be >= 1")
+        if self.decoder_embed_dim % self.decoder_num_heads:
+            raise ValueError(f"decoder_embed_dim={self.decoder_embed_dim} is not divisible by "
+                             f"decoder_num_heads={self.decoder_num_heads}")
+        if self.decoder_depth < 0:
+            raise ValueError(f"decoder_depth={self.decoder_depth} must be >= 0")
+        if self.cross_depth != len(self.tap_blocks or ()):
+            raise ValueError(f"cross_depth={self.cross_depth} must equal the number of tap_blocks "
+                             f"{self.tap_blocks} (one cross-attention block per tapped block)")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio={self.mask_ratio} must be in [0, 1)")
+        if int(self.num_patches * (1 - self.mask_ratio)) < 1:
+            raise ValueError(f"mask_ratio={self.mask_ratio} leaves no visible token of {self.num_patches}")
+        if self.pos_embed == "sincos" and self.embed_dim % 6:
+            raise ValueError(f"embed_dim={self.embed_dim} is not divisible by 6, which the 3D sin-cos "
+                             "position embedding needs; use a multiple of 6 or pos_embed='learned'")
+        if self.decoder_embed_dim % 6:
+            raise ValueError(f"decoder_embed_dim={self.decoder_embed_dim} is not divisible by 6, which "
+                             "the decoder's 3D sin-cos position embedding needs")
+        return self
+
+    def encoder_fields(self) -> dict:
+        """The fields a UNETR built on this encoder inherits."""
+        return {k: getattr(self, k) for k in EncoderConfig.model_fields}
+
+
+class UNETRConfig(EncoderConfig):
+    """UNETR with the (pre-trained) ViT as its encoder; learned position embeddings, no class token."""
+
+    num_classes: int = 14
+    feature_size: int = 16
+
+    @model_validator(mode="after")
+    def _check_unetr(self):  # noqa: ANN202
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes={self.num_classes} must be >= 1")
+        if self.feature_size < 1:
+            raise ValueError(f"feature_size={self.feature_size} must be >= 1")
+        if len(self.tap_blocks or ()) != 3:
+            raise ValueError(f"tap_blocks={self.tap_blocks}: the UNETR needs exactly three skip blocks")
+        return self
+
+    @property
+    def final_upsample(self) -> Literal["transpose", "resize"]:
+        """Last decoder stage: transposed conv for patch 16, else resize to the input + 3x3x3 conv."""
+        return "transpose" if self.patch_size == 16 else "resize"
+
+
+PRESETS: dict[str, MAEConfig] = {
+    "vit-b16": MAEConfig(img_size=96, patch_size=16, embed_dim=768, depth=12, num_heads=12,
+                         decoder_embed_dim=384, decoder_num_heads=12),
+    "vit-l12": MAEConfig(img_size=96, patch_size=12, embed_dim=1536, depth=12, num_heads=16,
+                         decoder_embed_dim=528, decoder_num_heads=16),
+    "vit-l16": MAEConfig(img_size=96, patch_size=16, embed_dim=1536, depth=12, num_heads=16,
+                         decoder_embed_dim=528, decoder_num_heads=16),
+    # Trains on a laptop CPU in minutes: 48^3 crops, 216 tokens of 8^3, 96-d (the parity fixture's sizes).
+    "tiny": MAEConfig(img_size=48, patch_size=8, embed_dim=96, depth=12, num_heads=4,
+                      decoder_embed_dim=48, decoder_num_heads=4),
+}
+
+
+def resolve_config(preset_or_config: str | MAEConfig | dict, **overrides: object) -> MAEConfig:
+    """A preset name, a config or a dict of fields -> a validated :class:`MAEConfig`.
+
+    Raises InputError for an unknown preset (listing the known ones) or invalid fields.
+    """
+    if isinstance(preset_or_config, MAEConfig):
+        base = preset_or_config.model_dump()
+    elif isinstance(preset_or_config, str):
+        if preset_or_config not in PRESETS:
+            raise InputError(f"unknown preset {preset_or_config!r}; known presets: {', '.join(PRESETS)}")
+        base = PRESETS[preset_or_config].model_dump()
+    elif isinstance(preset_or_config, dict):
+        base = dict(preset_or_config)
+    else:
+        raise InputError(f"expected a preset name, MAEConfig or dict, got {type(preset_or_config).__name__}")
+    base.update(overrides)
+    if "depth" in overrides and "tap_blocks" not in overrides:
+        base["tap_blocks"] = None
+    return validated(MAEConfig, base)
+
+
+def validated(cls: type[BaseModel], fields: dict) -> BaseModel:
+    """Build ``cls(**fields)``, turning pydantic's multi-line error into a one-line InputError."""
+    from pydantic import ValidationError
+
+    try:
+        return cls(**fields)
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            parts.append(f"{loc}: {msg}" if loc else msg)
+        raise InputError(f"invalid {cls.__name__}: " + "; ".join(parts)) from None
