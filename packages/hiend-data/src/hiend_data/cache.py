@@ -1,0 +1,302 @@
+"""The preprocessed cache: every case of a dataset run through a :class:`Plan`, ready to sample from.
+
+Layout of a cache folder ``OUT``::
+
+    OUT/plan.json                  the Plan (its digest marks which cases are current)
+    OUT/cases/{case}.npy           image float32 [C, X, Y, Z], C-contiguous (memory-mapped on read)
+    OUT/cases/{case}_seg.npy       label [X, Y, Z] (uint8/uint16/int32), labelled cases only
+    OUT/cases/{case}_fg.npy        int64 flat indices into X*Y*Z of foreground voxels (sorted)
+    OUT/cases/{case}_cls.npy       int64 flat indices grouped by class (offsets in the metadata)
+    OUT/cases/{case}.json          metadata: PreprocessRecord, plan digest, classes, sources
+
+Each file is written under a temporary name and renamed into place; the metadata file is written last,
+so a case exists only once all of its arrays do. An interrupted run leaves complete cases and
+(ignored, later removed) temporary files. Re-running skips cases whose metadata carries the current
+plan's digest and the same source files (size and modification time); others are recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .discovery import Case, discover
+from .errors import InputError
+from .plan import Plan
+from .preprocess import PreprocessRecord
+
+FORMAT = 1
+MAX_INDICES = 200_000  # per index list; larger lists are a uniform random subsample (sorted)
+
+
+# ------------------------------------------------------------------------------------------ writing
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _atomic_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def _sources(case: Case) -> list[dict[str, Any]]:
+    out = []
+    for f in [*case.images, *([case.label] if case.label else [])]:
+        st = Path(f).stat()
+        out.append({"path": str(Path(f).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return out
+
+
+def _subsample(indices: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    if len(indices) <= cap:
+        return indices.astype(np.int64, copy=False)
+    keep = np.random.default_rng(seed).choice(len(indices), size=cap, replace=False)
+    keep.sort()
+    return indices[keep].astype(np.int64, copy=False)
+
+
+def _class_lists(label: np.ndarray, cap: int, seed: int) -> tuple[list[int], list[int], list[int], np.ndarray]:
+    """(classes > 0, true voxel counts, offsets into the concatenated indices, concatenated indices)."""
+    flat = label.reshape(-1)
+    counts = np.bincount(flat.astype(np.int64, copy=False)) if flat.size else np.zeros(1, np.int64)
+    classes = [int(v) for v in np.flatnonzero(counts) if v > 0]
+    if not classes:
+        return [], [], [0], np.zeros(0, np.int64)
+    order = np.argsort(flat, kind="stable")  # indices grouped by value, ascending within a value
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    parts = [_subsample(order[starts[v]:starts[v + 1]], cap, seed + v) for v in classes]
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).tolist()
+    return classes, [int(counts[v]) for v in classes], [int(o) for o in offsets], np.concatenate(parts)
+
+
+def _case_seed(case_id: str) -> int:
+    return zlib.crc32(case_id.encode())
+
+
+def process_case(case: Case, out: str | os.PathLike[str], plan: Plan, max_indices: int = MAX_INDICES) -> str:
+    """Preprocess one case into the cache folder ``out`` (arrays first, metadata last). Returns its id."""
+    from .io import load_label, load_volume
+    from .preprocess import preprocess_case
+
+    folder = Path(out) / "cases"
+    meta_path = folder / f"{case.case_id}.json"
+    if meta_path.exists():
+        meta_path.unlink()  # from here on the case is incomplete until the new metadata lands
+    image = load_volume(case.images)
+    label = load_label(case.label, like=image) if case.label is not None else None
+    pre = preprocess_case(image, plan, label)
+    del image, label
+    seed = _case_seed(case.case_id)
+    _atomic_npy(folder / f"{case.case_id}.npy", pre.image)
+    meta: dict[str, Any] = {"format": FORMAT, "case_id": case.case_id, "plan_digest": plan.digest(),
+                            "shape": list(pre.record.shape), "channels": int(pre.image.shape[0]),
+                            "labelled": pre.label is not None, "sources": _sources(case)}
+    if pre.label is not None:
+        _atomic_npy(folder / f"{case.case_id}_seg.npy", pre.label)
+        fg = np.flatnonzero(pre.label.reshape(-1) > 0)
+        classes, counts, offsets, cls_idx = _class_lists(pre.label, max_indices, seed)
+        _atomic_npy(folder / f"{case.case_id}_cls.npy", cls_idx)
+        meta.update(classes=classes, class_counts=counts, class_offsets=offsets, label_dtype=str(pre.label.dtype))
+    else:
+        fg = np.flatnonzero(pre.image[0].reshape(-1) > 0)
+        meta.update(classes=[], class_counts=[], class_offsets=[0], label_dtype=None)
+    meta.update(n_foreground=int(fg.size))
+    _atomic_npy(folder / f"{case.case_id}_fg.npy", _subsample(fg, max_indices, seed))
+    meta["record"] = pre.record.model_dump(mode="json")
+    _atomic_bytes(meta_path, json.dumps(meta, indent=1).encode())
+    return case.case_id
+
+
+def _is_current(case: Case, folder: Path, digest: str) -> bool:
+    meta_path = folder / f"{case.case_id}.json"
+    if not meta_path.exists():
+        return False
+    try:
+        meta = json.loads(meta_path.read_text())
+        return (meta.get("format") == FORMAT and meta.get("plan_digest") == digest
+                and meta.get("sources") == _sources(case))
+    except (json.JSONDecodeError, OSError):
+        return False
+
+
+def _clean_temporaries(folder: Path) -> None:
+    for f in folder.glob(".*.tmp-*"):
+        try:
+            f.unlink()
+        except OSError:
+            pass
+
+
+def preprocess_dataset(src: str | os.PathLike[str] | Sequence[Case], out: str | os.PathLike[str],
+                       plan: Plan | None = None, workers: int = 1, *, include_test: bool = False,
+                       max_indices: int = MAX_INDICES, progress: bool = True) -> Cache:
+    """Preprocess every case of ``src`` into the cache folder ``out`` and return the opened :class:`Cache`.
+
+    ``src`` is anything :func:`~hiend_data.discovery.discover` reads (nnU-Net v2 folder, folder of NIfTI,
+    manifest) or a list of :class:`Case`. ``workers`` processes work in parallel (0 = in this process).
+    Cases already done under the same plan are skipped. The first bad case stops the run with its
+    :class:`InputError` (cases finished before it stay valid).
+    """
+    plan = plan or Plan()
+    cases = discover(src, include_test=include_test) if isinstance(src, str | os.PathLike) else list(src)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    folder = out / "cases"
+    folder.mkdir(parents=True, exist_ok=True)
+    _clean_temporaries(folder)
+    _atomic_bytes(out / "plan.json", (json.dumps(plan.model_dump(mode="json"), indent=1) + "\n").encode())
+    digest = plan.digest()
+    todo = [c for c in cases if not _is_current(c, folder, digest)]
+    if todo:
+        _run(todo, out, plan, workers, max_indices, progress, skipped=len(cases) - len(todo))
+    return Cache.open(out)
+
+
+def _run(todo: list[Case], out: Path, plan: Plan, workers: int, max_indices: int, progress: bool,
+         skipped: int) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("preprocess"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+               TextColumn(f"({skipped} up to date)" if skipped else ""))
+    if workers <= 0:
+        with Progress(*columns, disable=not progress) as bar:
+            task = bar.add_task("preprocess", total=len(todo))
+            for case in todo:
+                process_case(case, out, plan, max_indices)
+                bar.advance(task)
+        return
+    import multiprocessing
+
+    # fork: no re-import of the caller's __main__; the workers start at the first submit, before the
+    # progress bar's refresh thread exists.
+    ctx = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+        pending = {pool.submit(process_case, c, out, plan, max_indices) for c in todo}
+        with Progress(*columns, disable=not progress) as bar:
+            task = bar.add_task("preprocess", total=len(todo))
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for fut in done:
+                    exc = fut.exception()
+                    if exc is not None:
+                        for p in pending:
+                            p.cancel()
+                        raise exc
+                    bar.advance(task)
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+
+@dataclass
+class CachedCase:
+    """One preprocessed case of a :class:`Cache`; arrays are memory-mapped on first access.
+
+    image: float32 ``[C, X, Y, Z]``; label: integer ``[X, Y, Z]`` or None; foreground: int64 flat
+    indices into ``X*Y*Z`` (labelled: label > 0, else image[0] > 0; a uniform subsample when there are
+    more than the cache's cap); classes: foreground label values present (0 left out).
+    """
+
+    name: str
+    folder: Path
+    meta: dict[str, Any]
+    _arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def _npy(self, suffix: str) -> np.ndarray:
+        if suffix not in self._arrays:
+            self._arrays[suffix] = np.load(self.folder / f"{self.name}{suffix}.npy", mmap_mode="r")
+        return self._arrays[suffix]
+
+    @property
+    def image(self) -> np.ndarray:
+        return self._npy("")
+
+    @property
+    def label(self) -> np.ndarray | None:
+        return self._npy("_seg") if self.meta.get("labelled") else None
+
+    @property
+    def foreground(self) -> np.ndarray:
+        return self._npy("_fg")
+
+    @property
+    def classes(self) -> list[int]:
+        return list(self.meta.get("classes", []))
+
+    def class_indices(self, value: int) -> np.ndarray:
+        """Flat indices of voxels with ``label == value`` (stored list, possibly subsampled; 0 computed)."""
+        if not self.meta.get("labelled"):
+            raise InputError(f"case {self.name!r} has no label map")
+        if value == 0:
+            return np.flatnonzero(np.asarray(self.label).reshape(-1) == 0)
+        if value not in self.classes:
+            return np.zeros(0, dtype=np.int64)
+        k = self.classes.index(value)
+        offsets = self.meta["class_offsets"]
+        return self._npy("_cls")[offsets[k]:offsets[k + 1]]
+
+    @property
+    def record(self) -> PreprocessRecord:
+        return PreprocessRecord.model_validate(self.meta["record"])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.meta["shape"])  # type: ignore[return-value]
+
+
+class Cache:
+    """A preprocessed cache folder (see the module docstring). Open with :meth:`Cache.open`."""
+
+    def __init__(self, root: Path, plan: Plan, metas: dict[str, dict[str, Any]]) -> None:
+        self.root = root
+        self.plan = plan
+        self._metas = metas
+        self.cases: list[str] = sorted(metas)
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str]) -> Cache:
+        """Read ``root/plan.json`` and the metadata of every complete case made under that plan."""
+        root = Path(root)
+        plan_path = root / "plan.json"
+        if not plan_path.exists():
+            raise InputError(f"{root}: not a hiend-data cache (no plan.json; make one with "
+                             "`hiend-data preprocess`)")
+        try:
+            plan = Plan.from_json(plan_path.read_text())
+        except ValueError as exc:
+            raise InputError(f"{plan_path}: invalid plan ({exc})") from None
+        digest = plan.digest()
+        metas = {}
+        for f in sorted((root / "cases").glob("*.json")):
+            if f.name.startswith("."):
+                continue
+            meta = json.loads(f.read_text())
+            if meta.get("format") == FORMAT and meta.get("plan_digest") == digest:
+                metas[meta["case_id"]] = meta
+        return cls(root, plan, metas)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def case(self, name: str | int) -> CachedCase:
+        """The case named ``name`` (or the ``name``-th in :attr:`cases`)."""
+        if isinstance(name, int):
+            name = self.cases[name]
+        if name not in self._metas:
+            raise InputError(f"{self.root}: no case {name!r} in the cache")
+        return CachedCase(name, self.root / "cases", self._metas[name])

@@ -1,0 +1,261 @@
+"""Finding the cases of a dataset: nnU-Net v2 raw folders, folders of NIfTI files, manifest files.
+
+:func:`discover` returns a list of :class:`Case` (id, channel files, optional label file):
+
+* nnU-Net v2 raw dataset (a folder with ``dataset.json``): ``imagesTr/{case}_{XXXX}{file_ending}`` with
+  labels ``labelsTr/{case}{file_ending}``; ``imagesTs`` (unlabelled) with ``include_test=True``. A
+  ``"dataset"`` entry in ``dataset.json`` (case -> {"images": [...], "label": ...}) or nnU-Net v1's
+  ``"training"`` list is honoured; every path must stay inside the dataset folder.
+* any other folder: every ``.nii`` / ``.nii.gz`` below it (recursive, unlabelled); siblings named
+  ``{case}_0000``, ``{case}_0001``, ... are one multi-channel case.
+* a manifest file: one ``image[,label]`` per line (comma or tab; ``#`` comments and blank lines skipped),
+  paths relative to the manifest's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .io import is_nifti, strip_nifti_suffix
+
+_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case: ``case_id`` (unique within a dataset), ``images`` (channel files in order), ``label``."""
+
+    case_id: str
+    images: list[Path]
+    label: Path | None = None
+
+
+def discover(src: str | os.PathLike[str], include_test: bool = False) -> list[Case]:
+    """Cases of ``src`` (nnU-Net v2 folder, plain folder of NIfTI, or manifest file), sorted by id."""
+    src = Path(src)
+    if not src.exists():
+        raise FileNotFoundError(2, "no such file or directory", str(src))
+    if src.is_file():
+        cases = _from_manifest(src)
+    elif (src / "dataset.json").exists():
+        cases = _from_nnunet(src, include_test)
+    else:
+        cases = _from_folder(src)
+    if not cases:
+        raise InputError(f"{src}: no NIfTI cases found (.nii / .nii.gz)")
+    ids = [c.case_id for c in cases]
+    dup = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+    if dup:
+        raise InputError(f"{src}: duplicate case ids {dup[:5]}")
+    return sorted(cases, key=lambda c: c.case_id)
+
+
+# ------------------------------------------------------------------------------------------ nnU-Net
+
+
+def _inside(root: Path, rel: str, what: str) -> Path:
+    """``root / rel`` resolved; InputError when it leaves ``root``."""
+    path = (root / rel).resolve()
+    base = root.resolve()
+    if path != base and base not in path.parents:
+        raise InputError(f"{root / 'dataset.json'}: {what} {rel!r} points outside the dataset folder")
+    return path
+
+
+def _read_dataset_json(root: Path) -> dict:
+    path = root / "dataset.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{path}: expected a JSON object at the top level")
+    return meta
+
+
+def _from_nnunet(root: Path, include_test: bool) -> list[Case]:
+    meta = _read_dataset_json(root)
+    djson = root / "dataset.json"
+    ending = meta.get("file_ending", ".nii.gz")
+    if not isinstance(ending, str) or ending not in (".nii.gz", ".nii"):
+        raise InputError(f"{djson}: file_ending {ending!r} is not supported (use .nii.gz or .nii)")
+    names = meta.get("channel_names", meta.get("modality", {"0": "CT"}))
+    if not isinstance(names, dict) or not names:
+        raise InputError(f"{djson}: channel_names must be an object like {{\"0\": \"CT\"}}")
+    n_chan = len(names)
+
+    if isinstance(meta.get("dataset"), dict):  # explicit case -> files mapping (nnU-Net v2)
+        cases = []
+        for cid, entry in meta["dataset"].items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("images"), list):
+                raise InputError(f"{djson}: dataset entry {cid!r} needs an 'images' list")
+            images = [_inside(root, str(p), "image") for p in entry["images"]]
+            label = _inside(root, str(entry["label"]), "label") if entry.get("label") else None
+            cases.append(Case(str(cid), images, label))
+        return _check_exist(cases)
+    if isinstance(meta.get("training"), list):  # nnU-Net v1 style
+        cases = []
+        for entry in meta["training"]:
+            image = _inside(root, str(entry.get("image", "")), "image")
+            label = _inside(root, str(entry["label"]), "label") if entry.get("label") else None
+            cid = strip_nifti_suffix(image.name)
+            files = [image.with_name(f"{cid}_{c:04d}{ending}") for c in range(n_chan)]
+            if not files[0].exists() and image.exists():
+                files = [image]
+            cases.append(Case(cid, files, label))
+        return _check_exist(cases)
+
+    cases = _scan_channels(root / "imagesTr", ending, n_chan, djson)
+    labelled = []
+    for case in cases:
+        label = root / "labelsTr" / f"{case.case_id}{ending}"
+        if not label.exists():
+            raise InputError(f"{label}: label file missing for training case {case.case_id!r}")
+        labelled.append(Case(case.case_id, case.images, label))
+    if include_test and (root / "imagesTs").is_dir():
+        labelled += _scan_channels(root / "imagesTs", ending, n_chan, djson)
+    return labelled
+
+
+def _scan_channels(folder: Path, ending: str, n_chan: int, djson: Path) -> list[Case]:
+    if not folder.is_dir():
+        raise InputError(f"{folder}: missing (an nnU-Net v2 dataset needs imagesTr/ beside dataset.json)")
+    groups: dict[str, dict[int, Path]] = defaultdict(dict)
+    for f in sorted(folder.iterdir()):
+        if not f.name.endswith(ending) or f.name.startswith("."):
+            continue
+        m = _CHANNEL_RE.match(f.name[: -len(ending)])
+        if not m:
+            raise InputError(f"{f}: not named {{case}}_XXXX{ending} (nnU-Net channel suffix missing)")
+        groups[m["case"]][int(m["channel"])] = f
+    cases = []
+    for cid, chans in groups.items():
+        if sorted(chans) != list(range(n_chan)):
+            raise InputError(f"{folder}: case {cid!r} has channels {sorted(chans)}, dataset.json names "
+                             f"{n_chan} ({djson})")
+        cases.append(Case(cid, [chans[c] for c in range(n_chan)]))
+    return cases
+
+
+def _check_exist(cases: list[Case]) -> list[Case]:
+    for case in cases:
+        for f in [*case.images, *([case.label] if case.label else [])]:
+            if not f.exists():
+                raise FileNotFoundError(2, "no such file", str(f))
+    return cases
+
+
+# ---------------------------------------------------------------------------------- folder, manifest
+
+
+def _unique_ids(paths: list[Path], root: Path) -> list[str]:
+    """Case ids: the file stem, prefixed by parent folders (``a__b__stem``) only where stems collide."""
+    stems = [strip_nifti_suffix(p.name) for p in paths]
+    ids = list(stems)
+    for depth in range(1, 64):
+        seen: dict[str, int] = defaultdict(int)
+        for i in ids:
+            seen[i] += 1
+        clash = [k for k, i in enumerate(ids) if seen[i] > 1]
+        if not clash:
+            return ids
+        for k in clash:
+            parts = paths[k].parent.parts[-depth:] if depth <= len(paths[k].parent.parts) else paths[k].parent.parts
+            ids[k] = "__".join([*parts, stems[k]]).replace(os.sep, "__")
+    raise InputError(f"{root}: cannot make unique case ids")
+
+
+def _from_folder(root: Path) -> list[Case]:
+    files = sorted(p for p in root.rglob("*") if p.is_file() and is_nifti(p) and not p.name.startswith("."))
+    groups: dict[tuple[Path, str], dict[int, Path]] = defaultdict(dict)
+    singles: list[Path] = []
+    for f in files:
+        m = _CHANNEL_RE.match(strip_nifti_suffix(f.name))
+        if m:
+            groups[(f.parent, m["case"])][int(m["channel"])] = f
+        else:
+            singles.append(f)
+    entries: list[list[Path]] = [[f] for f in singles]
+    for (_parent, _cid), chans in groups.items():
+        if sorted(chans) == list(range(len(chans))):
+            entries.append([chans[c] for c in sorted(chans)])
+        else:  # not a channel set after all (e.g. slice_0003 alone): separate cases
+            entries += [[chans[c]] for c in sorted(chans)]
+    keys = [e[0].parent / (e[0].name if len(e) == 1 else
+                           _CHANNEL_RE.match(strip_nifti_suffix(e[0].name))["case"]) for e in entries]
+    ids = _unique_ids([k.relative_to(root) for k in keys], root)
+    return [Case(i, e) for i, e in zip(ids, entries, strict=True)]
+
+
+def _from_manifest(path: Path) -> list[Case]:
+    if is_nifti(path):
+        raise InputError(f"{path}: a single NIfTI file is not a dataset (give its folder or a manifest)")
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: manifest is not a text file") from None
+    base = path.parent
+    images, labels = [], []
+    for n, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        fields = [f.strip() for f in re.split(r"[,\t]", text)]
+        if len(fields) > 2 or not fields[0]:
+            raise InputError(f"{path}:{n}: expected 'image[,label]', got {text!r}")
+        image = base / fields[0]
+        label = base / fields[1] if len(fields) == 2 and fields[1] else None
+        for f in [image, *([label] if label else [])]:
+            if not is_nifti(f):
+                raise InputError(f"{path}:{n}: {f.name!r} is not a NIfTI file name (.nii / .nii.gz)")
+            if not f.exists():
+                raise InputError(f"{path}:{n}: {f} does not exist")
+        images.append(image)
+        labels.append(label)
+    ids = _unique_ids([Path(os.path.relpath(p, base)) for p in images], path)
+    return [Case(i, [im], lab) for i, im, lab in zip(ids, images, labels, strict=True)]
+
+
+# ------------------------------------------------------------------------------------------ splits
+
+
+def split(cases: list[Case], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[Case], list[Case]]:
+    """Seeded train/validation split: ``round(n * val_fraction)`` cases (at least 1 when n > 1) to val.
+
+    Depends only on the case ids and the seed, not on the order of ``cases``.
+    """
+    if not 0 <= val_fraction < 1:
+        raise InputError(f"val_fraction {val_fraction} must be in [0, 1)")
+    order = _shuffled(cases, seed)
+    n_val = int(round(len(order) * val_fraction))
+    if val_fraction > 0 and len(order) > 1:
+        n_val = min(max(n_val, 1), len(order) - 1)
+    return sorted(order[n_val:], key=_key), sorted(order[:n_val], key=_key)
+
+
+def kfold(cases: list[Case], k: int = 5, seed: int = 0) -> list[tuple[list[Case], list[Case]]]:
+    """``k`` seeded folds ``(train, val)``; every case is in exactly one val set (sizes differ by <= 1)."""
+    if k < 2 or k > len(cases):
+        raise InputError(f"k={k} folds need 2 <= k <= number of cases ({len(cases)})")
+    order = _shuffled(cases, seed)
+    folds = [order[i::k] for i in range(k)]
+    return [(sorted([c for j, f in enumerate(folds) if j != i for c in f], key=_key), sorted(folds[i], key=_key))
+            for i in range(k)]
+
+
+def _key(case: Case) -> str:
+    return case.case_id
+
+
+def _shuffled(cases: list[Case], seed: int) -> list[Case]:
+    ordered = sorted(cases, key=_key)
+    perm = np.random.default_rng(seed).permutation(len(ordered))
+    return [ordered[i] for i in perm]
