@@ -1,6 +1,9 @@
-"""Command line of hiend-eval. Heavy imports (torch) happen inside commands so --help is fast."""
+"""Command line of hiend-eval. Heavy imports (scipy, nibabel, torch) happen inside commands so --help is fast."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import typer
 
@@ -11,6 +14,81 @@ app = typer.Typer(name="hiend-eval", no_args_is_help=True, add_completion=False,
 @app.callback()
 def _root() -> None:
     """Dice, IoU, HD95, ASSD and NSD for label maps, folder scoring and reports."""
+
+
+def _score_and_report(pred: Path, ref: Path, out: Path, labels: Path | None, tolerance: float, as_json: bool,
+                      resample_to_reference: bool, workers: int) -> None:
+    from .report import print_table, summary_json, write_outputs
+    from .score import default_workers, read_labels, score_folders
+
+    names = read_labels(labels) if labels is not None else None
+    summary = score_folders(pred, ref, names, tolerance=tolerance, resample_to_reference=resample_to_reference,
+                            workers=workers if workers > 0 else default_workers())
+    write_outputs(summary, out)
+    print_table(summary, file=sys.stderr if as_json else None)
+    if as_json:
+        print(summary_json(summary, indent=None), flush=True)
+    else:
+        print(f"wrote {out / 'summary.json'} and {out / 'per_case.csv'}")
+
+
+@app.command()
+def score(
+    pred: Path = typer.Argument(..., help="Folder of predicted label maps (.nii/.nii.gz), or one file."),
+    ref: Path = typer.Argument(..., help="Folder of reference label maps (e.g. labelsTr), or one file."),
+    out: Path = typer.Option(..., "--out", help="Folder for summary.json, per_case.csv and per_label.png."),
+    labels: Path = typer.Option(None, "--labels", help="nnU-Net dataset.json: label values and names to score "
+                                                       "(default: every value > 0 found in any map)."),
+    tolerance: float = typer.Option(2.0, "--tolerance", help="NSD tolerance in mm."),
+    as_json: bool = typer.Option(False, "--json", help="Also print the summary as one JSON line on stdout "
+                                                      "(the table then goes to stderr)."),
+    resample_to_reference: bool = typer.Option(False, "--resample-to-reference",
+                                               help="Resample predictions on another grid onto the reference "
+                                                    "(nearest neighbour) instead of failing."),
+    workers: int = typer.Option(0, "--workers", help="Processes over cases (threads over labels for one case); "
+                                                     "0: the CPUs available, at most 8."),
+) -> None:
+    """Score predictions against references: Dice, IoU, HD95, ASSD, NSD and volumes per label and case.
+
+    Cases are matched by file name (nnU-Net's _0000 suffix is dropped). See the README for how empty
+    structures (missed, false positive, absent from both) are scored.
+    """
+    from hiend_data.errors import cli_errors
+
+    with cli_errors():
+        _score_and_report(pred, ref, out, labels, tolerance, as_json, resample_to_reference, workers)
+
+
+@app.command()
+def run(
+    ckpt: Path = typer.Argument(..., help="hiend-model checkpoint (.safetensors) of a fine-tuned UNETR."),
+    dataset: Path = typer.Argument(..., help="nnU-Net dataset folder (imagesTr, labelsTr, dataset.json)."),
+    out: Path = typer.Option(..., "--out", help="Folder for predictions/ and the score outputs."),
+    device: str = typer.Option("cpu", "--device", help="torch device for inference, e.g. cpu or cuda."),
+    tolerance: float = typer.Option(2.0, "--tolerance", help="NSD tolerance in mm."),
+    as_json: bool = typer.Option(False, "--json", help="Also print the summary as one JSON line on stdout."),
+    workers: int = typer.Option(0, "--workers", help="Scoring processes (0: the CPUs available, at most 8)."),
+) -> None:
+    """Predict every image of DATASET/imagesTr with a checkpoint, then score against DATASET/labelsTr."""
+    from hiend_data.errors import InputError, cli_errors
+
+    with cli_errors():
+        try:
+            from hiend_model.inference import predict_files
+        except ImportError:
+            raise InputError("hiend-eval run needs hiend-model: pip install 'hiend-eval[model]'") from None
+        for sub in ("imagesTr", "labelsTr"):
+            if not (dataset / sub).is_dir():
+                raise InputError(f"{dataset}: no {sub} folder (expected an nnU-Net dataset folder)")
+        images = sorted(p for p in (dataset / "imagesTr").iterdir()
+                        if p.name.endswith(("_0000.nii.gz", "_0000.nii")))
+        if not images:
+            raise InputError(f"{dataset / 'imagesTr'}: no *_0000.nii.gz images")
+        predictions = out / "predictions"
+        predict_files(ckpt, images, predictions, device=device)
+        labels = dataset / "dataset.json"
+        _score_and_report(predictions, dataset / "labelsTr", out, labels if labels.is_file() else None, tolerance,
+                          as_json, False, workers)
 
 
 def main() -> None:

@@ -1,0 +1,289 @@
+"""Scoring folders (or single files) of predicted label maps against references.
+
+* :func:`match_cases` pairs files by case id (file name without ``.nii``/``.nii.gz`` and without an
+  nnU-Net ``_0000`` channel suffix);
+* :func:`score_case` loads one pair, checks it (integer labels, same grid) and scores every label;
+* :func:`score_folders` does that for every case, in worker processes when there are several, and
+  :func:`summarize` turns the per-case results into the ``summary.json`` structure.
+
+A reference without a prediction is scored as an empty prediction (every structure "missed") and
+listed under ``missing_predictions``; a prediction without a reference is listed under
+``unmatched_predictions`` and otherwise ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from hiend_data.errors import InputError
+
+from .labelmaps import FOREGROUND, label_boxes, present_values, score_label_maps
+from .metrics import FLAG_ABSENT, FLAG_FALSE_POSITIVE, FLAG_MISSED, Scores
+
+METRICS = ("dice", "iou", "hd95", "assd", "nsd")
+FIELDS = METRICS + ("volume_pred_ml", "volume_ref_ml", "flag")
+GEOMETRY_ATOL = 1e-4  # mm (affine entries), the same tolerance as hiend-data's grid check
+_SUFFIXES = (".nii.gz", ".nii")
+_CHANNEL0 = re.compile(r"_0000$")
+
+CONVENTIONS = {
+    "surface": "mask minus its 6-connected erosion; voxels on the array border are surface",
+    "distances": "Euclidean, mm, voxel centres, header spacing of the reference in array-axis order",
+    "hd95": "max of the two directed 95th percentiles of surface distances (linear interpolation)",
+    "assd": "mean of the surface distances of both directions pooled",
+    "nsd": "fraction of surface voxels of both masks within the tolerance of the other surface (voxel counts)",
+    "absent_both": "structure in neither map: every metric null, left out of the means, counted",
+    "missed": "in the reference only: dice, iou, nsd 0; hd95 and assd = image diagonal in mm; counted",
+    "false_positive": "in the prediction only: dice, iou, nsd 0; hd95 and assd = image diagonal in mm; counted",
+    "foreground": "union of all scored labels (value > 0), scored as one structure",
+    "mean": "over the cases where the value is defined (not null), missed and false-positive cases included",
+}
+
+
+@dataclass(frozen=True)
+class CasePair:
+    """One case: its id, the reference file and the prediction file (None when missing)."""
+
+    case: str
+    ref: Path
+    pred: Path | None
+
+
+@dataclass
+class Matching:
+    pairs: list[CasePair]
+    missing_predictions: list[str] = field(default_factory=list)
+    unmatched_predictions: list[str] = field(default_factory=list)
+
+
+def case_id(path: Path) -> str | None:
+    """``"liver_003_0000.nii.gz"`` -> ``"liver_003"``; None for a name that is not NIfTI."""
+    for suffix in _SUFFIXES:
+        if path.name.endswith(suffix):
+            return _CHANNEL0.sub("", path.name[: -len(suffix)])
+    return None
+
+
+def _index(folder: Path, what: str) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        cid = case_id(path)
+        if cid is None or not path.is_file() or path.name.startswith("."):
+            continue
+        if cid in found:
+            raise InputError(f"{folder}: two {what} files for case {cid!r}: {found[cid].name} and {path.name}")
+        found[cid] = path
+    return found
+
+
+def match_cases(pred: Path, ref: Path) -> Matching:
+    """Pair predictions with references; both folders (matched by case id) or both single files."""
+    pred, ref = Path(pred), Path(ref)
+    for path in (pred, ref):
+        if not path.exists():
+            raise FileNotFoundError(2, "no such file or directory", str(path))
+    if pred.is_file() != ref.is_file():
+        raise InputError(f"{pred} and {ref}: give two folders or two files, not one of each")
+    if ref.is_file():
+        cid = case_id(ref) or ref.name
+        return Matching([CasePair(cid, ref, pred)])
+    refs, preds = _index(ref, "reference"), _index(pred, "prediction")
+    if not refs:
+        raise InputError(f"{ref}: no reference label maps (.nii or .nii.gz) in this folder")
+    pairs = [CasePair(c, refs[c], preds.get(c)) for c in sorted(refs)]
+    return Matching(pairs, missing_predictions=[c for c in sorted(refs) if c not in preds],
+                    unmatched_predictions=[preds[c].name for c in sorted(preds) if c not in refs])
+
+
+def read_labels(dataset_json: Path) -> dict[int, str]:
+    """Label value -> name (background left out) from an nnU-Net ``dataset.json``.
+
+    Understands nnU-Net v2 (``"labels": {"liver": 1}``) and v1/MSD (``"labels": {"1": "liver"}``).
+    Region-based labels (lists of values) are refused.
+    """
+    path = Path(dataset_json)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not a readable JSON file ({exc})") from None
+    labels = data.get("labels") if isinstance(data, dict) else None
+    if not isinstance(labels, dict) or not labels:
+        raise InputError(f"{path}: no 'labels' map (name -> value) in this dataset.json")
+    out: dict[int, str] = {}
+    for key, val in labels.items():
+        if isinstance(val, str) and str(key).isdigit():  # v1: value -> name
+            value, name = int(key), val
+        elif isinstance(val, int) and not isinstance(val, bool):
+            value, name = val, str(key)
+        elif isinstance(val, list | tuple):
+            raise InputError(f"{path}: label {key!r} is a region {val}; region-based labels are not supported")
+        else:
+            raise InputError(f"{path}: label {key!r} has value {val!r}, expected a non-negative integer")
+        if value < 0:
+            raise InputError(f"{path}: label {key!r} has negative value {value}")
+        if value in out or (value == 0 and 0 in out):
+            raise InputError(f"{path}: label value {value} given twice")
+        out[value] = name
+    out.pop(0, None)
+    if not out:
+        raise InputError(f"{path}: only background in 'labels'; nothing to score")
+    return dict(sorted(out.items()))
+
+
+def _as_label_map(array: np.ndarray, path: Path) -> np.ndarray:
+    """Integer label map (smallest unsigned type) or InputError naming ``path``."""
+    if array.ndim != 3:
+        raise InputError(f"{path}: a label map must be one 3-D channel, found shape {array.shape}")
+    if array.dtype.kind == "f":
+        bad = int(np.count_nonzero(array != np.round(array)))
+        if bad:
+            raise InputError(f"{path}: not a label map: {bad} non-integer voxel values")
+    elif array.dtype.kind not in "iub":
+        raise InputError(f"{path}: not a label map: voxel type {array.dtype}")
+    lo, hi = (int(array.min()), int(array.max())) if array.size else (0, 0)
+    if lo < 0:
+        raise InputError(f"{path}: not a label map: negative value {lo}")
+    dtype = np.uint8 if hi < 2**8 else np.uint16 if hi < 2**16 else np.int32 if hi < 2**31 else np.int64
+    return array.astype(dtype, copy=False)
+
+
+def _resample_nearest(array: np.ndarray, affine: np.ndarray, ref_shape: tuple[int, ...],
+                      ref_affine: np.ndarray) -> np.ndarray:
+    """``array`` (on ``affine``) resampled onto the reference grid, nearest neighbour, 0 outside."""
+    from scipy import ndimage
+
+    ref_to_src = np.linalg.solve(affine, ref_affine)  # reference voxel -> source voxel (homogeneous)
+    return ndimage.affine_transform(array, ref_to_src, output_shape=ref_shape, order=0, mode="constant",
+                                    cval=0, prefilter=False)
+
+
+def score_case(pair: CasePair, labels: Sequence[int] | None, tolerance: float = 2.0,
+               resample_to_reference: bool = False, threads: int = 1) -> dict:
+    """Load and score one case. Returns ``{"case", "pred", "ref", "labels": {key: Scores}, "found"}``.
+
+    ``labels``: values to score (None: every value > 0 in either map, listed in ``found``). A value in
+    a map that is not in ``labels`` is an error (the dataset.json and the maps disagree).
+    """
+    from hiend_data import load_volume
+
+    ref_vol = load_volume(pair.ref)
+    ref = _as_label_map(np.asarray(ref_vol.array), pair.ref)
+    spacing = tuple(float(s) for s in ref_vol.spacing)
+    if pair.pred is None:
+        pred = np.zeros_like(ref)
+    else:
+        pred_vol = load_volume(pair.pred)
+        pred = _as_label_map(np.asarray(pred_vol.array), pair.pred)
+        same_shape = pred.shape == ref.shape
+        same_affine = same_shape and np.allclose(pred_vol.affine, ref_vol.affine, atol=GEOMETRY_ATOL, rtol=0)
+        if not same_affine:
+            if not resample_to_reference:
+                what = (f"shape {pred.shape} vs {ref.shape}" if not same_shape else
+                        f"affine differs by up to {float(np.abs(pred_vol.affine - ref_vol.affine).max()):.4g} mm")
+                raise InputError(f"case {pair.case}: prediction {pair.pred.name} and reference {pair.ref.name} "
+                                 f"are on different grids ({what}); use --resample-to-reference to resample "
+                                 "the prediction (nearest neighbour)")
+            pred = _resample_nearest(pred, np.asarray(pred_vol.affine, dtype=np.float64), ref.shape,
+                                     np.asarray(ref_vol.affine, dtype=np.float64))
+    boxes = (label_boxes(pred), label_boxes(ref))
+    found = sorted(set(present_values(boxes[0])) | set(present_values(boxes[1])))
+    if labels is not None:
+        unknown = sorted(set(found) - set(labels))
+        if unknown:
+            where = pair.pred.name if pair.pred is not None and set(unknown) & set(present_values(boxes[0])) \
+                else pair.ref.name
+            raise InputError(f"case {pair.case}: label value(s) {unknown} in {where} are not in the dataset.json "
+                             f"labels {list(labels)}")
+    scores = score_label_maps(pred, ref, spacing, labels if labels is not None else found, tolerance,
+                              foreground=True, threads=threads, boxes=boxes)
+    return {"case": pair.case, "pred": str(pair.pred) if pair.pred else None, "ref": str(pair.ref),
+            "labels": scores, "found": found, "shape": list(ref.shape), "spacing": list(spacing)}
+
+
+def _absent() -> Scores:
+    nan = float("nan")
+    return Scores(nan, nan, nan, nan, nan, 0.0, 0.0, FLAG_ABSENT)
+
+
+def score_folders(pred: Path, ref: Path, labels: dict[int, str] | None = None, tolerance: float = 2.0,
+                  resample_to_reference: bool = False, workers: int = 1) -> dict:
+    """Score every case of ``pred`` against ``ref`` and return the summary (see :func:`summarize`).
+
+    ``labels``: value -> name (from dataset.json) or None for every value found; ``workers``: processes
+    over cases (several cases) or threads over labels (one case). Memory: one pair per process.
+    """
+    if not math.isfinite(tolerance) or tolerance < 0:
+        raise InputError(f"--tolerance {tolerance}: must be a finite number of mm >= 0")
+    matching = match_cases(pred, ref)
+    values = list(labels) if labels is not None else None
+    pairs = matching.pairs
+    workers = max(1, int(workers))
+    if workers > 1 and len(pairs) > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, len(pairs))) as pool:
+            futures = [pool.submit(score_case, p, values, tolerance, resample_to_reference, 1) for p in pairs]
+            try:
+                results = [f.result() for f in futures]
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    else:
+        results = [score_case(p, values, tolerance, resample_to_reference, threads=workers) for p in pairs]
+    if values is None:  # every value found in any case; a case without it has it "absent from both"
+        values = sorted({v for r in results for v in r["found"]})
+        for r in results:
+            r["labels"] = {**{str(v): r["labels"].get(str(v)) or _absent() for v in values},
+                           FOREGROUND: r["labels"][FOREGROUND]}
+    names = {str(v): (labels[v] if labels is not None else str(v)) for v in values}
+    return summarize(results, names, tolerance, matching)
+
+
+def _mean(xs: list[float]) -> float | None:
+    xs = [x for x in xs if not math.isnan(x)]
+    return float(np.mean(xs)) if xs else None
+
+
+def summarize(results: list[dict], names: dict[str, str], tolerance: float, matching: Matching) -> dict:
+    """The ``summary.json`` structure (JSON-ready: NaN -> None) from :func:`score_case` results."""
+    from .__about__ import __version__
+
+    keys = list(names) + [FOREGROUND]
+    per_case = [{"case": r["case"], "pred": r["pred"], "ref": r["ref"],
+                 "labels": {k: _jsonable(r["labels"][k].as_dict()) for k in keys}} for r in results]
+    mean, counts = {}, {}
+    for k in keys:
+        rows = [r["labels"][k] for r in results]
+        mean[k] = {m: _mean([getattr(s, m) for s in rows]) for m in METRICS}
+        flags = [s.flag for s in rows]
+        counts[k] = {"cases": len(rows), "scored": sum(f != FLAG_ABSENT for f in flags),
+                     "absent_both": flags.count(FLAG_ABSENT), "missed": flags.count(FLAG_MISSED),
+                     "false_positive": flags.count(FLAG_FALSE_POSITIVE)}
+    return {"version": __version__, "tolerance_mm": tolerance, "conventions": CONVENTIONS,
+            "names": {**names, FOREGROUND: "union of all labels"},
+            "mean": mean, "counts": counts,
+            "missing_predictions": matching.missing_predictions,
+            "unmatched_predictions": matching.unmatched_predictions,
+            "per_case": per_case}
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+
+
+def default_workers() -> int:
+    """CPUs this process may use (affinity-aware), at most 8."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
