@@ -14,6 +14,7 @@ large allocations where the header alone can tell.
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import re
 import zlib
@@ -99,10 +100,15 @@ def _open_header(path: Path) -> Any:
     size = path.stat().st_size
     if size == 0:
         raise InputError(f"{path}: empty file")
+    quiet = logging.getLogger("nibabel.global")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its header "fixes" are logged to stderr; we report problems ourselves
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises several types for garbage
         raise InputError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+    finally:
+        quiet.setLevel(level)
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise InputError(f"{path}: not a NIfTI image (nibabel read it as {type(img).__name__})")
     _check_header(path, img, size)
@@ -118,7 +124,7 @@ def _check_header(path: Path, img: Any, file_size: int) -> None:
         raise InputError(f"{path}: {len(shape)}-D image {shape}, expected a 3-D volume (or 4-D channels)")
     if min(shape) < 1:
         raise InputError(f"{path}: empty dimension in shape {shape}")
-    raw = np.asarray(hdr["pixdim"], dtype=np.float64)[1:4]  # nibabel turns a zero pixdim into 1 later
+    raw = _raw_pixdim(path, type(hdr))[1:4]  # nibabel's own header already turned a zero pixdim into 1
     if not np.all(np.isfinite(raw)) or np.any(raw <= 0):
         raise InputError(f"{path}: invalid voxel spacing {tuple(float(v) for v in raw)} in the header "
                          "(pixdim must be finite and > 0)")
@@ -130,6 +136,15 @@ def _check_header(path: Path, img: Any, file_size: int) -> None:
     itemsize = np.dtype(img.get_data_dtype()).itemsize
     needed = int(np.prod(shape, dtype=np.int64)) * itemsize + int(hdr.get("vox_offset", 0) or 0)
     _check_size(path, shape, needed, file_size)
+
+
+def _raw_pixdim(path: Path, header_class: Any) -> np.ndarray:
+    """``pixdim`` exactly as stored in the file (nibabel's loader silently "fixes" zeros to 1)."""
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(path)) as fh:
+        raw = header_class.from_fileobj(fh, check=False)
+    return np.asarray(raw["pixdim"], dtype=np.float64)
 
 
 def _check_size(path: Path, shape: tuple[int, ...], needed: int, file_size: int) -> None:
