@@ -1,0 +1,173 @@
+"""Whole-scan segmentation: case discovery, geometry on the real scans, files in and out."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from hiend_data import Plan, load_volume
+from hiend_data.errors import InputError
+from hiend_model.checkpoint import save_checkpoint
+from hiend_model.predict import collect_cases, predict_files, predict_volume
+from scipy import ndimage
+
+BODY = "ct/body_ct_3mm_ras_30slices.nii.gz"
+ABDOMEN = "ct/abdomen_ct_1.5mm_lps.nii.gz"
+
+
+def _touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+# ------------------------------------------------------------------------------------ discovery
+
+
+def test_collect_cases_groups_channels(tmp_path: Path):
+    d = tmp_path / "in"
+    for name in ["b.nii", "a.nii.gz", "c_0000.nii.gz", "c_0001.nii.gz", "d_0001.nii.gz", "notes.txt",
+                 "sub/e.nii.gz"]:
+        _touch(d / name)
+    extra = _touch(tmp_path / "f_0000.nii.gz")
+    cases = collect_cases([d, extra, d / "a.nii.gz"])  # a.nii.gz named twice: counted once
+    assert [(c.name, [f.name for f in c.files]) for c in cases] == [
+        ("a", ["a.nii.gz"]), ("b", ["b.nii"]), ("c", ["c_0000.nii.gz", "c_0001.nii.gz"]),
+        ("d_0001", ["d_0001.nii.gz"]), ("f", ["f_0000.nii.gz"])]
+
+
+@pytest.mark.parametrize(
+    ("names", "args", "match"),
+    [
+        (["x_0000.nii.gz", "x_0002.nii.gz"], ["."], r"x_0000.nii.gz: channel files of case 'x' have gaps \(missing _0001\)"),
+        (["p/a.nii.gz", "q/a.nii.gz"], ["p", "q"], r"both be written as a.nii.gz"),
+        (["a.nii.gz", "a_0000.nii.gz"], ["."], r"both be written as a.nii.gz"),
+        (["scan.nrrd"], ["scan.nrrd"], r"scan.nrrd: not a NIfTI file name"),
+        (["notes.txt"], ["."], r"folder holds no .nii/.nii.gz files"),
+        ([], ["missing.nii.gz"], r"missing.nii.gz: no such file or folder"),
+        ([], [], r"no input scans"),
+    ],
+)
+def test_collect_cases_errors(tmp_path: Path, names, args, match):
+    for n in names:
+        _touch(tmp_path / n)
+    with pytest.raises(InputError, match=match):
+        collect_cases([tmp_path / a for a in args])
+
+
+# ------------------------------------------------------------------------------------- geometry
+
+
+class Threshold(torch.nn.Module):
+    """Stand-in segmenter: class 1 where the preprocessed intensity exceeds ``t`` (no weights)."""
+
+    def __init__(self, t: float, roi: int = 32) -> None:
+        super().__init__()
+        self.t = t
+        self.config = SimpleNamespace(img_size=(roi,) * 3, in_chans=1, num_classes=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(x), x - self.t], dim=1)
+
+
+@pytest.mark.parametrize("scan", [BODY, ABDOMEN])
+def test_prediction_lands_on_the_original_grid(shared_data: Path, scan: str):
+    """Thresholding in preprocessed space, restored, equals thresholding the original HU (boundaries aside)."""
+    vol = load_volume(shared_data / scan)
+    plan = Plan.paper()  # RAS, 1.5 mm: the LPS scan is flipped, the 3 mm scan resampled, both cropped
+    hu = 0.0
+    t = (hu - plan.window[0]) / (plan.window[1] - plan.window[0])
+    pred = predict_volume(Threshold(t).eval(), vol, plan, sw_batch_size=8)
+    assert pred.shape == vol.array.shape and pred.dtype == np.uint8
+    ref = vol.array > hu
+    interior = ndimage.binary_erosion(ref, border_value=1) | ~ndimage.binary_dilation(ref)
+    wrong = pred.astype(bool) != ref
+    assert wrong[interior].mean() < 1e-3
+    assert wrong.mean() < 0.08
+    # The check has teeth: the same prediction mirrored along any axis is far off.
+    for axis in range(3):
+        assert (np.flip(pred, axis).astype(bool) != ref)[interior].mean() > 0.02
+
+
+def test_predict_volume_checks_channels(shared_data: Path):
+    vol = load_volume(shared_data / BODY)
+    model = Threshold(0.5)
+    model.config.in_chans = 2
+    with pytest.raises(InputError, match=r"body_ct_3mm_ras_30slices.nii.gz: has 1 channel\(s\), the model takes 2"):
+        predict_volume(model, vol, Plan.paper())
+
+
+# ---------------------------------------------------------------------------------------- files
+
+
+def test_predict_files_on_real_scans(tmp_path: Path, shared_data: Path, unetr_ckpt: Path, unetr_model, tiny):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    os.symlink(shared_data / BODY, inputs / "body_0000.nii.gz")  # nnU-Net channel name
+    out = tmp_path / "out"
+    written = predict_files(unetr_ckpt, [inputs, shared_data / ABDOMEN], out, progress=False,
+                            sw_batch_size=4)
+    assert [p.name for p in written] == ["body.nii.gz", "abdomen_ct_1.5mm_lps.nii.gz"]
+    assert sorted(os.listdir(out)) == sorted(p.name for p in written)
+    for path, src in zip(written, [BODY, ABDOMEN]):
+        img, ref = nib.load(path), nib.load(shared_data / src)
+        assert img.shape == ref.shape
+        np.testing.assert_allclose(img.affine, ref.affine, atol=1e-6)
+        assert np.issubdtype(img.get_data_dtype(), np.unsignedinteger)
+        labels = np.asarray(img.dataobj)
+        assert labels.max() < 3
+        # Same numbers as the in-memory API with the checkpoint's plan.
+        expect = predict_volume(unetr_model, load_volume(shared_data / src), tiny.plan(), sw_batch_size=2)
+        np.testing.assert_array_equal(labels, expect)
+
+
+def test_predict_files_multichannel(tmp_path: Path, shared_data: Path, tiny):
+    model = tiny.unetr(in_chans=2)
+    ckpt = save_checkpoint(tmp_path / "two.safetensors", model, plan=tiny.plan())
+    for c in (0, 1):
+        os.symlink(shared_data / BODY, tmp_path / f"pat_{c:04d}.nii.gz")
+    [path] = predict_files(ckpt, [tmp_path / "pat_0000.nii.gz", tmp_path / "pat_0001.nii.gz"],
+                           tmp_path / "out", progress=False, sw_batch_size=4)
+    assert path.name == "pat.nii.gz"
+    img = nib.load(path)
+    assert img.shape == (122, 101, 30)
+    np.testing.assert_allclose(img.affine, nib.load(shared_data / BODY).affine, atol=1e-6)
+
+
+def test_bad_input_stops_before_any_output(tmp_path: Path, shared_data: Path, unetr_ckpt: Path):
+    bad = tmp_path / "in" / "zz_broken.nii.gz"
+    bad.parent.mkdir()
+    os.symlink(shared_data / BODY, tmp_path / "in" / "aa_good.nii.gz")
+    bad.write_bytes((shared_data / BODY).read_bytes()[:5000])  # truncated gzip
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="zz_broken.nii.gz"):
+        predict_files(unetr_ckpt, [tmp_path / "in"], out, progress=False)
+    assert not out.exists()
+
+
+def test_refuses_mae_checkpoint_and_channel_mismatch(tmp_path: Path, shared_data: Path, mae_ckpt: Path,
+                                                     unetr_ckpt: Path):
+    with pytest.raises(InputError, match=r"expected a unetr checkpoint, got mae"):
+        predict_files(mae_ckpt, [shared_data / BODY], tmp_path / "out", progress=False)
+    for c in (0, 1):
+        os.symlink(shared_data / BODY, tmp_path / f"two_{c:04d}.nii.gz")
+    with pytest.raises(InputError, match=r"two_0000.nii.gz: case 'two' has 2 channel\(s\), the model takes 1"):
+        predict_files(unetr_ckpt, [tmp_path], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_refuses_to_overwrite_an_input(tmp_path: Path, shared_data: Path, unetr_ckpt: Path):
+    os.symlink(shared_data / BODY, tmp_path / "scan.nii.gz")
+    with pytest.raises(InputError, match=r"would overwrite an input scan"):
+        predict_files(unetr_ckpt, [tmp_path / "scan.nii.gz"], tmp_path, progress=False)
+
+
+def test_checkpoint_without_plan(tmp_path: Path, shared_data: Path, unetr_model):
+    ckpt = save_checkpoint(tmp_path / "noplan.safetensors", unetr_model)
+    with pytest.raises(InputError, match=r"noplan.safetensors: checkpoint has no preprocessing plan"):
+        predict_files(ckpt, [shared_data / BODY], tmp_path / "out", progress=False)
