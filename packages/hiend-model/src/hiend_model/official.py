@@ -88,20 +88,25 @@ def _get(sd: StateDict, key: str) -> torch.Tensor:
     return sd[key]
 
 
-def _cube_img(L: int, patch: int, key: str) -> int:
+def _img_from_rows(L: int, patch: int, key: str, img_size=None) -> tuple[int, int, int]:
+    if img_size is not None:
+        img = (img_size,) * 3 if isinstance(img_size, int) else tuple(img_size)
+        if len(img) != 3 or any(s % patch for s in img) or (img[0] // patch) * (img[1] // patch) * (img[2] // patch) != L:
+            raise InputError(f"img_size={img_size} does not give the {L} grid positions of {key} with patch {patch}")
+        return img
     g = round(L ** (1 / 3))
     if g**3 != L:
         raise InputError(f"{key} has {L} rows, not a cube grid: pass img_size=(H, W, D)")
-    return g * patch
+    return (g * patch,) * 3
 
 
 # -- architecture inference ------------------------------------------------------------------------
 def infer_arch_from_state_dict(sd: StateDict | str | Path, kind: str, num_heads: int | None = None,
-                               decoder_num_heads: int | None = None) -> dict:
+                               decoder_num_heads: int | None = None, img_size=None) -> dict:
     """Every architecture field the tensors reveal, for ``kind`` "pretrain" or "finetune".
 
     Head counts cannot be read off the tensors: they default to the released model's (16). Also
-    assumed: cubic inputs (img_size from the cube root of the token count), taps (3, 6, 9)-style
+    assumed unless given: cubic inputs (img_size from the cube root of the token count), taps (3, 6, 9)-style
     defaults for the depth, mask_ratio 0.75, LayerNorm eps 1e-6 (pretrain) / 1e-5 (finetune).
     """
     if kind in ("mae", "official-pretrain"):
@@ -121,11 +126,11 @@ def infer_arch_from_state_dict(sd: StateDict | str | Path, kind: str, num_heads:
             raise InputError(f"encoder.patch_embed.proj.weight has shape {list(w.shape)}, expected [D, C, p, p, p]")
         D, C, p = w.shape[0], w.shape[1], w.shape[2]
         pe = _get(sd, "encoder_pos_embed")
-        img = _cube_img(pe.shape[1], p, "encoder_pos_embed")
+        img = _img_from_rows(pe.shape[1], p, "encoder_pos_embed", img_size)
         depth = _count(sd, "encoder.blocks.")
-        grid = (img // p,) * 3
+        grid = tuple(s // p for s in img)
         sincos = D % 6 == 0 and torch.allclose(pe[0].float(), sincos_pos_embed_3d(grid, D), atol=1e-5)
-        arch.update(img_size=(img,) * 3, patch_size=p, in_chans=C, embed_dim=D, depth=depth,
+        arch.update(img_size=img, patch_size=p, in_chans=C, embed_dim=D, depth=depth,
                     mlp_ratio=_get(sd, "encoder.blocks.0.mlp.fc1.weight").shape[0] / D,
                     qkv_bias="encoder.blocks.0.attn.qkv.bias" in sd,
                     pos_embed="sincos" if sincos else "learned",
@@ -149,8 +154,8 @@ def infer_arch_from_state_dict(sd: StateDict | str | Path, kind: str, num_heads:
             p = round((P / C) ** (1 / 3))
         else:
             p = _get(sd, "vit.patch_embedding.patch_embeddings.weight").shape[-1]
-        img = _cube_img(pe.shape[1], p, "vit.patch_embedding.position_embeddings")
-        arch.update(img_size=(img,) * 3, patch_size=p, in_chans=C, embed_dim=D,
+        img = _img_from_rows(pe.shape[1], p, "vit.patch_embedding.position_embeddings", img_size)
+        arch.update(img_size=img, patch_size=p, in_chans=C, embed_dim=D,
                     depth=_count(sd, "vit.blocks."),
                     mlp_ratio=_get(sd, "vit.blocks.0.mlp.linear1.weight").shape[0] / D,
                     qkv_bias="vit.blocks.0.attn.qkv.bias" in sd,
@@ -176,7 +181,8 @@ def _mismatch_with_released(inferred: dict, released: dict, what: str) -> None:
 
 
 def _resolve_arch(sd: StateDict, kind: str, arch: dict) -> dict:
-    inferred = infer_arch_from_state_dict(sd, kind, arch.get("num_heads"), arch.get("decoder_num_heads"))
+    inferred = infer_arch_from_state_dict(sd, kind, arch.get("num_heads"), arch.get("decoder_num_heads"),
+                                          arch.get("img_size"))
     if not arch:
         released = RELEASED_PRETRAIN if kind == "pretrain" else RELEASED_FINETUNE
         _mismatch_with_released(inferred, released, "ViT-L/12" if kind == "pretrain" else "ViT-L/12 UNETR")
@@ -231,7 +237,9 @@ def load_official_pretrained(path_or_state_dict: str | Path | dict, **arch: obje
 
     sd = read_state_dict(path_or_state_dict)
     _require_kind(sd, "pretrain")
-    cfg = validated(MAEConfig, _resolve_arch(sd, "pretrain", dict(arch)))
+    unetr_only = set(UNETRConfig.model_fields) - set(MAEConfig.model_fields)
+    fields = {k: v for k, v in _resolve_arch(sd, "pretrain", dict(arch)).items() if k not in unetr_only}
+    cfg = validated(MAEConfig, fields)
     model = HiEndMAE(cfg)
     load_into(model, {k: v.float() for k, v in pretrained_to_ours(sd).items()})
     return model.eval()
@@ -337,7 +345,8 @@ def load_official_finetuned(path_or_state_dict: str | Path | dict, **arch: objec
     sd = read_state_dict(path_or_state_dict)
     _require_kind(sd, "finetune")
     fields = _resolve_arch(sd, "finetune", dict(arch))
-    cfg = validated(UNETRConfig, {k: v for k, v in fields.items() if k in UNETRConfig.model_fields})
+    mae_only = set(MAEConfig.model_fields) - set(UNETRConfig.model_fields)
+    cfg = validated(UNETRConfig, {k: v for k, v in fields.items() if k not in mae_only})
     model = UNETR(cfg)
     has_t = "decoder2.transp_conv.conv.weight" in sd
     if has_t != (cfg.final_upsample == "transpose"):

@@ -1,0 +1,134 @@
+"""The paper's layouts: export -> import round trips, size inference, MONAI cross-check, bad files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hiend_data.errors import InputError
+from hiend_model import UNETR, MAEConfig, UNETRConfig, build, load_official_finetuned, load_official_pretrained
+from hiend_model.official import export_official_finetuned, export_official_pretrained, infer_arch_from_state_dict
+
+MAE_CASES = {
+    "p12-sincos": dict(img_size=24, patch_size=12, embed_dim=36, num_heads=3, decoder_embed_dim=24,
+                       decoder_num_heads=2),
+    "p16-learned": dict(img_size=32, patch_size=16, embed_dim=24, num_heads=4, decoder_embed_dim=18,
+                        decoder_num_heads=3, pos_embed="learned"),
+    "odd-heads": dict(img_size=(16, 16, 16), patch_size=8, embed_dim=60, num_heads=5, decoder_embed_dim=30,
+                      decoder_num_heads=5, in_chans=2, mlp_ratio=2.0),
+}
+
+
+def _mae(fields: dict):
+    torch.manual_seed(0)
+    model = build(MAEConfig(depth=4, tap_blocks=(1, 2, 3), **fields)).eval()
+    with torch.no_grad():  # non-trivial values everywhere (biases and norms included)
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model
+
+
+@pytest.mark.parametrize("name", list(MAE_CASES))
+def test_pretrained_round_trip_and_inference(name):
+    mae = _mae(MAE_CASES[name])
+    cfg = mae.config
+    exported = export_official_pretrained(mae, wrap=True)
+    assert all(k.startswith("module.") for k in exported["state_dict"])
+    sd = export_official_pretrained(mae)
+    assert sd["encoder.patch_embed.proj.weight"].shape == (cfg.embed_dim, cfg.in_chans, *(cfg.patch_size,) * 3)
+    arch = infer_arch_from_state_dict(sd, "pretrain", num_heads=cfg.num_heads,
+                                      decoder_num_heads=cfg.decoder_num_heads)
+    assert {k: arch[k] for k in ("embed_dim", "patch_size", "in_chans", "depth", "decoder_embed_dim",
+                                 "mlp_ratio", "pos_embed", "qkv_bias")} == \
+        {k: getattr(cfg, k) for k in ("embed_dim", "patch_size", "in_chans", "depth", "decoder_embed_dim",
+                                      "mlp_ratio", "pos_embed", "qkv_bias")}
+    assert tuple(arch["img_size"]) == cfg.img_size
+    back = load_official_pretrained(exported, **{**arch, "tap_blocks": cfg.tap_blocks})
+    assert back.config == cfg
+    x = torch.rand(2, cfg.in_chans, *cfg.img_size)
+    noise = torch.rand(2, cfg.num_patches)
+    with torch.no_grad():
+        a, b = mae(x, noise), back(x, noise)
+    assert torch.equal(a.pred, b.pred) and torch.equal(a.loss, b.loss)
+
+
+UNETR_CASES = {
+    "p12": dict(img_size=24, patch_size=12, embed_dim=36, num_heads=3),
+    "p16-odd-heads": dict(img_size=(32, 16, 32), patch_size=16, embed_dim=60, num_heads=5),
+}
+
+
+@pytest.mark.parametrize("name", list(UNETR_CASES))
+def test_finetuned_round_trip_and_inference(name):
+    torch.manual_seed(0)
+    unetr = UNETR(UNETRConfig(depth=4, tap_blocks=(1, 2, 3), num_classes=3, feature_size=4,
+                              **UNETR_CASES[name])).eval()
+    cfg = unetr.config
+    sd = export_official_finetuned(unetr)
+    if cfg.patch_size == 12:
+        assert "decoder2.conv3d.weight" in sd and "decoder2.transp_conv.conv.weight" not in sd
+    assert sd["encoder1.layer.conv1.conv.weight"].shape == (4, 1, 3, 3, 3)
+    cubic = len(set(cfg.img_size)) == 1
+    arch = infer_arch_from_state_dict(export_official_finetuned(unetr, wrap=True)["state_dict"], "finetune",
+                                      num_heads=cfg.num_heads, img_size=None if cubic else cfg.img_size)
+    assert tuple(arch["img_size"]) == cfg.img_size
+    assert (arch["patch_size"], arch["embed_dim"], arch["feature_size"], arch["num_classes"], arch["depth"]) == \
+        (cfg.patch_size, cfg.embed_dim, 4, 3, 4)
+    back = load_official_finetuned(sd, num_heads=cfg.num_heads, img_size=cfg.img_size, depth=4,
+                                   tap_blocks=(1, 2, 3), layer_norm_eps=cfg.layer_norm_eps)
+    x = torch.rand(1, 1, *cfg.img_size)
+    with torch.no_grad():
+        assert torch.equal(unetr(x), back(x))
+
+
+def test_patch16_export_runs_identically_in_monai():
+    """Independent check: MONAI's own UNETR (patch 16) loads our export and gives our logits."""
+    monai_nets = pytest.importorskip("monai.networks.nets")
+    torch.manual_seed(0)
+    unetr = UNETR(UNETRConfig(img_size=32, patch_size=16, embed_dim=24, depth=12, num_heads=2, num_classes=3,
+                              feature_size=4, layer_norm_eps=1e-5)).eval()
+    ref = monai_nets.UNETR(in_channels=1, out_channels=3, img_size=(32, 32, 32), feature_size=4, hidden_size=24,
+                           mlp_dim=96, num_heads=2, proj_type="perceptron", norm_name="instance",
+                           res_block=True, qkv_bias=True).eval()
+    ref.load_state_dict(export_official_finetuned(unetr, norm_cross_attn=True), strict=True)
+    x = torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(unetr(x), ref(x), rtol=1e-4, atol=1e-5)
+
+
+def test_file_wrapping_and_errors(tmp_path):
+    mae = _mae(MAE_CASES["p16-learned"])
+    path = tmp_path / "ckpt.pth"
+    torch.save({"epoch": 1, **export_official_pretrained(mae, wrap=True)}, path)
+    back = load_official_pretrained(path, num_heads=4, decoder_num_heads=3, depth=4, tap_blocks=(1, 2, 3))
+    assert torch.equal(back.encoder.pos_embed, mae.encoder.pos_embed)
+    # no arch: the released ViT-L/12 is assumed and the revealed sizes are checked against it
+    with pytest.raises(InputError, match=r"released ViT-L/12.*embed_dim 24 \(released 1536\)"):
+        load_official_pretrained(path)
+    # a wrong head count still loads (heads are not in the tensors); a wrong size names key and shapes
+    with pytest.raises(InputError, match=r"encoder\.blocks\.0\.mlp\.fc1\.weight checkpoint \[96, 24\] vs model \[48, 24\]"):
+        load_official_pretrained(path, num_heads=4, decoder_num_heads=3, depth=4, tap_blocks=(1, 2, 3),
+                                 mlp_ratio=2.0)
+    with pytest.raises(InputError, match="fine-tuned UNETR"):
+        load_official_pretrained(export_official_finetuned(UNETR.from_mae(mae, num_classes=2, feature_size=4)))
+    with pytest.raises(InputError, match="pre-training checkpoint"):
+        load_official_finetuned(path)
+    truncated = tmp_path / "trunc.pth"
+    truncated.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(InputError, match="trunc.pth"):
+        load_official_pretrained(truncated)
+    with pytest.raises(FileNotFoundError):
+        load_official_pretrained(tmp_path / "missing.pth")
+    sd = export_official_pretrained(mae)
+    del sd["decoder.norm.bias"]
+    with pytest.raises(InputError, match=r"missing 1 keys: decoder\.norm\.bias"):
+        load_official_pretrained(sd, num_heads=4, decoder_num_heads=3, depth=4, tap_blocks=(1, 2, 3))
+
+
+def test_finetuned_ignores_monai_norm_cross_attn():
+    torch.manual_seed(0)
+    unetr = UNETR(UNETRConfig(img_size=24, patch_size=12, embed_dim=36, depth=4, tap_blocks=(1, 2, 3),
+                              num_heads=3, num_classes=2, feature_size=4))
+    sd = export_official_finetuned(unetr, norm_cross_attn=True)
+    back = load_official_finetuned(sd, num_heads=3, depth=4, tap_blocks=(1, 2, 3))
+    assert back.config.layer_norm_eps == 1e-5  # MONAI's eps kept by default
+    assert torch.equal(back.encoder.blocks[3].attn.proj.weight, unetr.encoder.blocks[3].attn.proj.weight)
