@@ -111,7 +111,7 @@ def resample_nearest(array: np.ndarray, shape_out: tuple[int, ...]) -> np.ndarra
 
 
 def resample_linear(array: np.ndarray, shape_out: tuple[int, ...]) -> np.ndarray:
-    """Linear resampling of the last three axes to ``shape_out``; returns float32 (channels kept).
+    """Linear resampling of the last three axes to ``shape_out``; returns a new float32 array.
 
     Samples at the cell-model coordinates of the module docstring; values beyond the border repeat the
     edge voxel. Works one channel at a time so at most one float32 output volume per channel is held.
@@ -121,7 +121,7 @@ def resample_linear(array: np.ndarray, shape_out: tuple[int, ...]) -> np.ndarray
     shape_out = tuple(int(s) for s in shape_out[-3:])
     lead = array.shape[:-3]
     if tuple(array.shape[-3:]) == shape_out:
-        return np.ascontiguousarray(array, dtype=np.float32)
+        return np.array(array, dtype=np.float32, order="C")  # always a new array: callers write into it
     out = np.empty((*lead, *shape_out), dtype=np.float32)
     zoom = [o / i for i, o in zip(array.shape[-3:], shape_out, strict=True)]
     flat_in = array.reshape(-1, *array.shape[-3:]) if lead else array[None]
