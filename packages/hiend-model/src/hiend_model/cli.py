@@ -59,17 +59,30 @@ def predict(
             typer.echo(str(path))
 
 
+def _parameter_names(kind: str, config: dict) -> set[str]:
+    """Which state-dict entries are parameters (the rest are buffers such as sin-cos embeddings)."""
+    import torch
+
+    from .checkpoint import build_model
+
+    try:
+        with torch.device("meta"):  # no weights allocated or initialised
+            model = build_model(kind, config)
+    except (NotImplementedError, RuntimeError):  # a layer that needs real data while being built
+        with torch.no_grad():
+            model = build_model(kind, config)
+    return {name for name, _ in model.named_parameters()}
+
+
 def checkpoint_summary(path: Path) -> dict:
     """JSON-ready description of a checkpoint: metadata, parameter counts (no tensor data read)."""
     import torch
 
-    from .checkpoint import build_model, read_checkpoint_info, tensor_shapes
+    from .checkpoint import read_checkpoint_info, tensor_shapes
 
     info = read_checkpoint_info(path)
     shapes = tensor_shapes(path)
-    with torch.device("meta"):  # names of parameters vs buffers without allocating weights
-        model = build_model(info.kind, info.config)
-    param_names = {name for name, _ in model.named_parameters()}
+    param_names = _parameter_names(info.kind, info.config)
     numel = {k: int(torch.Size(s).numel()) for k, s in shapes.items()}
     by_module: dict[str, int] = {}
     for k, n in numel.items():

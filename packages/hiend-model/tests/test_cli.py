@@ -1,0 +1,161 @@
+"""hiend-model predict / info / convert: chained on tiny models, and exit code 2 for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from hiend_data import Plan, load_volume
+from hiend_model.checkpoint import load_checkpoint, save_checkpoint
+from hiend_model.cli import app
+from hiend_model.official import export_official_finetuned, export_official_pretrained
+from hiend_model.predict import predict_volume
+from typer.testing import CliRunner
+
+BODY = "ct/body_ct_3mm_ras_30slices.nii.gz"
+
+
+def run(*args: object):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_help_does_not_import_torch():
+    code = "import sys, hiend_model.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_predict_command(tmp_path: Path, shared_data: Path, unetr_ckpt: Path, unetr_model, tiny):
+    out = tmp_path / "out"
+    r = run("predict", unetr_ckpt, shared_data / BODY, "--out", out, "--sw-batch", 4, "--quiet")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.strip() == str(out / "body_ct_3mm_ras_30slices.nii.gz")
+    img = nib.load(out / "body_ct_3mm_ras_30slices.nii.gz")
+    ref = nib.load(shared_data / BODY)
+    assert img.shape == ref.shape
+    np.testing.assert_allclose(img.affine, ref.affine, atol=1e-6)
+    expect = predict_volume(unetr_model, load_volume(shared_data / BODY), tiny.plan(), sw_batch_size=4)
+    np.testing.assert_array_equal(np.asarray(img.dataobj), expect)
+
+
+def test_info(unetr_ckpt: Path, unetr_model, tiny):
+    r = run("info", unetr_ckpt, "--json")
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["kind"] == "unetr"
+    assert s["parameters"] == sum(p.numel() for p in unetr_model.parameters())
+    assert sum(s["parameters_by_module"].values()) == s["parameters"]
+    assert s["parameters_by_module"]["encoder"] == sum(p.numel() for p in unetr_model.encoder.parameters())
+    assert s["tensors"] == len(unetr_model.state_dict())
+    assert Plan.model_validate(s["plan"]) == tiny.plan()
+    assert s["config"]["num_classes"] == 3 and s["extra"] == {"note": "test"}
+    assert s["versions"]["torch"] == torch.__version__
+    text = run("info", unetr_ckpt)
+    assert text.exit_code == 0
+    assert "kind: unetr" in text.stdout and f"parameters: {s['parameters']:,}" in text.stdout
+    assert "spacing: [3.0, 3.0, 3.0]" in text.stdout and "note: test" in text.stdout
+
+
+def test_convert_finetuned_then_info_then_predict(tmp_path: Path, shared_data: Path, tiny):
+    # The paper's fine-tuning keeps MONAI's LayerNorm eps 1e-5, which convert assumes.
+    model = tiny.unetr(seed=3, layer_norm_eps=1e-5)
+    pth = tmp_path / "paper_unetr.pth"
+    torch.save(export_official_finetuned(model, wrap=True), pth)  # {"state_dict": {"module." + k: v}}
+    dst = tmp_path / "ours.safetensors"
+    r = run("convert", pth, dst, "--from", "official-finetune", "--num-heads", 2)
+    assert r.exit_code == 0, r.stderr
+    converted, info = load_checkpoint(dst, expected_kind="unetr")
+    assert info.plan == Plan.paper()
+    assert info.extra["source_format"] == "official-finetune" and info.extra["converted_from"] == str(pth)
+    for key in ("embed_dim", "depth", "patch_size", "feature_size", "num_classes", "img_size", "num_heads"):
+        assert info.config[key] == model.config.model_dump(mode="json")[key], key
+    x = torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():  # the converted model runs the default attention backend: float32 rounding
+        torch.testing.assert_close(converted(x), model(x), rtol=0, atol=1e-5)
+
+    s = json.loads(run("info", dst, "--json").stdout)
+    assert s["extra"]["source_sha256"] and s["plan"]["spacing"] == [1.5, 1.5, 1.5]
+
+    # A 40 x 40 x 30 piece of the real scan (its own affine) keeps the 1.5 mm plan's windows few.
+    piece = tmp_path / "piece.nii.gz"
+    nib.save(nib.load(shared_data / BODY).slicer[40:80, 30:70, :], piece)
+    out = tmp_path / "pred"
+    r = run("predict", dst, piece, "--out", out, "--sw-batch", 8, "--quiet")
+    assert r.exit_code == 0, r.stderr
+    pred = nib.load(out / "piece.nii.gz")
+    assert pred.shape == (40, 40, 30)
+    np.testing.assert_allclose(pred.affine, nib.load(piece).affine, atol=1e-6)
+    expect = predict_volume(converted, load_volume(piece), Plan.paper(), sw_batch_size=8)
+    np.testing.assert_array_equal(np.asarray(pred.dataobj), expect)
+    assert len(np.unique(expect)) > 1
+
+
+def test_convert_pretrained(tmp_path: Path, tiny):
+    mae = tiny.mae(seed=5)
+    pth = tmp_path / "paper_mae.pth"
+    torch.save(export_official_pretrained(mae, wrap=True), pth)
+    dst = tmp_path / "mae.safetensors"
+    r = run("convert", pth, dst, "--from", "official-pretrain", "--num-heads", 2, "--decoder-num-heads", 2)
+    assert r.exit_code == 0, r.stderr
+    converted, info = load_checkpoint(dst, expected_kind="mae")
+    images, noise = torch.rand(2, 1, 32, 32, 32), torch.rand(2, 8)
+    with torch.no_grad():
+        a, b = mae(images, noise=noise), converted(images, noise=noise)
+    torch.testing.assert_close(b.pred, a.pred, rtol=0, atol=1e-6)
+    assert info.plan == Plan.paper() and info.config["decoder_num_heads"] == 2
+
+
+def _one_line_error(r, *fragments: str) -> None:
+    assert r.exit_code == 2, (r.exit_code, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+
+
+def test_bad_inputs_exit_2(tmp_path: Path, shared_data: Path, mae_ckpt: Path, unetr_ckpt: Path):
+    noise = tmp_path / "noise.safetensors"
+    noise.write_bytes(os.urandom(2000))
+    _one_line_error(run("info", noise), "noise.safetensors", "not a readable safetensors")
+    _one_line_error(run("info", tmp_path / "none.safetensors"), "none.safetensors")
+    _one_line_error(run("predict", mae_ckpt, shared_data / BODY, "--out", tmp_path / "o"),
+                    "expected a unetr checkpoint, got mae")
+    _one_line_error(run("predict", unetr_ckpt, tmp_path / "absent.nii.gz", "--out", tmp_path / "o"),
+                    "absent.nii.gz")
+    not_nifti = tmp_path / "scan.nii.gz"
+    not_nifti.write_bytes(b"hello")
+    _one_line_error(run("predict", unetr_ckpt, not_nifti, "--out", tmp_path / "o"), "scan.nii.gz")
+    assert not (tmp_path / "o").exists()
+    _one_line_error(run("convert", tmp_path / "absent.pth", tmp_path / "x.safetensors", "--from",
+                        "official-finetune"), "absent.pth")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a torch file")
+    _one_line_error(run("convert", junk, tmp_path / "x.safetensors", "--from", "official-pretrain"),
+                    "junk.pth")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_without_gpu_exits_2(tmp_path: Path, shared_data: Path, unetr_ckpt: Path):
+    _one_line_error(run("predict", unetr_ckpt, shared_data / BODY, "--out", tmp_path / "o", "--device", "cuda"),
+                    "CUDA is not available")
+
+
+def test_wrong_layout_for_convert_exits_2(tmp_path: Path, tiny):
+    pth = tmp_path / "mae.pth"
+    torch.save(export_official_pretrained(tiny.mae(), wrap=True), pth)
+    r = run("convert", pth, tmp_path / "x.safetensors", "--from", "official-finetune")
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_usage_errors_exit_2(unetr_ckpt: Path, tmp_path: Path):
+    assert run("predict", unetr_ckpt, "x.nii.gz", "--out", tmp_path, "--overlap", 1.5).exit_code == 2
+    assert run("convert", "a.pth", "b.safetensors", "--from", "timm").exit_code == 2
+    assert save_checkpoint  # (imported for fixtures' checkpoints)
