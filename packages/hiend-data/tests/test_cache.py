@@ -1,0 +1,158 @@
+"""The preprocessed cache: contents, memory mapping, skipping, invalidation and atomicity."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from hiend_data import InputError, Plan, load_volume, preprocess_case, restore_label
+from hiend_data import cache as cache_mod
+from hiend_data.cache import Cache, preprocess_dataset
+from hiend_data.io import load_label
+
+
+@pytest.fixture
+def dataset(tmp_path, nii):
+    """nnU-Net v2 dataset of three tiny labelled CTs (3 mm, various orientations)."""
+    root = tmp_path / "Dataset001_Tiny"
+    affs = [np.diag([3.0, 3.0, 3.0, 1.0]), np.diag([-3.0, -3.0, 3.0, 1.0]), np.diag([2.0, 3.0, 4.0, 1.0])]
+    for i, aff in enumerate(affs):
+        ct = nii.tiny_ct((12 + i, 10, 8), seed=i)
+        nii.write(root / "imagesTr" / f"case{i}_0000.nii.gz", ct, aff)
+        nii.write(root / "labelsTr" / f"case{i}.nii.gz", nii.tiny_label(ct), aff)
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "numTraining": 3,
+                                                   "labels": {"background": 0, "tissue": 1, "bone": 2},
+                                                   "file_ending": ".nii.gz"}))
+    return root
+
+
+def _mtimes(out):
+    return {p.name: p.stat().st_mtime_ns for p in (out / "cases").iterdir()}
+
+
+def test_cache_contents_match_preprocess_case(dataset, tmp_path):
+    out = tmp_path / "cache"
+    cache = preprocess_dataset(dataset, out, Plan(), workers=0, progress=False)
+    assert cache.cases == ["case0", "case1", "case2"] and cache.plan == Plan()
+    assert Plan.from_json((out / "plan.json").read_text()) == Plan()
+    for i, name in enumerate(cache.cases):
+        c = cache.case(name)
+        img = load_volume(dataset / "imagesTr" / f"{name}_0000.nii.gz")
+        lab = load_label(dataset / "labelsTr" / f"{name}.nii.gz", like=img)
+        pre = preprocess_case(img, Plan(), lab)
+        assert isinstance(c.image, np.memmap) and c.image.dtype == np.float32 and c.image.flags.c_contiguous
+        np.testing.assert_array_equal(c.image, pre.image)
+        np.testing.assert_array_equal(c.label, pre.label)
+        assert c.shape == pre.label.shape and c.record == pre.record
+        flat = np.asarray(c.label).reshape(-1)
+        np.testing.assert_array_equal(c.foreground, np.flatnonzero(flat > 0))
+        assert c.foreground.dtype == np.int64
+        assert c.classes == [1, 2]
+        for v in (0, 1, 2):
+            np.testing.assert_array_equal(c.class_indices(v), np.flatnonzero(flat == v))
+        assert len(c.class_indices(7)) == 0
+        np.testing.assert_array_equal(restore_label(np.asarray(c.label), c.record), lab.array)
+    assert cache.case(0).name == "case0"
+
+
+def test_unlabelled_foreground_is_positive_image(tmp_path, nii):
+    src = tmp_path / "pool"
+    nii.write(src / "a" / "scan.nii.gz", nii.tiny_ct(), np.diag([3.0, 3.0, 3.0, 1.0]))
+    cache = preprocess_dataset(src, tmp_path / "c", Plan(), workers=0, progress=False)
+    c = cache.case("scan")
+    assert c.label is None and c.classes == []
+    np.testing.assert_array_equal(c.foreground, np.flatnonzero(np.asarray(c.image[0]).reshape(-1) > 0))
+    with pytest.raises(InputError, match="no label map"):
+        c.class_indices(1)
+
+
+def test_index_lists_are_capped_uniform_subsets(dataset, tmp_path):
+    cache = preprocess_dataset(dataset, tmp_path / "c", Plan(), workers=0, max_indices=50, progress=False)
+    c = cache.case("case0")
+    full = np.flatnonzero(np.asarray(c.label).reshape(-1) > 0)
+    assert len(full) > 50 and len(c.foreground) == 50
+    assert np.all(np.diff(c.foreground) > 0) and np.isin(c.foreground, full).all()
+    assert c.meta["n_foreground"] == len(full)
+    assert np.all(np.asarray(c.label).reshape(-1)[c.class_indices(1)] == 1) and len(c.class_indices(1)) == 50
+
+
+def test_workers_give_the_same_cache(dataset, tmp_path):
+    a = preprocess_dataset(dataset, tmp_path / "a", Plan(), workers=0, progress=False)
+    b = preprocess_dataset(dataset, tmp_path / "b", Plan(), workers=2, progress=False)
+    for name in a.cases:
+        np.testing.assert_array_equal(a.case(name).image, b.case(name).image)
+        np.testing.assert_array_equal(a.case(name).foreground, b.case(name).foreground)
+
+
+def test_skips_done_cases_and_recomputes_on_plan_or_source_change(dataset, tmp_path, nii):
+    out = tmp_path / "c"
+    preprocess_dataset(dataset, out, Plan(), workers=0, progress=False)
+    first = _mtimes(out)
+    preprocess_dataset(dataset, out, Plan(), workers=0, progress=False)
+    assert _mtimes(out) == first  # nothing rewritten
+
+    # a changed source file is recomputed, the others are not
+    src = dataset / "imagesTr" / "case1_0000.nii.gz"
+    nii.write(src, nii.tiny_ct((13, 10, 8), seed=9), np.diag([-3.0, -3.0, 3.0, 1.0]))
+    os.utime(src, ns=(first["case1.json"] + 10**9, first["case1.json"] + 10**9))
+    preprocess_dataset(dataset, out, Plan(), workers=0, progress=False)
+    now = _mtimes(out)
+    assert now["case0.npy"] == first["case0.npy"] and now["case1.npy"] != first["case1.npy"]
+
+    # a new plan recomputes every case, and the cache reads as the new plan
+    plan = Plan(spacing=(2.0, 2.0, 2.0), window=(-500.0, 500.0))
+    cache = preprocess_dataset(dataset, out, plan, workers=0, progress=False)
+    assert cache.plan == plan and len(cache.cases) == 3
+    assert cache.case("case0").record.spacing == pytest.approx((2.0, 2.0, 2.0), abs=0.1)
+    assert all(_mtimes(out)[f"case{i}.json"] != now[f"case{i}.json"] for i in range(3))
+
+
+def test_interrupted_case_is_not_listed_and_is_redone(dataset, tmp_path, monkeypatch):
+    out = tmp_path / "c"
+    real = cache_mod._atomic_npy
+    calls = []
+
+    def dying(path, array):
+        calls.append(path.name)
+        if path.name == "case1_seg.npy":
+            # simulate a crash in the middle of writing: a temporary file left behind
+            path.with_name(f".{path.name}.tmp-999").write_bytes(b"partial")
+            raise KeyboardInterrupt
+        real(path, array)
+
+    monkeypatch.setattr(cache_mod, "_atomic_npy", dying)
+    with pytest.raises(KeyboardInterrupt):
+        preprocess_dataset(dataset, out, Plan(), workers=0, progress=False)
+    assert Cache.open(out).cases == ["case0"]  # case1 has its image but no metadata: not a case
+    assert (out / "cases" / "case1.npy").exists() and not (out / "cases" / "case1.json").exists()
+
+    monkeypatch.setattr(cache_mod, "_atomic_npy", real)
+    cache = preprocess_dataset(dataset, out, Plan(), workers=0, progress=False)
+    assert cache.cases == ["case0", "case1", "case2"]
+    assert not list((out / "cases").glob(".*tmp*"))  # leftovers cleaned
+
+
+def test_bad_case_stops_with_its_name_and_writes_nothing_for_it(dataset, tmp_path, nii):
+    bad = dataset / "labelsTr" / "case2.nii.gz"
+    nii.write(bad, np.full((14, 10, 8), 0.5, np.float32), np.diag([2.0, 3.0, 4.0, 1.0]))
+    out = tmp_path / "c"
+    with pytest.raises(InputError, match=r"case2\.nii\.gz: label map has .* non-integer"):
+        preprocess_dataset(dataset, out, Plan(), workers=2, progress=False)
+    assert not (out / "cases" / "case2.json").exists() and not (out / "cases" / "case2.npy").exists()
+    assert "case2" not in Cache.open(out).cases
+
+
+def test_open_refuses_non_cache(tmp_path):
+    with pytest.raises(InputError, match="not a hiend-data cache"):
+        Cache.open(tmp_path)
+
+
+def test_memmap_reads_only_the_crop(dataset, tmp_path):
+    cache = preprocess_dataset(dataset, tmp_path / "c", Plan(), workers=0, progress=False)
+    img = cache.case("case0").image
+    assert isinstance(img, np.memmap) and img.offset > 0 and str(img.filename).endswith("case0.npy")
+    crop = np.ascontiguousarray(img[:, 2:6, 3:7, 1:5])
+    assert crop.shape == (1, 4, 4, 4) and not isinstance(crop, np.memmap)
