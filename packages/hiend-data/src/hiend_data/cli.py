@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import typer
 
 from .cli_sampling import register as _register_sampling
+from .errors import InputError, cli_errors
 
 app = typer.Typer(name="hiend-data", no_args_is_help=True, add_completion=False,
                   help="CT/MRI volume I/O, preprocessing, cache and patch sampling.")
@@ -13,6 +18,118 @@ app = typer.Typer(name="hiend-data", no_args_is_help=True, add_completion=False,
 @app.callback()
 def _root() -> None:
     """CT/MRI volume I/O, preprocessing, cache and patch sampling."""
+
+
+def _describe(path: Path) -> dict[str, Any]:
+    """What ``inspect`` reports about one NIfTI file (loads it with every check)."""
+    import numpy as np
+
+    from .io import load_volume
+
+    vol = load_volume(path)
+    arr = vol.array
+    info: dict[str, Any] = {
+        "path": str(path), "shape": list(vol.shape), "channels": vol.channels,
+        "spacing": [round(s, 6) for s in vol.spacing], "orientation": "".join(vol.orientation),
+        "dtype": str(arr.dtype), "min": float(arr.min()), "max": float(arr.max()),
+        "mean": float(arr.mean(dtype=np.float64)), "affine": np.round(vol.affine, 6).tolist(),
+        "label_values": None,
+    }
+    if arr.dtype.kind in "iu" and arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if hi - lo <= 1 << 16:
+            counts = np.bincount((arr.reshape(-1) - lo).astype(np.int64), minlength=hi - lo + 1)
+            values = (np.flatnonzero(counts) + lo).tolist()
+        else:
+            values = np.unique(arr).tolist()
+        info["n_values"] = len(values)
+        if len(values) <= 256:
+            info["label_values"] = values
+    return info
+
+
+@app.command()
+def inspect(
+    path: Path = typer.Argument(..., help="A .nii or .nii.gz file."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+) -> None:
+    """Shape, spacing, orientation, dtype, intensity range and label values of a NIfTI file.
+
+    Refuses (exit 2) files that are unreadable, truncated, 2-D/5-D, with NaN/inf voxels (saying how
+    many) or with invalid spacing.
+    """
+    with cli_errors():
+        info = _describe(path)
+        if as_json:
+            print(json.dumps(info))
+            return
+        sp = " x ".join(f"{s:g}" for s in info["spacing"])
+        print(f"{info['path']}")
+        print(f"  shape        {' x '.join(map(str, info['shape']))}"
+              + (f"  ({info['channels']} channels)" if info["channels"] > 1 else ""))
+        print(f"  spacing      {sp} mm")
+        print(f"  orientation  {info['orientation']}")
+        print(f"  dtype        {info['dtype']}")
+        print(f"  range        {info['min']:g} .. {info['max']:g} (mean {info['mean']:.4g})")
+        if info["label_values"] is not None:
+            print(f"  values       {info['label_values']}")
+        elif "n_values" in info:
+            print(f"  values       {info['n_values']} distinct integers")
+
+
+def _parse_spacing(text: str | None) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        parts = [float(p) for p in text.replace("x", ",").split(",") if p.strip()]
+    except ValueError:
+        raise InputError(f"--spacing {text!r}: expected MM or MM,MM,MM") from None
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3 or not all(0 < p < float("inf") for p in parts):
+        raise InputError(f"--spacing {text!r}: expected one or three positive numbers (mm)")
+    return tuple(parts)  # type: ignore[return-value]
+
+
+@app.command()
+def preprocess(
+    src: Path = typer.Argument(..., help="nnU-Net v2 dataset folder, folder of NIfTI files (recursive) "
+                               "or manifest file (one 'image[,label]' per line)."),
+    out: Path = typer.Argument(..., help="Cache folder to write (created; reruns skip finished cases)."),
+    spacing: str | None = typer.Option(None, "--spacing", metavar="MM",
+                                       help="Target spacing: MM (isotropic) or MM,MM,MM. Default 1.5."),
+    window: tuple[float, float] | None = typer.Option(None, "--window", metavar="LO HI",
+                                                      help="CT window in HU. Default -175 250."),
+    workers: int = typer.Option(1, "--workers", min=0, help="Parallel worker processes (0 = in-process)."),
+    modality: str = typer.Option("ct", "--modality", help="ct (window to [0,1]) or mri (z-score)."),
+    include_test: bool = typer.Option(False, "--include-test", help="nnU-Net: also imagesTs (unlabelled)."),
+    no_crop: bool = typer.Option(False, "--no-crop", help="Keep the whole volume (no foreground crop)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Preprocess a dataset into a cache (RAS, resample, intensity, foreground crop) for training."""
+    with cli_errors():
+        import time
+
+        from pydantic import ValidationError
+
+        from .cache import preprocess_dataset
+        from .plan import Plan
+
+        if modality not in ("ct", "mri"):
+            raise InputError(f"--modality {modality!r}: expected ct or mri")
+        fields: dict[str, Any] = {"modality": modality, "crop_to_foreground": not no_crop}
+        if (sp := _parse_spacing(spacing)) is not None:
+            fields["spacing"] = sp
+        if window is not None:
+            fields["window"] = tuple(window)
+        try:
+            plan = Plan(**fields)
+        except ValidationError as exc:
+            raise InputError(f"invalid plan: {exc.errors()[0]['msg']}") from None
+        t0 = time.perf_counter()
+        cache = preprocess_dataset(src, out, plan, workers=workers, include_test=include_test,
+                                   progress=progress)
+        print(f"{len(cache.cases)} cases in {out} ({time.perf_counter() - t0:.1f} s; plan {plan.digest()})")
 
 
 _register_sampling(app)
