@@ -110,25 +110,59 @@ def resample_nearest(array: np.ndarray, shape_out: tuple[int, ...]) -> np.ndarra
     return np.ascontiguousarray(out)
 
 
+def linear_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(i0, i1, w)`` so that output voxel ``j`` = ``(1 - w[j]) * in[i0[j]] + w[j] * in[i1[j]]`` (cell model,
+    edges clamped)."""
+    j = np.arange(n_out, dtype=np.float64)
+    x = np.clip((j + 0.5) * (n_in / n_out) - 0.5, 0.0, n_in - 1)
+    i0 = np.minimum(np.floor(x).astype(np.int64), max(n_in - 2, 0))
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (x - i0).astype(np.float32)
+
+
+def _linear_axis(array: np.ndarray, axis: int, n_out: int, block: int = 16) -> np.ndarray:
+    """Linear resampling of one axis to ``n_out`` voxels, float32, in blocks to bound temporaries."""
+    i0, i1, w = linear_weights(array.shape[axis], n_out)
+    shape = [1] * array.ndim
+    shape[axis] = n_out
+    w = w.reshape(shape)
+    out = np.empty(array.shape[:axis] + (n_out,) + array.shape[axis + 1:], dtype=np.float32)
+    other = 0 if axis != 0 else 1  # the axis we cut into blocks
+    for a in range(0, array.shape[other], block):
+        sl = [slice(None)] * array.ndim
+        sl[other] = slice(a, a + block)
+        sub = array[tuple(sl)]
+        lo = np.take(sub, i0, axis=axis).astype(np.float32, copy=False)
+        hi = np.take(sub, i1, axis=axis).astype(np.float32, copy=False)
+        hi -= lo
+        hi *= w
+        hi += lo
+        out[tuple(sl)] = hi
+    return out
+
+
 def resample_linear(array: np.ndarray, shape_out: tuple[int, ...]) -> np.ndarray:
     """Linear resampling of the last three axes to ``shape_out``; returns a new float32 array.
 
     Samples at the cell-model coordinates of the module docstring; values beyond the border repeat the
-    edge voxel. Works one channel at a time so at most one float32 output volume per channel is held.
+    edge voxel (the same numbers as ``scipy.ndimage.zoom(order=1, mode="nearest", grid_mode=True)``,
+    computed as three separable 1-D passes, many times faster). Channels are resampled one at a time;
+    the axis that shrinks most goes first so temporaries stay small.
     """
-    from scipy import ndimage
-
     shape_out = tuple(int(s) for s in shape_out[-3:])
     lead = array.shape[:-3]
     if tuple(array.shape[-3:]) == shape_out:
         return np.array(array, dtype=np.float32, order="C")  # always a new array: callers write into it
     out = np.empty((*lead, *shape_out), dtype=np.float32)
-    zoom = [o / i for i, o in zip(array.shape[-3:], shape_out, strict=True)]
     flat_in = array.reshape(-1, *array.shape[-3:]) if lead else array[None]
     flat_out = out.reshape(-1, *shape_out) if lead else out[None]
+    order = sorted(range(3), key=lambda a: shape_out[a] / array.shape[-3:][a])
     for c in range(flat_in.shape[0]):
-        ndimage.zoom(flat_in[c], zoom, output=flat_out[c], order=1, mode="nearest", grid_mode=True,
-                     prefilter=False)
+        cur = flat_in[c]
+        for axis in order:
+            if cur.shape[axis] != shape_out[axis]:
+                cur = _linear_axis(cur, axis, shape_out[axis])
+        flat_out[c] = cur
     return out
 
 
