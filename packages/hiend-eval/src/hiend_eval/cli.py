@@ -18,8 +18,10 @@ def _root() -> None:
 
 def _score_and_report(pred: Path, ref: Path, out: Path, labels: Path | None, tolerance: float, as_json: bool,
                       resample_to_reference: bool, workers: int) -> None:
-    from .report import print_table, summary_json, write_outputs
+    from .report import preload_plotting, print_table, summary_json, write_outputs
     from .score import default_workers, read_labels, score_folders
+
+    preload_plotting()
 
     names = read_labels(labels) if labels is not None else None
     summary = score_folders(pred, ref, names, tolerance=tolerance, resample_to_reference=resample_to_reference,

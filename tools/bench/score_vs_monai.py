@@ -1,0 +1,137 @@
+"""Benchmark: `hiend-eval score` (the whole command) vs MONAI 1.6 on a 488 x 404 x 120 pair, 41 labels.
+
+The reference is the real 122 x 101 x 30 TotalSegmentator label map of ../shared/data/ct upsampled 4x per
+axis (nearest; 0.75 mm voxels). The prediction perturbs it the way a model's errors look: every label
+boundary jittered (30% of voxels take their diagonal neighbour's label), one organ shifted by 3 voxels,
+one eroded by 2, islands of three labels added far from their organ. Every label stays present in both.
+
+MONAI is timed the way a user scores a label map with it: per label, a one-hot pair (background,
+label) as torch tensors, `compute_dice` and `compute_hausdorff_distance(percentile=95, spacing=...)`,
+arrays already in memory (decoding not counted for MONAI). hiend-eval is timed as a subprocess
+(start-up, decoding, writing summary.json/CSV/PNG included), with its default workers and with
+`--workers 1`. The numbers must agree (Dice 1e-6, HD95 1e-3 mm). Prints one JSON line.
+
+    .venv/bin/python tools/bench/score_vs_monai.py [--skip-monai]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+SEG = ROOT.parent / "shared" / "data" / "ct" / "body_ct_3mm_ras_30slices_seg.nii.gz"
+
+
+def make_pair(folder: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Write ref/case.nii.gz and pred/case.nii.gz (uint8, 488x404x120, 0.75 mm); return arrays + spacing."""
+    import nibabel as nib
+    from scipy import ndimage
+
+    img = nib.load(str(SEG))
+    small = np.asanyarray(img.dataobj).astype(np.uint8)
+    ref = np.repeat(np.repeat(np.repeat(small, 4, 0), 4, 1), 4, 2)
+    affine = img.affine.copy()
+    affine[:3, :3] /= 4.0
+    rng = np.random.default_rng(0)
+    jitter = rng.random(ref.shape) < 0.3
+    pred = np.where(jitter, np.roll(ref, (1, 1, 1), axis=(0, 1, 2)), ref)
+    pred[pred == 1] = 0  # spleen shifted by 3 voxels along x
+    pred[np.roll(ref == 1, 3, axis=0) & (pred == 0)] = 1
+    liver = pred == 5  # liver eroded by 2 voxels
+    pred[liver & ~ndimage.binary_erosion(liver, iterations=2)] = 0
+    for value, corner in ((7, (20, 20, 10)), (2, (400, 300, 100)), (30, (40, 350, 5))):
+        x, y, z = corner
+        pred[x:x + 6, y:y + 5, z:z + 4] = value
+    assert set(np.unique(pred)) == set(np.unique(ref)), "every label must stay present"
+    for name, arr in (("ref", ref), ("pred", pred)):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        out = nib.Nifti1Image(arr, affine)
+        out.set_data_dtype(np.uint8)
+        nib.save(out, str(folder / name / "case.nii.gz"))
+    spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(0)))
+    return pred, ref, spacing  # type: ignore[return-value]
+
+
+def run_monai(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> tuple[float, dict]:
+    import torch
+    from monai.metrics import compute_dice, compute_hausdorff_distance
+
+    labels = [int(v) for v in np.unique(ref) if v > 0]
+    out = {}
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for v in labels:
+            p = torch.from_numpy(pred == v)
+            r = torch.from_numpy(ref == v)
+            yp = torch.stack([~p, p])[None]
+            yr = torch.stack([~r, r])[None]
+            d = compute_dice(yp, yr, include_background=False)
+            h = compute_hausdorff_distance(yp, yr, include_background=False, percentile=95, spacing=spacing)
+            out[str(v)] = (float(d[0, 0]), float(h[0, 0]))
+    return time.perf_counter() - t0, out
+
+
+def run_hiend(folder: Path, workers: int | None) -> tuple[float, int, dict]:
+    out_dir = folder / f"out-{workers}"
+    cmd = [str(Path(sys.executable).with_name("hiend-eval")), "score", str(folder / "pred"), str(folder / "ref"),
+           "--out", str(out_dir)]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"hiend-eval failed ({proc.returncode}): {proc.stderr.strip()}")
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    summary = json.loads((out_dir / "summary.json").read_text())
+    return wall, peak_kib, summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--skip-monai", action="store_true", help="time hiend-eval only")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        pred, ref, spacing = make_pair(folder)
+        t_default, peak_default, summary = run_hiend(folder, None)
+        t_one, _, _ = run_hiend(folder, 1)
+        peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        result = {
+            "benchmark": "score_vs_monai", "shape": list(ref.shape), "labels": len(summary["mean"]) - 1,
+            "machine": f"{platform.machine()} {os.cpu_count()} cpu(s)", "python": platform.python_version(),
+            "hiend_eval_command_s": round(t_default, 3), "hiend_eval_command_workers1_s": round(t_one, 3),
+            "hiend_eval_peak_rss_mib": round(max(peak_default, peak_children) / 1024, 1),
+        }
+        if not args.skip_monai:
+            rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            t_monai, monai = run_monai(pred, ref, spacing)
+            case = summary["per_case"][0]["labels"]
+            dice_err = max(abs(case[k]["dice"] - d) for k, (d, _) in monai.items())
+            hd_err = max(abs(case[k]["hd95"] - h) for k, (_, h) in monai.items())
+            result.update({
+                "monai_metrics_s": round(t_monai, 3),
+                "monai_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "monai_rss_before_mib": round(rss_before / 1024, 1),
+                "speedup": round(t_monai / t_default, 1), "speedup_workers1": round(t_monai / t_one, 1),
+                "max_abs_diff_dice": dice_err, "max_abs_diff_hd95_mm": hd_err,
+                "identical": bool(dice_err <= 1e-6 and hd_err <= 1e-3),
+            })
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
