@@ -156,13 +156,16 @@ def resample_linear(array: np.ndarray, shape_out: tuple[int, ...]) -> np.ndarray
     out = np.empty((*lead, *shape_out), dtype=np.float32)
     flat_in = array.reshape(-1, *array.shape[-3:]) if lead else array[None]
     flat_out = out.reshape(-1, *shape_out) if lead else out[None]
-    order = sorted(range(3), key=lambda a: shape_out[a] / array.shape[-3:][a])
     for c in range(flat_in.shape[0]):
-        cur = flat_in[c]
-        for axis in order:
-            if cur.shape[axis] != shape_out[axis]:
-                cur = _linear_axis(cur, axis, shape_out[axis])
-        flat_out[c] = cur
+        # Work in the axis order of the memory layout (NIfTI arrays come Fortran-ordered; a gather on
+        # the wrong order is many times slower), then write back in the caller's order.
+        perm = [int(a) for a in np.argsort([-abs(st) for st in flat_in[c].strides], kind="stable")]
+        cur = flat_in[c].transpose(perm)
+        target = [shape_out[a] for a in perm]
+        for axis in sorted(range(3), key=lambda a: target[a] / cur.shape[a]):
+            if cur.shape[axis] != target[axis]:
+                cur = _linear_axis(cur, axis, target[axis])
+        flat_out[c] = cur.transpose(np.argsort(perm))
     return out
 
 
