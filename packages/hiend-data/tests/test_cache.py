@@ -156,3 +156,11 @@ def test_memmap_reads_only_the_crop(dataset, tmp_path):
     assert isinstance(img, np.memmap) and img.offset > 0 and str(img.filename).endswith("case0.npy")
     crop = np.ascontiguousarray(img[:, 2:6, 3:7, 1:5])
     assert crop.shape == (1, 4, 4, 4) and not isinstance(crop, np.memmap)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skip_bad_goes_on(dataset, tmp_path, nii, capsys, workers):
+    nii.write(dataset / "labelsTr" / "case1.nii.gz", np.full((13, 10, 8), -1, np.int16), np.diag([-3.0, -3.0, 3.0, 1.0]))
+    cache = preprocess_dataset(dataset, tmp_path / "c", Plan(), workers=workers, progress=False, skip_bad=True)
+    assert cache.cases == ["case0", "case2"]
+    assert "case1.nii.gz: label map has negative values" in capsys.readouterr().err

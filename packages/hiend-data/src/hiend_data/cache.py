@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
@@ -143,13 +144,15 @@ def _clean_temporaries(folder: Path) -> None:
 
 def preprocess_dataset(src: str | os.PathLike[str] | Sequence[Case], out: str | os.PathLike[str],
                        plan: Plan | None = None, workers: int = 1, *, include_test: bool = False,
-                       max_indices: int = MAX_INDICES, progress: bool = True) -> Cache:
+                       max_indices: int = MAX_INDICES, progress: bool = True,
+                       skip_bad: bool = False) -> Cache:
     """Preprocess every case of ``src`` into the cache folder ``out`` and return the opened :class:`Cache`.
 
     ``src`` is anything :func:`~hiend_data.discovery.discover` reads (nnU-Net v2 folder, folder of NIfTI,
     manifest) or a list of :class:`Case`. ``workers`` processes work in parallel (0 = in this process).
     Cases already done under the same plan are skipped. The first bad case stops the run with its
-    :class:`InputError` (cases finished before it stay valid).
+    :class:`InputError` (cases finished before it stay valid); with ``skip_bad=True`` bad cases are
+    reported on stderr, left out, and the run goes on (for large unlabelled pools).
     """
     plan = plan or Plan()
     cases = discover(src, include_test=include_test) if isinstance(src, str | os.PathLike) else list(src)
@@ -163,23 +166,32 @@ def preprocess_dataset(src: str | os.PathLike[str] | Sequence[Case], out: str | 
     digest = plan.digest()
     todo = [c for c in cases if not _is_current(c, folder, digest)]
     if todo:
-        _run(todo, out, plan, workers, max_indices, progress, skipped=len(cases) - len(todo))
+        bad = _run(todo, out, plan, workers, max_indices, progress, len(cases) - len(todo), skip_bad)
+        for msg in bad:
+            print(f"warning: skipped {msg}", file=sys.stderr)
     return Cache.open(out)
 
 
 def _run(todo: list[Case], out: Path, plan: Plan, workers: int, max_indices: int, progress: bool,
-         skipped: int) -> None:
+         skipped: int, skip_bad: bool) -> list[str]:
+    """Process ``todo``; returns the messages of the bad cases skipped (``skip_bad``), else raises."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("preprocess"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                TextColumn(f"({skipped} up to date)" if skipped else ""))
+    bad: list[str] = []
     if workers <= 0:
         with Progress(*columns, disable=not progress) as bar:
             task = bar.add_task("preprocess", total=len(todo))
             for case in todo:
-                process_case(case, out, plan, max_indices)
+                try:
+                    process_case(case, out, plan, max_indices)
+                except (InputError, FileNotFoundError) as exc:
+                    if not skip_bad:
+                        raise
+                    bad.append(str(exc))
                 bar.advance(task)
-        return
+        return bad
     import multiprocessing
 
     # fork: no re-import of the caller's __main__; the workers start at the first submit, before the
@@ -193,11 +205,14 @@ def _run(todo: list[Case], out: Path, plan: Plan, workers: int, max_indices: int
                 done, pending = wait(pending, return_when=FIRST_EXCEPTION)
                 for fut in done:
                     exc = fut.exception()
-                    if exc is not None:
+                    if isinstance(exc, InputError | FileNotFoundError) and skip_bad:
+                        bad.append(str(exc))
+                    elif exc is not None:
                         for p in pending:
                             p.cancel()
                         raise exc
                     bar.advance(task)
+    return bad
 
 
 # ------------------------------------------------------------------------------------------ reading

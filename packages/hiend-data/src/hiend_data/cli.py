@@ -104,6 +104,7 @@ def preprocess(
     modality: str = typer.Option("ct", "--modality", help="ct (window to [0,1]) or mri (z-score)."),
     include_test: bool = typer.Option(False, "--include-test", help="nnU-Net: also imagesTs (unlabelled)."),
     no_crop: bool = typer.Option(False, "--no-crop", help="Keep the whole volume (no foreground crop)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Report bad cases and go on instead of stopping."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Preprocess a dataset into a cache (RAS, resample, intensity, foreground crop) for training."""
@@ -128,7 +129,7 @@ def preprocess(
             raise InputError(f"invalid plan: {exc.errors()[0]['msg']}") from None
         t0 = time.perf_counter()
         cache = preprocess_dataset(src, out, plan, workers=workers, include_test=include_test,
-                                   progress=progress)
+                                   progress=progress, skip_bad=skip_bad)
         print(f"{len(cache.cases)} cases in {out} ({time.perf_counter() - t0:.1f} s; plan {plan.digest()})")
 
 
