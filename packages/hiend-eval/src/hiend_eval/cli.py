@@ -79,15 +79,15 @@ def run(
             from hiend_model.inference import predict_files
         except ImportError:
             raise InputError("hiend-eval run needs hiend-model: pip install 'hiend-eval[model]'") from None
+        if not ckpt.is_file():
+            raise FileNotFoundError(2, "no such file", str(ckpt))
         for sub in ("imagesTr", "labelsTr"):
             if not (dataset / sub).is_dir():
                 raise InputError(f"{dataset}: no {sub} folder (expected an nnU-Net dataset folder)")
-        images = sorted(p for p in (dataset / "imagesTr").iterdir()
-                        if p.name.endswith(("_0000.nii.gz", "_0000.nii")))
-        if not images:
-            raise InputError(f"{dataset / 'imagesTr'}: no *_0000.nii.gz images")
         predictions = out / "predictions"
-        predict_files(ckpt, images, predictions, device=device)
+        # predict_files groups nnU-Net channel files (case_0000, case_0001, ...) into one scan per case
+        # and writes predictions/{case}.nii.gz on each image's own grid.
+        predict_files(ckpt, [dataset / "imagesTr"], predictions, device=device)
         labels = dataset / "dataset.json"
         _score_and_report(predictions, dataset / "labelsTr", out, labels if labels.is_file() else None, tolerance,
                           as_json, False, workers)
