@@ -42,6 +42,21 @@ def test_nnunet_v2_layout(tmp_path):
     assert [(c.case_id, c.label is None) for c in with_test] == [("a", False), ("b", False), ("t1", True)]
 
 
+def test_nnunet_without_labels_is_an_unlabelled_pool(tmp_path):
+    root = _nnunet(tmp_path / "D", test=())
+    for f in (root / "labelsTr").iterdir():
+        f.unlink()
+    (root / "labelsTr").rmdir()
+    assert [(c.case_id, c.label) for c in discover(root)] == [("a", None), ("b", None)]
+
+
+def test_nnunet_layout_without_dataset_json(tmp_path):
+    root = _nnunet(tmp_path / "D")
+    (root / "dataset.json").unlink()
+    with pytest.raises(InputError, match="has no dataset.json"):
+        discover(root)
+
+
 def test_nnunet_file_ending_nii(tmp_path):
     root = _nnunet(tmp_path / "D", ending=".nii", channels=1, test=())
     assert [c.images[0].name for c in discover(root)] == ["a_0000.nii", "b_0000.nii"]
@@ -93,6 +108,7 @@ def test_folder_recursive_with_channels_and_collisions(tmp_path):
     _touch(tmp_path / "mr" / "p1_0000.nii.gz")
     _touch(tmp_path / "mr" / "p1_0001.nii.gz")
     _touch(tmp_path / "notes.txt")
+    _touch(tmp_path / ".trash" / "old.nii.gz")
     cases = discover(tmp_path)
     ids = {c.case_id: c for c in cases}
     assert set(ids) == {"siteA__ct", "siteB__ct", "scan", "p1"}

@@ -114,6 +114,11 @@ def _from_nnunet(root: Path, include_test: bool) -> list[Case]:
         return _check_exist(cases)
 
     cases = _scan_channels(root / "imagesTr", ending, n_chan, djson)
+    if not (root / "labelsTr").is_dir():  # an unlabelled pool in nnU-Net layout
+        cases = list(cases)
+        if include_test and (root / "imagesTs").is_dir():
+            cases += _scan_channels(root / "imagesTs", ending, n_chan, djson)
+        return cases
     labelled = []
     for case in cases:
         label = root / "labelsTr" / f"{case.case_id}{ending}"
@@ -174,7 +179,10 @@ def _unique_ids(paths: list[Path], root: Path) -> list[str]:
 
 
 def _from_folder(root: Path) -> list[Case]:
-    files = sorted(p for p in root.rglob("*") if p.is_file() and is_nifti(p) and not p.name.startswith("."))
+    if (root / "imagesTr").is_dir() and (root / "labelsTr").is_dir():
+        raise InputError(f"{root}: looks like an nnU-Net dataset (imagesTr/, labelsTr/) but has no dataset.json")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and is_nifti(p)
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
     groups: dict[tuple[Path, str], dict[int, Path]] = defaultdict(dict)
     singles: list[Path] = []
     for f in files:

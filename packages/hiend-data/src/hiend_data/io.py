@@ -201,12 +201,12 @@ def _read_array(path: Path, img: Any) -> np.ndarray:
 
 
 def count_nonfinite(array: np.ndarray) -> int:
-    """Number of NaN or infinite voxels (0 for integer arrays); works slab by slab to save memory."""
+    """Number of NaN or infinite voxels (0 for integer arrays); works in chunks to save memory."""
     if array.dtype.kind != "f":
         return 0
-    flat = array.reshape(-1, array.shape[-1]) if array.ndim > 1 else array[None]
-    step = max(1, (1 << 24) // max(1, flat.shape[1]))
-    return int(sum(int(np.count_nonzero(~np.isfinite(flat[i:i + step]))) for i in range(0, len(flat), step)))
+    flat = array.reshape(-1, order="A")  # a view for C- or Fortran-ordered arrays (NIfTI's)
+    step = 1 << 24
+    return int(sum(int(np.count_nonzero(~np.isfinite(flat[i:i + step]))) for i in range(0, flat.size, step)))
 
 
 def _check_finite(path: Path, array: np.ndarray) -> None:
@@ -243,10 +243,11 @@ def load_volume(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]])
         return _load_one(paths[0])
     vols = [_load_one(p) for p in paths]
     first = vols[0]
-    for vol in vols[1:]:
+    for vol in vols:
         if vol.channels != 1:
             raise InputError(f"{vol.path}: a channel file must hold one channel, found {vol.channels}")
-        check_same_grid(first, vol)
+        if vol is not first:
+            check_same_grid(first, vol)
     arr = np.stack([v.array for v in vols])
     return Volume(array=arr, affine=first.affine, path=first.path, header=first.header)
 
