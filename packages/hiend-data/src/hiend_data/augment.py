@@ -55,22 +55,40 @@ class AugmentParams:
         return not self.flips and self.rot_k == 0 and self.scale is None and self.shift is None
 
 
-def draw_augment(settings: AugmentSettings, rng: np.random.Generator) -> AugmentParams:
-    """Draw one crop's augmentation in MONAI's order: flip each axis, rot90, scale, shift.
+#: Uniform numbers one crop's augmentation consumes (see :func:`params_from_uniforms`).
+N_UNIFORMS = 9
 
-    Each transform draws its Bernoulli(p) first and its magnitude only when it fires.
+
+def params_from_uniforms(settings: AugmentSettings, u: np.ndarray) -> AugmentParams:
+    """One crop's augmentation from ``N_UNIFORMS`` numbers in [0, 1), in MONAI's order.
+
+    u[0..2]: flip of each of ``flip_axes`` (p ``flip_prob`` each); u[3]: rot90 fires (p ``rot90_prob``),
+    u[4]: its k, uniform in 1..max_k; u[5], u[6]: scale fires, factor ``1 + U(-r, r)``; u[7], u[8]:
+    shift fires, offset ``U(-r, r)``. Magnitudes are only used when their transform fires.
     """
-    flips = tuple(ax for ax in settings.flip_axes if rng.random() < settings.flip_prob)
-    rot_k = 0
-    if rng.random() < settings.rot90_prob:
-        rot_k = int(rng.integers(1, settings.rot90_max_k + 1))
-    scale = None
-    if rng.random() < settings.scale_prob:
-        scale = 1.0 + float(rng.uniform(-settings.scale_range, settings.scale_range))
-    shift = None
-    if rng.random() < settings.shift_prob:
-        shift = float(rng.uniform(-settings.shift_range, settings.shift_range))
-    return AugmentParams(flips, rot_k, tuple(settings.rot90_axes), scale, shift)
+    flips = tuple(ax for ax, v in zip(settings.flip_axes, u[:3]) if v < settings.flip_prob)
+    rot_k = 1 + min(int(u[4] * settings.rot90_max_k), settings.rot90_max_k - 1) if u[3] < settings.rot90_prob else 0
+    scale = 1.0 + settings.scale_range * (2.0 * float(u[6]) - 1.0) if u[5] < settings.scale_prob else None
+    shift = settings.shift_range * (2.0 * float(u[8]) - 1.0) if u[7] < settings.shift_prob else None
+    return AugmentParams(flips, rot_k, tuple(settings.rot90_axes), scale, shift)  # type: ignore[arg-type]
+
+
+def draw_augment(settings: AugmentSettings, rng: np.random.Generator) -> AugmentParams:
+    """Draw one crop's augmentation (flip each axis, rot90, scale, shift) from ``rng``."""
+    return params_from_uniforms(settings, rng.random(N_UNIFORMS))
+
+
+def view_plan(params: AugmentParams) -> tuple[frozenset[int], bool]:
+    """The flips + rot90 of ``params`` as (spatial axes to reverse, whether to swap the rot90 axes).
+
+    ``rot90(flip(x, F), k, (a, b))`` equals ``swap(reverse(x, R))`` with R = F xor {b} (k=1), F xor
+    {a, b} (k=2), F xor {a} (k=3), and the axis swap for odd k: one slicing and at most one transpose,
+    which the sampler folds into the crop's own slicing.
+    """
+    rev = set(params.flips)
+    a, b = params.rot_axes
+    extra = {0: set(), 1: {b}, 2: {a, b}, 3: {a}}[params.rot_k % 4]
+    return frozenset(rev ^ extra), bool(params.rot_k % 2)
 
 
 def output_shape(shape: tuple[int, ...], params: AugmentParams) -> tuple[int, ...]:

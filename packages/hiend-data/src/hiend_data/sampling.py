@@ -28,6 +28,7 @@ independent streams keyed by integers (epoch, worker, case position) through ``n
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -35,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .augment import AugmentParams, apply_intensity, draw_augment, inverse_view
+from .augment import N_UNIFORMS, AugmentParams, apply_intensity, inverse_view, params_from_uniforms, view_plan
 from .errors import InputError
 
 _REJECT_BATCH = 32
@@ -156,15 +157,17 @@ class _Opened:
         image = case.image
         if image.ndim == 3:
             image = image[None]
-        self.image = image
-        self.label = case.label
-        self.shape: tuple[int, int, int] = tuple(image.shape[1:])  # type: ignore[assignment]
+        # Plain ndarray views of the memmaps: indexing an np.memmap subclass costs microseconds each.
+        self.image = image if type(image) is np.ndarray else np.asarray(image)
+        label = case.label
+        self.label = None if label is None else (label if type(label) is np.ndarray else np.asarray(label))
+        self.shape: tuple[int, int, int] = tuple(self.image.shape[1:])  # type: ignore[assignment]
         if centres == "label":
             if self.label is None:
                 raise InputError("centres='label' (fine-tuning) needs labelled cases; this case has no label")
             self.source = self.label
         else:
-            self.source = image[0]
+            self.source = self.image[0]
         self.flat = self.source.reshape(-1)  # a view: the cache's arrays are C-contiguous
         self.centres = centres
         self.use_rejection = {True: True, False: True}
@@ -176,8 +179,7 @@ class _Opened:
             if fg and (self.centres == "label" or self.label is None):
                 idx = np.asarray(self.case.foreground)
             else:
-                src = np.asarray(self.flat)
-                idx = np.flatnonzero(src > 0) if fg else np.flatnonzero(src <= 0)
+                idx = np.flatnonzero(self.flat > 0) if fg else np.flatnonzero(self.flat <= 0)
             self._indices[fg] = idx
         return self._indices[fg]
 
@@ -196,6 +198,57 @@ class _Opened:
         if idx.size == 0:
             return None
         return int(idx[rng.integers(idx.size)])
+
+    def draw_many(self, fg: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One flat voxel index per entry of ``fg`` (bool [N]: foreground wanted), each uniform among
+        the voxels of its kind; the kind is swapped where the volume has none of it (MONAI's rule).
+        Returns (flat indices int64 [N], kinds used bool [N]). One vectorised rejection round first,
+        then :meth:`draw` for the few entries it did not settle."""
+        n = len(fg)
+        fg = fg.copy()
+        out = np.full(n, -1, dtype=np.int64)
+        if self.use_rejection[True] or self.use_rejection[False]:
+            cand = rng.integers(0, self.flat.size, size=(n, _REJECT_BATCH))
+            vals = self.flat[cand]
+            ok = np.where(fg[:, None], vals > 0, vals <= 0)
+            ok &= np.where(fg, self.use_rejection[True], self.use_rejection[False])[:, None]
+            first = ok.argmax(axis=1)
+            rows = np.flatnonzero(ok[np.arange(n), first])
+            out[rows] = cand[rows, first[rows]]
+        for i in np.flatnonzero(out < 0):
+            idx = self.draw(bool(fg[i]), rng)
+            if idx is None:
+                fg[i] = not fg[i]
+                idx = self.draw(bool(fg[i]), rng)
+            if idx is None:
+                raise InputError("cannot sample from an empty volume")
+            out[i] = idx
+        return out, fg
+
+
+class _Pool:
+    """Output buffers reused once nothing outside the pool refers to them (or to a view of them).
+
+    A buffer's reference count is 3 when only the pool's list, the loop variable and
+    ``sys.getrefcount``'s argument hold it; any returned crop, view or ``torch.from_numpy`` tensor
+    keeps it above that. Reusing buffers avoids the page faults of fresh allocations (a third of the
+    cost of a crop). Not thread-safe: use one sampler per thread or worker process.
+    """
+
+    def __init__(self, keep: int = 4) -> None:
+        self.keep = keep
+        self.buffers: list[np.ndarray] = []
+
+    def get(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        for buf in self.buffers:
+            if sys.getrefcount(buf) <= 3 and buf.shape == shape and buf.dtype == dtype:
+                return buf
+        buf = np.empty(shape, dtype=dtype)
+        if self.keep:
+            self.buffers.append(buf)
+            if len(self.buffers) > self.keep:
+                self.buffers.pop(0)
+        return buf
 
 
 def crop_box(centre: tuple[int, ...], shape: tuple[int, ...], size: tuple[int, ...]
@@ -229,9 +282,12 @@ class CropSampler:
     seed: root of every stream from :meth:`rng`; also seeds the default stream used when
         :meth:`sample` is called without ``rng``.
     max_open: how many cases stay opened (memmaps and fallback index lists), least recently used out.
+    reuse_buffers: reuse an output buffer once the caller holds no reference to it or to any crop
+        of it (saves the page faults of a fresh 28 MB allocation per volume). Not thread-safe.
     """
 
-    def __init__(self, cache: Any, cfg: SamplerConfig | None = None, seed: int = 0, max_open: int = 16) -> None:
+    def __init__(self, cache: Any, cfg: SamplerConfig | None = None, seed: int = 0, max_open: int = 16,
+                 reuse_buffers: bool = True) -> None:
         self.cache = cache
         self.cfg = cfg if cfg is not None else SamplerConfig.pretrain()
         self.seed = int(seed)
@@ -240,21 +296,24 @@ class CropSampler:
         if not self.case_names:
             raise InputError("the cache holds no cases to sample from")
         self._opened: OrderedDict[str, _Opened] = OrderedDict()
+        self._pool = _Pool(4 if reuse_buffers else 0)
         self._default_rng = self.rng()
 
     def __len__(self) -> int:
         return len(self.case_names)
 
     def __getstate__(self) -> dict[str, Any]:
-        # Opened memmaps are reopened lazily in each process (safe to pickle into spawned workers).
+        # Opened memmaps and buffers are rebuilt lazily in each process (safe to pickle into workers).
         state = self.__dict__.copy()
         state["_opened"] = OrderedDict()
+        state["_pool"] = _Pool(self._pool.keep)
         return state
 
     def rng(self, *key: int) -> np.random.Generator:
         """An independent generator for ``key`` (e.g. ``(epoch, worker)`` or ``(epoch, case_position)``):
         ``Generator(PCG64(SeedSequence(seed, spawn_key=key)))``."""
-        return np.random.Generator(np.random.PCG64(np.random.SeedSequence(self.seed, spawn_key=tuple(int(k) for k in key))))
+        seq = np.random.SeedSequence(self.seed, spawn_key=tuple(int(k) for k in key))
+        return np.random.Generator(np.random.PCG64(seq))
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """The permutation of case positions for ``epoch`` (the same in every worker and rank)."""
@@ -272,62 +331,83 @@ class CropSampler:
             self._opened.move_to_end(name)
         return opened
 
-    def centres(self, case: str | int, rng: np.random.Generator) -> list[tuple[tuple[int, int, int], bool]]:
-        """``num_samples`` (centre voxel, is_foreground) pairs before the fit-in-volume correction."""
-        st = self._open(case)
-        out = []
-        for _ in range(self.cfg.num_samples):
-            fg = bool(rng.random() < self.cfg.pos_ratio)
-            idx = st.draw(fg, rng)
-            if idx is None:
-                fg = not fg
-                idx = st.draw(fg, rng)
-            if idx is None:
-                raise InputError(f"case {case!r} has an empty volume")
-            out.append((tuple(int(v) for v in np.unravel_index(idx, st.shape)), fg))
-        return out
-
-    def sample_batch(self, case: str | int, rng: np.random.Generator | None = None,
-                     with_params: bool = False) -> tuple[np.ndarray, np.ndarray | None] | tuple[
-                         np.ndarray, np.ndarray | None, list[dict[str, Any]]]:
+    def sample_batch(self, case: str | int, rng: np.random.Generator | None = None, with_params: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray | None] | tuple[np.ndarray, np.ndarray | None, list[dict]]:
         """All crops of one case stacked: image ``float32 [N, C, *crop_size]``, label ``[N, *crop_size]``
-        or None. With ``with_params`` also one dict per crop: ``centre``, ``foreground``, ``start``
-        (source slices), ``aug`` (:class:`~hiend_data.augment.AugmentParams`)."""
+        (the cache's label dtype) or None. With ``with_params`` also one dict per crop: ``centre``
+        (voxel drawn, before the fit-in-volume shift), ``foreground`` (its kind), ``source`` (slices of
+        the volume read) and ``aug`` (:class:`~hiend_data.augment.AugmentParams`).
+
+        Random numbers, in order: ``N x (1 + N_UNIFORMS)`` uniforms (kind, augmentation), then the
+        centre draws.
+        """
         rng = self._default_rng if rng is None else rng
         st = self._open(case)
         cfg = self.cfg
-        size = cfg.crop_size
-        chans = st.image.shape[0]
-        images = np.empty((cfg.num_samples, chans, *size), dtype=np.float32)
-        labels = None if st.label is None else np.empty((cfg.num_samples, *size), dtype=st.label.dtype)
+        n, size = cfg.num_samples, cfg.crop_size
+        u = rng.random((n, 1 + N_UNIFORMS))
+        flat, fg = st.draw_many(u[:, 0] < cfg.pos_ratio, rng)
+        centres = np.stack(np.unravel_index(flat, st.shape), axis=1)
+        images = self._pool.get((n, st.image.shape[0], *size), np.dtype(np.float32))
+        labels = None if st.label is None else self._pool.get((n, *size), st.label.dtype)
         records = []
-        for i, (centre, fg) in enumerate(self.centres(case, rng)):
-            aug = draw_augment(cfg, rng)
-            src, dst, padded = crop_box(centre, st.shape, size)
-            _copy_crop(st.image, images[i], src, dst, padded, cfg.pad_value, aug, channel_first=True)
-            apply_intensity(images[i], aug)
-            if labels is not None:
-                _copy_crop(st.label, labels[i], src, dst, padded, 0, aug, channel_first=False)
+        for i in range(n):
+            aug = params_from_uniforms(cfg, u[i, 1:])
+            src, dst, padded = crop_box(centres[i], st.shape, size)
+            if padded:
+                _copy_padded(st.image, images[i], src, dst, cfg.pad_value, aug, True)
+                apply_intensity(images[i], aug)
+                if labels is not None:
+                    _copy_padded(st.label, labels[i], src, dst, 0, aug, False)
+            else:
+                rev, swap = view_plan(aug)
+                _copy_view(st.image, images[i], src, rev, swap, aug, True, True)
+                if labels is not None:
+                    _copy_view(st.label, labels[i], src, rev, swap, aug, False, False)
             if with_params:
-                records.append(dict(centre=centre, foreground=fg, source=src, aug=aug))
+                records.append(dict(centre=tuple(int(c) for c in centres[i]), foreground=bool(fg[i]),
+                                    source=src, aug=aug))
         if with_params:
             return images, labels, records
         return images, labels
 
     def sample(self, case: str | int, rng: np.random.Generator | None = None
                ) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        """``num_samples`` crops of one case: a list of (image ``float32 [C, *crop_size]`` contiguous,
-        label ``[*crop_size]`` or None). The crops are views of one stacked buffer (see
-        :meth:`sample_batch`), each itself C-contiguous."""
+        """``num_samples`` crops of one case: a list of (image ``float32 [C, *crop_size]`` C-contiguous,
+        label ``[*crop_size]`` or None), views of the stacked buffers of :meth:`sample_batch`."""
         images, labels = self.sample_batch(case, rng)  # type: ignore[misc]
         return [(images[i], None if labels is None else labels[i]) for i in range(len(images))]
 
 
-def _copy_crop(volume: np.ndarray, out: np.ndarray, src: tuple[slice, ...], dst: tuple[slice, ...],
-               padded: bool, pad_value: float, aug: AugmentParams, channel_first: bool) -> None:
-    """Copy ``volume[src]`` into ``out`` so that ``out`` holds the padded crop augmented by ``aug``."""
+def _copy_view(volume: np.ndarray, out: np.ndarray, src: tuple[slice, ...], rev: frozenset[int], swap: bool,
+               aug: AugmentParams, channel_first: bool, intensity: bool) -> None:
+    """``out = augment(volume[src])`` in one pass: flips and rot90 folded into the source slicing
+    (reversed slices + one transpose, see :func:`~hiend_data.augment.view_plan`), scale/shift fused
+    into the copy when ``intensity`` and they fire. ``out`` is written in order (a reversed innermost
+    axis on the writing side is several times slower than on the reading side)."""
+    sl = tuple(slice(s.stop - 1, s.start - 1 if s.start else None, -1) if i in rev else s
+               for i, s in enumerate(src))
+    view = volume[(slice(None), *sl)] if channel_first else volume[sl]
+    if swap:
+        off = 1 if channel_first else 0
+        perm = list(range(view.ndim))
+        a, b = aug.rot_axes[0] + off, aug.rot_axes[1] + off
+        perm[a], perm[b] = perm[b], perm[a]
+        view = view.transpose(perm)
+    if intensity and aug.scale is not None:
+        np.multiply(view, np.float32(aug.scale), out=out, casting="same_kind")
+        if aug.shift is not None:
+            out += np.float32(aug.shift)
+    elif intensity and aug.shift is not None:
+        np.add(view, np.float32(aug.shift), out=out, casting="same_kind")
+    else:
+        np.copyto(out, view, casting="same_kind")
+
+
+def _copy_padded(volume: np.ndarray, out: np.ndarray, src: tuple[slice, ...], dst: tuple[slice, ...],
+                 pad_value: float, aug: AugmentParams, channel_first: bool) -> None:
+    """Padded crop (volume smaller than the crop along some axis): fill, then write the region through
+    the inverse augmentation view of ``out`` so that ``out`` ends up augmented."""
     lead = (slice(None),) if channel_first else ()
-    if padded:
-        out.fill(pad_value)
-    target = inverse_view(out, aug, channel_first)
-    np.copyto(target[lead + dst], volume[lead + src], casting="same_kind")
+    out.fill(pad_value)
+    np.copyto(inverse_view(out, aug, channel_first)[lead + dst], volume[lead + src], casting="same_kind")

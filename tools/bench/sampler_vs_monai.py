@@ -1,0 +1,171 @@
+"""Pre-training crop sampling: the paper's MONAI pipeline vs hiend's cache + CropSampler, side by side.
+
+One process, one thread (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``), the same volumes:
+
+* ``monai``: the paper's pipeline per volume: ``torch.load`` of the whole preprocessed volume saved as a
+  ``.pt`` tensor ``[1, X, Y, Z]``, then MONAI's RandCropByPosNegLabeld (96^3, pos 6, neg 2, 8 samples, the
+  image as label) + RandFlipd on each axis (p 0.5) + RandRotate90d (p 0.3, max_k 3, axes (0, 1)) +
+  RandScaleIntensityd (0.1, p 0.1) + RandShiftIntensityd (0.1, p 0.1).
+* ``hiend``: the preprocessed cache (memory-mapped ``.npy``) + ``CropSampler`` with
+  ``SamplerConfig.pretrain()`` (the same recipe), each crop a contiguous float32 ``[1, 96, 96, 96]``.
+* ``memcpy``: the ceiling: 8 copies per volume of a 96^3 region into fresh contiguous float32 arrays,
+  without drawing centres or augmenting.
+
+Volumes: a 256 x 256 x 240 CT-like phantom (hiend_data.phantom at 1.5 mm, windowed to [0, 1]) and the
+real ``../shared/data/ct/abdomen_ct_1.5mm_lps.nii.gz`` preprocessed with the paper's plan (120 x 126 x 164).
+Each method runs ``--rounds`` alternating rounds of ``--seconds``; the median rate is reported. Prints one
+JSON line: per volume crops/s of each method and ``ratio`` = hiend / monai.
+
+    OMP_NUM_THREADS=1 .venv/bin/python tools/bench/sampler_vs_monai.py [--seconds 4] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+REAL = ROOT.parent / "shared" / "data" / "ct" / "abdomen_ct_1.5mm_lps.nii.gz"
+
+
+def phantom_volume(shape: tuple[int, int, int]) -> np.ndarray:
+    """A CT-like float32 [1, X, Y, Z] volume in [0, 1] (window [-175, 250] HU), no foreground crop."""
+    from hiend_data.phantom import make_phantom
+
+    ph = make_phantom(np.random.default_rng(0), shape=shape, spacing=(1.5, 1.5, 1.5), orientation=("R", "A", "S"))
+    img = np.clip((ph.hu.astype(np.float32) + 175.0) / 425.0, 0.0, 1.0)
+    return img[None]
+
+
+def real_volume() -> np.ndarray:
+    from hiend_data import Plan, load_volume, preprocess_case
+
+    return np.ascontiguousarray(preprocess_case(load_volume(REAL), Plan.paper()).image, dtype=np.float32)
+
+
+def write_cache(image: np.ndarray, folder: Path, name: str):
+    """Our cache of one volume (hiend_data.cache if it is there, else the same .npy memmap layout)."""
+    try:
+        from hiend_data.cache import Cache  # noqa: F401
+        have_cache = False  # switched on once preprocess_dataset accepts arrays; the layout is the same
+    except ImportError:
+        have_cache = False
+    from hiend_data.sampling import ArrayCache, ArrayCase
+
+    path = folder / f"{name}.npy"
+    np.save(path, image)
+    mm = np.load(path, mmap_mode="r")
+    del have_cache
+    return ArrayCache({name: ArrayCase(mm)})
+
+
+def monai_pipeline():
+    from monai.transforms import (
+        Compose,
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        RandRotate90d,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+    )
+
+    t = Compose([
+        RandCropByPosNegLabeld(keys=["image"], label_key="image", spatial_size=(96, 96, 96), pos=6, neg=2,
+                               num_samples=8),
+        RandFlipd(keys=["image"], prob=0.5, spatial_axis=0),
+        RandFlipd(keys=["image"], prob=0.5, spatial_axis=1),
+        RandFlipd(keys=["image"], prob=0.5, spatial_axis=2),
+        RandRotate90d(keys=["image"], prob=0.3, max_k=3, spatial_axes=(0, 1)),
+        RandScaleIntensityd(keys=["image"], factors=0.1, prob=0.1),
+        RandShiftIntensityd(keys=["image"], offsets=0.1, prob=0.1),
+    ])
+    t.set_random_state(seed=0)
+    return t
+
+
+def rate(step, seconds: float) -> float:
+    step()  # warm-up (page cache, lazy imports)
+    n, t0 = 0, time.perf_counter()
+    while (dt := time.perf_counter() - t0) < seconds:
+        n += step()
+    return n / dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+
+    import torch
+
+    from hiend_data.sampling import CropSampler, SamplerConfig
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    results: dict[str, dict[str, float | list[int]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for name, image in (("phantom_256x256x240", phantom_volume((256, 256, 240))), ("abdomen_ct_real", real_volume())):
+            pt = folder / f"{name}.pt"
+            torch.save(torch.from_numpy(image), pt)
+            cache = write_cache(image, folder, name)
+            sampler = CropSampler(cache, SamplerConfig.pretrain(), seed=0)
+            rng = sampler.rng(0)
+            pipeline = monai_pipeline()
+
+            def monai_step(pt=pt, pipeline=pipeline) -> int:
+                crops = pipeline({"image": torch.load(pt, weights_only=True)})
+                assert crops[0]["image"].shape == (1, 96, 96, 96)
+                return len(crops)
+
+            def hiend_step(sampler=sampler, rng=rng, name=name) -> int:
+                crops = sampler.sample(name, rng)
+                assert crops[0][0].flags.c_contiguous and crops[0][0].dtype == np.float32
+                return len(crops)
+
+            src = np.load(folder / f"{name}.npy", mmap_mode="r")
+            starts = np.random.default_rng(0)
+
+            def memcpy_step(src=src, starts=starts) -> int:
+                shape = np.asarray(src.shape[1:]) - 96
+                for _ in range(8):
+                    x, y, z = (int(starts.integers(0, s + 1)) for s in shape)
+                    out = np.empty((1, 96, 96, 96), np.float32)
+                    np.copyto(out, src[:, x:x + 96, y:y + 96, z:z + 96])
+                return 8
+
+            runs: dict[str, list[float]] = {"monai": [], "hiend": [], "memcpy": []}
+            for _ in range(args.rounds):
+                runs["monai"].append(rate(monai_step, args.seconds))
+                runs["hiend"].append(rate(hiend_step, args.seconds))
+                runs["memcpy"].append(rate(memcpy_step, args.seconds))
+            med = {k: statistics.median(v) for k, v in runs.items()}
+            results[name] = {
+                "shape": list(image.shape[1:]),
+                "monai_crops_per_s": round(med["monai"], 1),
+                "hiend_crops_per_s": round(med["hiend"], 1),
+                "memcpy_crops_per_s": round(med["memcpy"], 1),
+                "ratio": round(med["hiend"] / med["monai"], 2),
+                "hiend_vs_memcpy": round(med["hiend"] / med["memcpy"], 2),
+            }
+            print(name, results[name], flush=True)
+    print(json.dumps({"bench": "sampler_vs_monai", "threads": 1, "seconds": args.seconds,
+                      "rounds": args.rounds, "volumes": results}))
+
+
+if __name__ == "__main__":
+    main()
