@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 
+import nibabel as nib
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from hiend_data import InputError, Plan, PreprocessRecord, Volume, load_volume, preprocess_case, restore_label
+from hiend_data import (InputError, Plan, PreprocessRecord, Volume, load_volume, preprocess_case, restore_label,
+                        save_volume)
 from hiend_data.io import load_label
 from hiend_data.preprocess import restore_array
 
@@ -79,9 +81,24 @@ def test_left_half_prediction_lands_on_patient_left(request, which):
     inside = restore_label(np.ones_like(pred), pre.record) == 1  # voxels within the foreground crop
     assert (x0[out == 1] < mid + step).all() and (x0[(out == 0) & inside] >= mid - step).all()
     assert 0.4 < out[inside].mean() < 0.6
+    x_lps = -x0  # DICOM/LPS world: +x is the patient's left, so the marked half is at positive LPS x
+    assert (x_lps[out == 1] > -mid - step).all()
     if img.orientation[0] == "L":  # LPS array: axis 0 runs to the patient's left
         cols = np.flatnonzero(out.any(axis=(1, 2)))
         assert cols[-1] == img.shape[0] - 1 and cols[0] > img.shape[0] // 3
+
+
+def test_saved_prediction_lands_on_the_input_grid(lps, ct_dir, tmp_path):
+    img, lab = lps
+    pre = preprocess_case(img, Plan(), lab)
+    path = save_volume(tmp_path / "pred.nii.gz", restore_label(pre.label, pre.record), like=img)
+    ref = nib.load(str(ct_dir / LPS))
+    out = nib.load(str(path))
+    assert out.shape == ref.shape and np.allclose(out.affine, ref.affine, atol=1e-6)
+    assert nib.aff2axcodes(out.affine) == ("L", "P", "S")
+    assert out.header.get_data_dtype() == np.uint8
+    assert out.header.get_slope_inter() == (None, None)  # no intensity scaling on a label map
+    np.testing.assert_array_equal(np.asarray(out.dataobj), lab.array)
 
 
 def test_left_half_matches_anatomy(slab, ct_dir):

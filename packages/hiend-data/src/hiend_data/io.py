@@ -359,6 +359,7 @@ def save_volume(path: str | os.PathLike[str], array: np.ndarray, like: Volume) -
     img = nib.Nifti1Image(data, like.affine, header=header)
     img.set_data_dtype(dtype)
     img.header.set_slope_inter(np.nan, np.nan)
+    img.header["cal_min"], img.header["cal_max"] = 0.0, 0.0  # the source's display range means nothing here
     if header is None:
         img.header.set_xyzt_units("mm", "sec")
     img.set_qform(like.affine, code=int(img.header["qform_code"]) or 1)
