@@ -56,6 +56,7 @@ def test_cache_contents_match_preprocess_case(dataset, tmp_path):
         assert len(c.class_indices(7)) == 0
         np.testing.assert_array_equal(restore_label(np.asarray(c.label), c.record), lab.array)
     assert cache.case(0).name == "case0"
+    assert cache.case("case1") is cache.case(1)  # opened once, memory maps reused
 
 
 def test_unlabelled_foreground_is_positive_image(tmp_path, nii):

@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import zlib
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -277,11 +278,16 @@ class CachedCase:
 class Cache:
     """A preprocessed cache folder (see the module docstring). Open with :meth:`Cache.open`."""
 
+    #: opened cases kept (with their memory maps); bounded so pools of 10,000 scans stay under the
+    #: kernel's limit on mappings per process
+    keep_open = 256
+
     def __init__(self, root: Path, plan: Plan, metas: dict[str, dict[str, Any]]) -> None:
         self.root = root
         self.plan = plan
         self._metas = metas
         self.cases: list[str] = sorted(metas)
+        self._open: OrderedDict[str, CachedCase] = OrderedDict()
 
     @classmethod
     def open(cls, root: str | os.PathLike[str]) -> Cache:
@@ -312,6 +318,13 @@ class Cache:
         """The case named ``name`` (or the ``name``-th in :attr:`cases`)."""
         if isinstance(name, int):
             name = self.cases[name]
+        if name in self._open:
+            self._open.move_to_end(name)
+            return self._open[name]
         if name not in self._metas:
             raise InputError(f"{self.root}: no case {name!r} in the cache")
-        return CachedCase(name, self.root / "cases", self._metas[name])
+        case = CachedCase(name, self.root / "cases", self._metas[name])
+        self._open[name] = case
+        if len(self._open) > self.keep_open:
+            self._open.popitem(last=False)
+        return case
