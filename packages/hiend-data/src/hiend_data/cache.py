@@ -17,6 +17,7 @@ plan's digest and the same source files (size and modification time); others are
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -266,7 +267,7 @@ class CachedCase:
         offsets = self.meta["class_offsets"]
         return self._npy("_cls")[offsets[k]:offsets[k + 1]]
 
-    @property
+    @functools.cached_property
     def record(self) -> PreprocessRecord:
         return PreprocessRecord.model_validate(self.meta["record"])
 
