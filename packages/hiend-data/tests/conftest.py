@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 
-
 def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None,
                 dtype: type | None = None, slope: float | None = None, inter: float | None = None) -> Path:
     """Write ``array`` with nibabel (no checks), optionally with a stored dtype and scaling."""

@@ -7,7 +7,6 @@ import os
 
 import numpy as np
 import pytest
-
 from hiend_data import InputError, Plan, load_volume, preprocess_case, restore_label
 from hiend_data import cache as cache_mod
 from hiend_data.cache import Cache, preprocess_dataset
@@ -38,7 +37,7 @@ def test_cache_contents_match_preprocess_case(dataset, tmp_path):
     cache = preprocess_dataset(dataset, out, Plan(), workers=0, progress=False)
     assert cache.cases == ["case0", "case1", "case2"] and cache.plan == Plan()
     assert Plan.from_json((out / "plan.json").read_text()) == Plan()
-    for i, name in enumerate(cache.cases):
+    for name in cache.cases:
         c = cache.case(name)
         img = load_volume(dataset / "imagesTr" / f"{name}_0000.nii.gz")
         lab = load_label(dataset / "labelsTr" / f"{name}.nii.gz", like=img)

@@ -21,7 +21,8 @@ _LAZY = {
     "PreprocessRecord": "preprocess", "preprocess_case": "preprocess", "restore_label": "preprocess",
 }
 
-__all__ = ["__version__", "InputError", *_LAZY]
+__all__ = ["__version__", "InputError", "Volume", "load_volume", "save_volume", "Plan", "PreprocessRecord",
+           "preprocess_case", "restore_label"]
 
 
 def __getattr__(name: str) -> Any:
