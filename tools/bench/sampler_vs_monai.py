@@ -11,8 +11,10 @@ One process, one thread (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``), t
 * ``memcpy``: the ceiling: 8 copies per volume of a 96^3 region into fresh contiguous float32 arrays,
   without drawing centres or augmenting.
 
-Volumes: a 256 x 256 x 240 CT-like phantom (hiend_data.phantom at 1.5 mm, windowed to [0, 1]) and the
-real ``../shared/data/ct/abdomen_ct_1.5mm_lps.nii.gz`` preprocessed with the paper's plan (120 x 126 x 164).
+Volumes (both through ``preprocess_dataset`` with the paper's plan): ``big``, a 256 x 256 x 240 CT-like
+phantom (hiend_data.phantom at 1.5 mm), and ``abdomen``, the real
+``../shared/data/ct/abdomen_ct_1.5mm_lps.nii.gz`` (120 x 126 x 164 after preprocessing). The MONAI side
+loads the same preprocessed arrays saved as ``.pt``.
 Each method runs ``--rounds`` alternating rounds of ``--seconds``; the median rate is reported. Prints one
 JSON line: per volume crops/s of each method and ``ratio`` = hiend / monai.
 
@@ -41,35 +43,25 @@ ROOT = Path(__file__).resolve().parents[2]
 REAL = ROOT.parent / "shared" / "data" / "ct" / "abdomen_ct_1.5mm_lps.nii.gz"
 
 
-def phantom_volume(shape: tuple[int, int, int]) -> np.ndarray:
-    """A CT-like float32 [1, X, Y, Z] volume in [0, 1] (window [-175, 250] HU), no foreground crop."""
+def build_cache(folder: Path):
+    """Our cache (``hiend-data preprocess`` with the paper's plan) of the two benchmark volumes.
+
+    ``big``: a 256 x 256 x 240 CT-like phantom at 1.5 mm RAS, with one soft-tissue voxel in two opposite
+    corners so that the foreground crop keeps the whole grid; ``abdomen``: the real LPS abdominal CT
+    (120 x 126 x 164 after preprocessing).
+    """
+    from hiend_data import Plan, Volume, save_volume
+    from hiend_data.cache import preprocess_dataset
+    from hiend_data.discovery import Case
     from hiend_data.phantom import make_phantom
 
-    ph = make_phantom(np.random.default_rng(0), shape=shape, spacing=(1.5, 1.5, 1.5), orientation=("R", "A", "S"))
-    img = np.clip((ph.hu.astype(np.float32) + 175.0) / 425.0, 0.0, 1.0)
-    return img[None]
-
-
-def real_volume() -> np.ndarray:
-    from hiend_data import Plan, load_volume, preprocess_case
-
-    return np.ascontiguousarray(preprocess_case(load_volume(REAL), Plan.paper()).image, dtype=np.float32)
-
-
-def write_cache(image: np.ndarray, folder: Path, name: str):
-    """Our cache of one volume (hiend_data.cache if it is there, else the same .npy memmap layout)."""
-    try:
-        from hiend_data.cache import Cache  # noqa: F401
-        have_cache = False  # switched on once preprocess_dataset accepts arrays; the layout is the same
-    except ImportError:
-        have_cache = False
-    from hiend_data.sampling import ArrayCache, ArrayCase
-
-    path = folder / f"{name}.npy"
-    np.save(path, image)
-    mm = np.load(path, mmap_mode="r")
-    del have_cache
-    return ArrayCache({name: ArrayCase(mm)})
+    ph = make_phantom(np.random.default_rng(0), shape=(256, 256, 240), spacing=(1.5, 1.5, 1.5),
+                      orientation=("R", "A", "S"))
+    hu = ph.hu.copy()
+    hu[0, 0, 0] = hu[-1, -1, -1] = 40
+    big = save_volume(folder / "raw" / "big_0000.nii.gz", hu, like=Volume(array=hu, affine=ph.affine))
+    cases = [Case("big", [big]), Case("abdomen", [REAL])]
+    return preprocess_dataset(cases, folder / "cache", Plan.paper(), workers=0, progress=False)
 
 
 def monai_pipeline():
@@ -119,12 +111,13 @@ def main() -> None:
     results: dict[str, dict[str, float | list[int]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for name, image in (("phantom_256x256x240", phantom_volume((256, 256, 240))), ("abdomen_ct_real", real_volume())):
+        cache = build_cache(folder)
+        sampler = CropSampler(cache, SamplerConfig.pretrain(), seed=0)
+        rng = sampler.rng(0)
+        for name in ("big", "abdomen"):
+            image = cache.case(name).image
             pt = folder / f"{name}.pt"
-            torch.save(torch.from_numpy(image), pt)
-            cache = write_cache(image, folder, name)
-            sampler = CropSampler(cache, SamplerConfig.pretrain(), seed=0)
-            rng = sampler.rng(0)
+            torch.save(torch.from_numpy(np.array(image)), pt)
             pipeline = monai_pipeline()
 
             def monai_step(pt=pt, pipeline=pipeline) -> int:
@@ -132,12 +125,12 @@ def main() -> None:
                 assert crops[0]["image"].shape == (1, 96, 96, 96)
                 return len(crops)
 
-            def hiend_step(sampler=sampler, rng=rng, name=name) -> int:
+            def hiend_step(name=name) -> int:
                 crops = sampler.sample(name, rng)
                 assert crops[0][0].flags.c_contiguous and crops[0][0].dtype == np.float32
                 return len(crops)
 
-            src = np.load(folder / f"{name}.npy", mmap_mode="r")
+            src = np.load(folder / "cache" / "cases" / f"{name}.npy", mmap_mode="r")
             starts = np.random.default_rng(0)
 
             def memcpy_step(src=src, starts=starts) -> int:
@@ -155,7 +148,7 @@ def main() -> None:
                 runs["memcpy"].append(rate(memcpy_step, args.seconds))
             med = {k: statistics.median(v) for k, v in runs.items()}
             results[name] = {
-                "shape": list(image.shape[1:]),
+                "shape": list(cache.case(name).shape),
                 "monai_crops_per_s": round(med["monai"], 1),
                 "hiend_crops_per_s": round(med["hiend"], 1),
                 "memcpy_crops_per_s": round(med["memcpy"], 1),

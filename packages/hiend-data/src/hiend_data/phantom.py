@@ -130,7 +130,7 @@ def make_phantom_dataset(out: str | os.PathLike[str], cases: int = 8, seed: int 
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"{out}: folder is not empty (choose an empty folder or pass overwrite)")
+        raise InputError(f"{out}: folder is not empty (choose an empty folder, or overwrite=True / --overwrite)")
     for sub in ("imagesTr", "labelsTr") + (("imagesTs",) if test_cases else ()):
         (out / sub).mkdir(parents=True, exist_ok=True)
     root = np.random.SeedSequence(int(seed))
