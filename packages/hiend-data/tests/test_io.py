@@ -242,3 +242,15 @@ def test_nibabel_hides_zero_spacing(tmp_path, nii):
     path = _valid(tmp_path, nii, "z.nii")
     nii.patch(path, nii.PIXDIM + 4, struct.pack("<f", 0.0))
     assert nib.load(str(path)).header.get_zooms()[0] == 1.0
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nifti2_files(tmp_path, suffix):
+    arr = np.arange(60, dtype=np.int16).reshape(3, 4, 5)
+    nib.save(nib.Nifti2Image(arr, np.diag([2.0, 3.0, 4.0, 1.0])), str(tmp_path / f"n2{suffix}"))
+    vol = load_volume(tmp_path / f"n2{suffix}")
+    assert vol.spacing == (2.0, 3.0, 4.0)
+    np.testing.assert_array_equal(vol.array, arr)
+    back = load_volume(save_volume(tmp_path / f"out{suffix}", arr, like=vol))
+    np.testing.assert_array_equal(back.array, arr)
+    np.testing.assert_allclose(back.affine, vol.affine)
