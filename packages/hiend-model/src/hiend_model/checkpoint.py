@@ -237,6 +237,13 @@ def tensor_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
         raise _open_error(path, exc) from None
 
 
+class _Shape:
+    """Stands in for a tensor in :func:`check_state_dict` when only its shape is known."""
+
+    def __init__(self, shape: list[int]) -> None:
+        self.shape = tuple(shape)
+
+
 def _shown(keys: list[str]) -> str:
     more = f" and {len(keys) - _MAX_SHOWN} more" if len(keys) > _MAX_SHOWN else ""
     return ", ".join(keys[:_MAX_SHOWN]) + more
@@ -278,20 +285,24 @@ def load_checkpoint(path: str | os.PathLike[str], expected_kind: str | None = No
     Returns:
         ``(model, info)``: the model in eval mode and the checkpoint's :class:`CheckpointInfo`.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    import torch
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     info = read_checkpoint_info(path, expected_kind)
     config = {**info.config, **(config_overrides or {})}
     model = build_model(info.kind, config)
+    state = model.state_dict()  # tensors sharing memory with the model's parameters and buffers
     try:
-        tensors = load_file(str(path), device="cpu")
+        # One tensor at a time straight into the model: peak memory is the model plus one tensor.
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            check_state_dict(path, state, {k: _Shape(fh.get_slice(k).get_shape()) for k in fh.keys()})
+            with torch.no_grad():
+                for key in fh.keys():
+                    state[key].copy_(fh.get_tensor(key))
     except (SafetensorError, OSError) as exc:
         raise _open_error(path, exc) from None
-    check_state_dict(path, model.state_dict(), tensors)
-    model.load_state_dict(tensors, strict=True)
-    del tensors
+    del state
     model.to(map_location).eval()
     if config_overrides:
         info = CheckpointInfo(kind=info.kind, config=model.config.model_dump(mode="json"), plan=info.plan,
