@@ -18,15 +18,18 @@ def _root() -> None:
 
 def _score_and_report(pred: Path, ref: Path, out: Path, labels: Path | None, tolerance: float, as_json: bool,
                       resample_to_reference: bool, workers: int) -> None:
-    from .report import preload_plotting, print_table, summary_json, write_outputs
+    from .plot import Plotter
+    from .report import print_table, summary_json, write_outputs
     from .score import default_workers, read_labels, score_folders
 
-    preload_plotting()
-
-    names = read_labels(labels) if labels is not None else None
-    summary = score_folders(pred, ref, names, tolerance=tolerance, resample_to_reference=resample_to_reference,
-                            workers=workers if workers > 0 else default_workers())
-    write_outputs(summary, out)
+    plotter = Plotter()  # imports matplotlib in another process while we score
+    try:
+        names = read_labels(labels) if labels is not None else None
+        summary = score_folders(pred, ref, names, tolerance=tolerance, resample_to_reference=resample_to_reference,
+                                workers=workers if workers > 0 else default_workers())
+        write_outputs(summary, out, plotter)
+    finally:
+        plotter.close()
     print_table(summary, file=sys.stderr if as_json else None)
     if as_json:
         print(summary_json(summary, indent=None), flush=True)

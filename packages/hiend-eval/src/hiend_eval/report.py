@@ -18,6 +18,7 @@ from pathlib import Path
 
 from hiend_data.errors import InputError
 
+from .plot import Plotter
 from .score import FIELDS
 
 SUMMARY = "summary.json"
@@ -43,47 +44,11 @@ def per_case_csv(summary: dict) -> str:
     return buf.getvalue()
 
 
-def _plot(summary: dict, path: Path) -> None:
-    """Box plots of per-case Dice and HD95 per label (null values left out), without pyplot's state."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    keys = list(summary["mean"])
-    names = summary["names"]
-    fig = Figure(figsize=(max(6.0, 0.28 * len(keys) + 2), 7))
-    FigureCanvasAgg(fig)
-    fig.subplots_adjust(left=0.07, right=0.99, top=0.94, bottom=0.22, hspace=0.08)
-    axes = fig.subplots(2, 1, sharex=True)
-    for ax, metric, unit in ((axes[0], "dice", ""), (axes[1], "hd95", " (mm)")):
-        data = [[r["labels"][k][metric] for r in summary["per_case"] if r["labels"][k][metric] is not None]
-                for k in keys]
-        ax.boxplot([d if d else [math.nan] for d in data], showfliers=True)
-        ax.set_ylabel(metric.upper() + unit)
-        ax.grid(axis="y", alpha=0.3)
-    labels = [k if names.get(k, k) == k else f"{k} {names[k]}"[:28] for k in keys]
-    axes[1].set_xticks(range(1, len(keys) + 1), labels, rotation=90, fontsize=7)
-    axes[0].set_title(f"per-label distributions over {len(summary['per_case'])} case(s)")
-    fig.savefig(path, dpi=100)
-
-
-def preload_plotting() -> None:
-    """Import matplotlib in a background thread (it takes ~0.5 s) while the scoring runs."""
-    import threading
-
-    def work() -> None:
-        try:
-            import matplotlib.backends.backend_agg  # noqa: F401
-            import matplotlib.figure  # noqa: F401
-        except ImportError:
-            pass
-
-    threading.Thread(target=work, daemon=True).start()
-
-
-def write_outputs(summary: dict, out_dir: Path, plot: bool = True) -> list[Path]:
+def write_outputs(summary: dict, out_dir: Path, plotter: Plotter | None = None) -> list[Path]:
     """Write summary.json, per_case.csv and (matplotlib permitting) the PNG into ``out_dir`` atomically.
 
-    Returns the files written. Prints one note on stderr when matplotlib is missing.
+    ``plotter`` draws the PNG (None: no PNG). Returns the files written. Prints one note on stderr
+    when matplotlib is missing.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -93,14 +58,9 @@ def write_outputs(summary: dict, out_dir: Path, plot: bool = True) -> list[Path]
     try:
         (tmp / SUMMARY).write_text(summary_json(summary) + "\n")
         (tmp / PER_CASE).write_text(per_case_csv(summary))
-        if plot:
-            try:
-                import matplotlib  # noqa: F401
-            except ImportError:
-                print(f"note: matplotlib is not installed, so {PLOT} is skipped "
-                      "(pip install 'hiend-eval[plot]')", file=sys.stderr)
-            else:
-                _plot(summary, tmp / PLOT)
+        if plotter is not None and not plotter.draw(summary, tmp / PLOT):
+            print(f"note: matplotlib is not installed, so {PLOT} is skipped "
+                  "(pip install 'hiend-eval[plot]')", file=sys.stderr)
         names = sorted(p.name for p in tmp.iterdir())
         if not out_dir.exists():
             os.replace(tmp, out_dir)

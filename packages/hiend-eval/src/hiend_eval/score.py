@@ -18,7 +18,7 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,13 +176,18 @@ def score_case(pair: CasePair, labels: Sequence[int] | None, tolerance: float = 
     """
     from hiend_data import load_volume
 
-    ref_vol = load_volume(pair.ref)
+    if pair.pred is not None and threads > 1:  # decompression releases the GIL: read both at once
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            loading = pool.submit(load_volume, pair.ref), pool.submit(load_volume, pair.pred)
+            ref_vol, pred_vol = loading[0].result(), loading[1].result()
+    else:
+        ref_vol = load_volume(pair.ref)
+        pred_vol = load_volume(pair.pred) if pair.pred is not None else None
     ref = _as_label_map(np.asarray(ref_vol.array), pair.ref)
     spacing = tuple(float(s) for s in ref_vol.spacing)
-    if pair.pred is None:
+    if pair.pred is None or pred_vol is None:
         pred = np.zeros_like(ref)
     else:
-        pred_vol = load_volume(pair.pred)
         pred = _as_label_map(np.asarray(pred_vol.array), pair.pred)
         same_shape = pred.shape == ref.shape
         same_affine = same_shape and np.allclose(pred_vol.affine, ref_vol.affine, atol=GEOMETRY_ATOL, rtol=0)
