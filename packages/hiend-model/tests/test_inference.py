@@ -167,3 +167,19 @@ def test_argmax_in_chunks_equals_argmax():
     assert out.dtype == np.uint8 and out.shape == (13, 7, 6)
     np.testing.assert_array_equal(out, expect)
     assert label_dtype(2) == np.uint8 and label_dtype(256) == np.uint8 and label_dtype(257) == np.uint16
+
+
+@pytest.mark.gpu
+def test_cuda_windows_match_cpu():
+    """Model on CUDA, image and output on the CPU; bf16 autocast stays close to float32."""
+    net = conv_net()
+    x = torch.randn(1, 2, 37, 29, 41)
+    ref = sliding_window_logits(net, x, (16, 16, 16), 0.5, sw_batch_size=3)
+    net = net.cuda()
+    out = sliding_window_logits(net, x, (16, 16, 16), 0.5, sw_batch_size=3, out_device="cpu")
+    assert out.device.type == "cpu"
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    on_gpu = sliding_window_logits(net, x.cuda(), (16, 16, 16), 0.5, sw_batch_size=3, tta=True, amp=True)
+    assert on_gpu.device.type == "cuda" and on_gpu.dtype == torch.float32
+    tta_ref = sliding_window_logits(net.cpu(), x, (16, 16, 16), 0.5, sw_batch_size=3, tta=True)
+    torch.testing.assert_close(on_gpu.cpu(), tta_ref, rtol=0.05, atol=0.05)
