@@ -104,10 +104,10 @@ def checkpoint_summary(path: Path) -> dict:
     }
 
 
-def _fmt(value: object) -> str:
-    if isinstance(value, (list, tuple)):
-        return "x".join(str(v) for v in value) if all(isinstance(v, int) for v in value) else str(list(value))
-    return str(value)
+def _fmt(key: str, value: object) -> str:
+    if key in ("img_size", "crop_size") and isinstance(value, (list, tuple)):
+        return "x".join(str(v) for v in value)
+    return str(list(value)) if isinstance(value, tuple) else str(value)
 
 
 @app.command()
@@ -126,12 +126,12 @@ def info(
                  f"parameters: {s['parameters']:,} ("
                  + ", ".join(f"{k} {v:,}" for k, v in s["parameters_by_module"].items()) + ")"]
         lines.append("config:")
-        lines += [f"  {k}: {_fmt(v)}" for k, v in s["config"].items()]
+        lines += [f"  {k}: {_fmt(k, v)}" for k, v in s["config"].items()]
         if s["plan"] is None:
             lines.append("plan: none (predict needs one)")
         else:
             lines.append("plan:")
-            lines += [f"  {k}: {_fmt(v)}" for k, v in s["plan"].items()]
+            lines += [f"  {k}: {_fmt(k, v)}" for k, v in s["plan"].items()]
         lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in s["versions"].items()))
         if s["extra"]:
             lines.append("provenance:")
