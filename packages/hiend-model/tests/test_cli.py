@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from hiend_data import Plan, load_volume
-from hiend_model.checkpoint import load_checkpoint, save_checkpoint
+from hiend_model.checkpoint import load_checkpoint
 from hiend_model.cli import app
 from hiend_model.official import export_official_finetuned, export_official_pretrained
 from hiend_model.predict import predict_volume
@@ -158,4 +158,3 @@ def test_wrong_layout_for_convert_exits_2(tmp_path: Path, tiny):
 def test_usage_errors_exit_2(unetr_ckpt: Path, tmp_path: Path):
     assert run("predict", unetr_ckpt, "x.nii.gz", "--out", tmp_path, "--overlap", 1.5).exit_code == 2
     assert run("convert", "a.pth", "b.safetensors", "--from", "timm").exit_code == 2
-    assert save_checkpoint  # (imported for fixtures' checkpoints)
