@@ -39,11 +39,12 @@ def test_presets_are_the_papers_recipe() -> None:
     assert pre.pos_ratio == 0.75
     assert (fin.num_samples, fin.pos, fin.neg, fin.centres, fin.flip_prob, fin.rot90_prob) == (
         4, 1, 1, "label", 0.2, 0.2)
+    assert fin.image_threshold == 0.0 and pre.image_threshold is None
 
 
 @pytest.mark.parametrize("bad", [dict(typo=1), dict(pos=0, neg=0), dict(crop_size=(96, 64, 96)),
                                  dict(flip_prob=1.5), dict(rot90_axes=(1, 1)), dict(flip_axes=(0, 3)),
-                                 dict(num_samples=0)])
+                                 dict(num_samples=0), dict(image_threshold=0.0)])
 def test_config_rejects(bad: dict) -> None:
     with pytest.raises(ValidationError):
         SamplerConfig.pretrain(**bad)
@@ -130,6 +131,29 @@ def test_finetune_centres_labelled_and_background_one_to_one() -> None:
     np.testing.assert_array_equal(on_label, [r["foreground"] for r in recs])
     assert abs(on_label.mean() - 0.5) < 4 * np.sqrt(0.25 / 4000)
     assert labels_out is not None and labels_out.dtype == np.uint8 and labels_out.shape == (4000, 16, 16, 16)
+
+
+def test_finetune_centres_stay_inside_the_body() -> None:
+    """MONAI's image_threshold=0: labelled and background centres both need image > 0."""
+    img = np.zeros((1, 40, 40, 40), np.float32)
+    img[0, :, :30] = 0.5  # 'body': y < 30; air above
+    label = np.zeros((40, 40, 40), np.uint8)
+    label[10:20, 25:35, 10:20] = 1  # an organ half in the air
+    s = CropSampler(ArrayCache({"a": ArrayCase(img, label)}),
+                    SamplerConfig.finetune(num_samples=3000, crop_size=(8, 8, 8)), seed=0)
+    recs = s.sample_batch("a", s.rng(0), with_params=True)[2]
+    centres = np.array([r["centre"] for r in recs])
+    assert (centres[:, 1] < 30).all()
+    fg = np.array([r["foreground"] for r in recs])
+    np.testing.assert_array_equal(label[tuple(centres.T)] > 0, fg)
+    assert abs(fg.mean() - 0.5) < 4 * np.sqrt(0.25 / 3000)
+    # the fallback index lists honour the threshold too
+    img2 = np.zeros_like(img)
+    img2[0, 12, 27, 12] = img2[0, 1, 1, 1] = 1.0
+    s2 = CropSampler(ArrayCache({"a": ArrayCase(img2, label)}),
+                     SamplerConfig.finetune(num_samples=200, crop_size=(8, 8, 8)), seed=0)
+    got = {r["centre"] for r in s2.sample_batch("a", s2.rng(0), with_params=True)[2]}
+    assert got == {(12, 27, 12), (1, 1, 1)}
 
 
 def test_finetune_needs_labels() -> None:

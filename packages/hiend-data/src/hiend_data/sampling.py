@@ -6,6 +6,8 @@ that kind (MONAI's ``RandCropByPosNegLabeld``; for unlabelled data the image its
 
 * Foreground: ``centres="image"`` (pre-training): voxels whose first channel is > 0 after scaling;
   ``centres="label"`` (fine-tuning): voxels with a label > 0. Background is the rest (<= 0, label 0).
+  With ``image_threshold`` (fine-tuning preset: 0, as MONAI's ``image_key``/``image_threshold`` in the
+  paper's fine-tuning code) both kinds are further limited to voxels with ``image[0] > image_threshold``.
   When a volume has no voxel of the drawn kind, the other kind is used (as MONAI does).
 * Uniform voxels of one kind are drawn by rejection: random voxels are read from the memory-mapped array
   until one of the right kind turns up, so neither the foreground nor the background index list is
@@ -63,6 +65,8 @@ class SamplerConfig(BaseModel):
     scale_range: float = Field(0.1, ge=0, description="image * (1 + u), u ~ U(-r, r)")
     shift_prob: float = Field(0.1, ge=0, le=1)
     shift_range: float = Field(0.1, ge=0, description="image + u, u ~ U(-r, r)")
+    image_threshold: float | None = Field(
+        None, description="with centres='label': centres (labelled and background) also need image[0] > this")
     pad_value: float = 0.0
 
     @model_validator(mode="after")
@@ -76,6 +80,8 @@ class SamplerConfig(BaseModel):
         a, b = self.rot90_axes
         if a == b or a not in (0, 1, 2) or b not in (0, 1, 2):
             raise ValueError(f"rot90_axes must be two distinct spatial axes 0..2, got {self.rot90_axes}")
+        if self.image_threshold is not None and self.centres != "label":
+            raise ValueError("image_threshold only applies with centres='label' (the image is the label otherwise)")
         if self.rot90_prob > 0 and self.crop_size[a] != self.crop_size[b]:
             raise ValueError(f"rot90 needs equal crop sizes along rot90_axes {self.rot90_axes} so that "
                              f"every crop has the same shape, got crop_size {self.crop_size}")
@@ -94,9 +100,10 @@ class SamplerConfig(BaseModel):
 
     @classmethod
     def finetune(cls, **overrides: Any) -> SamplerConfig:
-        """The paper's fine-tuning recipe: 4 crops of 96^3, pos 1 : neg 1 on labelled voxels, flips
-        and rot90 p 0.2; intensity scale and shift p 0.1 (+-0.1) as in the UNETR BTCV recipe."""
-        base: dict[str, Any] = dict(num_samples=4, pos=1.0, neg=1.0, centres="label",
+        """The paper's fine-tuning recipe: 4 crops of 96^3, pos 1 : neg 1 on labelled vs background
+        voxels inside the body (image > 0: MONAI's ``image_key``/``image_threshold=0`` of the paper's
+        fine-tuning code), flips and rot90 p 0.2, intensity scale and shift p 0.1 (+-0.1)."""
+        base: dict[str, Any] = dict(num_samples=4, pos=1.0, neg=1.0, centres="label", image_threshold=0.0,
                                     flip_prob=0.2, rot90_prob=0.2)
         base.update(overrides)
         return cls(**base)
@@ -152,7 +159,7 @@ class ArrayCache:
 class _Opened:
     """Per-case sampling state: flat views for rejection and lazily built fallback index lists."""
 
-    def __init__(self, case: Any, centres: str) -> None:
+    def __init__(self, case: Any, centres: str, image_threshold: float | None = None) -> None:
         self.case = case
         image = case.image
         if image.ndim == 3:
@@ -169,6 +176,9 @@ class _Opened:
         else:
             self.source = self.image[0]
         self.flat = self.source.reshape(-1)  # a view: the cache's arrays are C-contiguous
+        # MONAI's image_threshold: both kinds of centre also need image[0] > threshold.
+        self.gate = None if image_threshold is None else self.image[0].reshape(-1)
+        self.threshold = image_threshold
         self.centres = centres
         self.use_rejection = {True: True, False: True}
         self._indices: dict[bool, np.ndarray] = {}
@@ -176,7 +186,10 @@ class _Opened:
     def indices(self, fg: bool) -> np.ndarray:
         """Flat indices of all foreground (fg=True) or background voxels; only used for rare kinds."""
         if fg not in self._indices:
-            if fg and (self.centres == "label" or self.label is None):
+            if self.gate is not None:
+                kind = self.flat > 0 if fg else self.flat <= 0
+                idx = np.flatnonzero(kind & (self.gate > self.threshold))
+            elif fg and (self.centres == "label" or self.label is None):
                 idx = np.asarray(self.case.foreground)
             else:
                 idx = np.flatnonzero(self.flat > 0) if fg else np.flatnonzero(self.flat <= 0)
@@ -190,7 +203,10 @@ class _Opened:
             for _ in range(_REJECT_ROUNDS):
                 cand = rng.integers(0, n, size=_REJECT_BATCH)
                 vals = self.flat[cand]
-                hit = np.flatnonzero(vals > 0 if fg else vals <= 0)
+                ok = vals > 0 if fg else vals <= 0
+                if self.gate is not None:
+                    ok &= self.gate[cand] > self.threshold
+                hit = np.flatnonzero(ok)
                 if hit.size:
                     return int(cand[hit[0]])
             self.use_rejection[fg] = False  # rare kind in this case: go straight to the index list
@@ -211,6 +227,8 @@ class _Opened:
             cand = rng.integers(0, self.flat.size, size=(n, _REJECT_BATCH))
             vals = self.flat[cand]
             ok = np.where(fg[:, None], vals > 0, vals <= 0)
+            if self.gate is not None:
+                ok &= self.gate[cand] > self.threshold
             ok &= np.where(fg, self.use_rejection[True], self.use_rejection[False])[:, None]
             first = ok.argmax(axis=1)
             rows = np.flatnonzero(ok[np.arange(n), first])
@@ -323,7 +341,7 @@ class CropSampler:
         name = self.case_names[case] if isinstance(case, (int, np.integer)) else case
         opened = self._opened.get(name)
         if opened is None:
-            opened = _Opened(self.cache.case(name), self.cfg.centres)
+            opened = _Opened(self.cache.case(name), self.cfg.centres, self.cfg.image_threshold)
             self._opened[name] = opened
             while len(self._opened) > self.max_open:
                 self._opened.popitem(last=False)
