@@ -291,3 +291,28 @@ def test_on_the_cache(phantom_cache, recipe: str) -> None:
         for r in recs:
             assert (source[r["centre"]] > 0) == r["foreground"]
         assert labels.max() > 0 and 0 <= images.min() and images.max() <= 1.2
+
+
+# ------------------------------------------------------------------------------------ MONAI parity
+
+
+def test_crop_positions_match_monai_in_distribution() -> None:
+    """Same volume, same recipe: the distribution of crop starts along each axis agrees with MONAI's
+    RandCropByPosNegLabeld (image as label), including the shift that keeps crops inside the volume."""
+    from monai.transforms import RandCropByPosNegLabeld
+
+    img = np.zeros((1, 30, 24, 20), np.float32)
+    img[0, 2:9, 15:24, 5:12] = np.linspace(0.1, 1, 7 * 9 * 7, dtype=np.float32).reshape(7, 9, 7)
+    img[0, 25:30, 0:4, 16:20] = 0.3
+    n, size = 4000, (10, 8, 6)
+    monai = RandCropByPosNegLabeld(keys=["image"], label_key="image", spatial_size=size, pos=6, neg=2, num_samples=n)
+    monai.set_random_state(seed=0)
+    theirs = np.array([[int(v) for v in c["image"].meta["crop_center"]] for c in monai({"image": img})])
+    theirs = theirs - np.array(size) // 2  # MONAI records the corrected centre; start = centre - size // 2
+    s = sampler(img, num_samples=n, crop_size=size, **NO_AUG)
+    recs = s.sample_batch("a", s.rng(0), with_params=True)[2]
+    ours = np.array([[sl.start for sl in r["source"]] for r in recs])
+    for ax, dim in enumerate(img.shape[1:]):
+        h_ours = np.bincount(ours[:, ax], minlength=dim) / n
+        h_theirs = np.bincount(theirs[:, ax], minlength=dim) / n
+        assert 0.5 * np.abs(h_ours - h_theirs).sum() < 0.06, ax  # total variation distance
