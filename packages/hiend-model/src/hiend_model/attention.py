@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "xformers", "sdpa", "math")
 _LOGGED: set[str] = set()
 _XFORMERS_OK: bool | None = None
+_XFORMERS_NO_OP: set[tuple] = set()  # (head_dim, dtype) combinations xformers has no operator for
 
 
 def _log_once(message: str) -> None:
@@ -76,7 +77,17 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> t
     ``backend`` is one of :data:`BACKENDS`; scale is d^-0.5.
     """
     if backend == "auto":
-        backend = "xformers" if _xformers_runs_on(q) else "sdpa"
+        key = (q.shape[-1], q.dtype)
+        if key not in _XFORMERS_NO_OP and _xformers_runs_on(q):
+            import xformers.ops as xops
+
+            try:
+                return xops.memory_efficient_attention(q, k, v)
+            except (NotImplementedError, ValueError) as exc:  # no operator for these inputs
+                _XFORMERS_NO_OP.add(key)
+                _log_once(f"xformers has no operator for head_dim={key[0]} {key[1]}; using sdpa "
+                          f"({str(exc).splitlines()[0][:120]})")
+        backend = "sdpa"
     if backend == "xformers":
         if not _xformers_runs_on(q):
             raise RuntimeError(
