@@ -15,8 +15,9 @@ Volumes (both through ``preprocess_dataset`` with the paper's plan): ``big``, a 
 phantom (hiend_data.phantom at 1.5 mm), and ``abdomen``, the real
 ``../shared/data/ct/abdomen_ct_1.5mm_lps.nii.gz`` (120 x 126 x 164 after preprocessing). The MONAI side
 loads the same preprocessed arrays saved as ``.pt``.
-Each method runs ``--rounds`` alternating rounds of ``--seconds``; the median rate is reported. Prints one
-JSON line: per volume crops/s of each method and ``ratio`` = hiend / monai.
+Each method runs ``--rounds`` alternating rounds of ``--seconds``; the median rate is reported, per
+wall-clock second and per CPU second of the process (``cpu_*``: steadier when others share the machine).
+Prints one JSON line: per volume crops/s of each method and ``ratio`` = hiend / monai.
 
     OMP_NUM_THREADS=1 .venv/bin/python tools/bench/sampler_vs_monai.py [--seconds 4] [--rounds 3]
 """
@@ -88,12 +89,13 @@ def monai_pipeline():
     return t
 
 
-def rate(step, seconds: float) -> float:
+def rate(step, seconds: float) -> tuple[float, float]:
+    """(crops per wall-clock second, crops per CPU second of this process) over about ``seconds``."""
     step()  # warm-up (page cache, lazy imports)
-    n, t0 = 0, time.perf_counter()
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
     while (dt := time.perf_counter() - t0) < seconds:
         n += step()
-    return n / dt
+    return n / dt, n / (time.process_time() - c0)
 
 
 def main() -> None:
@@ -141,19 +143,25 @@ def main() -> None:
                     np.copyto(out, src[:, x:x + 96, y:y + 96, z:z + 96])
                 return 8
 
-            runs: dict[str, list[float]] = {"monai": [], "hiend": [], "memcpy": []}
+            runs: dict[str, list[tuple[float, float]]] = {"monai": [], "hiend": [], "memcpy": []}
             for _ in range(args.rounds):
                 runs["monai"].append(rate(monai_step, args.seconds))
                 runs["hiend"].append(rate(hiend_step, args.seconds))
                 runs["memcpy"].append(rate(memcpy_step, args.seconds))
-            med = {k: statistics.median(v) for k, v in runs.items()}
+            wall = {k: statistics.median(r[0] for r in v) for k, v in runs.items()}
+            cpu = {k: statistics.median(r[1] for r in v) for k, v in runs.items()}
             results[name] = {
                 "shape": list(cache.case(name).shape),
-                "monai_crops_per_s": round(med["monai"], 1),
-                "hiend_crops_per_s": round(med["hiend"], 1),
-                "memcpy_crops_per_s": round(med["memcpy"], 1),
-                "ratio": round(med["hiend"] / med["monai"], 2),
-                "hiend_vs_memcpy": round(med["hiend"] / med["memcpy"], 2),
+                "monai_crops_per_s": round(wall["monai"], 1),
+                "hiend_crops_per_s": round(wall["hiend"], 1),
+                "memcpy_crops_per_s": round(wall["memcpy"], 1),
+                "ratio": round(wall["hiend"] / wall["monai"], 2),
+                "hiend_vs_memcpy": round(wall["hiend"] / wall["memcpy"], 2),
+                # per CPU-second of this process: less sensitive to other load on a shared machine
+                "cpu_monai_crops_per_s": round(cpu["monai"], 1),
+                "cpu_hiend_crops_per_s": round(cpu["hiend"], 1),
+                "cpu_memcpy_crops_per_s": round(cpu["memcpy"], 1),
+                "cpu_ratio": round(cpu["hiend"] / cpu["monai"], 2),
             }
             print(name, results[name], flush=True)
     print(json.dumps({"bench": "sampler_vs_monai", "threads": 1, "seconds": args.seconds,
