@@ -95,3 +95,25 @@ def test_auto_on_gpu_handles_any_head_dim_and_fp32():
     torch.testing.assert_close(attend(q, k, v, "auto").float(), ref, rtol=2e-2, atol=2e-2)
     x = torch.randn(2, 50, 4, 16, device="cuda")
     torch.testing.assert_close(attend(x, x, x, "auto"), attend(x, x, x, "math"), rtol=1e-4, atol=1e-5)
+
+
+def test_backend_recorded_on_every_module_and_logged_once(monkeypatch, caplog):
+    import logging
+
+    from hiend_model import MAEConfig, build
+    from hiend_model import attention as attn_mod
+
+    monkeypatch.delenv("HIEND_ATTN", raising=False)
+    monkeypatch.setattr(attn_mod, "_LOGGED", set())
+    cfg = dict(img_size=16, patch_size=8, embed_dim=24, depth=4, num_heads=2, decoder_embed_dim=12,
+               decoder_num_heads=2, tap_blocks=(1, 2, 3))
+    with caplog.at_level(logging.INFO, logger="hiend_model.attention"):
+        math_model = build(MAEConfig(**cfg, attn_backend="math"))
+    assert {m.backend for m in math_model.modules() if isinstance(m, Attention)} == {"math"}
+    assert [r.getMessage() for r in caplog.records].count("attention backend: math") == 1
+    sdpa_model = build(MAEConfig(**cfg, attn_backend="sdpa"))
+    sdpa_model.load_state_dict(math_model.state_dict())
+    x, noise = torch.rand(2, 1, 16, 16, 16), torch.rand(2, 8)
+    a, b = math_model(x, noise), sdpa_model(x, noise)
+    torch.testing.assert_close(a.pred, b.pred, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a.loss, b.loss, rtol=1e-6, atol=1e-7)
