@@ -109,22 +109,32 @@ def run_monai(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> 
     return time.perf_counter() - t0, time.process_time() - c0, out
 
 
-def run_hiend(folder: Path, workers: int | None) -> tuple[float, float, dict]:
+def run_hiend(folder: Path, workers: int | None) -> tuple[float, float, int, dict]:
     out_dir = folder / f"out-{workers}"
     cmd = [str(Path(sys.executable).with_name("hiend-eval")), "score", str(folder / "pred"), str(folder / "ref"),
            "--out", str(out_dir)]
     if workers is not None:
         cmd += ["--workers", str(workers)]
+    import psutil
+
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = 0  # sum of the RSS of the command and its helpers (plot process, workers), sampled every 5 ms
+    ps = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            peak = max(peak, sum(p.memory_info().rss for p in [ps, *ps.children(recursive=True)]))
+        except psutil.Error:
+            pass
+        time.sleep(0.005)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if proc.returncode != 0:
-        raise SystemExit(f"hiend-eval failed ({proc.returncode}): {proc.stderr.strip()}")
+        raise SystemExit(f"hiend-eval failed ({proc.returncode}): {proc.stderr.read().strip()}")
     summary = json.loads((out_dir / "summary.json").read_text())
-    return wall, cpu, summary
+    return wall, cpu, peak, summary
 
 
 def main() -> None:
@@ -132,12 +142,13 @@ def main() -> None:
     ap.add_argument("--skip-monai", action="store_true", help="time hiend-eval only")
     ap.add_argument("--prediction", choices=["smooth", "noisy"], default="smooth")
     args = ap.parse_args()
+    import psutil
+
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         pred, ref, spacing = make_pair(folder, args.prediction)
-        t_default, cpu_default, summary = run_hiend(folder, None)
-        t_one, cpu_one, _ = run_hiend(folder, 1)
-        peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # largest child (KiB)
+        t_default, cpu_default, peak_default, summary = run_hiend(folder, None)
+        t_one, cpu_one, peak_one, _ = run_hiend(folder, 1)
         result = {
             "benchmark": "score_vs_monai", "prediction": args.prediction, "shape": list(ref.shape),
             "labels": len(summary["mean"]) - 1,
@@ -145,10 +156,11 @@ def main() -> None:
             "load_avg_1min": round(os.getloadavg()[0], 2),
             "hiend_eval_command_s": round(t_default, 3), "hiend_eval_command_cpu_s": round(cpu_default, 3),
             "hiend_eval_command_workers1_s": round(t_one, 3), "hiend_eval_command_workers1_cpu_s": round(cpu_one, 3),
-            "hiend_eval_peak_rss_mib": round(peak_children / 1024, 1),
+            "hiend_eval_peak_rss_mib": round(peak_default / 2**20, 1),
+            "hiend_eval_workers1_peak_rss_mib": round(peak_one / 2**20, 1),
         }
         if not args.skip_monai:
-            rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            rss_before = psutil.Process().memory_info().rss
             t_monai, cpu_monai, monai = run_monai(pred, ref, spacing)
             case = summary["per_case"][0]["labels"]
             dice_err = max(abs(case[k]["dice"] - d) for k, (d, _) in monai.items())
@@ -156,7 +168,7 @@ def main() -> None:
             result.update({
                 "monai_metrics_s": round(t_monai, 3), "monai_metrics_cpu_s": round(cpu_monai, 3),
                 "monai_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                "bench_rss_before_monai_mib": round(rss_before / 1024, 1),
+                "bench_rss_before_monai_mib": round(rss_before / 2**20, 1),
                 "speedup_wall": round(t_monai / t_default, 1), "speedup_cpu": round(cpu_monai / cpu_default, 1),
                 "speedup_wall_workers1": round(t_monai / t_one, 1),
                 "speedup_cpu_workers1": round(cpu_monai / cpu_one, 1),

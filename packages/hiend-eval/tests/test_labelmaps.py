@@ -67,3 +67,14 @@ def test_rejects_bad_label_lists_and_dtypes():
         score_label_maps(pred.astype(np.float32), ref, (1, 1, 1), [1])
     with pytest.raises(ValueError, match="shape"):
         score_label_maps(pred[1:], ref, (1, 1, 1), [1])
+
+
+def test_fortran_order_maps_give_the_same_numbers():
+    """NIfTI arrays are Fortran-ordered; they are scored as transposed C-order views with permuted spacing."""
+    pred, ref = _maps()
+    sp = (0.9, 1.3, 2.5)
+    expected = score_label_maps(pred, ref, sp, tolerance=1.5)
+    got = score_label_maps(np.asfortranarray(pred), np.asfortranarray(ref), sp, tolerance=1.5)
+    mixed = score_label_maps(pred, np.asfortranarray(ref), sp, tolerance=1.5)
+    for key, value in expected.items():
+        assert _same(got[key], value) and _same(mixed[key], value), key

@@ -61,6 +61,18 @@ def _score_binary(pm: np.ndarray, rm: np.ndarray, shape: Sequence[int], spacing:
     return score_counts_and_surfaces(inter, n_pred, n_ref, sp, sr, shape, spacing, tolerance, workers)
 
 
+def c_order(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Views of both maps in C order, with the spacing permuted to match.
+
+    NIfTI data comes in Fortran order; every metric is unchanged by permuting the axes together with the
+    spacing, and C-order (contiguous) access is 2-3x faster. ``ref`` decides; ``pred`` is copied only
+    when its layout differs.
+    """
+    if ref.flags.f_contiguous and not ref.flags.c_contiguous:
+        return np.ascontiguousarray(pred.T), ref.T, tuple(spacing)[::-1]
+    return pred, ref, tuple(spacing)
+
+
 def label_boxes(label_map: np.ndarray) -> list[tuple[slice, ...] | None]:
     """Bounding box of every value 1..max of a non-negative integer map (None where absent), one pass."""
     from scipy import ndimage
@@ -84,14 +96,18 @@ def score_label_maps(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]
     array axis; ``tolerance``: NSD tolerance in mm; ``foreground``: also score the union of ``labels``
     under the key ``"foreground"``; ``threads``: labels scored concurrently (the heavy parts, k-d tree
     queries and numpy reductions, release the GIL); ``boxes``: ``(label_boxes(pred), label_boxes(ref))``
-    when already computed. Voxels of values not in ``labels`` are not scored anywhere.
+    when already computed (then the maps are used as given; else they are taken in C order, see
+    :func:`c_order`). Voxels of values not in ``labels`` are not scored anywhere.
     Returns ``{str(value): Scores, ..., "foreground": Scores}`` in the order of ``labels``.
     """
     pred, ref = np.asarray(pred), np.asarray(ref)
     _check_maps(pred, ref)
     tolerance = _check_tolerance(tolerance)
     sp = tuple(float(s) for s in _spacing(spacing, pred.ndim))
-    boxes_pred, boxes_ref = boxes if boxes is not None else (label_boxes(pred), label_boxes(ref))
+    if boxes is None:
+        pred, ref, sp = c_order(pred, ref, sp)
+        boxes = (label_boxes(pred), label_boxes(ref))
+    boxes_pred, boxes_ref = boxes
     if labels is None:
         labels = sorted(set(present_values(boxes_pred)) | set(present_values(boxes_ref)))
     values = [int(v) for v in labels]

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from hiend_data.errors import InputError
 
-from .labelmaps import FOREGROUND, label_boxes, present_values, score_label_maps
+from .labelmaps import FOREGROUND, c_order, label_boxes, present_values, score_label_maps
 from .metrics import FLAG_ABSENT, FLAG_FALSE_POSITIVE, FLAG_MISSED, Scores
 
 METRICS = ("dice", "iou", "hd95", "assd", "nsd")
@@ -200,6 +200,7 @@ def score_case(pair: CasePair, labels: Sequence[int] | None, tolerance: float = 
                                  "the prediction (nearest neighbour)")
             pred = _resample_nearest(pred, np.asarray(pred_vol.affine, dtype=np.float64), ref.shape,
                                      np.asarray(ref_vol.affine, dtype=np.float64))
+    pred, ref, spacing = c_order(pred, ref, spacing)  # NIfTI arrays are Fortran-ordered
     boxes = (label_boxes(pred), label_boxes(ref))
     found = sorted(set(present_values(boxes[0])) | set(present_values(boxes[1])))
     if labels is not None:
@@ -212,7 +213,7 @@ def score_case(pair: CasePair, labels: Sequence[int] | None, tolerance: float = 
     scores = score_label_maps(pred, ref, spacing, labels if labels is not None else found, tolerance,
                               foreground=True, threads=threads, boxes=boxes)
     return {"case": pair.case, "pred": str(pair.pred) if pair.pred else None, "ref": str(pair.ref),
-            "labels": scores, "found": found, "shape": list(ref.shape), "spacing": list(spacing)}
+            "labels": scores, "found": found}
 
 
 def _absent() -> Scores:
