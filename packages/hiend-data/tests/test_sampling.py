@@ -261,9 +261,14 @@ def test_held_crops_are_never_overwritten_and_free_buffers_are_reused() -> None:
     assert s.sample_batch("a", s.rng(3))[0].__array_interface__["data"][0] == ptr
 
 
-def test_empty_cache_is_refused() -> None:
+def test_empty_cache_and_unknown_case_are_refused() -> None:
     with pytest.raises(InputError, match="no cases"):
         CropSampler(ArrayCache({}))
+    s = sampler(np.ones((1, 8, 8, 8), np.float32), crop_size=(4, 4, 4))
+    with pytest.raises(InputError, match="'b'"):
+        s.sample("b")
+    with pytest.raises(IndexError):
+        s.sample(3)
 
 
 # ------------------------------------------------------------------------------------ real cache

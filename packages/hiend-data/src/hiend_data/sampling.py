@@ -313,6 +313,7 @@ class CropSampler:
         self.case_names: list[str] = list(cache.cases)
         if not self.case_names:
             raise InputError("the cache holds no cases to sample from")
+        self._names = set(self.case_names)
         self._opened: OrderedDict[str, _Opened] = OrderedDict()
         self._pool = _Pool(4 if reuse_buffers else 0)
         self._default_rng = self.rng()
@@ -341,6 +342,8 @@ class CropSampler:
         name = self.case_names[case] if isinstance(case, (int, np.integer)) else case
         opened = self._opened.get(name)
         if opened is None:
+            if name not in self._names:
+                raise InputError(f"no case {name!r} to sample from (the cache has {len(self.case_names)} cases)")
             opened = _Opened(self.cache.case(name), self.cfg.centres, self.cfg.image_threshold)
             self._opened[name] = opened
             while len(self._opened) > self.max_open:
