@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from hiend_data.augment import AugmentParams, augment, inverse_view
+from hiend_data.augment import augment, inverse_view
 from hiend_data.errors import InputError
 from hiend_data.sampling import ArrayCache, ArrayCase, CropSampler, SamplerConfig, crop_box
 
