@@ -101,3 +101,14 @@ def test_refuses_a_non_empty_folder(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="cases"):
         make_phantom_dataset(tmp_path / "other", cases=0)
     assert (tmp_path / "ds" / "keep.txt").read_text() == "x"
+
+
+def test_overwrite_replaces_earlier_phantoms_only(tmp_path: Path) -> None:
+    ds = make_phantom_dataset(tmp_path / "ds", cases=3, seed=1, test_cases=1)
+    (ds / "notes.txt").write_text("mine")
+    make_phantom_dataset(ds, cases=1, seed=2, overwrite=True)
+    assert [p.name for p in (ds / "imagesTr").iterdir()] == ["phantom_000_0000.nii.gz"]
+    assert [p.name for p in (ds / "labelsTr").iterdir()] == ["phantom_000.nii.gz"]
+    assert list((ds / "imagesTs").iterdir()) == []
+    assert (ds / "notes.txt").read_text() == "mine"
+    assert json.loads((ds / "dataset.json").read_text())["numTraining"] == 1

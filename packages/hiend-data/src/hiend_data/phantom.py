@@ -120,7 +120,8 @@ def make_phantom_dataset(out: str | os.PathLike[str], cases: int = 8, seed: int 
 
     Layout: ``dataset.json`` (channel_names, labels, numTraining, file_ending), ``imagesTr/{case}_0000.nii.gz``,
     ``labelsTr/{case}.nii.gz``, ``imagesTs/{case}_0000.nii.gz``. Case ``i`` depends only on (seed, i).
-    ``out`` must be absent or empty unless ``overwrite``. Every file is written atomically.
+    ``out`` must be absent or empty unless ``overwrite`` (which first removes earlier ``phantom_*``
+    cases from the three image/label folders, nothing else). Every file is written atomically.
     """
     from .io import Volume, save_volume
 
@@ -131,6 +132,9 @@ def make_phantom_dataset(out: str | os.PathLike[str], cases: int = 8, seed: int 
         raise InputError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out}: folder is not empty (choose an empty folder, or overwrite=True / --overwrite)")
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        for old in (out / sub).glob("phantom_*.nii.gz") if overwrite else ():
+            old.unlink()  # a previous phantom dataset's cases, so the folder matches dataset.json
     for sub in ("imagesTr", "labelsTr") + (("imagesTs",) if test_cases else ()):
         (out / sub).mkdir(parents=True, exist_ok=True)
     root = np.random.SeedSequence(int(seed))
