@@ -260,3 +260,37 @@ def test_run_predicts_then_scores(folders, seg, monkeypatch):
     assert calls == [(root / "m.safetensors", [ds / "imagesTr"], root / "out" / "predictions", "cpu")]
     summary = json.loads((root / "out" / "summary.json").read_text())
     assert summary["mean"]["foreground"]["dice"] == 1.0 and summary["missing_predictions"] == []
+
+
+@pytest.mark.slow
+def test_run_with_a_real_tiny_checkpoint(tmp_path, shared_data, seg):
+    """`run` = hiend-model's predict_files into DIR/predictions, then exactly `score` of that folder."""
+    import torch
+    from hiend_data import Plan
+    from hiend_model.checkpoint import save_checkpoint
+    from hiend_model.config import MAEConfig
+    from hiend_model.mae import HiEndMAE
+    from hiend_model.unetr import UNETR
+
+    from hiend_eval.score import read_labels, score_folders
+
+    torch.manual_seed(0)
+    mae = HiEndMAE(MAEConfig(img_size=32, patch_size=16, embed_dim=24, depth=4, num_heads=2, decoder_embed_dim=12,
+                             decoder_num_heads=2, attn_backend="math"))
+    model = UNETR.from_mae(mae, num_classes=3, feature_size=4).eval()
+    ckpt = save_checkpoint(tmp_path / "tiny.safetensors", model, plan=Plan(spacing=(3.0, 3.0, 3.0),
+                                                                          crop_size=(32, 32, 32)))
+    labels, affine = seg
+    ds = tmp_path / "Dataset002_Body"
+    (ds / "imagesTr").mkdir(parents=True)
+    (ds / "imagesTr" / "body_0000.nii.gz").symlink_to(shared_data / "ct/body_ct_3mm_ras_30slices.nii.gz")
+    _save(ds / "labelsTr" / "body.nii.gz", ((labels > 0).astype(np.uint8) + (labels > 50)), affine)
+    (ds / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "organ": 1, "bone": 2}}))
+    res = _invoke("run", ckpt, ds, "--out", tmp_path / "out", "--workers", "1")
+    assert res.exit_code == 0, res.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    pred = tmp_path / "out" / "predictions" / "body.nii.gz"
+    assert nib.load(str(pred)).shape == labels.shape
+    again = score_folders(pred.parent, ds / "labelsTr", read_labels(ds / "dataset.json"))
+    assert json.loads(json.dumps(again["per_case"])) == summary["per_case"]
+    assert summary["names"]["2"] == "bone"
