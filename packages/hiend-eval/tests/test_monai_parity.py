@@ -105,3 +105,26 @@ def test_agrees_with_monai(real, how, spacing):
         assert ours["200"].flag == "false_positive" and ours["7"].flag is None and ours["7"].dice < 1
     if how == "identical":
         assert all(ours[str(v)].hd95 == 0.0 and ours[str(v)].dice == 1.0 for v in labels)
+
+
+def test_a_miss_leaves_monais_mean_but_not_ours():
+    """The README's reason for the empty-case rules: MONAI's HD95 mean over {missed, perfect} is 0 mm."""
+    from monai.metrics import HausdorffDistanceMetric
+
+    ref = np.zeros((8, 8, 8), bool)
+    ref[2:5, 2:5, 2:5] = True
+    empty = np.zeros_like(ref)
+
+    def onehot(m):
+        return torch.from_numpy(np.stack([~m, m])[None].astype(np.float32))
+
+    metric = HausdorffDistanceMetric(percentile=95, reduction="mean")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        metric(onehot(empty), onehot(ref))  # missed
+        metric(onehot(ref), onehot(ref))  # perfect
+        assert float(metric.aggregate()) == 0.0
+    from hiend_eval import hd95
+
+    ours = [hd95(empty, ref, 1.0), hd95(ref, ref, 1.0)]
+    assert np.mean(ours) == pytest.approx(diagonal_mm(ref.shape, 1.0) / 2)
