@@ -13,8 +13,9 @@ it gave each voxel.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 
@@ -121,13 +122,12 @@ def score_label_maps(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]
         bp, br = _box_of(boxes_pred, value), _box_of(boxes_ref, value)
         if bp is None and br is None:
             return score_counts_and_surfaces(0, 0, 0, None, None, shape, sp, tolerance)
+        if bp is None or br is None:  # one side empty: only the voxel counts are needed
+            n_pred = int(np.count_nonzero(pred[bp] == value)) if bp is not None else 0
+            n_ref = int(np.count_nonzero(ref[br] == value)) if br is not None else 0
+            return score_counts_and_surfaces(0, n_pred, n_ref, None, None, shape, sp, tolerance)
         box = _union_box(bp, br, shape)
-        pm = pred[box] == value if bp is not None else np.zeros(1, dtype=bool)
-        rm = ref[box] == value if br is not None else np.zeros(1, dtype=bool)
-        if bp is None or br is None:  # one side empty: only the volumes are needed
-            return score_counts_and_surfaces(0, int(np.count_nonzero(pm)), int(np.count_nonzero(rm)),
-                                             None, None, shape, sp, tolerance)
-        return _score_binary(pm, rm, shape, sp, tolerance, workers=1)
+        return _score_binary(pred[box] == value, ref[box] == value, shape, sp, tolerance, workers=1)
 
     def union() -> Scores:
         wanted = set(values)
@@ -153,13 +153,14 @@ def score_label_maps(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]
             return 0
         return int(np.prod([s.stop - s.start for s in _union_box(bp, br, shape)]))
 
-    tasks: list[tuple[str, object]] = [(str(v), (lambda v=v: one(v))) for v in sorted(values, key=size, reverse=True)]
+    tasks: list[tuple[str, Callable[[], Scores]]] = [
+        (str(v), partial(one, v)) for v in sorted(values, key=size, reverse=True)]
     if foreground:
         tasks.insert(0, (FOREGROUND, union))
     if threads > 1 and len(tasks) > 1:
         with ThreadPoolExecutor(max_workers=threads) as pool:
             done = dict(zip([k for k, _ in tasks], pool.map(lambda t: t[1](), tasks), strict=True))
     else:
-        done = {k: f() for k, f in tasks}  # type: ignore[operator]
+        done = {k: f() for k, f in tasks}
     order = [str(v) for v in values] + ([FOREGROUND] if foreground else [])
     return {k: done[k] for k in order}
