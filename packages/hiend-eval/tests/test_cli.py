@@ -294,3 +294,17 @@ def test_run_with_a_real_tiny_checkpoint(tmp_path, shared_data, seg):
     again = score_folders(pred.parent, ds / "labelsTr", read_labels(ds / "dataset.json"))
     assert json.loads(json.dumps(again["per_case"])) == summary["per_case"]
     assert summary["names"]["2"] == "bone"
+
+
+def test_out_is_a_file(folders):
+    root, _, _ = folders
+    (root / "out").write_text("a file")
+    res = _invoke("score", root / "pred", root / "ref", "--out", root / "out")
+    assert res.exit_code == 2 and res.stderr.strip().endswith("exists and is not a folder")
+    assert (root / "out").read_text() == "a file"
+
+
+@pytest.mark.parametrize("tolerance", ["-1", "nan"])
+def test_bad_tolerance(folders, tolerance):
+    root, _, _ = folders
+    _expect_error(root, [root / "pred", root / "ref", "--tolerance", tolerance], "--tolerance")

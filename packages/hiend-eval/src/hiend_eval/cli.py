@@ -18,10 +18,14 @@ def _root() -> None:
 
 def _score_and_report(pred: Path, ref: Path, out: Path, labels: Path | None, tolerance: float, as_json: bool,
                       resample_to_reference: bool, workers: int) -> None:
+    from hiend_data.errors import InputError
+
     from .plot import Plotter
     from .report import print_table, summary_json, write_outputs
     from .score import default_workers, read_labels, score_folders
 
+    if out.exists() and not out.is_dir():  # say so before minutes of scoring
+        raise InputError(f"--out {out}: exists and is not a folder")
     plotter = Plotter()  # imports matplotlib in another process while we score
     try:
         names = read_labels(labels) if labels is not None else None
