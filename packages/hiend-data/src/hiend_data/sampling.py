@@ -247,19 +247,25 @@ class _Opened:
 class _Pool:
     """Output buffers reused once nothing outside the pool refers to them (or to a view of them).
 
-    A buffer's reference count is 3 when only the pool's list, the loop variable and
-    ``sys.getrefcount``'s argument hold it; any returned crop, view or ``torch.from_numpy`` tensor
-    keeps it above that. Reusing buffers avoids the page faults of fresh allocations (a third of the
-    cost of a crop). Not thread-safe: use one sampler per thread or worker process.
+    Any returned crop, view or ``torch.from_numpy`` tensor holds a strong reference to its buffer, so
+    a buffer whose reference count is the pool's own baseline is free. The baseline is measured on a
+    probe through the same code path (interpreters differ in how many references they borrow).
+    Reusing buffers avoids the page faults of fresh allocations (a third of the cost of a crop).
+    Not thread-safe: use one sampler per thread or worker process.
     """
 
     def __init__(self, keep: int = 4) -> None:
         self.keep = keep
         self.buffers: list[np.ndarray] = []
+        self._free = self._refcounts([np.empty(0)])[0]
+
+    @staticmethod
+    def _refcounts(buffers: list[np.ndarray]) -> list[int]:
+        return [sys.getrefcount(buf) for buf in buffers]
 
     def get(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        for buf in self.buffers:
-            if sys.getrefcount(buf) <= 3 and buf.shape == shape and buf.dtype == dtype:
+        for buf, count in zip(self.buffers, self._refcounts(self.buffers)):
+            if count == self._free and buf.shape == shape and buf.dtype == dtype:
                 return buf
         buf = np.empty(shape, dtype=dtype)
         if self.keep:
