@@ -125,6 +125,10 @@ class ArrayCase:
     def __post_init__(self) -> None:
         if self.image.ndim == 3:
             self.image = self.image[None]
+        # C order is what the sampler's flat voxel indices and single-pass copies assume.
+        self.image = np.ascontiguousarray(self.image)
+        if self.label is not None:
+            self.label = np.ascontiguousarray(self.label)
         if self.image.ndim != 4:
             raise InputError(f"image must be [C, X, Y, Z], got shape {self.image.shape}")
         if self.label is not None and self.label.shape != self.image.shape[1:]:
