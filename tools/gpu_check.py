@@ -121,7 +121,9 @@ def check_attention(results: dict) -> None:
 
 def check_pretrain(results: dict, presets: list[str], batches: list[int], backends: list[str], peak: float,
                    steps: int) -> None:
-    """bf16 autocast pre-training steps; ``backend`` may end in ``+ckpt`` for gradient checkpointing."""
+    """bf16 autocast pre-training steps; ``backend`` may add ``+ckpt`` (gradient checkpointing) and
+    ``+compile`` (torch.compile of the model). FLOPs are counted once per (preset, batch) on the first
+    backend listed, so list an uncompiled sdpa one first."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -131,12 +133,14 @@ def check_pretrain(results: dict, presets: list[str], batches: list[int], backen
     flops_of: dict[tuple[str, int], int] = {}  # counted on the sdpa path: xformers' ops are not counted
     for preset in presets:
         for backend in backends:
-            ckpt = backend.endswith("+ckpt")
+            name, *flags = backend.split("+")
             try:
                 torch.manual_seed(0)
                 with torch.device("cuda"):
-                    model = build(preset, attn_backend=backend.removesuffix("+ckpt"), grad_checkpointing=ckpt)
+                    model = build(preset, attn_backend=name, grad_checkpointing="ckpt" in flags)
                 opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
+                if "compile" in flags:
+                    model = torch.compile(model)
             except Exception as exc:  # noqa: BLE001
                 rows.append({"preset": preset, "backend": backend, "error": f"{type(exc).__name__}: {exc}"[:400]})
                 print(json.dumps(rows[-1]), flush=True)
@@ -194,6 +198,7 @@ def main() -> int:
     parser.add_argument("--batches", default="8,32,64")
     parser.add_argument("--backends", default="sdpa,xformers,auto+ckpt")
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--skip-attention", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=989.0)
     args = parser.parse_args()
 
@@ -207,7 +212,8 @@ def main() -> int:
     results: dict = {"peak_tflops_assumed": args.peak_tflops}
     t0 = time.time()
     check_env(results)
-    for name, fn in [("attention", lambda: check_attention(results)),
+    checks = [] if args.skip_attention else [("attention", lambda: check_attention(results))]
+    for name, fn in [*checks,
                      ("pretrain", lambda: check_pretrain(results, args.presets.split(","),
                                                          [int(b) for b in args.batches.split(",")],
                                                          args.backends.split(","), args.peak_tflops,
