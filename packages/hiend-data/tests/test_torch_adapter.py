@@ -80,3 +80,18 @@ def test_in_memory_cache_without_labels() -> None:
     assert "label" not in item and item["image"].shape == (2, 1, 32, 32, 32)
     batch = collate_crops([item, ds[0]])
     assert batch["image"].shape == (4, 1, 32, 32, 32) and batch["case"] == ["x"] * 4
+
+
+def _collate_and_report(items):
+    batch = collate_crops(items)
+    batch["shared"] = batch["image"].is_shared() and batch["label"].is_shared()
+    return batch
+
+
+def test_worker_batches_are_built_in_shared_memory(cache_dir: Path) -> None:
+    ds = CropDataset(cache_dir, CFG, seed=0)
+    batches = list(DataLoader(ds, batch_size=2, num_workers=2, collate_fn=_collate_and_report))
+    assert [b["image"].shape[0] for b in batches] == [4, 4]
+    assert all(b["shared"] for b in batches)
+    assert batches[0]["case"] == ["phantom_000"] * 2 + ["phantom_001"] * 2
+    assert not collate_crops([ds[0]])["image"].is_shared()  # outside a worker: a plain concatenation
