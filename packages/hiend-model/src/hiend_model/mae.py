@@ -67,13 +67,17 @@ class Decoder(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.head = nn.Linear(dim, cfg.patch_dim)
 
-    def forward(self, x: torch.Tensor, contexts: list[torch.Tensor]) -> torch.Tensor:
-        """x [B, 1+L, Dd]; contexts deep to shallow, each [B, 1+keep, Dd] -> [B, 1+L, P]."""
+    def features(self, x: torch.Tensor, contexts: list[torch.Tensor]) -> torch.Tensor:
+        """x [B, 1+L, Dd]; contexts deep to shallow, each [B, 1+keep, Dd] -> normed tokens [B, 1+L, Dd]."""
         for blk in self.blocks:
             x = blk(x)
         for blk, ctx in zip(self.cross_attention_blocks, contexts, strict=True):
             x = blk(x, ctx)
-        return self.head(self.norm(x))
+        return self.norm(x)
+
+    def forward(self, x: torch.Tensor, contexts: list[torch.Tensor]) -> torch.Tensor:
+        """-> head output [B, 1+L, P]."""
+        return self.head(self.features(x, contexts))
 
 
 class HiEndMAE(nn.Module):
@@ -159,7 +163,7 @@ class HiEndMAE(nn.Module):
 
     def forward_decoder(self, latent: torch.Tensor, taps: list[torch.Tensor],
                         ids_shuffle: torch.Tensor) -> torch.Tensor:
-        """-> head output [B, 1+L, P] in shuffled order (class token, visible, masked)."""
+        """-> normed decoder tokens [B, 1+L, Dd] in shuffled order (class token, visible, masked)."""
         B, L = ids_shuffle.shape
         proj = self.encoder_to_decoder
         contexts = [proj[i](t) for i, t in enumerate(taps)][::-1]  # deep to shallow
@@ -168,7 +172,7 @@ class HiEndMAE(nn.Module):
         mask_tokens = self.mask_token.expand(B, L - (x.shape[1] - 1), -1)
         pos = self.decoder_pos_embed.expand(B, -1, -1).gather(1, ids_shuffle.unsqueeze(-1).expand(-1, -1, Dd))
         x = torch.cat([x[:, :1], torch.cat([x[:, 1:], mask_tokens], dim=1) + pos], dim=1)
-        return self.decoder(x, contexts)
+        return self.decoder.features(x, contexts)
 
     @staticmethod
     def normalized_target(patches: torch.Tensor) -> torch.Tensor:
@@ -182,12 +186,17 @@ class HiEndMAE(nn.Module):
         patches = self.patchify(images)
         ids_shuffle, ids_restore, keep = self.random_masking(B, images.device, noise)
         latent, taps = self.forward_encoder(patches, ids_shuffle[:, :keep])
-        out = self.forward_decoder(latent, taps, ids_shuffle)[:, 1:]  # [B, L, P] shuffled
-        P = out.shape[-1]
+        feats = self.forward_decoder(latent, taps, ids_shuffle)  # [B, 1+L, Dd] shuffled
+        # The head runs on the visible and the masked tokens separately: the loss only reaches the
+        # masked ones, so backward skips the visible rows (same values as one head over all tokens).
+        out_masked = self.decoder.head(feats[:, 1 + keep:])  # [B, L-keep, P]
+        out_visible = self.decoder.head(feats[:, 1:1 + keep])  # [B, keep, P]
+        P = out_masked.shape[-1]
         # Loss on the masked tokens only (the shuffled tail), against their normalised patches.
         ids_masked = ids_shuffle[:, keep:]
         target = self.normalized_target(patches.gather(1, ids_masked.unsqueeze(-1).expand(-1, -1, P)))
-        loss = F.mse_loss(out[:, keep:], target)
+        loss = F.mse_loss(out_masked, target)
+        out = torch.cat([out_visible, out_masked], dim=1)  # [B, L, P] shuffled
         pred = out.gather(1, ids_restore.unsqueeze(-1).expand(-1, -1, P))
         mask = ids_restore >= keep
         return MAEOutput(loss=loss, pred=pred, mask=mask)
