@@ -109,16 +109,83 @@ def bench_train(preset: str, batch: int, steps: int, backend: str, ckpt: bool = 
 bench_train.flops = {}
 
 
+def check_parity(ref_dir: Path) -> None:
+    """The reference fixtures on the GPU: fp32 (to the fixtures' tolerances) and bf16 autocast (reported)."""
+    from hiend_model import load_official_finetuned, load_official_pretrained
+
+    fx = torch.load(ref_dir / "hiend_mae_parity_tiny.pt", weights_only=True)
+    c = fx["config"]
+    mae = load_official_pretrained(fx["state_dict"], num_heads=c["enc_heads"],
+                                   decoder_num_heads=c["dec_heads"]).cuda()
+    x, noise = fx["input"].cuda(), fx["noise"].cuda()
+    ids = fx["noise"].argsort(1).argsort(1)
+    ref = fx["decoder_output"][:, 1:].gather(1, ids.unsqueeze(-1).expand(-1, -1, 512))
+    for amp in (False, True):
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            out = mae(x, noise)
+        emit(bench="parity_mae", dtype="bf16-autocast" if amp else "float32",
+             loss_rel_err=abs(out.loss.item() / fx["loss"].item() - 1),
+             pred_max_abs=float((out.pred.float().cpu() - ref).abs().max()))
+    fx = torch.load(ref_dir / "unetr_parity_tiny.pt", weights_only=True)
+    c = fx["config"]
+    unetr = load_official_finetuned(fx["state_dict"], img_size=c["img"], patch_size=c["patch"],
+                                    embed_dim=c["hidden"], depth=c["depth"], num_heads=c["heads"],
+                                    mlp_ratio=c["mlp_dim"] / c["hidden"], feature_size=c["feature"],
+                                    num_classes=c["classes"]).cuda()
+    for amp in (False, True):
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            logits = unetr(fx["input"].cuda()).float().cpu()
+        emit(bench="parity_unetr", dtype="bf16-autocast" if amp else "float32",
+             logits_max_abs=float((logits[:, :, ::4, ::4, ::4] - fx["logits_every_4th_voxel"]).abs().max()),
+             argmax_agree=float((logits.argmax(1) == fx["argmax"].long()).float().mean()))
+
+
+def bench_unetr_inference(batch: int = 4) -> None:
+    """vit-l12 UNETR (feature 32, 14 classes) forward on 96^3 windows: ms per window, peak memory."""
+    from hiend_model import UNETR, UNETRConfig
+
+    model = UNETR(UNETRConfig(**{**build("vit-l12").config.encoder_fields(), "num_classes": 14,
+                                 "feature_size": 32})).cuda().eval()
+    x = torch.rand(batch, 1, 96, 96, 96, device="cuda")
+    for amp in (False, True):
+        torch.cuda.reset_peak_memory_stats()
+
+        def fwd(amp=amp) -> None:
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                model(x)
+
+        t = timed(fwd, 5, warmup=2)
+        emit(bench="unetr_inference", preset="vit-l12", batch=batch, dtype="bf16-autocast" if amp else "tf32",
+             ms_per_window=round(1e3 * t / batch, 2),
+             peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--presets", nargs="+", default=["vit-b16", "vit-l12"])
     ap.add_argument("--batches", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--out", default=os.environ.get("OUT", ""))
+    ap.add_argument("--reference", type=Path, default=None, help="folder with the parity fixtures")
+    ap.add_argument("--skip-train", action="store_true")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     emit(bench="env", device=torch.cuda.get_device_name(), torch=torch.__version__,
          xformers_runs=xformers_available())
+    if args.reference:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        check_parity(args.reference)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        bench_unetr_inference()
+    if not args.skip_train:
+        run_training(args)
+    if args.out:
+        Path(args.out, "gpu_model.json").write_text(json.dumps(RESULTS, indent=1))
+
+
+def run_training(args: argparse.Namespace) -> None:
     bench_attention()
     backends = ("sdpa", "auto") if xformers_available() else ("auto",)  # auto == sdpa without xformers
     for preset in args.presets:
@@ -128,8 +195,6 @@ def main() -> None:
             bench_train(preset, batch, args.steps, "auto", check=False)
             if preset.startswith("vit-l"):
                 bench_train(preset, batch, args.steps, "auto", ckpt=True)
-    if args.out:
-        Path(args.out, "gpu_model.json").write_text(json.dumps(RESULTS, indent=1))
 
 
 if __name__ == "__main__":
