@@ -76,10 +76,20 @@ def predict(work: Path, sw_batch: int) -> None:
     [out] = predict_files(work / "unetr_vit_l12.safetensors", [work / "ct.nii"], work / "out",
                           progress=False, sw_batch_size=sw_batch)
     wall = time.perf_counter() - t0
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak_kib = usage.ru_maxrss  # KiB on Linux
     img = nib.load(out)
-    print(json.dumps({"wall_s": round(wall, 1), "peak_rss_gib": round(peak_kib / 2**20, 3),
-                      "out_shape": list(img.shape)}))
+    # After the measurement: the preprocessed size and window count, for the record.
+    from hiend_data import Plan, load_volume, preprocess_case
+    from hiend_model.inference import window_starts
+
+    shape = preprocess_case(load_volume(work / "ct.nii"), Plan.paper()).image.shape[1:]
+    windows = 1
+    for s in shape:
+        windows *= len(window_starts(max(s, 96), 96, 0.5))
+    print(json.dumps({"wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+                      "peak_rss_gib": round(peak_kib / 2**20, 3), "out_shape": list(img.shape),
+                      "preprocessed_shape": [int(s) for s in shape], "windows": windows}))
 
 
 def main() -> None:
