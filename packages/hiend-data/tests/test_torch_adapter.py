@@ -95,3 +95,17 @@ def test_worker_batches_are_built_in_shared_memory(cache_dir: Path) -> None:
     assert all(b["shared"] for b in batches)
     assert batches[0]["case"] == ["phantom_000"] * 2 + ["phantom_001"] * 2
     assert not collate_crops([ds[0]])["image"].is_shared()  # outside a worker: a plain concatenation
+
+
+@pytest.mark.parametrize("context", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
+def test_set_epoch_reaches_persistent_workers(cache_dir: Path, context: str) -> None:
+    ds = CropDataset(cache_dir, CFG, seed=2)
+    loader = DataLoader(ds, batch_size=2, num_workers=2, persistent_workers=True, collate_fn=collate_crops,
+                        multiprocessing_context=context)
+    first = [b["image"].clone() for b in loader]
+    ds.set_epoch(1)
+    second = [b["image"].clone() for b in loader]
+    serial = CropDataset(cache_dir, CFG, seed=2, epoch=1)
+    expect = [collate_crops([serial[0], serial[1]])["image"], collate_crops([serial[2], serial[3]])["image"]]
+    assert all(torch.equal(a, b) for a, b in zip(second, expect))
+    assert not any(torch.equal(a, b) for a, b in zip(first, second))

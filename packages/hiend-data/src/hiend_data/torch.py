@@ -6,7 +6,8 @@ Item ``i`` is every crop of case ``i`` (``cfg.num_samples`` of them), drawn from
 ``SeedSequence(seed, spawn_key=(epoch, i))``: what an item holds depends only on (seed, epoch, i),
 never on which DataLoader worker computed it or how many workers there are, so a run is reproducible
 with any ``num_workers`` and every worker draws from its own independent streams. Call
-:meth:`CropDataset.set_epoch` at the start of each epoch for fresh crops (as with DistributedSampler).
+:meth:`CropDataset.set_epoch` at the start of each epoch for fresh crops (as with DistributedSampler);
+the epoch lives in shared memory, so persistent workers see it too.
 
 Fork-safe: the cache's memory maps are opened lazily in the process that reads them (a pickled dataset
 carries only the cache's location), and a forked worker's inherited maps are read-only and shared.
@@ -16,7 +17,9 @@ Use :func:`collate_crops` as ``collate_fn`` to get ``[B * N, C, X, Y, Z]`` batch
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
+from multiprocessing import context as mp_context
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +50,8 @@ class CropDataset(Dataset):
         self._cache = None if self._cache_path is not None else cache
         self.cfg = cfg if cfg is not None else SamplerConfig.pretrain()
         self.seed = int(seed)
-        self.epoch = int(epoch)
+        # In shared memory, so that set_epoch also reaches persistent DataLoader workers.
+        self._epoch = mp.RawValue("q", int(epoch))
         self._sampler: CropSampler | None = None
         self._pid: int | None = None
         self.case_names = list(self._open_cache().cases)
@@ -72,11 +76,24 @@ class CropDataset(Dataset):
         state["_sampler"] = None
         if self._cache_path is not None:
             state["_cache"] = None
+        if mp_context.get_spawning_popen() is None:  # a plain pickle, not a worker being started
+            state["_epoch"] = int(self._epoch.value)
         return state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state["_epoch"], int):
+            state["_epoch"] = mp.RawValue("q", state["_epoch"])
+        self.__dict__.update(state)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose crops items hold."""
+        return int(self._epoch.value)
+
     def set_epoch(self, epoch: int) -> None:
-        """Draw the crops of ``epoch`` from now on (call before creating the epoch's iterator)."""
-        self.epoch = int(epoch)
+        """Draw the crops of ``epoch`` from now on, in this process and in its DataLoader workers
+        (persistent ones too); call it before iterating over the loader for that epoch."""
+        self._epoch.value = int(epoch)
 
     def __len__(self) -> int:
         return len(self.case_names)
