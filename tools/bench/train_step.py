@@ -131,7 +131,15 @@ def main() -> None:
     PAPER_ATTN = args.paper_attn
     if args.threads:
         torch.set_num_threads(args.threads)
-    runs = {"ours": setup(args.preset, args.batch, paper=False)[1]}
+    ours_model, ours_step = setup(args.preset, args.batch, paper=False)
+    runs = {"ours": ours_step}
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:  # forward + backward matmul/attention FLOPs of one step
+        x = torch.rand(args.batch, ours_model.config.in_chans, *ours_model.config.img_size)
+        ours_model(x).loss.backward()
+    ours_model.zero_grad(set_to_none=True)
+    gflop = fc.get_total_flops() / 1e9
     if args.compare:
         model, runs["paper_style"] = setup(args.preset, args.batch, paper=True)
         x = torch.rand(args.batch, model.config.in_chans, *model.config.img_size)
@@ -152,6 +160,7 @@ def main() -> None:
     result = {"bench": "train_step", "preset": args.preset, "batch": args.batch, "dtype": "float32",
               "step_s": round(statistics.median(times["ours"]), 4),
               "step_s_min": round(min(times["ours"]), 4), "steps": args.steps,
+              "gflop_per_step": round(gflop, 2), "gflops_at_min": round(gflop / min(times["ours"]), 1),
               "threads": torch.get_num_threads(), "torch": torch.__version__,
               "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"}
     if args.compare:
