@@ -62,7 +62,7 @@ def bench_attention() -> None:
             try:
                 out = attend(q, k, v, be)
                 row[f"{be}_maxdiff"] = float((out.float() - ref).abs().max().detach())
-                row[f"{be}_ms"] = 1e3 * timed(lambda be=be: attend(q, k, v, be).sum().backward(), 20)
+                row[f"{be}_ms"] = 1e3 * timed(lambda be=be, q=q, k=k, v=v: attend(q, k, v, be).sum().backward(), 20)
             except Exception as exc:  # report, keep going
                 row[f"{be}_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
         emit(**row)
@@ -102,7 +102,6 @@ def bench_train(preset: str, batch: int, steps: int, backend: str, ckpt: bool = 
          step_ms=round(1e3 * t, 2), crops_per_s=round(batch / t, 1), model_tflop_per_step=round(flops / 1e12, 3),
          mfu=round(flops / t / peak_flops(), 4), peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
          device=torch.cuda.get_device_name())
-    del model, opt, x
     torch.cuda.empty_cache()
 
 

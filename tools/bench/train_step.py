@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "packages" / "hiend
 from hiend_model import build  # noqa: E402
 from hiend_model.mae import HiEndMAE  # noqa: E402
 
-
 PAPER_ATTN = "sdpa"  # the reference on torch 2 calls SDPA; on torch 1 / old timm it wrote the math out
 
 

@@ -5,8 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 from hiend_data.errors import InputError
-from hiend_model import UNETR, MAEConfig, UNETRConfig, build, load_official_finetuned, load_official_pretrained
-from hiend_model.official import export_official_finetuned, export_official_pretrained, infer_arch_from_state_dict
+from hiend_model import (
+    UNETR,
+    MAEConfig,
+    UNETRConfig,
+    build,
+    load_official_finetuned,
+    load_official_pretrained,
+)
+from hiend_model.official import (
+    export_official_finetuned,
+    export_official_pretrained,
+    infer_arch_from_state_dict,
+)
 
 MAE_CASES = {
     "p12-sincos": dict(img_size=24, patch_size=12, embed_dim=36, num_heads=3, decoder_embed_dim=24,

@@ -25,7 +25,11 @@ _LAZY = {
     "infer_arch_from_state_dict": ".official",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "__version__", "HiEndMAE", "MAEOutput", "build", "UNETR", "MAEConfig", "UNETRConfig", "PRESETS",
+    "load_official_pretrained", "load_official_finetuned", "export_official_pretrained",
+    "export_official_finetuned", "infer_arch_from_state_dict",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import PRESETS, MAEConfig, UNETRConfig
