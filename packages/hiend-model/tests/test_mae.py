@@ -118,3 +118,21 @@ def test_non_finite_and_bad_noise(small):
         small(x)
     with pytest.raises(InputError, match="noise"):
         small(torch.rand(1, 1, 16, 24, 16), torch.rand(1, 5))
+
+
+def test_pretraining_loss_falls_on_a_fixed_batch():
+    torch.manual_seed(0)
+    model = build(MAEConfig(**SMALL)).train()
+    g = torch.linspace(0, 6.28, 24)
+    x = (g[:16, None, None].sin() * g[None, :, None].cos() * g[None, None, :16].sin()).expand(2, 1, 16, 24, 16)
+    noise = torch.rand(2, 12)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    losses = []
+    for _ in range(6):
+        loss = model(x, noise).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
+    assert losses[-1] < 0.97 * losses[0], losses
