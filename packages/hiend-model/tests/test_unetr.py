@@ -103,3 +103,17 @@ def test_config_errors(fields, word):
     base = dict(img_size=32, patch_size=16, num_classes=2, feature_size=4, **ENC)
     with pytest.raises(ValueError, match=word):
         UNETRConfig(**{**base, **fields})
+
+
+def test_instance_norm_equals_torch_instance_norm():
+    from hiend_model.unetr import InstanceNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 6, 7, 8, requires_grad=True)
+    g = torch.randn(2, 5, 6, 7, 8)
+    a = InstanceNorm(1e-5)(x)
+    b = torch.nn.functional.instance_norm(x, eps=1e-5)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    ga, = torch.autograd.grad(a, x, g)
+    gb, = torch.autograd.grad(b, x, g)
+    torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-5)
