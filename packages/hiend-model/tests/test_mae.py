@@ -89,7 +89,7 @@ def test_unknown_preset_lists_known():
 
 @pytest.mark.parametrize(("fields", "word"), [
     (dict(img_size=50), "img_size"), (dict(embed_dim=26, num_heads=4, pos_embed="learned"), "embed_dim=26"),
-    (dict(num_heads=7), "num_heads"), (dict(mask_ratio=1.0), "mask_ratio"), (dict(bogus=1), "bogus"),
+    (dict(num_heads=7), "num_heads"), (dict(mask_ratio=1.0), "mask_ratio"), (dict(mask_ratio=0.0), "mask_ratio=0.0"), (dict(bogus=1), "bogus"),
     (dict(attn_backend="flash"), "attn_backend"), (dict(embed_dim=20, num_heads=2), "divisible by 6"),
     (dict(tap_blocks=(3, 2, 1)), "tap_blocks"),
 ])

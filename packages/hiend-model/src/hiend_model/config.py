@@ -121,8 +121,10 @@ class MAEConfig(EncoderConfig):
                              f"{self.tap_blocks} (one cross-attention block per tapped block)")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio={self.mask_ratio} must be in [0, 1)")
-        if int(self.num_patches * (1 - self.mask_ratio)) < 1:
-            raise ValueError(f"mask_ratio={self.mask_ratio} leaves no visible token of {self.num_patches}")
+        keep = int(self.num_patches * (1 - self.mask_ratio))
+        if not 1 <= keep < self.num_patches:
+            raise ValueError(f"mask_ratio={self.mask_ratio} leaves {keep} of {self.num_patches} tokens visible; "
+                             "at least one must be visible and one masked")
         if self.pos_embed == "sincos" and self.embed_dim % 6:
             raise ValueError(f"embed_dim={self.embed_dim} is not divisible by 6, which the 3D sin-cos "
                              "position embedding needs; use a multiple of 6 or pos_embed='learned'")
