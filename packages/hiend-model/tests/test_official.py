@@ -112,6 +112,10 @@ def test_file_wrapping_and_errors(tmp_path):
     torch.save({"epoch": 1, **export_official_pretrained(mae, wrap=True)}, path)
     back = load_official_pretrained(path, num_heads=4, decoder_num_heads=3, depth=4, tap_blocks=(1, 2, 3))
     assert torch.equal(back.encoder.pos_embed, mae.encoder.pos_embed)
+    legacy = tmp_path / "legacy.pth"  # pre-1.6 serialisation (not memory-mappable)
+    torch.save(export_official_pretrained(mae, wrap=True), legacy, _use_new_zipfile_serialization=False)
+    back = load_official_pretrained(legacy, num_heads=4, decoder_num_heads=3, depth=4, tap_blocks=(1, 2, 3))
+    assert torch.equal(back.decoder.head.weight, mae.decoder.head.weight)
     # no arch: the released ViT-L/12 is assumed and the revealed sizes are checked against it
     with pytest.raises(InputError, match=r"released ViT-L/12.*embed_dim 24 \(released 1536\)"):
         load_official_pretrained(path)

@@ -41,7 +41,10 @@ def read_state_dict(path_or_state_dict: str | Path | dict) -> StateDict:
         if not path.is_file():
             raise FileNotFoundError(2, "No such file or directory", name)
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            try:  # memory-mapped: optimizer state in the released file is never read into memory
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # truncated, not a torch file, or holds code
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(f"{name}: not a readable PyTorch checkpoint ({first[:200]})") from None
