@@ -1,11 +1,28 @@
-"""Command line of hiend-train. Heavy imports (torch) happen inside commands so --help is fast."""
+"""Command line of hiend-train. Heavy imports (torch) happen inside commands so --help is fast.
+
+``hiend-train pretrain [CONFIG] --cache DIR --out RUN [--preset tiny] [--epochs N] [--resume] ...``
+``hiend-train finetune [CONFIG] --cache DIR --out RUN [--init CKPT | --preset NAME] [--resume] ...``
+
+Config precedence: defaults < CONFIG (.toml / .json) < flags. ``--resume`` without CONFIG continues
+from ``RUN/config.json``. Under torchrun every process runs the same command (DDP).
+Exit codes: 0 success, 2 bad input (one line on stderr naming the file or value), 1 anything else.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
 import typer
+from hiend_data.errors import InputError, cli_errors
 
 app = typer.Typer(name="hiend-train", no_args_is_help=True, add_completion=False,
                   help="Hi-End-MAE pre-training and UNETR fine-tuning loops (DDP via torchrun).")
+
+_SET_HELP = ("Any config field as FIELD=VALUE (VALUE read as JSON when it parses, else text); "
+             "model.FIELD / sampler.FIELD set model or sampler overrides. Repeatable.")
 
 
 @app.callback()
@@ -13,5 +30,140 @@ def _root() -> None:
     """Hi-End-MAE pre-training and UNETR fine-tuning loops (DDP via torchrun)."""
 
 
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``["epochs=5", "model.depth=4", "betas=[0.9,0.99]"]`` -> nested dict of overrides."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InputError(f"--set {item!r}: expected FIELD=VALUE")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        head, dot, sub = key.partition(".")
+        if dot:
+            if head not in ("model", "sampler"):
+                raise InputError(f"--set {item!r}: only model.FIELD and sampler.FIELD take a dotted name")
+            out.setdefault(head, {})[sub] = value
+        else:
+            out[key] = value
+    return out
+
+
+def _resolve(kind: str, config: Path | None, flags: dict[str, Any], sets: list[str], resume: bool) -> Any:
+    from .config import FinetuneConfig, PretrainConfig, read_config_file
+    from .rundir import RunDir
+
+    cls = PretrainConfig if kind == "pretrain" else FinetuneConfig
+    file_fields = read_config_file(config) if config is not None else {}
+    extra = parse_sets(sets)
+    for sub in ("model", "sampler"):  # dotted --set entries add to the file's tables
+        if sub in extra and isinstance(file_fields.get(sub), dict):
+            extra[sub] = {**file_fields[sub], **extra[sub]}
+    overrides = {**extra, **{k: v for k, v in flags.items() if v is not None}}
+    base: dict[str, Any] = {}
+    out = overrides.get("out", file_fields.get("out"))
+    if resume and config is None and out is not None:
+        base = RunDir(out).saved_config() or {}
+        base.pop("stop_after", None)  # where the earlier invocation stopped is not where this one stops
+    from .config import make_config
+
+    source = str(config) if config is not None else "command line"
+    return make_config(cls, base, file_fields, overrides, source=source)
+
+
+def _execute(kind: str, cfg: Any, resume: bool) -> None:
+    from .loop import NonFiniteLoss
+
+    if kind == "pretrain":
+        from .pretrain import run
+    else:
+        from .finetune import run
+    try:
+        result = run(cfg, resume=resume)
+    except NonFiniteLoss as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    if result.env.main:
+        last = result.fit.last
+        typer.echo(json.dumps({"out": str(result.out), "epochs": result.fit.epochs, "steps": result.fit.steps,
+                               "loss": last.get("loss"), "best_score": result.fit.best}))
+
+
+_CONFIG = typer.Argument(None, help="Config file (.toml or .json) with any of the config fields.")
+_CACHE = typer.Option(None, "--cache", help="hiend-data cache folder (hiend-data preprocess).")
+_OUT = typer.Option(None, "--out", "-o", help="Run folder (config.json, log.jsonl, checkpoints, state.pt).")
+_PRESET = typer.Option(None, "--preset", help="Model preset: vit-b16, vit-l12, vit-l16, tiny.")
+_EPOCHS = typer.Option(None, "--epochs", min=1, help="Epochs (passes over the training cases).")
+_BATCH = typer.Option(None, "--batch-size", min=1, help="Volumes per step and process.")
+_SAMPLES = typer.Option(None, "--num-samples", min=1, help="Crops per volume.")
+_WORKERS = typer.Option(None, "--workers", min=0, help="DataLoader workers per process.")
+_SEED = typer.Option(None, "--seed", help="Seed of weights, split, crops and masks.")
+_DEVICE = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N.")
+_PRECISION = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16.")
+_ACCUM = typer.Option(None, "--grad-accum", min=1, help="Micro-batches per optimizer step.")
+_LR = typer.Option(None, "--lr", help="Peak learning rate.")
+_WARMUP = typer.Option(None, "--warmup-epochs", help="Linear warm-up epochs before the cosine.")
+_VAL_EVERY = typer.Option(None, "--val-every", min=1, help="Validate every N epochs.")
+_VAL_FRACTION = typer.Option(None, "--val-fraction", help="Fraction of cases held out (seeded).")
+_STOP = typer.Option(None, "--stop-after", min=1, help="Stop after this epoch (continue with --resume).")
+_RESUME = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped.")
+_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+_SET = typer.Option([], "--set", help=_SET_HELP)
+
+
+@app.command()
+def pretrain(
+    config: Path | None = _CONFIG, cache: Path | None = _CACHE, out: Path | None = _OUT,
+    preset: str | None = _PRESET, epochs: int | None = _EPOCHS, batch_size: int | None = _BATCH,
+    num_samples: int | None = _SAMPLES, workers: int | None = _WORKERS, seed: int | None = _SEED,
+    device: str | None = _DEVICE, precision: str | None = _PRECISION, grad_accum: int | None = _ACCUM,
+    lr: float | None = _LR, warmup_epochs: float | None = _WARMUP, val_every: int | None = _VAL_EVERY,
+    val_fraction: float | None = _VAL_FRACTION, stop_after: int | None = _STOP,
+    preview_every: int | None = typer.Option(None, "--preview-every", min=0,
+                                             help="Reconstruction PNG every N epochs (0: never)."),
+    resume: bool = _RESUME, quiet: bool = _QUIET, set_: list[str] = _SET,
+) -> None:
+    """Pre-train a Hi-End-MAE on a cache (the paper's recipe unless told otherwise)."""
+    flags = dict(cache=cache, out=out, preset=preset, epochs=epochs, batch_size=batch_size,
+                 num_samples=num_samples, workers=workers, seed=seed, device=device, precision=precision,
+                 grad_accum=grad_accum, lr=lr, warmup_epochs=warmup_epochs, val_every=val_every,
+                 val_fraction=val_fraction, stop_after=stop_after, preview_every=preview_every,
+                 progress=False if quiet else None)
+    with cli_errors():
+        _execute("pretrain", _resolve("pretrain", config, flags, set_, resume), resume)
+
+
+@app.command()
+def finetune(
+    config: Path | None = _CONFIG, cache: Path | None = _CACHE, out: Path | None = _OUT,
+    init: Path | None = typer.Option(None, "--init", help="hiend mae/unetr .safetensors or the paper's "
+                                     "pre-training .pth (without it: a random --preset encoder)."),
+    preset: str | None = _PRESET, num_classes: int | None = typer.Option(
+        None, "--num-classes", help="Classes with background (default: 1 + the cache's largest label)."),
+    feature_size: int | None = typer.Option(None, "--feature-size", min=1, help="UNETR feature size."),
+    epochs: int | None = _EPOCHS, batch_size: int | None = _BATCH, num_samples: int | None = _SAMPLES,
+    workers: int | None = _WORKERS, seed: int | None = _SEED, device: str | None = _DEVICE,
+    precision: str | None = _PRECISION, grad_accum: int | None = _ACCUM, lr: float | None = _LR,
+    warmup_epochs: float | None = _WARMUP, val_every: int | None = _VAL_EVERY,
+    val_fraction: float | None = _VAL_FRACTION, stop_after: int | None = _STOP,
+    resume: bool = _RESUME, quiet: bool = _QUIET, set_: list[str] = _SET,
+) -> None:
+    """Fine-tune a UNETR (Dice + CE) on a labelled cache; best.safetensors by validation Dice."""
+    flags = dict(cache=cache, out=out, init=init, preset=preset, num_classes=num_classes,
+                 feature_size=feature_size, epochs=epochs, batch_size=batch_size, num_samples=num_samples,
+                 workers=workers, seed=seed, device=device, precision=precision, grad_accum=grad_accum, lr=lr,
+                 warmup_epochs=warmup_epochs, val_every=val_every, val_fraction=val_fraction,
+                 stop_after=stop_after, progress=False if quiet else None)
+    with cli_errors():
+        _execute("finetune", _resolve("finetune", config, flags, set_, resume), resume)
+
+
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Run configurations: the paper's recipe as defaults, loadable from TOML / JSON, overridable by flags.
+
+Precedence (lowest first): the defaults below < the config file < command-line flags. Both configs
+are pydantic models with ``extra="forbid"``: a misspelt field is an error that names it. Every run
+writes its resolved config to ``RUN/config.json``.
+
+Units: learning rates per optimizer step, epochs = passes over the training cases, ``batch_size`` =
+volumes per step (each gives ``num_samples`` crops, so a step sees ``batch_size * num_samples`` crops
+per process), sizes in voxels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from hiend_data.errors import InputError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+#: fields that may change between a run and its ``--resume`` (they do not change what is computed)
+RUNTIME_FIELDS = frozenset({"out", "cache", "workers", "stop_after", "progress", "log_every", "device",
+                            "preview_every"})
+
+
+class TrainConfig(BaseModel):
+    """Fields shared by pre-training and fine-tuning."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cache: Path | None = Field(None, description="hiend-data cache folder (hiend-data preprocess)")
+    out: Path | None = Field(None, description="run folder: config.json, log.jsonl, checkpoints, state.pt")
+    preset: str = Field("vit-b16", description="model preset: vit-b16, vit-l12, vit-l16, tiny")
+    model: dict[str, Any] = Field(default_factory=dict, description="MAEConfig field overrides")
+    sampler: dict[str, Any] = Field(default_factory=dict, description="SamplerConfig field overrides")
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(2, ge=1, description="volumes per step and process")
+    num_samples: int = Field(8, ge=1, description="crops per volume")
+    workers: int = Field(4, ge=0, description="DataLoader worker processes per training process")
+    seed: int = 0
+    device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:N")
+    precision: Precision = Field("auto", description="auto: bf16 on CUDA (fp16 where bf16 is missing), fp32 on CPU")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(1e-4, gt=0)
+    min_lr: float = Field(0.0, ge=0, description="end of the cosine")
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_epochs: float = Field(10.0, ge=0)
+    clip_grad: float | None = Field(None, gt=0, description="max gradient norm (None: no clipping)")
+    val_every: int = Field(10, ge=1, description="validate every N epochs (and after the last)")
+    val_fraction: float = Field(0.0, ge=0, lt=1, description="cases held out for validation (seeded split)")
+    save_every: int = Field(1, ge=1, description="write last.safetensors + state.pt every N epochs")
+    log_every: int = Field(10, ge=1, description="one log.jsonl line every N optimizer steps")
+    stop_after: int | None = Field(None, ge=1, description="stop once this epoch is done (resume later)")
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr={self.min_lr} must not exceed lr={self.lr}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas={self.betas} must be in [0, 1)")
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide what the run computes (all but :data:`RUNTIME_FIELDS`), as JSON."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in RUNTIME_FIELDS}
+
+
+class PretrainConfig(TrainConfig):
+    """Hi-End-MAE pre-training: AdamW (0.9, 0.95), wd 0.05, lr 1e-4, 10 warm-up epochs then cosine,
+    8 crops per volume, mixed precision on CUDA."""
+
+    kind: Literal["pretrain"] = "pretrain"
+    preview_every: int = Field(10, ge=0, description="reconstruction PNG every N epochs (0: never)")
+
+
+class FinetuneConfig(TrainConfig):
+    """UNETR fine-tuning: AdamW 1e-4, wd 1e-5, 50 warm-up epochs then cosine, Dice + cross-entropy,
+    4 crops per volume, sliding-window validation (overlap 0.5) by mean foreground Dice."""
+
+    kind: Literal["finetune"] = "finetune"
+    init: Path | None = Field(None, description="hiend mae/unetr .safetensors or the paper's pre-training .pth")
+    num_classes: int | None = Field(None, ge=2, description="None: 1 + the largest label in the cache")
+    feature_size: int = Field(16, ge=1)
+    num_samples: int = Field(4, ge=1)
+    weight_decay: float = Field(1e-5, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_epochs: float = Field(50.0, ge=0)
+    epochs: int = Field(1000, ge=1)
+    val_fraction: float = Field(0.2, ge=0, lt=1)
+    sw_overlap: float = Field(0.5, ge=0, lt=1)
+    sw_batch: int = Field(1, ge=1)
+    dice_weight: float = Field(1.0, ge=0)
+    ce_weight: float = Field(1.0, ge=0)
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A ``.toml`` or ``.json`` file -> dict of config fields (InputError naming the file otherwise)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib  # type: ignore[no-redef]
+            data = tomllib.loads(path.read_text())
+        elif suffix == ".json":
+            data = json.loads(path.read_text())
+        else:
+            raise InputError(f"{path}: config files are .toml or .json, got {suffix or 'no suffix'!r}")
+    except InputError:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise InputError(f"{path}: not valid {suffix[1:].upper()} ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a table of config fields, got {type(data).__name__}")
+    return data
+
+
+def make_config(cls: type[TrainConfig], *layers: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Merge ``layers`` (later wins; ``None`` values are skipped) and validate into ``cls``.
+
+    ``source`` names where the fields came from in the one-line InputError.
+    """
+    fields: dict[str, Any] = {}
+    for layer in layers:
+        fields.update({k: v for k, v in layer.items() if v is not None})
+    kind = fields.get("kind")
+    expected = cls.model_fields["kind"].default if "kind" in cls.model_fields else None
+    if kind is not None and expected is not None and kind != expected:
+        raise InputError(f"{source}: kind {kind!r} is not a {expected} config")
+    try:
+        return cls(**fields)
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = f"unknown field (known: {', '.join(sorted(cls.model_fields))})"
+            parts.append(f"{loc}: {msg}" if loc else msg)
+        raise InputError(f"{source}: " + "; ".join(parts)) from None
+
+
+def load_config(cls: type[TrainConfig], path: str | os.PathLike[str] | None = None,
+                overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> TrainConfig:
+    """defaults < ``base`` (e.g. a resumed run's config.json) < the file at ``path`` < ``overrides``."""
+    file_fields = read_config_file(path) if path is not None else {}
+    source = str(path) if path is not None else "config"
+    return make_config(cls, base or {}, file_fields, overrides or {}, source=source)

@@ -1,0 +1,131 @@
+"""UNETR fine-tuning: the model (from a pre-trained encoder or a preset), Dice + cross-entropy, and
+sliding-window validation by mean foreground Dice (best weights kept in ``RUN/best.safetensors``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hiend_data.errors import InputError
+
+from .config import FinetuneConfig
+from .data import make_loader
+from .dist import all_sum
+from .losses import dice_ce_loss, dice_counts, mean_dice
+from .loop import Task
+from .runner import Context, RunResult, execute, wrap_ddp
+
+
+def cache_num_classes(cache: Any) -> int:
+    """1 + the largest label value in the cache (InputError for an unlabelled cache)."""
+    labelled = [cache.case(c) for c in cache.cases]
+    if any(c.label is None for c in labelled):
+        bad = next(c for c in labelled if c.label is None)
+        raise InputError(f"{cache.root}: case {bad.name!r} has no label; fine-tuning needs a labelled cache")
+    top = max((max(c.classes) for c in labelled if c.classes), default=0)
+    if top < 1:
+        raise InputError(f"{cache.root}: no case has a foreground label")
+    return top + 1
+
+
+def build_model(cfg: FinetuneConfig, num_classes: int) -> Any:
+    """The UNETR: from ``cfg.init`` (hiend mae -> new decoder, hiend unetr -> continued, the paper's
+    pre-training .pth -> new decoder) or, without init, a randomly initialised ``preset`` encoder."""
+    from hiend_model import UNETR, build
+
+    overrides = dict(cfg.model)
+    if cfg.init is None:
+        return UNETR.from_mae(build(cfg.preset, **overrides), num_classes=num_classes,
+                              feature_size=cfg.feature_size)
+    init = Path(cfg.init)
+    if not init.is_file():
+        raise InputError(f"{init}: init checkpoint not found")
+    if init.suffix == ".safetensors":
+        from hiend_model.checkpoint import load_checkpoint, read_checkpoint_info
+
+        info = read_checkpoint_info(init)
+        if info.kind == "unetr":
+            model, _ = load_checkpoint(init, expected_kind="unetr", config_overrides=overrides or None)
+            if model.config.num_classes != num_classes:
+                raise InputError(f"{init}: a UNETR with {model.config.num_classes} classes, the cache needs "
+                                 f"{num_classes} (set num_classes, or initialise from a pre-training checkpoint)")
+            return model
+    try:
+        return UNETR.from_mae(init, num_classes=num_classes, feature_size=cfg.feature_size, **overrides)
+    except RuntimeError as exc:  # load_state_dict size mismatches from overrides that change sizes
+        raise InputError(f"{init}: cannot build the UNETR encoder from it ({str(exc).splitlines()[0]})") from None
+
+
+@torch.no_grad()
+def validate(ctx: Context, model: Any, roi: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    """Sliding-window Dice of each foreground class over the validation cases (split over ranks).
+
+    Returns {"val_dice": mean over scored classes, "val_dice_per_class": [K-1] (NaN: never present)}.
+    """
+    cfg: FinetuneConfig = ctx.cfg  # type: ignore[assignment]
+    from hiend_model.inference import sliding_window_logits
+
+    env = ctx.env
+    sums = torch.zeros(2, num_classes - 1, dtype=torch.float64, device=env.device)
+    was_training = model.training
+    model.eval()
+    for idx in ctx.val_idx[env.rank::env.world]:
+        case = ctx.cache.case(idx)
+        image = torch.from_numpy(np.array(case.image, dtype=np.float32))  # a writable copy
+        logits = sliding_window_logits(model, image, roi=roi, overlap=cfg.sw_overlap, sw_batch_size=cfg.sw_batch,
+                                       device=env.device, out_device="cpu",
+                                       amp=ctx.precision != "fp32" and env.device.type == "cuda")
+        dice, scored = dice_counts(logits.argmax(0), torch.from_numpy(np.asarray(case.label)), num_classes)
+        sums[0] += dice.to(env.device)
+        sums[1] += scored.to(env.device)
+    model.train(was_training)
+    all_sum(env, sums)
+    per_class = torch.where(sums[1] > 0, sums[0] / sums[1].clamp_min(1), torch.full_like(sums[0], math.nan))
+    scored = per_class[sums[1] > 0]
+    mean = float(scored.mean()) if scored.numel() else math.nan
+    return {"val_dice": mean, "val_dice_per_class": [float(x) for x in per_class]}
+
+
+def build_task(ctx: Context) -> Task:
+    """The UNETR, its Dice + CE loss and the labelled crops of this process."""
+    from hiend_data.sampling import SamplerConfig
+
+    cfg: FinetuneConfig = ctx.cfg  # type: ignore[assignment]
+    env = ctx.env
+    num_classes = cfg.num_classes or cache_num_classes(ctx.cache)
+    model = build_model(cfg, num_classes).to(env.device).train()
+    roi = tuple(model.config.img_size)
+    sampler_cfg = SamplerConfig.finetune(**{"crop_size": roi, "num_samples": cfg.num_samples, **cfg.sampler})
+    dataset, sampler, loader = make_loader(ctx.cache, sampler_cfg, ctx.train_idx, cfg.batch_size, cfg.workers,
+                                           cfg.seed, env)
+
+    def loss_fn(net: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        images = batch["image"].to(env.device, non_blocking=True)
+        labels = batch["label"].to(env.device, non_blocking=True).long()
+        logits = net(images)
+        loss = dice_ce_loss(logits, labels, cfg.dice_weight, cfg.ce_weight)
+        dice = mean_dice(logits.detach(), labels)
+        return loss, {"dice": 1.0 if math.isnan(dice) else dice}  # no foreground in either: agreement
+
+    def on_epoch_end(epoch: int) -> dict[str, Any]:
+        done = epoch + 1
+        if not ctx.val_idx or not (done % cfg.val_every == 0 or done == cfg.epochs):
+            return {}
+        out = validate(ctx, model, roi, num_classes)
+        if not math.isnan(out["val_dice"]):
+            out["score"] = out["val_dice"]
+        return out
+
+    plan = ctx.cache.plan.model_copy(update={"crop_size": roi})
+    return Task(kind="finetune", model=model, ddp_model=wrap_ddp(model, env), loss_fn=loss_fn, loader=loader,
+                sampler=sampler, dataset=dataset, plan=plan, on_epoch_end=on_epoch_end,
+                extra={"init": str(cfg.init) if cfg.init else None})
+
+
+def run(cfg: FinetuneConfig, resume: bool = False) -> RunResult:
+    """Fine-tune (or ``resume``) as ``cfg`` says; returns the run's result (rank 0 wrote its files)."""
+    return execute(cfg, resume, build_task)

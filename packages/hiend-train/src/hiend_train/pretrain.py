@@ -1,0 +1,106 @@
+"""Hi-End-MAE pre-training: the model, its loss, validation loss and reconstruction previews.
+
+``run(PretrainConfig(cache=..., out=..., preset="tiny", epochs=...))`` trains a
+:class:`hiend_model.HiEndMAE` on crops of an (unlabelled or labelled) cache with the paper's recipe.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .config import PretrainConfig
+from .data import make_loader
+from .dist import all_sum
+from .loop import Task, autocast
+from .preview import write_preview
+from .runner import Context, RunResult, execute, wrap_ddp
+
+#: epoch key of the fixed crops used for validation and previews (never a training epoch)
+FIXED_EPOCH = 1 << 30
+
+
+def _loss(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    device = next(iter(_params(model))).device
+    images = batch["image"].to(device, non_blocking=True)
+    return model(images).loss, {}
+
+
+def _params(model: Any) -> Any:
+    return (model.module if hasattr(model, "module") else model).parameters()
+
+
+def fixed_batch(dataset: Any, index: int, seed: int, num_patches: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crops of case ``index`` and masking noise that stay the same every epoch: images
+    [N, C, *crop], noise [N, L]."""
+    sampler = dataset.sampler
+    images, _ = sampler.sample_batch(index, sampler.rng(FIXED_EPOCH, index))
+    g = torch.Generator().manual_seed(seed * 1_000_003 + index)
+    noise = torch.rand(images.shape[0], num_patches, generator=g)
+    return torch.from_numpy(images.copy()), noise
+
+
+@torch.no_grad()
+def validation_loss(ctx: Context, model: Any, dataset: Any) -> float | None:
+    """Mean masked-patch loss over the validation cases' fixed crops and noise (all ranks), or None."""
+    env = ctx.env
+    mine = ctx.val_idx[env.rank::env.world]
+    total = torch.zeros(2, dtype=torch.float64, device=env.device)
+    was_training = model.training
+    model.eval()
+    for idx in mine:
+        images, noise = fixed_batch(dataset, idx, ctx.cfg.seed, model.num_patches)
+        with autocast(ctx.precision, env.device):
+            loss = model(images.to(env.device), noise.to(env.device)).loss
+        total[0] += float(loss) * images.shape[0]
+        total[1] += images.shape[0]
+    model.train(was_training)
+    all_sum(env, total)
+    return float(total[0] / total[1]) if total[1] > 0 else None
+
+
+def build_task(ctx: Context) -> Task:
+    """The pre-training model (``preset`` + ``model`` overrides) and its data on this process."""
+    from hiend_data.sampling import SamplerConfig
+    from hiend_model import HiEndMAE
+    from hiend_model.config import resolve_config
+
+    cfg: PretrainConfig = ctx.cfg  # type: ignore[assignment]
+    env = ctx.env
+    model = HiEndMAE(resolve_config(cfg.preset, **cfg.model)).to(env.device)
+    crop = tuple(model.config.img_size)
+    sampler_cfg = SamplerConfig.pretrain(**{"crop_size": crop, "num_samples": cfg.num_samples, **cfg.sampler})
+    dataset, sampler, loader = make_loader(ctx.cache, sampler_cfg, ctx.train_idx, cfg.batch_size, cfg.workers,
+                                           cfg.seed, env)
+    warned: list[bool] = []
+
+    def on_epoch_end(epoch: int) -> dict[str, Any]:
+        done = epoch + 1
+        last = done == cfg.epochs
+        out: dict[str, Any] = {}
+        if ctx.val_idx and (done % cfg.val_every == 0 or last):
+            val = validation_loss(ctx, model, dataset)
+            if val is not None:
+                out.update(val_loss=val, score=-val)
+        if env.main and cfg.preview_every and (done % cfg.preview_every == 0 or last):
+            images, noise = fixed_batch(dataset, ctx.train_idx[0], cfg.seed, model.num_patches)
+            path = ctx.run.previews / f"epoch_{done:04d}.png"
+            written = write_preview(model, images[:1].to(env.device), noise[:1].to(env.device), path,
+                                    title=f"epoch {done}")
+            if written is None and not warned:
+                warned.append(True)
+                ctx.run.log({"event": "warning", "message": "matplotlib is not installed (pip install "
+                             "'hiend-train[preview]'): reconstruction previews are skipped"})
+                print("note: matplotlib is not installed (pip install 'hiend-train[preview]'); "
+                      "skipping reconstruction previews")
+        return out
+
+    plan = ctx.cache.plan.model_copy(update={"crop_size": crop})
+    return Task(kind="pretrain", model=model, ddp_model=wrap_ddp(model, env), loss_fn=_loss, loader=loader,
+                sampler=sampler, dataset=dataset, plan=plan, on_epoch_end=on_epoch_end)
+
+
+def run(cfg: PretrainConfig, resume: bool = False) -> RunResult:
+    """Pre-train (or ``resume``) as ``cfg`` says; returns the run's result (rank 0 wrote its files)."""
+    return execute(cfg, resume, build_task)

@@ -1,0 +1,163 @@
+"""The run folder: what a run writes, and how ``--resume`` finds it again.
+
+::
+
+    RUN/config.json         the resolved config (every field, defaults included)
+    RUN/log.jsonl           one JSON object per line: {"event": "step" | "epoch" | "val" | ..., ...}
+    RUN/last.safetensors    model weights (hiend checkpoint with the cache's plan), after each save
+    RUN/best.safetensors    fine-tuning: the weights with the best validation Dice so far
+    RUN/state.pt            training state: optimizer, grad scaler, epoch, step, RNG states, best score
+    RUN/previews/           pre-training reconstructions (PNG, with the ``preview`` extra)
+
+Every file is written under a temporary name in ``RUN`` and renamed. ``state.pt`` is read with
+``torch.load(weights_only=True)``: it holds only tensors, numbers, strings, lists and dicts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from hiend_data.errors import InputError
+
+from .config import RUNTIME_FIELDS, TrainConfig
+
+STATE_FORMAT = "hiend-train-state/1"
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [k for k in keys if old.get(k) != new.get(k)]
+
+
+class RunDir:
+    """``RUN``: checks before a run starts, then the files it writes (only rank 0 writes)."""
+
+    def __init__(self, root: str | os.PathLike[str], writer: bool = True) -> None:
+        self.root = Path(root)
+        self.writer = writer
+        self.config_path = self.root / "config.json"
+        self.log_path = self.root / "log.jsonl"
+        self.last = self.root / "last.safetensors"
+        self.best = self.root / "best.safetensors"
+        self.state_path = self.root / "state.pt"
+        self.previews = self.root / "previews"
+
+    def saved_config(self) -> dict[str, Any] | None:
+        """The config.json of an earlier run in this folder, or None."""
+        if not self.config_path.is_file():
+            return None
+        try:
+            data = json.loads(self.config_path.read_text())
+        except ValueError as exc:
+            raise InputError(f"{self.config_path}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{self.config_path}: expected a JSON object")
+        return data
+
+    def check(self, cfg: TrainConfig, resume: bool) -> None:
+        """InputError unless ``cfg`` may run here: a fresh run needs a folder without an earlier run;
+        ``resume`` needs one with state.pt whose config computes the same thing (runtime fields such as
+        workers or stop_after may differ)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"{self.root}: exists and is not a folder")
+        saved = self.saved_config()
+        if resume:
+            if saved is None or not self.state_path.is_file():
+                raise InputError(f"{self.root}: nothing to resume (no config.json and state.pt; "
+                                 "start without --resume)")
+            old = {k: v for k, v in saved.items() if k not in RUNTIME_FIELDS}
+            diff = _differences(old, cfg.identity())
+            if diff:
+                raise InputError(f"{self.root}: --resume with a different config ({', '.join(diff)} changed); "
+                                 "resume with the run's own config or start a new --out")
+            return
+        if saved is not None:
+            diff = _differences(saved, cfg.model_dump(mode="json"))
+            what = f"a different config ({', '.join(diff)} differ)" if diff else "the same config"
+            raise InputError(f"{self.root}: already holds a run with {what}; pass --resume to continue it "
+                             "or choose another --out (nothing is overwritten)")
+
+    def start(self, cfg: TrainConfig, resume: bool) -> None:
+        """Create the folder, write config.json (fresh runs) and start or continue log.jsonl."""
+        if not self.writer:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            atomic_text(self.config_path, json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
+            atomic_text(self.log_path, "")
+        self.log({"event": "start", "resume": resume})
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one JSON line (with a UTC time stamp) to log.jsonl."""
+        if not self.writer:
+            return
+        line = json.dumps({"time": time.time(), **record}, allow_nan=True)
+        with open(self.log_path, "a") as f:
+            f.write(line + "\n")
+
+    def read_log(self) -> list[dict[str, Any]]:
+        """Every record of log.jsonl."""
+        return [json.loads(x) for x in self.log_path.read_text().splitlines() if x.strip()]
+
+    # -- training state ------------------------------------------------------------------------------
+    def save_state(self, state: dict[str, Any]) -> None:
+        """``torch.save`` ``state`` (plain containers and tensors only) to state.pt, atomically."""
+        if not self.writer:
+            return
+        import torch
+
+        _atomic_write(self.state_path, lambda tmp: torch.save({"format": STATE_FORMAT, **state}, tmp))
+
+    def load_state(self, map_location: Any = "cpu") -> dict[str, Any]:
+        """state.pt, read with ``torch.load(weights_only=True)``."""
+        import torch
+
+        try:
+            state = torch.load(self.state_path, map_location=map_location, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input
+            raise InputError(f"{self.state_path}: not a readable training state ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise InputError(f"{self.state_path}: not a hiend-train state file (format "
+                             f"{state.get('format') if isinstance(state, dict) else None!r})")
+        return state
+
+
+def rng_state() -> dict[str, Any]:
+    """torch's CPU and CUDA generator states as uint8 tensors (weights_only-loadable)."""
+    import torch
+
+    out: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = list(torch.cuda.get_rng_state_all())
+    return out
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    import torch
+
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

@@ -1,0 +1,100 @@
+"""Setup shared by both kinds of run: process group, device, precision, cache, run folder, split.
+
+``execute(cfg, resume, build)`` prepares a :class:`Context`, lets ``build(ctx)`` (pre-training or
+fine-tuning) make the :class:`~hiend_train.loop.Task`, then runs :func:`~hiend_train.loop.fit`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from hiend_data.errors import InputError
+
+from .config import TrainConfig
+from .data import open_cache, split_cases
+from .dist import DistEnv, broadcast_object, setup, teardown
+from .loop import FitResult, Task, fit, resolve_precision
+from .optim import build_optimizer
+from .rundir import RunDir
+
+
+@dataclass
+class Context:
+    """Everything a task builder needs: config, process, precision, cache, run folder, case split."""
+
+    cfg: TrainConfig
+    env: DistEnv
+    precision: str
+    cache: Any
+    run: RunDir
+    train_idx: list[int]
+    val_idx: list[int]
+    resume: bool
+
+
+@dataclass
+class RunResult:
+    """A finished (or stopped) run: where it wrote, what fit returned, the trained model (unwrapped)."""
+
+    out: Any
+    fit: FitResult
+    model: Any
+    env: DistEnv
+
+
+def _check_run_dir(cfg: TrainConfig, resume: bool, env: DistEnv) -> RunDir:
+    """Rank 0 checks RUN; every rank raises the same InputError (no rank is left waiting)."""
+    if cfg.out is None:
+        raise InputError("no run folder given (--out RUN, or out = \"RUN\" in the config file)")
+    run = RunDir(cfg.out, writer=env.main)
+    error = None
+    if env.main:
+        try:
+            run.check(cfg, resume)
+        except InputError as exc:
+            error = str(exc)
+    error = broadcast_object(env, error)
+    if error is not None:
+        raise InputError(error)
+    return run
+
+
+def execute(cfg: TrainConfig, resume: bool, build: Callable[[Context], Task]) -> RunResult:
+    """Run ``cfg`` end to end: torchrun's process group when WORLD_SIZE > 1, then fit."""
+    import torch
+
+    env = setup(cfg.device)
+    try:
+        precision = resolve_precision(cfg.precision, env.device)
+        cache = open_cache(cfg.cache)
+        run = _check_run_dir(cfg, resume, env)
+        train_idx, val_idx = split_cases(cache.cases, cfg.val_fraction, cfg.seed)
+        ctx = Context(cfg=cfg, env=env, precision=precision, cache=cache, run=run, train_idx=train_idx,
+                      val_idx=val_idx, resume=resume)
+        torch.manual_seed(cfg.seed)  # the model's initial weights: identical on every rank
+        task = build(ctx)
+        optimizer = build_optimizer(task.model, cfg.lr, cfg.weight_decay, cfg.betas)
+        scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        run.start(cfg, resume)
+        run.log({"event": "setup", "kind": task.kind, "world": env.world, "device": str(env.device),
+                 "precision": precision, "train_cases": len(train_idx), "val_cases": len(val_idx),
+                 "steps_per_epoch": len(task.loader), "crops_per_step": cfg.batch_size * cfg.num_samples * env.world,
+                 "model": task.model.config.model_dump(mode="json"),
+                 "parameters": sum(p.numel() for p in task.model.parameters())})
+        result = fit(task, optimizer, scaler, cfg, env, run, precision, resume=resume)
+        run.log({"event": "end", "epochs": result.epochs, "steps": result.steps, "best": result.best})
+        return RunResult(out=run.root, fit=result, model=task.model, env=env)
+    finally:
+        teardown(env)
+
+
+def wrap_ddp(model: Any, env: DistEnv) -> Any:
+    """DistributedDataParallel around ``model`` when several processes run, else ``model``."""
+    if not env.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [env.device.index] if env.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
