@@ -1,0 +1,96 @@
+"""Pre-training runs: the loss falls, the run folder holds what the README says, previews."""
+
+from __future__ import annotations
+
+import builtins
+import json
+
+import pytest
+import torch
+from hiend_model import build
+from hiend_train import pretrain
+from hiend_train.rundir import RunDir
+
+pytestmark = pytest.mark.slow
+
+
+def held_out_batch(cfg):
+    """The validation case's fixed crops and masking noise, as the run's validation draws them."""
+    from hiend_data.cache import Cache
+    from hiend_data.sampling import SamplerConfig
+    from hiend_data.torch import CropDataset
+    from hiend_train.data import split_cases
+
+    cache = Cache.open(cfg.cache)
+    _, val = split_cases(cache.cases, cfg.val_fraction, cfg.seed)
+    assert len(val) == 1
+    scfg = SamplerConfig.pretrain(crop_size=(32, 32, 32), num_samples=cfg.num_samples, **cfg.sampler)
+    return pretrain.fixed_batch(CropDataset(cache, scfg, seed=cfg.seed), val[0], cfg.seed, 64)
+
+
+def test_pretraining_loss_falls_and_the_run_folder_is_complete(tiny):
+    cfg = tiny("pretrain", epochs=10, batch_size=2, num_samples=4, lr=2e-3, warmup_epochs=1, val_fraction=0.2,
+               val_every=5, preview_every=5, sampler={"flip_prob": 0.0, "rot90_prob": 0.0})
+    result = pretrain.run(cfg)
+    run = RunDir(cfg.out)
+    log = run.read_log()
+    steps = [r for r in log if r["event"] == "step"]
+    assert len(steps) == result.fit.steps == 10 * 3  # 5 training cases, 2 per step -> 3 steps per epoch
+    losses = [r["loss"] for r in steps]
+    first, last = sum(losses[:6]) / 6, sum(losses[-6:]) / 6
+    assert last < 0.95 * first, losses
+    assert all(r["crops_per_s"] > 0 for r in steps)
+    assert steps[0]["lr"] == 0.0 and max(r["lr"] for r in steps) == pytest.approx(2e-3, rel=0.2)
+    epochs = [r for r in log if r["event"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == list(range(1, 11))
+    assert "val_loss" in epochs[4] and "val_loss" in epochs[9] and "val_loss" not in epochs[5]
+    # held-out crops with fixed masks: the trained model beats a fresh one, and the log says so exactly
+    images, noise = held_out_batch(cfg)
+    torch.manual_seed(123)
+    fresh = build(cfg.preset, **cfg.model)
+    with torch.no_grad():
+        before = float(fresh(images, noise).loss)
+        after = float(result.model.eval()(images, noise).loss)
+    assert after < 0.95 * before, (before, after)
+    assert epochs[9]["val_loss"] == pytest.approx(after, rel=1e-5)
+    # the resolved config, every field included
+    saved = json.loads(run.config_path.read_text())
+    assert saved == cfg.model_dump(mode="json") and saved["betas"] == [0.9, 0.95]
+    # checkpoints: hiend format with the cache's plan at the model's crop size; previews
+    from hiend_model.checkpoint import load_checkpoint
+
+    model, info = load_checkpoint(run.last, expected_kind="mae")
+    assert info.plan.spacing == (4.0, 4.0, 4.0) and info.plan.crop_size == (32, 32, 32)
+    assert info.extra["hiend_train"]["epoch"] == 10
+    for a, b in zip(model.state_dict().values(), result.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b.cpu())
+    best_info = load_checkpoint(run.best, expected_kind="mae")[1]
+    assert best_info.extra["hiend_train"]["score"] == -min(r["val_loss"] for r in epochs if "val_loss" in r)
+    assert sorted(p.name for p in run.previews.iterdir()) == ["epoch_0005.png", "epoch_0010.png"]
+    assert run.previews.joinpath("epoch_0005.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_without_matplotlib_previews_are_skipped_with_one_note(tiny, monkeypatch, capsys):
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("no matplotlib here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    cfg = tiny("pretrain", epochs=3, preview_every=1)
+    pretrain.run(cfg)
+    run = RunDir(cfg.out)
+    assert not run.previews.exists()
+    assert capsys.readouterr().out.count("matplotlib is not installed") == 1
+    assert sum(r["event"] == "warning" for r in run.read_log()) == 1
+    assert run.last.is_file() and run.state_path.is_file()  # everything else is written
+
+
+def test_non_finite_loss_stops_the_run(tiny):
+    from hiend_train.loop import NonFiniteLoss
+
+    cfg = tiny("pretrain", epochs=2, lr=1e30, warmup_epochs=0)
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss .* at epoch \d+, step \d+"):
+        pretrain.run(cfg)
