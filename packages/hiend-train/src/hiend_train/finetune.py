@@ -32,6 +32,10 @@ def cache_num_classes(cache: Any) -> int:
     return top + 1
 
 
+#: model fields that may be set when the weights come from an init checkpoint
+INIT_MODEL_FIELDS = frozenset({"drop_path", "grad_checkpointing", "attn_backend"})
+
+
 def build_model(cfg: FinetuneConfig, num_classes: int) -> Any:
     """The UNETR: from ``cfg.init`` (hiend mae -> new decoder, hiend unetr -> continued, the paper's
     pre-training .pth -> new decoder) or, without init, a randomly initialised ``preset`` encoder."""
@@ -44,6 +48,10 @@ def build_model(cfg: FinetuneConfig, num_classes: int) -> Any:
     init = Path(cfg.init)
     if not init.is_file():
         raise InputError(f"{init}: init checkpoint not found")
+    sizes = sorted(set(overrides) - INIT_MODEL_FIELDS)
+    if sizes:
+        raise InputError(f"model.{sizes[0]}: with init the model's sizes come from {init}; only "
+                         f"{', '.join(sorted(INIT_MODEL_FIELDS))} may be set")
     if init.suffix == ".safetensors":
         from hiend_model.checkpoint import load_checkpoint, read_checkpoint_info
 
@@ -79,7 +87,7 @@ def validate(ctx: Context, model: Any, roi: tuple[int, ...], num_classes: int) -
         logits = sliding_window_logits(model, image, roi=roi, overlap=cfg.sw_overlap, sw_batch_size=cfg.sw_batch,
                                        device=env.device, out_device="cpu",
                                        amp=ctx.precision != "fp32" and env.device.type == "cuda")
-        dice, scored = dice_counts(logits.argmax(0), torch.from_numpy(np.asarray(case.label)), num_classes)
+        dice, scored = dice_counts(logits.argmax(0), torch.from_numpy(np.array(case.label)), num_classes)
         sums[0] += dice.to(env.device)
         sums[1] += scored.to(env.device)
     model.train(was_training)

@@ -1,0 +1,64 @@
+"""Fine-tuning runs: Dice + CE falls, train Dice rises, validation picks best.safetensors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hiend_data.errors import InputError
+from hiend_train import finetune, pretrain
+from hiend_train.rundir import RunDir
+
+pytestmark = pytest.mark.slow
+
+
+def test_finetuning_loss_falls_and_dice_rises(tiny):
+    cfg = tiny("finetune", epochs=5, batch_size=1, num_samples=4, lr=3e-3, warmup_epochs=0.4, val_fraction=0.2,
+               val_every=2)
+    result = finetune.run(cfg)
+    run = RunDir(cfg.out)
+    log = run.read_log()
+    steps = [r for r in log if r["event"] == "step"]
+    assert len(steps) == 5 * 5  # 5 training cases, one per step
+    loss = [r["loss"] for r in steps]
+    dice = [r["dice"] for r in steps]
+    assert sum(loss[-5:]) / 5 < 0.9 * sum(loss[:5]) / 5, loss
+    # 6 organs at 4 mm: a 25-step model gets the big ones first, so mean class Dice starts low
+    assert sum(dice[-10:]) / 10 > 2 * sum(dice[:5]) / 5, dice
+    vals = [r for r in log if r["event"] == "epoch" and "val_dice" in r]
+    assert [r["epoch"] for r in vals] == [2, 4, 5]
+    assert all(len(r["val_dice_per_class"]) == 6 for r in vals)
+    from hiend_model.checkpoint import load_checkpoint
+
+    best, info = load_checkpoint(run.best, expected_kind="unetr")
+    assert info.extra["hiend_train"]["score"] == pytest.approx(max(r["val_dice"] for r in vals))
+    assert best.config.num_classes == 7 and info.plan.crop_size == (32, 32, 32)
+    assert result.fit.best == info.extra["hiend_train"]["score"]
+
+
+def test_finetuning_starts_from_the_pretrained_encoder(tiny, tmp_path):
+    pre = tiny("pretrain", epochs=1, out=tmp_path / "pre")
+    pre_model = pretrain.run(pre).model
+    cfg = tiny("finetune", epochs=1, init=tmp_path / "pre" / "last.safetensors", lr=1e-12, warmup_epochs=0,
+               out=tmp_path / "ft", model={})
+    model = finetune.run(cfg).model
+    # lr ~ 0: the UNETR's encoder is still the pre-trained one (class token dropped)
+    mae_blocks = pre_model.encoder.blocks.state_dict()
+    for k, v in model.encoder.blocks.state_dict().items():
+        torch.testing.assert_close(v, mae_blocks[k], rtol=0, atol=1e-9)
+    torch.testing.assert_close(model.encoder.pos_embed, pre_model.encoder.pos_embed, rtol=0, atol=1e-9)
+    with pytest.raises(InputError, match="model.depth: with init the model's sizes come from"):
+        finetune.run(cfg.model_copy(update={"model": {"depth": 2}, "out": tmp_path / "ft2"}))
+
+
+def test_unlabelled_cache_is_refused(tiny, tmp_path):
+    from hiend_data import Plan
+    from hiend_data.cache import preprocess_dataset
+    from hiend_data.phantom import make_phantom_dataset
+
+    raw = make_phantom_dataset(tmp_path / "raw", cases=1, test_cases=1, seed=3)
+    (raw / "labelsTr" / "phantom_000.nii.gz").unlink()
+    (raw / "imagesTr" / "phantom_000_0000.nii.gz").rename(raw / "imagesTs" / "phantom_000_0000.nii.gz")
+    cache = preprocess_dataset(raw / "imagesTs", tmp_path / "cache", Plan(spacing=(6.0, 6.0, 6.0)), workers=0,
+                               progress=False)
+    with pytest.raises(InputError, match="has no label; fine-tuning needs a labelled cache"):
+        finetune.run(tiny("finetune", cache=cache.root))
