@@ -1,0 +1,74 @@
+"""The command line: fast --help, one-line errors with exit code 2, a run end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from hiend_train.cli import app
+from typer.testing import CliRunner
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from hiend_train.cli import app; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    res = invoke("finetune", "--help")
+    assert res.exit_code == 0 and "--init" in res.output and "--resume" in res.output
+
+
+@pytest.mark.parametrize(("files", "args", "message"), [
+    ({"bad.toml": "epochz = 3\n"}, ["pretrain", "bad.toml", "--cache", "{tmp}", "--out", "{tmp}/r"],
+     "bad.toml: epochz: unknown field"),
+    ({"bad.json": "{"}, ["finetune", "bad.json", "--out", "{tmp}/r"], "bad.json: not valid JSON"),
+    ({}, ["pretrain", "missing.toml", "--out", "{tmp}/r"], "missing.toml: config file not found"),
+    ({}, ["pretrain", "--cache", "{tmp}/nocache", "--out", "{tmp}/r"], "nocache: cache folder not found"),
+    ({}, ["pretrain", "--cache", "{tmp}", "--out", "{tmp}/r"], "not a hiend-data cache (no plan.json"),
+    ({}, ["pretrain", "--out", "{tmp}/r"], "no cache given"),
+    ({}, ["pretrain", "--cache", "{cache}", "--out", "{tmp}/r", "--precision", "fp16", "--device", "cpu"],
+     "precision fp16 needs CUDA"),
+    ({}, ["pretrain", "--cache", "{cache}", "--out", "{tmp}/r", "--preset", "vit-xxl"], "unknown preset 'vit-xxl'"),
+    ({}, ["pretrain", "--cache", "{cache}", "--out", "{tmp}/r", "--set", "epochs"], "expected FIELD=VALUE"),
+    ({}, ["pretrain", "--cache", "{cache}", "--out", "{tmp}/r", "--set", "lr=-1"], "lr: Input should be greater than 0"),
+    ({}, ["finetune", "--cache", "{cache}", "--out", "{tmp}/r", "--init", "{tmp}/none.safetensors"],
+     "none.safetensors: init checkpoint not found"),
+    ({}, ["pretrain", "--out", "{tmp}/r", "--resume"], "no cache given"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, phantom_cache, monkeypatch, files, args, message):
+    monkeypatch.chdir(tmp_path)
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    args = [a.format(tmp=tmp_path, cache=phantom_cache) for a in args]
+    res = invoke(*args)
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
+    assert not (tmp_path / "r").exists()  # nothing written
+
+
+@pytest.mark.slow
+def test_pretrain_then_finetune_from_it(tmp_path, phantom_cache):
+    cfg = tmp_path / "pre.toml"
+    cfg.write_text('preset = "tiny"\nworkers = 0\nepochs = 1\nnum_samples = 2\npreview_every = 0\n'
+                   "[model]\nimg_size = 32\ndepth = 4\nembed_dim = 48\ndecoder_embed_dim = 24\n")
+    res = invoke("pretrain", str(cfg), "--cache", str(phantom_cache), "--out", str(tmp_path / "pre"), "-q",
+                 "--epochs", "2", "--seed", "3")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["epochs"] == 2 and summary["steps"] == 6
+    saved = json.loads((tmp_path / "pre" / "config.json").read_text())
+    assert (saved["epochs"], saved["seed"], saved["model"]["depth"]) == (2, 3, 4)  # flags over the file
+    res = invoke("finetune", "--cache", str(phantom_cache), "--out", str(tmp_path / "ft"), "-q", "--init",
+                 str(tmp_path / "pre" / "last.safetensors"), "--epochs", "1", "--workers", "0",
+                 "--num-samples", "1", "--feature-size", "4", "--val-fraction", "0.2", "--batch-size", "3")
+    assert res.exit_code == 0, res.output
+    from hiend_model.checkpoint import read_checkpoint_info
+
+    info = read_checkpoint_info(tmp_path / "ft" / "best.safetensors", expected_kind="unetr")
+    assert info.config["num_classes"] == 7 and info.config["depth"] == 4
+    assert info.extra["init"] == str(tmp_path / "pre" / "last.safetensors")
