@@ -147,3 +147,51 @@ def test_finetuned_ignores_monai_norm_cross_attn():
     back = load_official_finetuned(sd, num_heads=3, depth=4, tap_blocks=(1, 2, 3))
     assert back.config.layer_norm_eps == 1e-5  # MONAI's eps kept by default
     assert torch.equal(back.encoder.blocks[3].attn.proj.weight, unetr.encoder.blocks[3].attn.proj.weight)
+
+
+def _layout(md: str, heading: str) -> dict[str, tuple[int, ...]]:
+    """Key -> shape from the code block under ``heading`` of a layout file (``module.`` stripped)."""
+    block = md.split(heading, 1)[1].split("```", 2)[1]
+    out = {}
+    for line in block.strip().splitlines():
+        key, shape = line.split(" ", 1)
+        out[key.removeprefix("module.")] = tuple(int(s) for s in shape.strip("[]").split(","))
+    return out
+
+
+def _expand_blocks(layout: dict, stacks: dict[str, int]) -> dict:
+    """Blocks not listed repeat block 0's keys and shapes (the layout files' convention)."""
+    out = dict(layout)
+    for prefix, n in stacks.items():
+        for key, shape in layout.items():
+            if key.startswith(prefix + "0."):
+                for i in range(1, n):
+                    out[f"{prefix}{i}.{key[len(prefix) + 2:]}"] = shape
+    return out
+
+
+@pytest.mark.parametrize(("preset", "heading", "total_m"), [("vit-l12", "## ViT-L/12", 368.0),
+                                                             ("vit-b16", "## ViT-B/16", 101.9)])
+def test_presets_export_exactly_the_published_layout(shared_reference, preset, heading, total_m):
+    want = _expand_blocks(_layout((shared_reference / "official_checkpoint_layout.md").read_text(), heading),
+                          {"encoder.blocks.": 12, "decoder.blocks.": 2, "decoder.cross_attention_blocks.": 3})
+    with torch.device("meta"):  # sizes only: no memory, no time
+        got = {k: tuple(v.shape) for k, v in export_official_pretrained(build(preset)).items()}
+    assert got == want
+    assert round(sum(torch.Size(s).numel() for s in got.values()) / 1e6, 1) == total_m
+
+
+def test_released_unetr_exports_exactly_the_published_layout(shared_reference):
+    md = (shared_reference / "official_finetune_layout.md").read_text()
+    want = _expand_blocks(_layout(md, "361.3 M values"), {"vit.blocks.": 12})
+    with torch.device("meta"):
+        unetr = UNETR.from_mae(build("vit-l12"), num_classes=14, feature_size=32)
+        got = {k: tuple(v.shape) for k, v in export_official_finetuned(unetr, norm_cross_attn=True).items()}
+    assert got == want
+    # size inference on the published layout gives the released fine-tuning architecture
+    from hiend_model.official import RELEASED_FINETUNE
+
+    arch = infer_arch_from_state_dict(export_official_finetuned(unetr), "finetune")
+    assert arch["num_classes"] == 14
+    assert {k: v for k, v in arch.items() if k != "num_classes"} == \
+        {k: RELEASED_FINETUNE[k] for k in arch if k != "num_classes"}

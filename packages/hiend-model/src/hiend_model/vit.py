@@ -132,7 +132,8 @@ class ViTEncoder(nn.Module):
             self.pos_embed = nn.Parameter(torch.zeros(1, L, embed_dim))
         else:
             raise ValueError(f"pos_embed={pos_embed!r} must be 'sincos' or 'learned'")
-        rates = torch.linspace(0, drop_path, depth).tolist() if depth > 1 else [drop_path] * depth
+        # stochastic depth rising linearly to drop_path (plain Python: works under torch.device("meta"))
+        rates = [drop_path * i / (depth - 1) for i in range(depth)] if depth > 1 else [drop_path] * depth
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, eps, rates[i], backend) for i in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=eps)
