@@ -74,6 +74,18 @@ def build_model(kind: str, config: dict[str, Any]) -> Any:
     raise InputError(f"unknown checkpoint kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
+def _build_for_loading(kind: str, config: dict[str, Any]) -> tuple[Any, bool]:
+    """``(model, empty)``: built on the meta device when it can be (no random init, no memory: the
+    weights are assigned from the file), else a normally initialised model (``empty`` False)."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return build_model(kind, config), True
+    except (NotImplementedError, RuntimeError):
+        return build_model(kind, config), False
+
+
 def package_versions() -> dict[str, str]:
     """Versions recorded in every checkpoint."""
     import hiend_data
@@ -291,15 +303,24 @@ def load_checkpoint(path: str | os.PathLike[str], expected_kind: str | None = No
     path = Path(path)
     info = read_checkpoint_info(path, expected_kind)
     config = {**info.config, **(config_overrides or {})}
-    model = build_model(info.kind, config)
-    state = model.state_dict()  # tensors sharing memory with the model's parameters and buffers
+    model, empty = _build_for_loading(info.kind, config)
+    state = model.state_dict()  # meta tensors (shapes, dtypes) or the live parameters and buffers
     try:
-        # One tensor at a time straight into the model: peak memory is the model plus one tensor.
         with safe_open(str(path), framework="pt", device="cpu") as fh:
             check_state_dict(path, state, {k: _Shape(fh.get_slice(k).get_shape()) for k in fh.keys()})
-            with torch.no_grad():
+            if empty:
+                # The file's tensors become the model's (cast to its dtypes): one copy in memory.
+                loaded = {}
                 for key in fh.keys():
-                    state[key].copy_(fh.get_tensor(key))
+                    t = fh.get_tensor(key)
+                    loaded[key] = t if t.dtype == state[key].dtype else t.to(state[key].dtype)
+                model.load_state_dict(loaded, strict=True, assign=True)
+                del loaded
+            else:
+                # One tensor at a time straight into the initialised model.
+                with torch.no_grad():
+                    for key in fh.keys():
+                        state[key].copy_(fh.get_tensor(key))
     except (SafetensorError, OSError) as exc:
         raise _open_error(path, exc) from None
     del state
