@@ -11,9 +11,6 @@ from hiend_model import build
 from hiend_train import pretrain
 from hiend_train.rundir import RunDir
 
-pytestmark = pytest.mark.slow
-
-
 def held_out_batch(cfg):
     """The validation case's fixed crops and masking noise, as the run's validation draws them."""
     from hiend_data.cache import Cache
@@ -88,9 +85,12 @@ def test_without_matplotlib_previews_are_skipped_with_one_note(tiny, monkeypatch
     assert run.last.is_file() and run.state_path.is_file()  # everything else is written
 
 
-def test_non_finite_loss_stops_the_run(tiny):
+@pytest.mark.parametrize("log_every", [1, 100])  # caught at a log line, or at the latest at the epoch's end
+def test_non_finite_loss_stops_the_run_before_saving(tiny, log_every):
     from hiend_train.loop import NonFiniteLoss
 
-    cfg = tiny("pretrain", epochs=2, lr=1e30, warmup_epochs=0)
-    with pytest.raises(NonFiniteLoss, match=r"non-finite loss .* at epoch \d+, step \d+"):
+    cfg = tiny("pretrain", epochs=2, lr=1e30, warmup_epochs=0, log_every=log_every)
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss \(nan\) at epoch 1 by step \d+"):
         pretrain.run(cfg)
+    run = RunDir(cfg.out)
+    assert not run.last.exists() and not run.state_path.exists()

@@ -14,9 +14,6 @@ from hiend_train.rundir import RunDir
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-pytestmark = pytest.mark.slow
-
-
 def assert_same_weights(a, b):
     wa, wb = load_file(str(a)), load_file(str(b))
     assert wa.keys() == wb.keys()
@@ -52,6 +49,7 @@ def test_pretrain_resume_equals_an_uninterrupted_run(tiny, tmp_path):
         torch.testing.assert_close(sb["optimizer"]["state"][k]["exp_avg_sq"], va["exp_avg_sq"], rtol=1e-5, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_finetune_resume_keeps_the_best_score(tiny, tmp_path):
     fields = dict(epochs=3, val_fraction=0.2, val_every=1, num_samples=2, batch_size=2)
     straight = finetune.run(tiny("finetune", out=tmp_path / "straight", **fields))

@@ -73,18 +73,6 @@ def teardown(env: DistEnv) -> None:
         dist.destroy_process_group()
 
 
-def all_mean(env: DistEnv, values: list[float]) -> list[float]:
-    """Mean of each value over all processes (identity on one process)."""
-    if not env.distributed:
-        return list(values)
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64, device=env.device)
-    dist.all_reduce(t)
-    return (t / env.world).tolist()
-
-
 def all_sum(env: DistEnv, tensor: Any) -> Any:
     """Sum of a tensor over all processes, in place (identity on one process)."""
     if env.distributed:

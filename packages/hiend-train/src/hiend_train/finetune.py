@@ -116,8 +116,8 @@ def build_task(ctx: Context) -> Task:
         labels = batch["label"].to(env.device, non_blocking=True).long()
         logits = net(images)
         loss = dice_ce_loss(logits, labels, cfg.dice_weight, cfg.ce_weight)
-        dice = mean_dice(logits.detach(), labels)
-        return loss, {"dice": 1.0 if math.isnan(dice) else dice}  # no foreground in either: agreement
+        dice = mean_dice(logits.detach(), labels).nan_to_num(nan=1.0)  # no foreground in either: agreement
+        return loss, {"dice": dice}
 
     def on_epoch_end(epoch: int) -> dict[str, Any]:
         done = epoch + 1

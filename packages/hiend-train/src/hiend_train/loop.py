@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 from .config import TrainConfig
-from .dist import DistEnv, all_mean
+from .dist import DistEnv, all_sum
 from .optim import lr_at, set_lr
 from .rundir import RunDir, rng_state, set_rng_state
 
-#: loss_fn(model, batch) -> (scalar loss, {metric: float}); ``model`` is the (DDP-wrapped) network
+#: loss_fn(model, batch) -> (scalar loss, {metric: scalar tensor or float}); ``model`` is the
+#: (DDP-wrapped) network; metrics are averaged like the loss (keep them tensors: no host sync)
 LossFn = Callable[[Any, dict[str, Any]], tuple[torch.Tensor, dict[str, float]]]
 
 
@@ -99,8 +100,10 @@ def train_one_epoch(task: Task, optimizer: Any, scaler: Any, cfg: TrainConfig, e
                     epoch: int, step: int, precision: str, progress: Any = None) -> tuple[int, dict[str, Any]]:
     """One pass over ``task.loader``; returns (global optimizer step after it, epoch record).
 
-    Learning rate per optimizer step from :func:`~hiend_train.optim.lr_at`; the loss of every
-    micro-batch is averaged over processes (also the non-finite check, so every rank stops together).
+    Learning rate per optimizer step from :func:`~hiend_train.optim.lr_at`. Loss and metrics are
+    averaged over processes on the device and reach the host only at log lines (every ``log_every``
+    optimizer steps) and at the end of the epoch: that is where a non-finite loss stops the run, on
+    every rank at once, before anything is saved.
     """
     n_batches = len(task.loader)
     per_epoch = optimizer_steps_per_epoch(n_batches, cfg.grad_accum)
@@ -108,12 +111,22 @@ def train_one_epoch(task: Task, optimizer: Any, scaler: Any, cfg: TrainConfig, e
     device = env.device
     model = task.ddp_model
     model.train()
-    sums: dict[str, float] = {}
-    window: dict[str, float] = {}
+    names: list[str] = []
+    sums = window = None  # running sums on the device: [loss, *metrics], summed over micro-batches
     n_micro = n_window = crops = crops_window = 0
     t0 = t_window = time.perf_counter()
     lr = lr_at(step, cfg.lr, warmup, total, cfg.min_lr)
     bar = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=n_batches) if progress is not None else None
+
+    def host_mean(acc: torch.Tensor, n: int) -> dict[str, float]:
+        """Bring a running sum to the host (the only synchronisation points) and check the loss."""
+        values = (acc / max(n, 1)).tolist()
+        if not math.isfinite(values[0]):
+            raise NonFiniteLoss(f"non-finite loss ({values[0]}) at epoch {epoch + 1} by step {step} (lr {lr:.3g}): "
+                                "lower lr, raise warmup_epochs, set clip_grad, or use bf16 / fp32 instead of "
+                                f"fp16; the last checkpoint in {run.root} is from before this epoch")
+        return dict(zip(names, values, strict=True))
+
     for i, batch in enumerate(task.loader):
         micro = i % cfg.grad_accum
         last_micro = micro == cfg.grad_accum - 1 or i == n_batches - 1
@@ -124,12 +137,6 @@ def train_one_epoch(task: Task, optimizer: Any, scaler: Any, cfg: TrainConfig, e
         with model.no_sync() if sync else contextlib.nullcontext():
             with autocast(precision, device):
                 loss, metrics = task.loss_fn(model, batch)
-            values = all_mean(env, [loss.detach().float().item(), *metrics.values()])
-            if not math.isfinite(values[0]):
-                raise NonFiniteLoss(f"non-finite loss ({values[0]}) at epoch {epoch + 1}, step {step + 1}, "
-                                    f"lr {lr:.3g}: lower lr, raise warmup_epochs, set clip_grad, or use "
-                                    "bf16 / fp32 instead of fp16; the last checkpoint in "
-                                    f"{run.root} is from before this epoch")
             scaled = loss / cfg.grad_accum
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
         if last_micro:
@@ -144,27 +151,34 @@ def train_one_epoch(task: Task, optimizer: Any, scaler: Any, cfg: TrainConfig, e
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-        names = ["loss", *metrics]
-        for k, v in zip(names, values, strict=True):
-            sums[k] = sums.get(k, 0.0) + v
-            window[k] = window.get(k, 0.0) + v
+        # loss and metrics stay on the device (no host sync per step), averaged over processes
+        names = names or ["loss", *metrics]
+        stats = torch.stack([loss.detach().float().reshape(()),
+                             *(torch.as_tensor(v, dtype=torch.float32, device=loss.device).reshape(())
+                               for v in metrics.values())]).double()
+        all_sum(env, stats)
+        stats /= env.world
+        sums = stats.clone() if sums is None else sums + stats
+        window = stats.clone() if window is None else window + stats
         n_micro += 1
         n_window += 1
         crops += int(batch["image"].shape[0]) * env.world
         crops_window += int(batch["image"].shape[0]) * env.world
-        if bar is not None:
-            progress.update(bar, advance=1, description=f"epoch {epoch + 1}/{cfg.epochs} loss {values[0]:.4f}")
         if last_micro and step % cfg.log_every == 0:
+            values = host_mean(window, n_window)
             now = time.perf_counter()
-            run.log({"event": "step", "epoch": epoch + 1, "step": step, "lr": lr,
-                     **{k: v / n_window for k, v in window.items()},
+            run.log({"event": "step", "epoch": epoch + 1, "step": step, "lr": lr, **values,
                      "crops_per_s": crops_window / max(now - t_window, 1e-9)})
-            window, n_window, crops_window, t_window = {}, 0, 0, now
+            window, n_window, crops_window, t_window = None, 0, 0, now
+            if bar is not None:
+                progress.update(bar, description=f"epoch {epoch + 1}/{cfg.epochs} loss {values['loss']:.4f}")
+        if bar is not None:
+            progress.update(bar, advance=1)
     if bar is not None:
         progress.remove_task(bar)
+    values = host_mean(sums, n_micro) if sums is not None else {}
     seconds = time.perf_counter() - t0
-    record = {"event": "epoch", "epoch": epoch + 1, "step": step, "lr": lr,
-              **{k: v / max(n_micro, 1) for k, v in sums.items()},
+    record = {"event": "epoch", "epoch": epoch + 1, "step": step, "lr": lr, **values,
               "crops_per_s": crops / max(seconds, 1e-9), "seconds": seconds}
     return step, record
 

@@ -47,9 +47,9 @@ def dice_counts(pred: torch.Tensor, ref: torch.Tensor, num_classes: int) -> tupl
     return dice, scored
 
 
-def mean_dice(logits: torch.Tensor, labels: torch.Tensor) -> float:
+def mean_dice(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Hard Dice of argmax(logits) [B, K, *S] vs labels [B, *S], averaged over the scored foreground
-    classes (pooled over the batch); NaN when no foreground is in either."""
+    classes (pooled over the batch): a 0-d float64 tensor on the logits' device, NaN when no
+    foreground is in either."""
     dice, scored = dice_counts(logits.argmax(1), labels, logits.shape[1])
-    n = float(scored.sum())
-    return float(dice.sum()) / n if n else float("nan")
+    return dice.sum() / scored.sum()
