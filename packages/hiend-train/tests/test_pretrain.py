@@ -80,7 +80,7 @@ def test_without_matplotlib_previews_are_skipped_with_one_note(tiny, monkeypatch
     pretrain.run(cfg)
     run = RunDir(cfg.out)
     assert not run.previews.exists()
-    assert capsys.readouterr().out.count("matplotlib is not installed") == 1
+    assert capsys.readouterr().err.count("matplotlib is not installed") == 1
     assert sum(r["event"] == "warning" for r in run.read_log()) == 1
     assert run.last.is_file() and run.state_path.is_file()  # everything else is written
 

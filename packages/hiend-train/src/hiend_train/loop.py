@@ -186,10 +186,12 @@ def train_one_epoch(task: Task, optimizer: Any, scaler: Any, cfg: TrainConfig, e
 def _progress(enabled: bool) -> Any:
     if not enabled:
         return contextlib.nullcontext(None)
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    # on stderr: stdout is for results (the command's last line is a JSON summary)
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    transient=True)
+                    transient=True, console=Console(stderr=True))
 
 
 def save_weights(task: Task, path: Any, epoch: int, step: int, extra: dict[str, Any] | None = None) -> None:

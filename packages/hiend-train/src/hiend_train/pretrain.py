@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -93,7 +94,7 @@ def build_task(ctx: Context) -> Task:
                 ctx.run.log({"event": "warning", "message": "matplotlib is not installed (pip install "
                              "'hiend-train[preview]'): reconstruction previews are skipped"})
                 print("note: matplotlib is not installed (pip install 'hiend-train[preview]'); "
-                      "skipping reconstruction previews")
+                      "skipping reconstruction previews", file=sys.stderr)
         return out
 
     plan = ctx.cache.plan.model_copy(update={"crop_size": crop})
