@@ -60,3 +60,10 @@ def test_unlabelled_cache_is_refused(tiny, tmp_path):
                                progress=False)
     with pytest.raises(InputError, match="has no label; fine-tuning needs a labelled cache"):
         finetune.run(tiny("finetune", cache=cache.root))
+    assert not (tmp_path / "run_finetune").exists()
+    # pre-training is what an unlabelled cache is for
+    result = pretrain.run(tiny("pretrain", cache=cache.root, epochs=1, out=tmp_path / "pre"))
+    from hiend_model.checkpoint import read_checkpoint_info
+
+    assert read_checkpoint_info(tmp_path / "pre" / "last.safetensors").plan.spacing == (6.0, 6.0, 6.0)
+    assert result.fit.steps == 1 and 0.5 < result.fit.last["loss"] < 2.0
