@@ -67,3 +67,20 @@ def test_unlabelled_cache_is_refused(tiny, tmp_path):
 
     assert read_checkpoint_info(tmp_path / "pre" / "last.safetensors").plan.spacing == (6.0, 6.0, 6.0)
     assert result.fit.steps == 1 and 0.5 < result.fit.last["loss"] < 2.0
+
+
+@pytest.mark.slow
+def test_finetuning_from_the_papers_pretraining_file(tiny, tmp_path, shared_reference):
+    from hiend_model.official import load_official_pretrained
+
+    ref = torch.load(shared_reference / "hiend_mae_parity_tiny.pt", weights_only=True)
+    pth = tmp_path / "hi_end_mae.pth"  # as released: wrapped, with DDP's module. prefix
+    torch.save({"state_dict": {f"module.{k}": v for k, v in ref["state_dict"].items()}}, pth)
+    heads = {"num_heads": 4, "decoder_num_heads": 4}
+    cfg = tiny("finetune", init=pth, model=heads, epochs=1, batch_size=3, num_samples=1, lr=1e-12,
+               warmup_epochs=0)
+    model = finetune.run(cfg).model
+    mae = load_official_pretrained(pth, **heads)
+    assert model.config.img_size == (48, 48, 48) and model.config.embed_dim == 96
+    for k, v in mae.encoder.blocks.state_dict().items():
+        torch.testing.assert_close(model.encoder.blocks.state_dict()[k], v, rtol=0, atol=1e-9)

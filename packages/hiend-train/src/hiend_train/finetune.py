@@ -34,6 +34,8 @@ def cache_num_classes(cache: Any) -> int:
 
 #: model fields that may be set when the weights come from an init checkpoint
 INIT_MODEL_FIELDS = frozenset({"drop_path", "grad_checkpointing", "attn_backend"})
+#: with the paper's pre-training .pth, the head counts its tensors cannot reveal
+OFFICIAL_ARCH_FIELDS = frozenset({"num_heads", "decoder_num_heads"})
 
 
 def build_model(cfg: FinetuneConfig, num_classes: int) -> Any:
@@ -48,10 +50,19 @@ def build_model(cfg: FinetuneConfig, num_classes: int) -> Any:
     init = Path(cfg.init)
     if not init.is_file():
         raise InputError(f"{init}: init checkpoint not found")
-    sizes = sorted(set(overrides) - INIT_MODEL_FIELDS)
+    official = init.suffix != ".safetensors"
+    allowed = INIT_MODEL_FIELDS | (OFFICIAL_ARCH_FIELDS if official else frozenset())
+    sizes = sorted(set(overrides) - allowed)
     if sizes:
         raise InputError(f"model.{sizes[0]}: with init the model's sizes come from {init}; only "
-                         f"{', '.join(sorted(INIT_MODEL_FIELDS))} may be set")
+                         f"{', '.join(sorted(allowed))} may be set")
+    if official:  # the paper's .pth: head counts are not in the tensors (default: the released ViT-L/12)
+        from hiend_model.official import load_official_pretrained
+
+        arch = {k: v for k, v in overrides.items() if k in OFFICIAL_ARCH_FIELDS}
+        mae = load_official_pretrained(init, **arch) if arch else init
+        runtime = {k: v for k, v in overrides.items() if k in INIT_MODEL_FIELDS}
+        return UNETR.from_mae(mae, num_classes=num_classes, feature_size=cfg.feature_size, **runtime)
     if init.suffix == ".safetensors":
         from hiend_model.checkpoint import load_checkpoint, read_checkpoint_info
 
