@@ -8,8 +8,8 @@
 3. The same model and step (forward, backward, AdamW) on one pre-made batch of the same size:
    crops per second of the model alone.
 
-Both run in this process, one after the other, with the same torch thread count. A ratio near 1
-means the loader keeps up. Prints one JSON line.
+Both run in this process, one after the other, with the same torch thread count (``--threads``,
+default 1 on the CPU). A ratio near 1 means the loader keeps up. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -64,9 +64,16 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--cache", type=Path, default=None, help="use this cache instead of phantoms")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: 1 on the CPU, where two threads on a shared "
+                             "2-core box stall each other; torch's default on CUDA)")
     args = parser.parse_args()
 
     import torch
+
+    threads = args.threads or (1 if args.device == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
     from hiend_data import Plan
     from hiend_data.cache import preprocess_dataset
     from hiend_data.phantom import make_phantom_dataset
