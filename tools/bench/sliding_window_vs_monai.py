@@ -7,6 +7,7 @@ box runs other jobs) CPU time with one intra-op thread is the steadier measure. 
 
     .venv/bin/python tools/bench/sliding_window_vs_monai.py            # ~1-2 min on 2 cores
     .venv/bin/python tools/bench/sliding_window_vs_monai.py --size 160 160 160 --roi 96 --feature-size 16
+    .venv/bin/python tools/bench/sliding_window_vs_monai.py --model none --size 160 160 160 --roi 96 --repeats 5
 
 ``ratio_cpu`` / ``ratio_wall`` = hiend time / MONAI time (below 1: hiend is faster).
 """
@@ -33,6 +34,9 @@ def main() -> None:
     parser.add_argument("--feature-size", type=int, default=8)
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--model", choices=["unetr", "none"], default="unetr",
+                        help="'none': a model that only copies its input into K channels, so the "
+                             "times are the sliding-window machinery alone (tiling, blending, division)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
     parser.add_argument("--tol", type=float, default=1e-5,
@@ -49,7 +53,11 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = UNETRConfig(img_size=args.roi, patch_size=args.patch, embed_dim=args.embed_dim, depth=args.depth,
                       num_heads=args.heads, num_classes=args.classes, feature_size=args.feature_size)
-    model = UNETR(cfg).eval().to(args.device)
+    if args.model == "unetr":
+        model = UNETR(cfg).eval().to(args.device)
+    else:
+        def model(x: torch.Tensor) -> torch.Tensor:
+            return x.expand(-1, args.classes, -1, -1, -1) * 1.0
     image = torch.rand(1, 1, *args.size, device=args.device)
     roi = (args.roi,) * 3
     windows = 1
@@ -92,7 +100,7 @@ def main() -> None:
     print(json.dumps({
         "bench": "sliding_window_vs_monai",
         "input": [1, 1, *args.size], "roi": args.roi, "overlap": args.overlap, "sw_batch": args.sw_batch,
-        "windows": windows, "model": {"embed_dim": args.embed_dim, "depth": args.depth, "patch": args.patch,
+        "windows": windows, "model": {"kind": args.model, "embed_dim": args.embed_dim, "depth": args.depth, "patch": args.patch,
                                       "feature_size": args.feature_size, "classes": args.classes},
         "hiend_wall_s": round(best["hiend"], 3), "monai_wall_s": round(best["monai"], 3),
         "ratio_wall": round(best["hiend"] / best["monai"], 4),
