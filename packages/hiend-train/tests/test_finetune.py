@@ -8,6 +8,7 @@ from hiend_data.errors import InputError
 from hiend_train import finetune, pretrain
 from hiend_train.rundir import RunDir
 
+
 @pytest.mark.slow
 def test_finetuning_loss_falls_and_dice_rises(tiny):
     cfg = tiny("finetune", epochs=5, batch_size=1, num_samples=4, lr=3e-3, warmup_epochs=0.4, val_fraction=0.2,

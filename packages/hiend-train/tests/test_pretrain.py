@@ -11,6 +11,7 @@ from hiend_model import build
 from hiend_train import pretrain
 from hiend_train.rundir import RunDir
 
+
 def held_out_batch(cfg):
     """The validation case's fixed crops and masking noise, as the run's validation draws them."""
     from hiend_data.cache import Cache

@@ -14,6 +14,7 @@ from hiend_train.rundir import RunDir
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+
 def assert_same_weights(a, b):
     wa, wb = load_file(str(a)), load_file(str(b))
     assert wa.keys() == wb.keys()

@@ -15,8 +15,8 @@ from hiend_data.errors import InputError
 from .config import FinetuneConfig
 from .data import make_loader
 from .dist import all_sum
-from .losses import dice_ce_loss, dice_counts, mean_dice
 from .loop import Task
+from .losses import dice_ce_loss, dice_counts, mean_dice
 from .runner import Context, RunResult, execute, wrap_ddp
 
 
