@@ -23,15 +23,22 @@ _LAZY = {
     "export_official_pretrained": ".official",
     "export_official_finetuned": ".official",
     "infer_arch_from_state_dict": ".official",
+    "save_checkpoint": ".checkpoint",
+    "load_checkpoint": ".checkpoint",
+    "read_checkpoint_info": ".checkpoint",
+    "predict_files": ".predict",
+    "predict_volume": ".predict",
 }
 
 __all__ = [
     "__version__", "HiEndMAE", "MAEOutput", "build", "UNETR", "MAEConfig", "UNETRConfig", "PRESETS",
     "load_official_pretrained", "load_official_finetuned", "export_official_pretrained",
-    "export_official_finetuned", "infer_arch_from_state_dict",
+    "export_official_finetuned", "infer_arch_from_state_dict", "save_checkpoint", "load_checkpoint",
+    "read_checkpoint_info", "predict_files", "predict_volume",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
     from .config import PRESETS, MAEConfig, UNETRConfig
     from .mae import HiEndMAE, MAEOutput, build
     from .official import (
@@ -41,6 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
         load_official_finetuned,
         load_official_pretrained,
     )
+    from .predict import predict_files, predict_volume
     from .unetr import UNETR
 
 
