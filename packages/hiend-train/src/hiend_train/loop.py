@@ -215,7 +215,7 @@ def _resume(task: Task, optimizer: Any, scaler: Any, run: RunDir) -> tuple[int, 
     if saved_epoch != state["epoch"]:
         raise InputError(f"{run.root}: last.safetensors (epoch {saved_epoch}) and state.pt (epoch "
                          f"{state['epoch']}) disagree; the run was interrupted while saving")
-    weights = load_file(str(run.last), device=str(task.model.parameters().__next__().device))
+    weights = load_file(str(run.last), device=str(next(task.model.parameters()).device))
     task.model.load_state_dict(weights, strict=True)
     optimizer.load_state_dict(state["optimizer"])
     if scaler is not None and state.get("scaler"):
