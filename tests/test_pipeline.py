@@ -67,6 +67,7 @@ def test_predict_then_score_an_empty_model(phantom: Path, tmp_path: Path) -> Non
     """A UNETR that always says background: predict writes maps on each input's grid, and the scorer
     flags every organ as missed with HD95 = the image's physical diagonal (never NaN, never hidden)."""
     import torch
+
     from hiend_data import Plan
     from hiend_model import UNETR, build
     from hiend_model.checkpoint import save_checkpoint

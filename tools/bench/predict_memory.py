@@ -33,6 +33,7 @@ def prepare(work: Path, shape: tuple[int, int, int], spacing: tuple[float, float
     import nibabel as nib
     import numpy as np
     import torch
+
     from hiend_data import Plan
     from hiend_model.checkpoint import save_checkpoint
     from hiend_model.config import PRESETS, UNETRConfig
@@ -70,6 +71,7 @@ def prepare(work: Path, shape: tuple[int, int, int], spacing: tuple[float, float
 
 def predict(work: Path, sw_batch: int) -> None:
     import nibabel as nib
+
     from hiend_model.predict import predict_files
 
     t0 = time.perf_counter()

@@ -53,6 +53,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import nibabel as nib
+
     from hiend_data import Plan
     from hiend_data.cache import preprocess_dataset
 

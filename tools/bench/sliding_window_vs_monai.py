@@ -44,10 +44,11 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from monai.inferers import sliding_window_inference
+
     from hiend_model.config import UNETRConfig
     from hiend_model.inference import sliding_window_logits, window_starts
     from hiend_model.unetr import UNETR
-    from monai.inferers import sliding_window_inference
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

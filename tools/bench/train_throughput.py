@@ -26,6 +26,7 @@ from pathlib import Path
 def model_only(preset: str, crops: int, steps: int, device: str, precision: str) -> float:
     """Crops per second of forward + backward + AdamW on a fixed batch of ``crops`` crops."""
     import torch
+
     from hiend_model import build
     from hiend_train.loop import autocast
     from hiend_train.optim import build_optimizer

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+
 from hiend_data import InputError, Plan, load_volume, preprocess_case, restore_label
 from hiend_data import cache as cache_mod
 from hiend_data.cache import Cache, preprocess_dataset

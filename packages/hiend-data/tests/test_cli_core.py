@@ -8,9 +8,10 @@ import sys
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from hiend_data.cache import Cache
 from hiend_data.cli import app
-from typer.testing import CliRunner
 
 runner = CliRunner()
 

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from hiend_data import InputError
 from hiend_data.discovery import Case, discover, kfold, split
 

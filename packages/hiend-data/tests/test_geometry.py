@@ -7,6 +7,7 @@ import itertools
 import nibabel as nib
 import numpy as np
 import pytest
+
 from hiend_data import geometry as geo
 
 CODES = ["RAS", "LPS", "LAS", "PIR", "ASL", "IRP", "SLA"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from hiend_data import InputError
 from hiend_data.intensity import ct_window, zscore
 

@@ -9,6 +9,7 @@ import time
 import nibabel as nib
 import numpy as np
 import pytest
+
 from hiend_data import InputError, Volume, load_volume, save_volume
 from hiend_data.io import channel_files, load_label
 

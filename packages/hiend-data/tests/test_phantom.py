@@ -71,14 +71,14 @@ def test_hu_per_organ_and_labels_match(volumes) -> None:
 
 def test_anatomy_sides_in_world_coordinates(volumes) -> None:
     for img, lab in volumes:
-        def world_mean(value: int) -> np.ndarray:
+        def world_mean(value: int, img=img, lab=lab) -> np.ndarray:
             idx = np.argwhere(lab.array == value)
             return (img.affine[:3, :3] @ idx.T + img.affine[:3, 3:4]).mean(axis=1)
 
         liver, spleen, lungs = world_mean(1), world_mean(2), world_mean(6)
-        assert liver[0] < 0 < spleen[0]  # RAS: the liver on the patient's right (-x)
+        assert spleen[0] < 0 < liver[0]  # RAS+: x grows towards the patient's right, where the liver is
         assert lungs[2] > liver[2]  # the lungs above the liver
-        assert world_mean(3)[0] < 0 < world_mean(4)[0]  # kidney_right / kidney_left
+        assert world_mean(4)[0] < 0 < world_mean(3)[0]  # kidney_left (-x) / kidney_right (+x)
 
 
 def test_deterministic_for_a_seed(tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from pydantic import ValidationError
+
 from hiend_data import (
     InputError,
     Plan,
@@ -25,7 +27,6 @@ from hiend_data import (
 )
 from hiend_data.io import load_label
 from hiend_data.preprocess import restore_array
-from pydantic import ValidationError
 
 SLAB, SEG, LPS = "body_ct_3mm_ras_30slices.nii.gz", "body_ct_3mm_ras_30slices_seg.nii.gz", "abdomen_ct_1.5mm_lps.nii.gz"
 

@@ -61,7 +61,7 @@ def test_non_square_crop_allowed_without_rot90() -> None:
 def test_crop_box(centre, shape, size, src, dst, padded) -> None:
     s, d, p = crop_box(centre, shape, size)
     assert tuple(x.start for x in s) == src and tuple(x.start for x in d) == dst and p == padded
-    for sl, dim, sz in zip(s, shape, size):
+    for sl, dim, sz in zip(s, shape, size, strict=False):
         assert sl.stop - sl.start == min(dim, sz) and 0 <= sl.start and sl.stop <= dim
 
 
@@ -79,7 +79,7 @@ def test_foreground_share_is_pos_over_pos_plus_neg() -> None:
     assert abs(fg.mean() - 0.75) < 4 * np.sqrt(0.75 * 0.25 / 4000)
     # the crop always contains its centre
     for r in recs[:200]:
-        assert all(sl.start <= c < sl.stop for c, sl in zip(r["centre"], r["source"]))
+        assert all(sl.start <= c < sl.stop for c, sl in zip(r["centre"], r["source"], strict=False))
 
 
 def test_centres_uniform_within_each_kind() -> None:
@@ -251,7 +251,7 @@ def test_held_crops_are_never_overwritten_and_free_buffers_are_reused() -> None:
     keep = [c.copy() for c, _ in first]
     for _ in range(10):
         s.sample("a", s.rng(1))
-    for (c, _), k in zip(first, keep):
+    for (c, _), k in zip(first, keep, strict=False):
         np.testing.assert_array_equal(c, k)
     base = s.sample_batch("a", s.rng(2))[0]
     ptr = base.__array_interface__["data"][0]

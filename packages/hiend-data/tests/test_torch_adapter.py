@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import torch  # hiend-data[torch]: the development environment always has it
 from torch.utils.data import DataLoader
 
@@ -37,7 +36,7 @@ def test_dataloader_workers_deterministic_and_distinct(cache_dir: Path) -> None:
     ds = CropDataset(cache_dir, CFG, seed=3)
     a, b, serial = _run(ds, 2), _run(ds, 2), _run(ds, 0)
     assert [x[0] for x in a] == [[f"phantom_{i:03d}"] * 2 for i in range(4)]
-    for (ca, ia, la), (_, ib, lb), (_, i0, l0) in zip(a, b, serial):
+    for (_, ia, la), (_, ib, lb), (_, i0, l0) in zip(a, b, serial, strict=False):
         assert ia.shape == (2, 1, 32, 32, 32) and ia.dtype == torch.float32 and ia.is_contiguous()
         assert la.shape == (2, 32, 32, 32) and not la.is_floating_point()
         assert torch.equal(ia, ib) and torch.equal(la, lb)  # the same run twice
@@ -107,5 +106,5 @@ def test_set_epoch_reaches_persistent_workers(cache_dir: Path, context: str) -> 
     second = [b["image"].clone() for b in loader]
     serial = CropDataset(cache_dir, CFG, seed=2, epoch=1)
     expect = [collate_crops([serial[0], serial[1]])["image"], collate_crops([serial[2], serial[3]])["image"]]
-    assert all(torch.equal(a, b) for a, b in zip(second, expect))
-    assert not any(torch.equal(a, b) for a, b in zip(first, second))
+    assert all(torch.equal(a, b) for a, b in zip(second, expect, strict=False))
+    assert not any(torch.equal(a, b) for a, b in zip(first, second, strict=False))

@@ -266,13 +266,13 @@ def test_run_predicts_then_scores(folders, seg, monkeypatch):
 def test_run_with_a_real_tiny_checkpoint(tmp_path, shared_data, seg):
     """`run` = hiend-model's predict_files into DIR/predictions, then exactly `score` of that folder."""
     import torch
+
     from hiend_data import Plan
+    from hiend_eval.score import read_labels, score_folders
     from hiend_model.checkpoint import save_checkpoint
     from hiend_model.config import MAEConfig
     from hiend_model.mae import HiEndMAE
     from hiend_model.unetr import UNETR
-
-    from hiend_eval.score import read_labels, score_folders
 
     torch.manual_seed(0)
     mae = HiEndMAE(MAEConfig(img_size=32, patch_size=16, embed_dim=24, depth=4, num_heads=2, decoder_embed_dim=12,

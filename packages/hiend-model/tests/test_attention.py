@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from hiend_data.errors import InputError
 from hiend_model.attention import BACKENDS, Attention, attend, resolve_backend
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+
 from hiend_data import Plan
 from hiend_data.errors import InputError
 from hiend_model.checkpoint import (
@@ -17,7 +19,6 @@ from hiend_model.checkpoint import (
     save_checkpoint,
     tensor_shapes,
 )
-from safetensors.torch import load_file, save_file
 
 
 def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:

@@ -12,12 +12,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
+
 from hiend_data import Plan, load_volume
 from hiend_model.checkpoint import load_checkpoint
 from hiend_model.cli import app
 from hiend_model.official import export_official_finetuned, export_official_pretrained
 from hiend_model.predict import predict_volume
-from typer.testing import CliRunner
 
 BODY = "ct/body_ct_3mm_ras_30slices.nii.gz"
 

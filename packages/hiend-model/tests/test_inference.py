@@ -7,6 +7,9 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from monai import inferers as monai_inferers
+from monai.data import utils as monai_utils  # dev dependency: the reference the numbers must match
+
 from hiend_data.errors import InputError
 from hiend_model.inference import (
     FLIPS_ALL,
@@ -16,9 +19,6 @@ from hiend_model.inference import (
     sliding_window_logits,
     window_starts,
 )
-from monai.data import utils as monai_utils  # dev dependency: the reference the numbers must match
-from monai import inferers as monai_inferers
-
 
 
 def conv_net(in_ch: int = 2, out_ch: int = 3, seed: int = 0) -> torch.nn.Module:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from hiend_data.errors import InputError
 from hiend_model import PRESETS, HiEndMAE, MAEConfig, build
 from hiend_model.config import resolve_config

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from hiend_model import load_official_finetuned, load_official_pretrained
 from hiend_model.official import export_official_pretrained
 

@@ -10,11 +10,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
+
 from hiend_data import Plan, load_volume
 from hiend_data.errors import InputError
 from hiend_model.checkpoint import save_checkpoint
 from hiend_model.predict import collect_cases, predict_files, predict_volume
-from scipy import ndimage
 
 BODY = "ct/body_ct_3mm_ras_30slices.nii.gz"
 ABDOMEN = "ct/abdomen_ct_1.5mm_lps.nii.gz"
@@ -114,7 +115,7 @@ def test_predict_files_on_real_scans(tmp_path: Path, shared_data: Path, unetr_ck
                             sw_batch_size=4)
     assert [p.name for p in written] == ["body.nii.gz", "abdomen_ct_1.5mm_lps.nii.gz"]
     assert sorted(os.listdir(out)) == sorted(p.name for p in written)
-    for path, src in zip(written, [BODY, ABDOMEN]):
+    for path, src in zip(written, [BODY, ABDOMEN], strict=False):
         img, ref = nib.load(path), nib.load(shared_data / src)
         assert img.shape == ref.shape
         np.testing.assert_allclose(img.affine, ref.affine, atol=1e-6)

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from hiend_model.vit import ViTEncoder, patchify, sincos_pos_embed_3d, unpatchify
 
 

@@ -9,9 +9,10 @@ import os
 import sys
 from pathlib import Path
 
+from safetensors.torch import save_file
+
 from hiend_train import pretrain
 from hiend_train.config import PretrainConfig
-from safetensors.torch import save_file
 
 if __name__ == "__main__":
     cache, out = Path(sys.argv[1]), Path(sys.argv[2])

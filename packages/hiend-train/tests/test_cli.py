@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from hiend_train.cli import app
 from typer.testing import CliRunner
+
+from hiend_train.cli import app
 
 
 def invoke(*args: str):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from hiend_data.errors import InputError
 from hiend_train.cli import _resolve, parse_sets
 from hiend_train.config import FinetuneConfig, PretrainConfig, load_config

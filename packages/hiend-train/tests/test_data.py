@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from hiend_train.data import make_loader, split_cases
 from hiend_train.dist import DistEnv
 

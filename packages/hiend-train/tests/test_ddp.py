@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hiend_train.rundir import RunDir
 from safetensors.torch import load_file
+
+from hiend_train.rundir import RunDir
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from hiend_data.errors import InputError
 from hiend_train import finetune, pretrain
 from hiend_train.rundir import RunDir

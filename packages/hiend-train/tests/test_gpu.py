@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from hiend_train import finetune, pretrain
 from hiend_train.rundir import RunDir
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from hiend_train.losses import dice_ce_loss, dice_counts, mean_dice
 
 

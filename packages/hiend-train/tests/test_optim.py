@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from hiend_train.optim import build_optimizer, decays, lr_at, param_groups
 
 

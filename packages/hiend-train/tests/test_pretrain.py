@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+
 from hiend_model import build
 from hiend_train import pretrain
 from hiend_train.rundir import RunDir

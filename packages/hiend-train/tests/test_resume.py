@@ -7,12 +7,13 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
 from hiend_data.errors import InputError
 from hiend_train import finetune, pretrain
 from hiend_train.cli import app
 from hiend_train.rundir import RunDir
-from safetensors.torch import load_file
-from typer.testing import CliRunner
 
 
 def assert_same_weights(a, b):

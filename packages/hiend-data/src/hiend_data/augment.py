@@ -66,7 +66,7 @@ def params_from_uniforms(settings: AugmentSettings, u: np.ndarray) -> AugmentPar
     u[4]: its k, uniform in 1..max_k; u[5], u[6]: scale fires, factor ``1 + U(-r, r)``; u[7], u[8]:
     shift fires, offset ``U(-r, r)``. Magnitudes are only used when their transform fires.
     """
-    flips = tuple(ax for ax, v in zip(settings.flip_axes, u[:3]) if v < settings.flip_prob)
+    flips = tuple(ax for ax, v in zip(settings.flip_axes, u[:3], strict=False) if v < settings.flip_prob)
     rot_k = 1 + min(int(u[4] * settings.rot90_max_k), settings.rot90_max_k - 1) if u[3] < settings.rot90_prob else 0
     scale = 1.0 + settings.scale_range * (2.0 * float(u[6]) - 1.0) if u[5] < settings.scale_prob else None
     shift = settings.shift_range * (2.0 * float(u[8]) - 1.0) if u[7] < settings.shift_prob else None

@@ -53,7 +53,7 @@ def _ellipsoid(x: np.ndarray, y: np.ndarray, z: np.ndarray, centre: np.ndarray, 
 def make_phantom(rng: np.random.Generator, shape: tuple[int, int, int] | None = None,
                  spacing: tuple[float, float, float] | None = None,
                  orientation: tuple[str, str, str] | None = None) -> Phantom:
-    """One phantom; ``shape`` and ``spacing`` are given along R->L, P->A, I->S (RAS array axes) before
+    """One phantom; ``shape`` and ``spacing`` are given along L->R, P->A, I->S (RAS array axes) before
     the array is reoriented to ``orientation``. Unset ones are drawn from ``rng``."""
     from nibabel import orientations as nio
     from scipy.ndimage import gaussian_filter
@@ -64,7 +64,8 @@ def make_phantom(rng: np.random.Generator, shape: tuple[int, int, int] | None = 
         spacing = tuple(round(float(v), 3) for v in rng.uniform(*SPACING_RANGE, size=3))
     if orientation is None:
         orientation = ORIENTATIONS[int(rng.integers(len(ORIENTATIONS)))]
-    # Normalised RAS coordinates in (-1, 1) across the field of view (x: right -> left, y: back -> front).
+    # Normalised RAS+ coordinates in (-1, 1) across the field of view: +x is the patient's right (nibabel's
+    # RAS+: x grows towards R), +y anterior, +z superior. So the liver sits at x > 0, the spleen at x < 0.
     x, y, z = (((np.arange(n, dtype=np.float32) + 0.5) / n * 2 - 1) for n in shape)
     x, y, z = x[:, None, None], y[None, :, None], z[None, None, :]
 
@@ -84,10 +85,10 @@ def make_phantom(rng: np.random.Generator, shape: tuple[int, int, int] | None = 
     organs = [
         (6, _ellipsoid(x, y, z, jitter((-0.42, 0.0, 0.7), 0.03), scale((0.3, 0.42, 0.4)))
          | _ellipsoid(x, y, z, jitter((0.42, 0.0, 0.7), 0.03), scale((0.3, 0.42, 0.4)))),
-        (1, _ellipsoid(x, y, z, jitter((-0.38, 0.08, 0.1), 0.04), scale((0.34, 0.36, 0.3)))),
-        (2, _ellipsoid(x, y, z, jitter((0.5, -0.15, 0.12), 0.03), scale((0.14, 0.2, 0.2)))),
-        (3, _ellipsoid(x, y, z, jitter((-0.3, -0.35, -0.3), 0.03), scale((0.11, 0.12, 0.22)))),
-        (4, _ellipsoid(x, y, z, jitter((0.3, -0.35, -0.28), 0.03), scale((0.11, 0.12, 0.22)))),
+        (1, _ellipsoid(x, y, z, jitter((0.38, 0.08, 0.1), 0.04), scale((0.34, 0.36, 0.3)))),
+        (2, _ellipsoid(x, y, z, jitter((-0.5, -0.15, 0.12), 0.03), scale((0.14, 0.2, 0.2)))),
+        (3, _ellipsoid(x, y, z, jitter((0.3, -0.35, -0.3), 0.03), scale((0.11, 0.12, 0.22)))),
+        (4, _ellipsoid(x, y, z, jitter((-0.3, -0.35, -0.28), 0.03), scale((0.11, 0.12, 0.22)))),
         (5, ((x / 0.1) ** 2 + ((y + 0.52) / 0.1) ** 2 <= 1.0) & np.ones_like(z, dtype=bool)),
     ]
     for value, mask in organs:

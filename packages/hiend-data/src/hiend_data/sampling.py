@@ -268,7 +268,7 @@ class _Pool:
         return [sys.getrefcount(buf) for buf in buffers]
 
     def get(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        for buf, count in zip(self.buffers, self._refcounts(self.buffers)):
+        for buf, count in zip(self.buffers, self._refcounts(self.buffers), strict=False):
             if count == self._free and buf.shape == shape and buf.dtype == dtype:
                 return buf
         buf = np.empty(shape, dtype=dtype)
@@ -288,7 +288,7 @@ def crop_box(centre: tuple[int, ...], shape: tuple[int, ...], size: tuple[int, .
     the volume is smaller than the crop the whole axis is taken and placed at ``(size - dim) // 2``.
     """
     src, dst, padded = [], [], False
-    for c, dim, sz in zip(centre, shape, size):
+    for c, dim, sz in zip(centre, shape, size, strict=False):
         if dim >= sz:
             start = min(max(int(c) - sz // 2, 0), dim - sz)
             src.append(slice(start, start + sz))

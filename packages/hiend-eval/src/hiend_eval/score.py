@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from hiend_data.errors import InputError
 
 from .labelmaps import FOREGROUND, c_order, label_boxes, present_values, score_label_maps

@@ -19,8 +19,9 @@ import os
 
 import torch
 import torch.nn.functional as F
-from hiend_data.errors import InputError
 from torch import nn
+
+from hiend_data.errors import InputError
 
 logger = logging.getLogger(__name__)
 

@@ -88,9 +88,10 @@ def _build_for_loading(kind: str, config: dict[str, Any]) -> tuple[Any, bool]:
 
 def package_versions() -> dict[str, str]:
     """Versions recorded in every checkpoint."""
-    import hiend_data
     import safetensors
     import torch
+
+    import hiend_data
 
     from .__about__ import __version__
 
@@ -202,8 +203,9 @@ def _parse_metadata(path: Path, metadata: dict[str, str] | None) -> CheckpointIn
         raise InputError(f"{path}: metadata 'config' is missing or not a JSON object")
     plan = None
     if fields["plan"] is not None:
-        from hiend_data import Plan
         from pydantic import ValidationError
+
+        from hiend_data import Plan
 
         try:
             plan = Plan.model_validate(fields["plan"])

@@ -14,6 +14,7 @@ from enum import Enum
 from pathlib import Path
 
 import typer
+
 from hiend_data.errors import cli_errors
 
 app = typer.Typer(name="hiend-model", no_args_is_help=True, add_completion=False,

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from hiend_data.errors import InputError
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from hiend_data.errors import InputError
 
 AttnBackend = Literal["auto", "xformers", "sdpa", "math"]
 Triple = tuple[int, int, int]

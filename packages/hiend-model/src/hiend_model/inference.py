@@ -57,7 +57,7 @@ def gaussian_importance_map(
     if len(scales) != len(roi) or any(s <= 0 for s in scales):
         raise InputError(f"sigma_scale {sigma_scale!r} must be positive, one value or one per axis of {roi}")
     weights = None
-    for axis, (size, scale) in enumerate(zip(roi, scales)):
+    for axis, (size, scale) in enumerate(zip(roi, scales, strict=False)):
         sigma = size * scale
         x = torch.arange(-(size - 1) / 2.0, (size - 1) / 2.0 + 1, dtype=torch.float32, device=device)
         g = torch.exp(x**2 / (-2 * sigma**2))
@@ -166,7 +166,7 @@ def sliding_window_logits(
     batch, channels, *size = image.shape
 
     # Volumes smaller than the window along an axis are zero-padded to the window (split as MONAI).
-    pad = [max(r - s, 0) for r, s in zip(roi, size)]
+    pad = [max(r - s, 0) for r, s in zip(roi, size, strict=False)]
     if any(pad):
         pad_arg = []
         for p in reversed(pad):
@@ -174,7 +174,7 @@ def sliding_window_logits(
         image = F.pad(image, pad_arg)
     padded = list(image.shape[2:])
 
-    starts = [window_starts(s, r, overlap) for s, r in zip(padded, roi)]
+    starts = [window_starts(s, r, overlap) for s, r in zip(padded, roi, strict=False)]
     windows = [(b, corner) for b in range(batch) for corner in itertools.product(*starts)]
     per_image = len(windows) // batch
     total = len(windows) * len(flips)
@@ -186,7 +186,7 @@ def sliding_window_logits(
     weight_out = weight.to(out_device)
     weight_sum = torch.zeros(padded, dtype=torch.float32, device=out_device)
     for _, corner in windows[:per_image]:
-        weight_sum[tuple(slice(c, c + r) for c, r in zip(corner, roi))] += weight_out
+        weight_sum[tuple(slice(c, c + r) for c, r in zip(corner, roi, strict=False))] += weight_out
 
     output = None
     buffer = torch.empty((min(sw_batch_size, len(windows)), channels, *roi), dtype=image.dtype,
@@ -198,7 +198,7 @@ def sliding_window_logits(
             chunk = windows[first:first + sw_batch_size]
             x = buffer[: len(chunk)]
             for i, (b, corner) in enumerate(chunk):
-                x[i].copy_(image[(b, slice(None), *(slice(c, c + r) for c, r in zip(corner, roi)))])
+                x[i].copy_(image[(b, slice(None), *(slice(c, c + r) for c, r in zip(corner, roi, strict=False)))])
             logits = None
             for axes in flips:
                 dims = [a + 2 for a in axes]
@@ -225,14 +225,14 @@ def sliding_window_logits(
                 output = torch.zeros((batch, logits.shape[1], *padded), dtype=torch.float32,
                                      device=out_device)
             for i, (b, corner) in enumerate(chunk):
-                region = output[(b, slice(None), *(slice(c, c + r) for c, r in zip(corner, roi)))]
+                region = output[(b, slice(None), *(slice(c, c + r) for c, r in zip(corner, roi, strict=False)))]
                 region.addcmul_(logits[i], weight_out)
             del logits, y
 
     output.div_(weight_sum)
     if any(pad):
         output = output[(slice(None), slice(None),
-                         *(slice(p // 2, p // 2 + s) for p, s in zip(pad, size)))]
+                         *(slice(p // 2, p // 2 + s) for p, s in zip(pad, size, strict=False)))]
     return output if batched else output[0]
 
 

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from hiend_data.errors import InputError
 from torch import nn
+
+from hiend_data.errors import InputError
 
 from .attention import Attention
 from .config import MAEConfig, resolve_config

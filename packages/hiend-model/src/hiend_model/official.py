@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 import torch
+
 from hiend_data.errors import InputError
 
 from .config import PRESETS, MAEConfig, UNETRConfig, default_taps, validated

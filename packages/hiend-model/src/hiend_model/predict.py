@@ -132,6 +132,7 @@ def predict_volume(
         ``[X, Y, Z]`` class indices (uint8 up to 256 classes, else uint16) of ``volume``'s shape.
     """
     import torch
+
     from hiend_data import preprocess_case, restore_label
 
     where = volume.path if volume.path is not None else "input volume"

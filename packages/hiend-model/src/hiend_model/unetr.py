@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hiend_data.errors import InputError
 from torch import nn
+
+from hiend_data.errors import InputError
 
 from .config import UNETRConfig, validated
 from .vit import ViTEncoder, init_weights, patchify

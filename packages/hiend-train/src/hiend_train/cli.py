@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+
 from hiend_data.errors import InputError, cli_errors
 
 app = typer.Typer(name="hiend-train", no_args_is_help=True, add_completion=False,

@@ -16,8 +16,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from hiend_data.errors import InputError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hiend_data.errors import InputError
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 

@@ -49,8 +49,9 @@ def make_loader(cache: Any, sampler_cfg: Any, indices: list[int], batch_size: in
     ``[batch_size * num_samples, C, *crop]``. Crops depend only on (seed, epoch, case index).
     """
     import torch
-    from hiend_data.torch import CropDataset, collate_crops
     from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+    from hiend_data.torch import CropDataset, collate_crops
 
     dataset = CropDataset(cache.root, sampler_cfg, seed=seed)
     subset = Subset(dataset, indices)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from hiend_data.errors import InputError
 
 from .config import FinetuneConfig

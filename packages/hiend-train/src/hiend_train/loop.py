@@ -205,9 +205,10 @@ def save_weights(task: Task, path: Any, epoch: int, step: int, extra: dict[str, 
 
 def _resume(task: Task, optimizer: Any, scaler: Any, run: RunDir) -> tuple[int, int, float | None]:
     """Load last.safetensors and state.pt; returns (epochs done, optimizer steps, best score)."""
+    from safetensors.torch import load_file
+
     from hiend_data.errors import InputError
     from hiend_model.checkpoint import read_checkpoint_info
-    from safetensors.torch import load_file
 
     state = run.load_state()
     info = read_checkpoint_info(run.last)
