@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from .cli_sampling import register as _register_sampling
-from .errors import InputError, cli_errors
+from .errors import InputError, cli_errors, from_validation_error
 
 app = typer.Typer(name="hiend-data", no_args_is_help=True, add_completion=False,
                   help="CT/MRI volume I/O, preprocessing, cache and patch sampling.")
@@ -126,7 +126,7 @@ def preprocess(
         try:
             plan = Plan(**fields)
         except ValidationError as exc:
-            raise InputError(f"invalid plan: {exc.errors()[0]['msg']}") from None
+            raise from_validation_error(exc, "invalid plan") from None
         t0 = time.perf_counter()
         cache = preprocess_dataset(src, out, plan, workers=workers, include_test=include_test,
                                    progress=progress, skip_bad=skip_bad)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import typer
 
@@ -22,6 +23,22 @@ class InputError(ValueError):
     def __init__(self, message: str) -> None:
         # One line, always: newlines would break "one line on stderr".
         super().__init__(" ".join(str(message).split()))
+
+
+def from_validation_error(exc: Any, prefix: str, known_fields: Iterable[str] | None = None) -> InputError:
+    """A pydantic ``ValidationError`` as one :class:`InputError` line: ``prefix: field: message; ...``.
+
+    ``known_fields``, when given, turns "extra inputs are not permitted" into the list of known fields.
+    Raise the result ``from None`` so the multi-line pydantic report stays out of the way.
+    """
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden" and known_fields is not None:
+            msg = f"unknown field (known: {', '.join(sorted(known_fields))})"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return InputError(f"{prefix}: " + "; ".join(parts))
 
 
 @contextlib.contextmanager

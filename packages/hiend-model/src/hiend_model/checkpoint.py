@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hiend_data.errors import InputError
+from hiend_data.errors import InputError, from_validation_error
 
 FORMAT = "hiend"
 KINDS = ("mae", "unetr")
@@ -210,9 +210,7 @@ def _parse_metadata(path: Path, metadata: dict[str, str] | None) -> CheckpointIn
         try:
             plan = Plan.model_validate(fields["plan"])
         except ValidationError as exc:
-            first = exc.errors()[0]
-            raise InputError(f"{path}: metadata 'plan' is invalid: "
-                             f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+            raise from_validation_error(exc, f"{path}: metadata 'plan' is invalid") from None
     return CheckpointInfo(kind=kind, config=fields["config"], plan=plan, versions=fields["versions"] or {},
                           extra=fields["extra"] or {}, path=path)
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from hiend_data.errors import InputError
+from hiend_data.errors import InputError, from_validation_error
 
 AttnBackend = Literal["auto", "xformers", "sdpa", "math"]
 Triple = tuple[int, int, int]
@@ -202,9 +202,4 @@ def validated(cls: type[BaseModel], fields: dict) -> BaseModel:
     try:
         return cls(**fields)
     except ValidationError as exc:
-        parts = []
-        for err in exc.errors():
-            loc = ".".join(str(x) for x in err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            parts.append(f"{loc}: {msg}" if loc else msg)
-        raise InputError(f"invalid {cls.__name__}: " + "; ".join(parts)) from None
+        raise from_validation_error(exc, f"invalid {cls.__name__}", cls.model_fields) from None

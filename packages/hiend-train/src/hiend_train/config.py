@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hiend_data.errors import InputError
+from hiend_data.errors import InputError, from_validation_error
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -140,14 +140,7 @@ def make_config(cls: type[TrainConfig], *layers: dict[str, Any], source: str = "
     try:
         return cls(**fields)
     except ValidationError as exc:
-        parts = []
-        for err in exc.errors():
-            loc = ".".join(str(x) for x in err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = f"unknown field (known: {', '.join(sorted(cls.model_fields))})"
-            parts.append(f"{loc}: {msg}" if loc else msg)
-        raise InputError(f"{source}: " + "; ".join(parts)) from None
+        raise from_validation_error(exc, str(source), cls.model_fields) from None
 
 
 def load_config(cls: type[TrainConfig], path: str | os.PathLike[str] | None = None,
