@@ -16,7 +16,7 @@ from hiend_data.errors import InputError
 
 from .attention import Attention
 from .config import MAEConfig, resolve_config
-from .vit import Block, Mlp, ViTEncoder, init_weights, patchify, sincos_pos_embed_3d, unpatchify
+from .vit import Block, Mlp, ViTEncoder, check_images, init_weights, patchify, sincos_pos_embed_3d, unpatchify
 
 
 @dataclass
@@ -131,15 +131,7 @@ class HiEndMAE(nn.Module):
     def check_images(self, images: torch.Tensor) -> None:
         """InputError unless images is [B, in_chans, *img_size] and finite."""
         cfg = self.config
-        if images.ndim != 5:
-            raise InputError(f"images must be [B, C, H, W, D], got shape {tuple(images.shape)}")
-        if images.shape[1] != cfg.in_chans:
-            raise InputError(f"images have {images.shape[1]} channels, the model expects in_chans={cfg.in_chans}")
-        if tuple(images.shape[2:]) != tuple(cfg.img_size):
-            raise InputError(f"images spatial size {tuple(images.shape[2:])} differs from the model's "
-                             f"img_size {tuple(cfg.img_size)}")
-        if not torch.isfinite(images).all():
-            raise InputError("images contain NaN or infinite values")
+        check_images(images, cfg.in_chans, cfg.patch_size, cfg.img_size)
 
     def random_masking(self, B: int, device: torch.device, noise: torch.Tensor | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor, int]:

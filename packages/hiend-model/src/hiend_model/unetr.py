@@ -17,7 +17,7 @@ from torch import nn
 from hiend_data.errors import InputError
 
 from .config import UNETRConfig, validated
-from .vit import ViTEncoder, init_weights, patchify
+from .vit import ViTEncoder, check_images, init_weights, patchify
 
 
 class InstanceNorm(nn.Module):
@@ -136,18 +136,8 @@ class UNETR(nn.Module):
     def check_images(self, images: torch.Tensor) -> None:
         """InputError unless images is finite [B, in_chans, *img_size]."""
         cfg = self.config
-        if images.ndim != 5:
-            raise InputError(f"images must be [B, C, H, W, D], got shape {tuple(images.shape)}")
-        if images.shape[1] != cfg.in_chans:
-            raise InputError(f"images have {images.shape[1]} channels, the model expects in_chans={cfg.in_chans}")
-        size = tuple(images.shape[2:])
-        if any(s % cfg.patch_size for s in size):
-            raise InputError(f"images spatial size {size} is not divisible by patch_size={cfg.patch_size}")
-        if size != tuple(cfg.img_size):
-            raise InputError(f"images spatial size {size} differs from the model's img_size "
-                             f"{tuple(cfg.img_size)}; segment larger volumes with sliding-window inference")
-        if not torch.isfinite(images).all():
-            raise InputError("images contain NaN or infinite values")
+        check_images(images, cfg.in_chans, cfg.patch_size, cfg.img_size,
+                     hint="; segment larger volumes with sliding-window inference")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images [B, C, H, W, D] -> logits [B, num_classes, H, W, D]."""

@@ -13,7 +13,26 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from hiend_data.errors import InputError
+
 from .attention import Attention
+
+
+def check_images(images: torch.Tensor, in_chans: int, patch_size: int, img_size: tuple[int, ...],
+                 hint: str = "") -> None:
+    """InputError unless ``images`` is a finite [B, in_chans, *img_size] tensor (sizes divisible by the
+    patch). ``hint`` is appended to the size-mismatch message."""
+    if images.ndim != 5:
+        raise InputError(f"images must be [B, C, H, W, D], got shape {tuple(images.shape)}")
+    if images.shape[1] != in_chans:
+        raise InputError(f"images have {images.shape[1]} channels, the model expects in_chans={in_chans}")
+    size = tuple(images.shape[2:])
+    if any(s % patch_size for s in size):
+        raise InputError(f"images spatial size {size} is not divisible by patch_size={patch_size}")
+    if size != tuple(img_size):
+        raise InputError(f"images spatial size {size} differs from the model's img_size {tuple(img_size)}{hint}")
+    if not torch.isfinite(images).all():
+        raise InputError("images contain NaN or infinite values")
 
 
 def patchify(images: torch.Tensor, p: int) -> torch.Tensor:
