@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
+
 from hiend_data.errors import InputError, from_validation_error
 from hiend_data.plan import Plan
-from pydantic import ValidationError
 
 
 def test_input_error_is_one_line() -> None:
