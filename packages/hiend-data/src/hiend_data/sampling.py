@@ -433,7 +433,7 @@ def _copy_view(volume: np.ndarray, out: np.ndarray, src: tuple[slice, ...], rev:
         a, b = aug.rot_axes[0] + off, aug.rot_axes[1] + off
         perm[a], perm[b] = perm[b], perm[a]
         view = view.transpose(perm)
-        if view.strides[-1] < 0:
+        if view.strides[-1] == -view.itemsize:  # the source's own innermost axis, reversed
             first = 1 if channel_first else 0
             axis = max(range(first, view.ndim - 1), key=lambda k: abs(view.strides[k]))
             if axis != first:
