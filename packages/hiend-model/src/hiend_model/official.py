@@ -199,23 +199,12 @@ def _resolve_arch(sd: StateDict, kind: str, arch: dict) -> dict:
 
 
 # -- loading into our models -----------------------------------------------------------------------
-def load_into(model: torch.nn.Module, sd: StateDict, ignore: tuple[str, ...] = ()) -> None:
-    """Strict load; InputError naming missing/unexpected keys or the first mismatching shapes."""
+def load_into(model: torch.nn.Module, sd: StateDict, source: str = "checkpoint") -> None:
+    """Strict load; InputError naming the first mismatching keys (both shapes), missing or unexpected keys."""
+    from .checkpoint import check_state_dict
+
     own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own and not any(k.endswith(s) for s in ignore)]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys: {', '.join(missing[:3])}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys: {', '.join(unexpected[:3])}")
-        raise InputError("checkpoint does not fit the model: " + "; ".join(parts))
-    bad = [(k, tuple(sd[k].shape), tuple(v.shape)) for k, v in own.items() if tuple(sd[k].shape) != tuple(v.shape)]
-    if bad:
-        shown = ", ".join(f"{k} checkpoint {list(a)} vs model {list(b)}" for k, a, b in bad[:3])
-        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
-        raise InputError(f"checkpoint shapes do not fit the model: {shown}{more}")
+    check_state_dict(source, own, sd)
     model.load_state_dict({k: sd[k] for k in own}, strict=True)
 
 
