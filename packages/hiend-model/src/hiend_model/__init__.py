@@ -28,13 +28,15 @@ _LAZY = {
     "read_checkpoint_info": ".checkpoint",
     "predict_files": ".predict",
     "predict_volume": ".predict",
+    "predict_ensemble": ".predict",
+    "ensemble_probabilities": ".predict",
 }
 
 __all__ = [
     "__version__", "HiEndMAE", "MAEOutput", "build", "UNETR", "MAEConfig", "UNETRConfig", "PRESETS",
     "load_official_pretrained", "load_official_finetuned", "export_official_pretrained",
     "export_official_finetuned", "infer_arch_from_state_dict", "save_checkpoint", "load_checkpoint",
-    "read_checkpoint_info", "predict_files", "predict_volume",
+    "read_checkpoint_info", "predict_files", "predict_volume", "predict_ensemble", "ensemble_probabilities",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,7 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
         load_official_finetuned,
         load_official_pretrained,
     )
-    from .predict import predict_files, predict_volume
+    from .predict import ensemble_probabilities, predict_ensemble, predict_files, predict_volume
     from .unetr import UNETR
 
 

@@ -1,6 +1,7 @@
 """Command line of hiend-model. Heavy imports (torch) happen inside commands so --help is fast.
 
 ``hiend-model predict CKPT INPUT... --out DIR``  segment scans (label maps on the inputs' grids)
+``hiend-model predict CKPT1 CKPT2 ... INPUT... --out DIR``  the same with an ensemble (mean softmax)
 ``hiend-model info CKPT [--json]``               what a checkpoint holds
 ``hiend-model convert SRC DST --from official-pretrain|official-finetune``  the paper's .pth -> ours
 
@@ -37,11 +38,25 @@ class Source(str, Enum):
     official_finetune = "official-finetune"
 
 
-@app.command()
+_PREDICT_HELP = (
+    "Segment scans: label maps on each input's own grid and affine, named {case}.nii.gz.\n\n"
+    "Ensembles: the leading arguments whose names end with .safetensors are all checkpoints (e.g. the K "
+    "folds of a cross-validation), the first argument that does not is the first input: "
+    "predict fold0.safetensors fold1.safetensors fold2.safetensors scans/ --out labels/. "
+    "The members' softmax probabilities are averaged, then argmaxed. They must agree on num_classes, "
+    "in_chans and the plan's preprocessing (orientation, spacing, modality, CT window, "
+    "crop_to_foreground); their window (crop) sizes may differ. One checkpoint is the plain "
+    "single-model prediction."
+)
+
+
+@app.command(help=_PREDICT_HELP)
 def predict(
-    ckpt: Path = typer.Argument(..., help="UNETR checkpoint (.safetensors)."),
-    inputs: list[Path] = typer.Argument(..., help="NIfTI files and/or folders of them "
-                                        "(nnU-Net {case}_0000 channel files are grouped)."),
+    ckpt: Path = typer.Argument(..., metavar="CKPT", help="UNETR checkpoint (.safetensors). Further "
+                                "*.safetensors arguments right after it are more ensemble members."),
+    inputs: list[Path] = typer.Argument(..., metavar="[CKPT]... INPUT",
+                                        help="NIfTI files and/or folders of them (nnU-Net {case}_0000 "
+                                        "channel files are grouped), after any further checkpoints."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: one {case}.nii.gz per scan."),
     device: Device = typer.Option(Device.cpu, help="Where the model runs."),
     overlap: float = typer.Option(0.5, min=0.0, max=0.99, help="Window overlap fraction."),
@@ -50,12 +65,14 @@ def predict(
     amp: bool = typer.Option(False, "--amp", help="bfloat16 autocast on CUDA."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Segment scans: label maps on each input's own grid and affine, named {case}.nii.gz."""
+    """Segment scans with one checkpoint or an ensemble of them (help text: _PREDICT_HELP)."""
     with cli_errors():
-        from .predict import predict_files
+        from .predict import predict_files, split_checkpoint_args
 
-        written = predict_files(ckpt, inputs, out, device=device.value, overlap=overlap, tta=tta,
-                                progress=not quiet, sw_batch_size=sw_batch, amp=amp)
+        ckpts, scans = split_checkpoint_args([ckpt, *inputs])
+        written = predict_files(ckpts if len(ckpts) > 1 else ckpts[0], scans, out, device=device.value,
+                                overlap=overlap, tta=tta, progress=not quiet, sw_batch_size=sw_batch,
+                                amp=amp)
         for path in written:
             typer.echo(str(path))
 

@@ -4,6 +4,11 @@ For every scan: :func:`hiend_data.preprocess_case` with the checkpoint's plan (r
 normalise, crop to the foreground) -> :func:`~hiend_model.inference.sliding_window_logits` (float32
 logits ``[K, X', Y', Z']`` in preprocessed space) -> per-voxel argmax (in slabs) ->
 :func:`hiend_data.restore_label` back to the original grid -> ``save_volume(like=input)``.
+
+Ensembles (several checkpoints, e.g. the K folds of a cross-validated fine-tuning): the scan is
+preprocessed once with the members' shared plan, each member's sliding-window logits are softmaxed and
+summed into one running float32 buffer (one member's logits held at a time), the mean is argmaxed.
+One member takes exactly the single-model path (argmax of its logits).
 """
 
 from __future__ import annotations
@@ -97,14 +102,258 @@ def collect_cases(inputs: Sequence[str | os.PathLike[str]]) -> list[ScanCase]:
     return cases
 
 
+CHECKPOINT_SUFFIX = ".safetensors"
+
+#: The plan fields that change what a model sees; members of an ensemble must agree on them
+#: (``window`` only matters, and is only compared, for CT). ``crop_size`` may differ: each member slides
+#: its own window (its ``img_size``).
+PREPROCESSING_FIELDS = ("orientation", "spacing", "modality", "window", "crop_to_foreground")
+
+
+def split_checkpoint_args(args: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[Path]]:
+    """``CKPT1 [CKPT2 ...] INPUT...`` -> (checkpoints, inputs).
+
+    The first argument is always a checkpoint; the arguments after it whose names end with
+    ``.safetensors`` are further ensemble members, up to the first one that does not, which is the first
+    input. A ``.safetensors`` name after that is an InputError (checkpoints go before the inputs), and so
+    is a command line without inputs.
+    """
+    paths = [Path(a) for a in args]
+    if not paths:
+        raise InputError("no checkpoint given")
+    n = 1
+    while n < len(paths) and paths[n].name.lower().endswith(CHECKPOINT_SUFFIX):
+        n += 1
+    ckpts, inputs = paths[:n], paths[n:]
+    if not inputs:
+        raise InputError(f"{ckpts[-1]}: no input scans given after the checkpoint(s)")
+    for p in inputs:
+        if p.name.lower().endswith(CHECKPOINT_SUFFIX):
+            raise InputError(f"{p}: a checkpoint after the first input {inputs[0]}; name every ensemble "
+                             "checkpoint before the inputs")
+    return ckpts, inputs
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return str(list(value))
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def plan_differences(a: Any, b: Any) -> list[str]:
+    """``"spacing [1.5, 1.5, 1.5] vs [3.0, 3.0, 3.0]"`` for every preprocessing field two plans differ in.
+
+    Only :data:`PREPROCESSING_FIELDS` are compared (``window`` only when either plan is CT); values must
+    be equal, not close: the members must see the same preprocessed image.
+    """
+    out = []
+    for name in PREPROCESSING_FIELDS:
+        if name == "window" and a.modality != "ct" and b.modality != "ct":
+            continue
+        va, vb = getattr(a, name), getattr(b, name)
+        if va != vb:
+            out.append(f"plan {name} {_show(va)} vs {_show(vb)}")
+    return out
+
+
+def _member_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return [f"{key} {a.get(key)} vs {b.get(key)}" for key in ("num_classes", "in_chans")
+            if a.get(key) != b.get(key)]
+
+
+def check_ensemble(infos: Sequence[Any]) -> None:
+    """InputError unless every checkpoint (:class:`CheckpointInfo`) can be averaged with the first.
+
+    Checked: a plan present, equal ``num_classes`` and ``in_chans``, equal preprocessing
+    (:func:`plan_differences`). The message names both files and every difference.
+    """
+    for info in infos:
+        if info.plan is None:
+            raise InputError(f"{info.path}: checkpoint has no preprocessing plan; re-save it with "
+                             "save_checkpoint(..., plan=Plan(...))")
+    first = infos[0]
+    for other in infos[1:]:
+        diffs = _member_differences(first.config, other.config) + plan_differences(first.plan, other.plan)
+        if diffs:
+            raise InputError(f"{first.path} and {other.path} cannot be ensembled: " + "; ".join(diffs))
+
+
 def _model_roi(model: Any, plan: Any) -> tuple[int, int, int]:
     config = getattr(model, "config", None)
-    size = getattr(config, "img_size", None) or plan.crop_size
+    size = getattr(config, "img_size", None) or (plan.crop_size if plan is not None else None)
+    if size is None:
+        raise ValueError(f"{type(model).__name__} has no config.img_size and no plan gives a crop_size")
     return tuple(int(s) for s in size)  # type: ignore[return-value]
 
 
 def _num_classes(model: Any) -> int | None:
     return getattr(getattr(model, "config", None), "num_classes", None)
+
+
+def _in_chans(model: Any) -> int | None:
+    return getattr(getattr(model, "config", None), "in_chans", None)
+
+
+def _members(models: Any) -> list[Any]:
+    """A list of ensemble members from a sequence of models (a lone model counts as one member)."""
+    import torch
+
+    if isinstance(models, torch.nn.ModuleList):
+        members = list(models)
+    elif callable(models):  # one model (an nn.Sequential is a model, not a list of members)
+        members = [models]
+    else:
+        members = list(models)
+    if not members:
+        raise InputError("an ensemble needs at least one model")
+    for i, m in enumerate(members[1:], 2):
+        for what, get in (("num_classes", _num_classes), ("in_chans", _in_chans)):
+            a, b = get(members[0]), get(m)
+            if a is not None and b is not None and a != b:
+                raise InputError(f"ensemble members 1 and {i} cannot be averaged: {what} {a} vs {b}")
+    return members
+
+
+def _softmax_into(logits: Any, total: Any = None, max_chunk_bytes: int = 256 * 2**20) -> Any:
+    """Softmax over the classes of ``logits`` [K, X, Y, Z], in slabs along X (bounded temporaries).
+
+    ``total`` None: in place (returns ``logits``, now probabilities); else added to ``total`` (returned).
+    """
+    import torch
+
+    plane = max(int(logits[:, 0].numel()), 1)
+    step = max(1, min(logits.shape[1], max_chunk_bytes // (4 * plane)))
+    for i in range(0, logits.shape[1], step):
+        p = torch.softmax(logits[:, i:i + step], dim=0)
+        if total is None:
+            logits[:, i:i + step] = p
+        else:
+            total[:, i:i + step] += p
+        del p
+    return logits if total is None else total
+
+
+def _ensemble_progress(progress: Callable[[int, int], None] | None, member: int, members: int,
+                       offset: list[int]) -> Callable[[int, int], None] | None:
+    """Windows done over all members (the remaining members assumed to need as many windows)."""
+    if progress is None or members == 1:
+        return progress
+
+    def step(done: int, total: int) -> None:
+        progress(offset[0] + done, offset[0] + total * (members - member))
+        if done == total:
+            offset[0] += total
+
+    return step
+
+
+def ensemble_probabilities(
+    models: Sequence[Any],
+    image: Any,
+    plan: Any = None,
+    *,
+    overlap: float = 0.5,
+    tta: bool | Sequence[Sequence[int]] = False,
+    sw_batch_size: int = 1,
+    device: Any = None,
+    amp: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Any:
+    """Mean softmax probabilities of several models over one preprocessed volume.
+
+    Args:
+        models: the members (a lone model is one member); each slides its own window
+            (``config.img_size``, else ``plan.crop_size``). They must agree on the number of classes.
+        image: the preprocessed volume, a float tensor ``[C, X', Y', Z']``.
+        plan: the shared plan (only its ``crop_size`` is read, for members without ``img_size``).
+        overlap, tta, sw_batch_size, device, amp, progress: see :func:`sliding_window_logits`
+            (``progress`` counts the windows of all members together).
+
+    Returns:
+        float32 CPU tensor ``[K, X', Y', Z']``: ``mean_m softmax(logits_m)``. Memory: one running sum
+        plus one member's logits at a time.
+    """
+    members = _members(models)
+    total = None
+    offset = [0]
+    for m, model in enumerate(members):
+        logits = sliding_window_logits(model, image, _model_roi(model, plan), overlap, sw_batch_size,
+                                       tta=tta, device=device, out_device="cpu", amp=amp,
+                                       progress=_ensemble_progress(progress, m, len(members), offset))
+        if total is not None and logits.shape != total.shape:
+            raise InputError(f"ensemble member {m + 1} returned {logits.shape[0]} classes, member 1 "
+                             f"{total.shape[0]}")
+        total = _softmax_into(logits, total)
+        del logits
+    if len(members) > 1:
+        total.div_(len(members))
+    return total
+
+
+def _preprocessed(volume: Any, plan: Any, in_chans: int | None) -> tuple[Any, Any]:
+    """(float32 image tensor [C, X', Y', Z'], PreprocessedCase) with the input checks of predict."""
+    import torch
+
+    from hiend_data import preprocess_case
+
+    where = volume.path if volume.path is not None else "input volume"
+    channels = 1 if volume.array.ndim == 3 else volume.array.shape[0]
+    if in_chans is not None and channels != in_chans:
+        raise InputError(f"{where}: has {channels} channel(s), the model takes {in_chans}")
+    pre = preprocess_case(volume, plan)
+    image = torch.from_numpy(np.ascontiguousarray(pre.image, dtype=np.float32))
+    if not bool(torch.isfinite(image).all()):
+        raise InputError(f"{where}: non-finite values (NaN or inf) after preprocessing")
+    return image, pre
+
+
+def predict_ensemble(
+    models: Sequence[Any],
+    volume: Any,
+    plan: Any,
+    *,
+    overlap: float = 0.5,
+    tta: bool | Sequence[Sequence[int]] = False,
+    sw_batch_size: int = 1,
+    device: Any = None,
+    amp: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    return_probabilities: bool = False,
+) -> Any:
+    """Label map of one scan on its ORIGINAL grid from the mean softmax of several models.
+
+    Args:
+        models: ensemble members sharing ``plan``'s preprocessing, ``num_classes`` and ``in_chans``
+            (a lone model, or a list of one, is exactly :func:`predict_volume`: argmax of its logits).
+        volume, plan, overlap, tta, sw_batch_size, device, amp, progress: as :func:`predict_volume`.
+        return_probabilities: also return the mean probabilities (see :func:`ensemble_probabilities`),
+            in PREPROCESSED space (the grid of ``preprocess_case(volume, plan).image``), not restored.
+
+    Returns:
+        ``[X, Y, Z]`` class indices (uint8 up to 256 classes, else uint16) of ``volume``'s shape, or
+        ``(labels, probabilities)`` with ``return_probabilities``.
+    """
+    from hiend_data import restore_label
+
+    members = _members(models)
+    image, pre = _preprocessed(volume, plan, _in_chans(members[0]))
+    if len(members) == 1:  # argmax of the logits: the single-model path, voxel for voxel
+        model = members[0]
+        scores = sliding_window_logits(model, image, _model_roi(model, plan), overlap, sw_batch_size,
+                                       tta=tta, device=device, out_device="cpu", progress=progress, amp=amp)
+    else:
+        scores = ensemble_probabilities(members, image, plan, overlap=overlap, tta=tta,
+                                        sw_batch_size=sw_batch_size, device=device, amp=amp,
+                                        progress=progress)
+    del image
+    dtype = label_dtype(_num_classes(members[0]) or scores.shape[0])
+    labels = argmax_labels(scores, dtype)
+    if not return_probabilities:
+        del scores
+    labels = np.asarray(restore_label(labels, pre.record)).astype(dtype, copy=False)
+    if not return_probabilities:
+        return labels
+    return labels, (_softmax_into(scores) if len(members) == 1 else scores)
 
 
 def predict_volume(
@@ -131,26 +380,8 @@ def predict_volume(
     Returns:
         ``[X, Y, Z]`` class indices (uint8 up to 256 classes, else uint16) of ``volume``'s shape.
     """
-    import torch
-
-    from hiend_data import preprocess_case, restore_label
-
-    where = volume.path if volume.path is not None else "input volume"
-    in_chans = getattr(getattr(model, "config", None), "in_chans", None)
-    channels = 1 if volume.array.ndim == 3 else volume.array.shape[0]
-    if in_chans is not None and channels != in_chans:
-        raise InputError(f"{where}: has {channels} channel(s), the model takes {in_chans}")
-    pre = preprocess_case(volume, plan)
-    image = torch.from_numpy(np.ascontiguousarray(pre.image, dtype=np.float32))
-    if not bool(torch.isfinite(image).all()):
-        raise InputError(f"{where}: non-finite values (NaN or inf) after preprocessing")
-    logits = sliding_window_logits(model, image, _model_roi(model, plan), overlap, sw_batch_size,
-                                   tta=tta, device=device, out_device="cpu", progress=progress, amp=amp)
-    del image
-    dtype = label_dtype(_num_classes(model) or logits.shape[0])
-    labels = argmax_labels(logits, dtype)
-    del logits
-    return np.asarray(restore_label(labels, pre.record)).astype(dtype, copy=False)
+    return predict_ensemble([model], volume, plan, overlap=overlap, tta=tta, sw_batch_size=sw_batch_size,
+                            device=device, amp=amp, progress=progress)
 
 
 def resolve_device(device: str | None) -> str:
@@ -184,8 +415,17 @@ def _check_inputs(cases: list[ScanCase], in_chans: int | None, out_dir: Path) ->
         del vol
 
 
+def _checkpoint_list(ckpt_path: Any) -> list[Path]:
+    if isinstance(ckpt_path, (str, os.PathLike)):
+        return [Path(ckpt_path)]
+    paths = [Path(p) for p in ckpt_path]
+    if not paths:
+        raise InputError("no checkpoint given")
+    return paths
+
+
 def predict_files(
-    ckpt_path: str | os.PathLike[str],
+    ckpt_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     inputs: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
     device: str = "cpu",
@@ -195,27 +435,33 @@ def predict_files(
     sw_batch_size: int = 1,
     amp: bool = False,
 ) -> list[Path]:
-    """Segment scans with a UNETR checkpoint; write ``{out_dir}/{case}.nii.gz`` per scan.
+    """Segment scans with a UNETR checkpoint, or an ensemble; write ``{out_dir}/{case}.nii.gz`` per scan.
 
-    Every input is read and checked (readable, channel count) before the first output is written, so
-    a bad file stops the run with an InputError naming it and nothing half-done. Outputs lie on their
-    input's own grid and affine; dtype uint8 up to 256 classes, else uint16. Returns the paths written,
-    in input order.
+    ``ckpt_path`` is one checkpoint or a list of them: an ensemble averaging the members' softmax
+    probabilities (:func:`predict_ensemble`). Members must agree on ``num_classes``, ``in_chans`` and
+    the plan's preprocessing fields (:data:`PREPROCESSING_FIELDS`; crop sizes, i.e. sliding windows,
+    may differ); otherwise an InputError names both files and what differs. Every checkpoint's
+    metadata and every input is read and checked (readable, channel count) before the first output is
+    written, so a bad file stops the run with an InputError naming it and nothing half-done. Outputs
+    lie on their input's own grid and affine; dtype uint8 up to 256 classes, else uint16. Returns the
+    paths written, in input order. All members are held in memory (on ``device``) together.
     """
     from hiend_data import load_volume, save_volume
 
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, read_checkpoint_info
 
+    paths = _checkpoint_list(ckpt_path)
     device = resolve_device(device)
-    model, info = load_checkpoint(ckpt_path, expected_kind="unetr", map_location=device)
-    if info.plan is None:
-        raise InputError(f"{ckpt_path}: checkpoint has no preprocessing plan; re-save it with "
-                         "save_checkpoint(..., plan=Plan(...))")
+    infos = [read_checkpoint_info(p, expected_kind="unetr") for p in paths]
+    check_ensemble(infos)
+    models = [load_checkpoint(p, expected_kind="unetr", map_location=device)[0] for p in paths]
+    model, plan = models[0], infos[0].plan
     cases = collect_cases(inputs)
     out_dir = Path(out_dir)
     _check_inputs(cases, model.config.in_chans, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    what = f" ({len(models)} models)" if len(models) > 1 else ""
     written: list[Path] = []
     with _progress_bar(progress) as bar:
         for i, case in enumerate(cases, 1):
@@ -223,14 +469,14 @@ def predict_files(
             task = bar.add_task(f"{label}: reading", total=None) if bar else None
 
             def step(done: int, total: int, task=task, label=label) -> None:
-                bar.update(task, description=f"{label}: windows", completed=done, total=total)
+                bar.update(task, description=f"{label}: windows{what}", completed=done, total=total)
 
             volume = load_volume(list(case.files))
             if bar:
                 bar.update(task, description=f"{label}: preprocessing")
-            labels = predict_volume(model, volume, info.plan, overlap=overlap, tta=tta,
-                                    sw_batch_size=sw_batch_size, device=device, amp=amp,
-                                    progress=step if bar else None)
+            labels = predict_ensemble(models, volume, plan, overlap=overlap, tta=tta,
+                                      sw_batch_size=sw_batch_size, device=device, amp=amp,
+                                      progress=step if bar else None)
             if bar:
                 bar.update(task, description=f"{label}: writing")
             path = save_volume(out_dir / f"{case.name}.nii.gz", labels, like=volume)
