@@ -97,14 +97,31 @@ class EncoderConfig(BaseModel):
         return self.patch_size**3 * self.in_chans
 
 
+DecoderKind = Literal["hiend", "mae"]
+#: decoder_depth when unset: Hi-End-MAE's 2 self-attention blocks (before its cross-attention blocks);
+#: plain MAE's 5 blocks, as many as Hi-End-MAE's 2 self + 3 cross.
+DEFAULT_DECODER_DEPTH: dict[str, int] = {"hiend": 2, "mae": 5}
+#: Fields whose unset value depends on ``decoder`` (resolve_config re-derives them when it changes).
+DECODER_DEPENDENT = ("decoder_depth", "cross_depth")
+
+
 class MAEConfig(EncoderConfig):
-    """Hi-End-MAE pre-training model (encoder + hierarchical encoder-driven decoder)."""
+    """Masked-autoencoder pre-training model: the encoder and one of two decoders.
+
+    ``decoder="hiend"`` (default): Hi-End-MAE's hierarchical encoder-driven decoder, ``decoder_depth``
+    self-attention blocks (default 2) then ``cross_depth`` cross-attention blocks (default and required:
+    one per tapped block). ``decoder="mae"``: the paper's ablation baseline, plain MAE (He et al. 2022),
+    ``decoder_depth`` plain self-attention blocks (default 5) on the projected final encoder output
+    only; ``cross_depth`` is 0 (no cross-attention). The unset depths (None) are resolved on validation,
+    so a dumped config always holds numbers.
+    """
 
     pos_embed: Literal["sincos", "learned"] = "sincos"
+    decoder: DecoderKind = "hiend"
     decoder_embed_dim: int = 384
     decoder_num_heads: int = 12
-    decoder_depth: int = 2
-    cross_depth: int = 3
+    decoder_depth: int | None = None
+    cross_depth: int | None = None
     mask_ratio: float = 0.75
 
     @model_validator(mode="after")
@@ -115,9 +132,17 @@ class MAEConfig(EncoderConfig):
         if self.decoder_embed_dim % self.decoder_num_heads:
             raise ValueError(f"decoder_embed_dim={self.decoder_embed_dim} is not divisible by "
                              f"decoder_num_heads={self.decoder_num_heads}")
+        if self.decoder_depth is None:
+            object.__setattr__(self, "decoder_depth", DEFAULT_DECODER_DEPTH[self.decoder])
         if self.decoder_depth < 0:
             raise ValueError(f"decoder_depth={self.decoder_depth} must be >= 0")
-        if self.cross_depth != len(self.tap_blocks or ()):
+        n_taps = len(self.tap_blocks or ())
+        if self.cross_depth is None:
+            object.__setattr__(self, "cross_depth", n_taps if self.decoder == "hiend" else 0)
+        if self.decoder == "mae" and self.cross_depth != 0:
+            raise ValueError(f"cross_depth={self.cross_depth} with decoder='mae': the plain MAE decoder has no "
+                             "cross-attention blocks (leave cross_depth unset or 0; decoder_depth counts its blocks)")
+        if self.decoder == "hiend" and self.cross_depth != n_taps:
             raise ValueError(f"cross_depth={self.cross_depth} must equal the number of tap_blocks "
                              f"{self.tap_blocks} (one cross-attention block per tapped block)")
         if not 0.0 <= self.mask_ratio < 1.0:
@@ -177,6 +202,9 @@ PRESETS: dict[str, MAEConfig] = {
 def resolve_config(preset_or_config: str | MAEConfig | dict, **overrides: object) -> MAEConfig:
     """A preset name, a config or a dict of fields -> a validated :class:`MAEConfig`.
 
+    Overriding ``decoder`` with another value also re-derives ``decoder_depth`` and ``cross_depth``
+    (unless they are overridden too): ``resolve_config("vit-b16", decoder="mae")`` has 5 plain blocks.
+
     Raises InputError for an unknown preset (listing the known ones) or invalid fields.
     """
     if isinstance(preset_or_config, MAEConfig):
@@ -189,6 +217,11 @@ def resolve_config(preset_or_config: str | MAEConfig | dict, **overrides: object
         base = dict(preset_or_config)
     else:
         raise InputError(f"expected a preset name, MAEConfig or dict, got {type(preset_or_config).__name__}")
+    if "decoder" in overrides and overrides["decoder"] != base.get("decoder", "hiend"):
+        # Another decoder: its own default depths unless they are given too.
+        for name in DECODER_DEPENDENT:
+            if name not in overrides:
+                base[name] = None
     base.update(overrides)
     if "depth" in overrides and "tap_blocks" not in overrides:
         base["tap_blocks"] = None

@@ -2,10 +2,16 @@
 
 DESIGN.md, "What Hi-End-MAE computes", steps 1-8. Shapes: images [B, C, H, W, D]; grid g = (H/p, W/p,
 D/p); L = prod(g) tokens; P = p^3 C values per patch; keep = int(L (1 - mask_ratio)) visible tokens.
+
+``MAEConfig.decoder="mae"`` swaps steps 4-6 for the paper's ablation baseline, plain MAE (He et al.
+2022): only the final normed encoder output is projected (``decoder_embed``), then ``decoder_depth``
+plain self-attention blocks, norm and head (:class:`MAEDecoder`). Masking, loss, outputs and
+reconstruction are shared.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -81,12 +87,41 @@ class Decoder(nn.Module):
         return self.head(self.features(x, contexts))
 
 
+class MAEDecoder(nn.Module):
+    """Plain MAE decoder (the paper's ablation baseline): ``decoder_depth`` self-attention blocks, norm,
+    head. No cross-attention; ``contexts`` is accepted (and must be empty) so both decoders share a call."""
+
+    def __init__(self, cfg: MAEConfig) -> None:
+        super().__init__()
+        dim, heads, eps, be = cfg.decoder_embed_dim, cfg.decoder_num_heads, cfg.layer_norm_eps, cfg.attn_backend
+        self.blocks = nn.ModuleList(
+            Block(dim, heads, cfg.mlp_ratio, cfg.qkv_bias, eps, 0.0, be) for _ in range(cfg.decoder_depth))
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.head = nn.Linear(dim, cfg.patch_dim)
+
+    def features(self, x: torch.Tensor, contexts: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        """x [B, 1+L, Dd] -> normed tokens [B, 1+L, Dd]."""
+        if contexts:
+            raise ValueError("the plain MAE decoder takes no encoder contexts")
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+    def forward(self, x: torch.Tensor, contexts: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        """-> head output [B, 1+L, P]."""
+        return self.head(self.features(x, contexts))
+
+
 class HiEndMAE(nn.Module):
-    """The Hi-End-MAE pre-training model.
+    """The Hi-End-MAE pre-training model (or, with ``config.decoder="mae"``, the plain-MAE baseline).
 
     ``forward(images [B, C, H, W, D], noise [B, L] | None) -> MAEOutput``. State-dict keys follow the
     paper's layout except ``encoder.pos_embed`` (paper: ``encoder_pos_embed``) and the patch embedding,
     a Linear [D, P] (paper: Conv3d [D, C, p, p, p]); see :mod:`hiend_model.official`.
+
+    Plain MAE: the encoder keys are the same; the one projection is ``decoder_embed`` (there is no
+    ``encoder_to_decoder``), the decoder ``decoder.blocks.{i}``, ``decoder.norm``, ``decoder.head``
+    (:class:`MAEDecoder`); ``mask_token`` and the ``decoder_pos_embed`` buffer as for Hi-End-MAE.
     """
 
     def __init__(self, config: MAEConfig) -> None:
@@ -101,13 +136,17 @@ class HiEndMAE(nn.Module):
             num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, eps=cfg.layer_norm_eps,
             drop_path=cfg.drop_path, pos_embed=cfg.pos_embed, cls_token=True,
             grad_checkpointing=cfg.grad_checkpointing, backend=cfg.attn_backend)
-        # 0..n-1 project the tapped block outputs (shallow to deep), n the final normed output.
-        self.encoder_to_decoder = nn.ModuleList(
-            nn.Linear(cfg.embed_dim, cfg.decoder_embed_dim) for _ in range(len(cfg.tap_blocks) + 1))
+        if cfg.decoder == "mae":
+            # Plain MAE: the final normed output alone is projected to the decoder width.
+            self.decoder_embed = nn.Linear(cfg.embed_dim, cfg.decoder_embed_dim)
+        else:
+            # 0..n-1 project the tapped block outputs (shallow to deep), n the final normed output.
+            self.encoder_to_decoder = nn.ModuleList(
+                nn.Linear(cfg.embed_dim, cfg.decoder_embed_dim) for _ in range(len(cfg.tap_blocks) + 1))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_embed_dim))
         self.register_buffer("decoder_pos_embed",
                              sincos_pos_embed_3d(cfg.grid, cfg.decoder_embed_dim).unsqueeze(0))
-        self.decoder = Decoder(cfg)
+        self.decoder = MAEDecoder(cfg) if cfg.decoder == "mae" else Decoder(cfg)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -148,19 +187,26 @@ class HiEndMAE(nn.Module):
 
     def forward_encoder(self, patches: torch.Tensor, ids_keep: torch.Tensor
                         ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Visible patches -> (final normed [B, 1+keep, D], tapped block outputs shallow to deep)."""
+        """Visible patches -> (final normed [B, 1+keep, D], tapped block outputs shallow to deep;
+        plain MAE: no taps, an empty list)."""
         P = patches.shape[-1]
         visible = patches.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, P))
         latent, outs = self.encoder(visible, ids_keep)
+        if self.config.decoder == "mae":
+            return latent, []
         return latent, [outs[t] for t in self.config.tap_blocks]
 
     def forward_decoder(self, latent: torch.Tensor, taps: list[torch.Tensor],
                         ids_shuffle: torch.Tensor) -> torch.Tensor:
         """-> normed decoder tokens [B, 1+L, Dd] in shuffled order (class token, visible, masked)."""
         B, L = ids_shuffle.shape
-        proj = self.encoder_to_decoder
-        contexts = [proj[i](t) for i, t in enumerate(taps)][::-1]  # deep to shallow
-        x = proj[len(taps)](latent)
+        if self.config.decoder == "mae":
+            contexts: list[torch.Tensor] = []
+            x = self.decoder_embed(latent)
+        else:
+            proj = self.encoder_to_decoder
+            contexts = [proj[i](t) for i, t in enumerate(taps)][::-1]  # deep to shallow
+            x = proj[len(taps)](latent)
         Dd = x.shape[-1]
         mask_tokens = self.mask_token.expand(B, L - (x.shape[1] - 1), -1)
         pos = self.decoder_pos_embed.expand(B, -1, -1).gather(1, ids_shuffle.unsqueeze(-1).expand(-1, -1, Dd))

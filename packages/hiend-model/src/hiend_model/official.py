@@ -228,6 +228,9 @@ def load_official_pretrained(path_or_state_dict: str | Path | dict, **arch: obje
     """
     from .mae import HiEndMAE
 
+    if arch.get("decoder", "hiend") != "hiend":
+        raise InputError(f"decoder={arch['decoder']!r}: the paper's pre-training layout holds the Hi-End-MAE "
+                         "decoder only (decoder='hiend')")
     sd = read_state_dict(path_or_state_dict)
     _require_kind(sd, "pretrain")
     unetr_only = set(UNETRConfig.model_fields) - set(MAEConfig.model_fields)
@@ -239,8 +242,14 @@ def load_official_pretrained(path_or_state_dict: str | Path | dict, **arch: obje
 
 
 def export_official_pretrained(mae, wrap: bool = False) -> dict:
-    """HiEndMAE -> state dict in the paper's pre-training layout (``wrap``: ``{"state_dict": module.*}``)."""
+    """HiEndMAE -> state dict in the paper's pre-training layout (``wrap``: ``{"state_dict": module.*}``).
+
+    A plain-MAE baseline (``decoder="mae"``) is refused: the paper's layout has no such decoder.
+    """
     cfg = mae.config
+    if cfg.decoder != "hiend":
+        raise InputError(f"cannot export a decoder={cfg.decoder!r} model to the paper's pre-training layout, "
+                         "which holds the Hi-End-MAE decoder only; save it with hiend_model.save_checkpoint")
     out = {}
     for key, value in mae.state_dict().items():
         value = value.detach().clone()
