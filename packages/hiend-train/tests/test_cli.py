@@ -39,6 +39,17 @@ def test_help_does_not_import_torch():
     ({}, ["finetune", "--cache", "{cache}", "--out", "{tmp}/r", "--init", "{tmp}/none.safetensors"],
      "none.safetensors: init checkpoint not found"),
     ({}, ["pretrain", "--out", "{tmp}/r", "--resume"], "no cache given"),
+    ({}, ["finetune", "--cache", "{cache}", "--out", "{tmp}/r", "--train-cases", "6"],
+     "train_cases=6: the training split has 5 cases (6 in the cache, 1 held out"),
+    ({}, ["finetune", "--cache", "{cache}", "--out", "{tmp}/r", "--fold", "1"], "fold=1, folds=None: k-fold needs both"),
+    ({}, ["finetune", "--cache", "{cache}", "--out", "{tmp}/r", "--fold", "1", "--folds", "3", "--val-fraction", "0.3"],
+     "fold=1 and val_fraction=0.3: with k-fold the fold is the validation set"),
+    ({}, ["finetune", "--cache", "{cache}", "--out", "{tmp}/r", "--fold", "0", "--folds", "7"],
+     "folds=7: needs 2 <= folds <= the number of cases (6)"),
+    ({}, ["finetune", "--cache", "{cache}", "--out", "{tmp}/r", "--freeze-encoder", "--encoder-lr-scale", "0.5"],
+     "freeze_encoder: the frozen encoder has no learning rate"),
+    ({}, ["finetune", "--cache", "{cache}", "--out", "{tmp}/r", "--layer-decay", "1.5"],
+     "layer_decay: Input should be less than or equal to 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, phantom_cache, monkeypatch, files, args, message):
     monkeypatch.chdir(tmp_path)

@@ -52,9 +52,17 @@ def test_pretraining_loss_falls_and_the_run_folder_is_complete(tiny):
         after = float(result.model.eval()(images, noise).loss)
     assert after < 0.95 * before, (before, after)
     assert epochs[9]["val_loss"] == pytest.approx(after, rel=1e-5)
-    # the resolved config, every field included
+    # the resolved config, every field included, and the case split it gave
     saved = json.loads(run.config_path.read_text())
+    split = saved.pop("split")
     assert saved == cfg.model_dump(mode="json") and saved["betas"] == [0.9, 0.95]
+    from hiend_data.cache import Cache
+    from hiend_train.data import split_cases
+
+    names = Cache.open(cfg.cache).cases
+    train, val = split_cases(names, cfg.val_fraction, cfg.seed)
+    assert split == {"train": [names[i] for i in train], "val": [names[i] for i in val]} and len(val) == 1
+    assert run.saved_config() == saved and run.saved_split() == split
     # checkpoints: hiend format with the cache's plan at the model's crop size; previews
     from hiend_model.checkpoint import load_checkpoint
 

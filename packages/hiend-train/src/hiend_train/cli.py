@@ -150,6 +150,20 @@ def finetune(
     precision: str | None = _PRECISION, grad_accum: int | None = _ACCUM, lr: float | None = _LR,
     warmup_epochs: float | None = _WARMUP, val_every: int | None = _VAL_EVERY,
     val_fraction: float | None = _VAL_FRACTION, stop_after: int | None = _STOP,
+    train_cases: int | None = typer.Option(
+        None, "--train-cases", help="Train on N of the training split's cases (seeded, nested in N; "
+        "the validation cases stay the same)."),
+    fold: int | None = typer.Option(None, "--fold", help="k-fold: validate on fold k (0-based), train on "
+                                    "the others (with --folds; replaces --val-fraction)."),
+    folds: int | None = typer.Option(None, "--folds", help="k-fold: number of seeded folds K."),
+    layer_decay: float | None = typer.Option(
+        None, "--layer-decay", help="Layer-wise lr decay in (0, 1]: encoder block i gets lr x decay^(depth - i), "
+        "patch and position embedding decay^(depth + 1), decoder lr."),
+    encoder_lr_scale: float | None = typer.Option(
+        None, "--encoder-lr-scale", help="Multiplier on the encoder's learning rate (with --layer-decay: both)."),
+    freeze_encoder: bool | None = typer.Option(
+        None, "--freeze-encoder", help="Keep the ViT encoder's weights fixed; train the decoder only.",
+        show_default=False),
     resume: bool = _RESUME, quiet: bool = _QUIET, set_: list[str] = _SET,
 ) -> None:
     """Fine-tune a UNETR (Dice + CE) on a labelled cache; best.safetensors by validation Dice."""
@@ -157,7 +171,9 @@ def finetune(
                  feature_size=feature_size, epochs=epochs, batch_size=batch_size, num_samples=num_samples,
                  workers=workers, seed=seed, device=device, precision=precision, grad_accum=grad_accum, lr=lr,
                  warmup_epochs=warmup_epochs, val_every=val_every, val_fraction=val_fraction,
-                 stop_after=stop_after, progress=False if quiet else None)
+                 stop_after=stop_after, train_cases=train_cases, fold=fold, folds=folds, layer_decay=layer_decay,
+                 encoder_lr_scale=encoder_lr_scale, freeze_encoder=freeze_encoder,
+                 progress=False if quiet else None)
     with cli_errors():
         _execute("finetune", _resolve("finetune", config, flags, set_, resume), resume)
 

@@ -97,6 +97,40 @@ class FinetuneConfig(TrainConfig):
     sw_batch: int = Field(1, ge=1)
     dice_weight: float = Field(1.0, ge=0)
     ce_weight: float = Field(1.0, ge=0)
+    train_cases: int | None = Field(None, ge=1, description="train on N of the training split's cases "
+                                    "(seeded, nested in N; validation unchanged); None: all")
+    fold: int | None = Field(None, ge=0, description="k-fold: validate on fold k (0-based) of `folds`, "
+                             "train on the rest (instead of val_fraction)")
+    folds: int | None = Field(None, ge=2, description="k-fold: number of seeded folds K (with `fold`)")
+    layer_decay: float | None = Field(None, gt=0, le=1, description="layer-wise lr decay of the encoder: "
+                                      "block i gets lr x decay^(depth - i), patch/position embedding "
+                                      "decay^(depth + 1), decoder 1")
+    encoder_lr_scale: float = Field(1.0, gt=0, description="multiplier on every encoder parameter's lr")
+    freeze_encoder: bool = Field(False, description="keep the ViT encoder's weights fixed (train the decoder)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_replaces_val_fraction(cls, data: Any) -> Any:
+        """With ``fold`` the fold is the validation set: ``val_fraction`` becomes 0 (an explicit
+        non-zero one is a contradiction)."""
+        if isinstance(data, dict) and data.get("fold") is not None:
+            given = data.get("val_fraction")
+            if given is not None and given != 0:
+                raise ValueError(f"fold={data['fold']} and val_fraction={given}: with k-fold the fold is the "
+                                 "validation set; leave val_fraction out (or 0)")
+            data = {**data, "val_fraction": 0.0}
+        return data
+
+    @model_validator(mode="after")
+    def _check_finetune(self) -> FinetuneConfig:
+        if (self.fold is None) != (self.folds is None):
+            raise ValueError(f"fold={self.fold}, folds={self.folds}: k-fold needs both (fold k of K folds)")
+        if self.fold is not None and self.folds is not None and self.fold >= self.folds:
+            raise ValueError(f"fold={self.fold}: folds are numbered 0 to {self.folds - 1}")
+        if self.freeze_encoder and (self.layer_decay is not None or self.encoder_lr_scale != 1.0):
+            raise ValueError("freeze_encoder: the frozen encoder has no learning rate; drop layer_decay / "
+                             "encoder_lr_scale")
+        return self
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:

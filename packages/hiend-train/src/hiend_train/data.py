@@ -1,4 +1,5 @@
-"""Training data: the cache, the seeded train/validation split and the DataLoader over crops."""
+"""Training data: the cache, the seeded train / validation split (few-shot and k-fold for fine-tuning)
+and the DataLoader over crops."""
 
 from __future__ import annotations
 
@@ -38,6 +39,49 @@ def split_cases(names: list[str], val_fraction: float, seed: int) -> tuple[list[
     train, val = split([Case(n, []) for n in names], val_fraction=val_fraction, seed=seed)
     index = {n: i for i, n in enumerate(names)}
     return [index[c.case_id] for c in train], [index[c.case_id] for c in val]
+
+
+def few_shot_split(names: list[str], val_fraction: float, seed: int, train_cases: int | None = None,
+                   fold: int | None = None, folds: int | None = None) -> tuple[list[int], list[int]]:
+    """The fine-tuning split: (train indices, validation indices) into ``names``.
+
+    Validation: fold ``fold`` (0-based) of :func:`hiend_data.discovery.kfold` with ``folds`` folds when
+    ``fold`` is given (``val_fraction`` is then not used), else :func:`split_cases`. Either depends only
+    on the names and ``seed`` (not on their order, nor on ``train_cases``).
+
+    ``train_cases`` N keeps N of those training cases: the first N of a seeded permutation of the
+    training split's names, so the subsets are nested (N = 1 is in N = 2, which is in N = 4, ...) for
+    one (names, val_fraction or fold, seed). ``None`` keeps them all (exactly :func:`split_cases`).
+    Both lists are in the order of the sorted names. InputError for N above the training cases or a
+    fold outside ``0 <= fold < folds <= len(names)``.
+    """
+    import numpy as np
+
+    if (fold is None) != (folds is None):
+        raise InputError(f"fold={fold}, folds={folds}: k-fold needs both (fold k of folds K, 0 <= k < K)")
+    if fold is not None and folds is not None:
+        from hiend_data.discovery import Case, kfold
+
+        if not 2 <= folds <= len(names):
+            raise InputError(f"folds={folds}: needs 2 <= folds <= the number of cases ({len(names)})")
+        if not 0 <= fold < folds:
+            raise InputError(f"fold={fold}: folds are numbered 0 to {folds - 1}")
+        index = {n: i for i, n in enumerate(names)}
+        train_c, val_c = kfold([Case(n, []) for n in names], k=folds, seed=seed)[fold]
+        train, val = [index[c.case_id] for c in train_c], [index[c.case_id] for c in val_c]
+    else:
+        train, val = split_cases(names, val_fraction, seed)
+    if train_cases is None:
+        return train, val
+    if not 1 <= train_cases <= len(train):
+        where = f"fold {fold} of {folds}" if fold is not None else f"val_fraction {val_fraction}"
+        raise InputError(f"train_cases={train_cases}: the training split has {len(train)} cases "
+                         f"({len(names)} in the cache, {len(val)} held out for validation by {where})")
+    ordered = sorted(train, key=lambda i: names[i])
+    # a stream of its own (not the split's): the same seed permutes the training names independently
+    perm = np.random.default_rng([seed, 1]).permutation(len(ordered))
+    chosen = {ordered[j] for j in perm[:train_cases]}
+    return [i for i in train if i in chosen], val
 
 
 def make_loader(cache: Any, sampler_cfg: Any, indices: list[int], batch_size: int, workers: int, seed: int,

@@ -118,6 +118,13 @@ def build_task(ctx: Context) -> Task:
     env = ctx.env
     num_classes = cfg.num_classes or cache_num_classes(ctx.cache)
     model = build_model(cfg, num_classes).to(env.device).train()
+    if cfg.freeze_encoder:  # before DDP and the optimizer: neither sees the encoder's parameters
+        model.encoder.requires_grad_(False)
+    lr_scales = None
+    if cfg.layer_decay is not None or cfg.encoder_lr_scale != 1.0:
+        from .optim import layer_lr_scales
+
+        lr_scales = layer_lr_scales(model, cfg.layer_decay, cfg.encoder_lr_scale)
     roi = tuple(model.config.img_size)
     sampler_cfg = SamplerConfig.finetune(**{"crop_size": roi, "num_samples": cfg.num_samples, **cfg.sampler})
     dataset, sampler, loader = make_loader(ctx.cache, sampler_cfg, ctx.train_idx, cfg.batch_size, cfg.workers,
@@ -143,7 +150,7 @@ def build_task(ctx: Context) -> Task:
     plan = ctx.cache.plan.model_copy(update={"crop_size": roi})
     return Task(kind="finetune", model=model, ddp_model=wrap_ddp(model, env), loss_fn=loss_fn, loader=loader,
                 sampler=sampler, dataset=dataset, plan=plan, on_epoch_end=on_epoch_end,
-                extra={"init": str(cfg.init) if cfg.init else None})
+                extra={"init": str(cfg.init) if cfg.init else None}, lr_scales=lr_scales)
 
 
 def run(cfg: FinetuneConfig, resume: bool = False) -> RunResult:

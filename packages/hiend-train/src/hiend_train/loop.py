@@ -38,7 +38,8 @@ class Task:
     model: the unwrapped network (on its device); ddp_model: what the loss calls (DDP wrapper or the
     model); loader / sampler: the training DataLoader and its DistributedSampler; dataset: the
     CropDataset (``set_epoch``); plan: saved in every checkpoint; on_epoch_end(epoch) -> metrics to log
-    (validation, previews), with ``"score"`` (higher is better) to keep ``best.safetensors``.
+    (validation, previews), with ``"score"`` (higher is better) to keep ``best.safetensors``; lr_scales:
+    per-parameter learning-rate multipliers for :func:`~hiend_train.optim.build_optimizer` (None: all 1).
     """
 
     kind: str
@@ -51,6 +52,7 @@ class Task:
     plan: Any
     on_epoch_end: Callable[[int], dict[str, Any]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    lr_scales: dict[str, float] | None = None
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 ::
 
-    RUN/config.json         the resolved config (every field, defaults included)
+    RUN/config.json         the resolved config (every field, defaults included) and ``split``
+    RUN/split.json          the case names trained on and validated on (and what chose them)
     RUN/log.jsonl           one JSON object per line: {"event": "step" | "epoch" | "val" | ..., ...}
     RUN/last.safetensors    model weights (hiend checkpoint with the cache's plan), after each save
     RUN/best.safetensors    fine-tuning: the weights with the best validation Dice so far
@@ -45,9 +46,19 @@ def atomic_text(path: Path, text: str) -> None:
     _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+#: entries of config.json that are not config fields: what the run resolved from them (the case split)
+RESOLVED_KEYS = ("split",)
+
+
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     keys = sorted(set(old) | set(new))
     return [k for k in keys if old.get(k) != new.get(k)]
+
+
+def _defaults(cls: type[TrainConfig]) -> dict[str, Any]:
+    from pydantic_core import to_jsonable_python
+
+    return {k: to_jsonable_python(f.get_default(call_default_factory=True)) for k, f in cls.model_fields.items()}
 
 
 class RunDir:
@@ -57,14 +68,14 @@ class RunDir:
         self.root = Path(root)
         self.writer = writer
         self.config_path = self.root / "config.json"
+        self.split_path = self.root / "split.json"
         self.log_path = self.root / "log.jsonl"
         self.last = self.root / "last.safetensors"
         self.best = self.root / "best.safetensors"
         self.state_path = self.root / "state.pt"
         self.previews = self.root / "previews"
 
-    def saved_config(self) -> dict[str, Any] | None:
-        """The config.json of an earlier run in this folder, or None."""
+    def _saved(self) -> dict[str, Any] | None:
         if not self.config_path.is_file():
             return None
         try:
@@ -75,13 +86,26 @@ class RunDir:
             raise InputError(f"{self.config_path}: expected a JSON object")
         return data
 
-    def check(self, cfg: TrainConfig, resume: bool) -> None:
+    def saved_config(self) -> dict[str, Any] | None:
+        """The config fields in the config.json of an earlier run in this folder (without ``split``), or None."""
+        data = self._saved()
+        return None if data is None else {k: v for k, v in data.items() if k not in RESOLVED_KEYS}
+
+    def saved_split(self) -> dict[str, list[str]] | None:
+        """``{"train": [case names], "val": [case names]}`` of config.json (None: none, or an older run)."""
+        data = self._saved()
+        split = None if data is None else data.get("split")
+        return split if isinstance(split, dict) else None
+
+    def check(self, cfg: TrainConfig, resume: bool, split: dict[str, list[str]] | None = None) -> None:
         """InputError unless ``cfg`` may run here: a fresh run needs a folder without an earlier run;
         ``resume`` needs one with state.pt whose config computes the same thing (runtime fields such as
-        workers or stop_after may differ)."""
+        workers or stop_after may differ) and, given ``split``, trains and validates on the same cases."""
         if self.root.exists() and not self.root.is_dir():
             raise InputError(f"{self.root}: exists and is not a folder")
         saved = self.saved_config()
+        if saved is not None:  # a field newer than the run: the run had its default
+            saved = {**_defaults(type(cfg)), **saved}
         if resume:
             if saved is None or not self.state_path.is_file():
                 raise InputError(f"{self.root}: nothing to resume (no config.json and state.pt; "
@@ -91,6 +115,14 @@ class RunDir:
             if diff:
                 raise InputError(f"{self.root}: --resume with a different config ({', '.join(diff)} changed); "
                                  "resume with the run's own config or start a new --out")
+            before = self.saved_split()
+            if split is not None and before is not None:
+                changed = [k for k in ("train", "val") if sorted(before.get(k, [])) != sorted(split[k])]
+                if changed:
+                    raise InputError(f"{self.root}: --resume on other cases (the cache gives {len(split['train'])} "
+                                     f"train / {len(split['val'])} val cases, the run had "
+                                     f"{len(before.get('train', []))} / {len(before.get('val', []))}; "
+                                     f"{' and '.join(changed)} differ); resume with the run's cache")
             return
         if saved is not None:
             diff = _differences(saved, cfg.model_dump(mode="json"))
@@ -98,13 +130,19 @@ class RunDir:
             raise InputError(f"{self.root}: already holds a run with {what}; pass --resume to continue it "
                              "or choose another --out (nothing is overwritten)")
 
-    def start(self, cfg: TrainConfig, resume: bool) -> None:
-        """Create the folder, write config.json (fresh runs) and start or continue log.jsonl."""
+    def start(self, cfg: TrainConfig, resume: bool, split: dict[str, list[str]] | None = None) -> None:
+        """Create the folder, write config.json (with ``split``) and split.json (fresh runs) and start
+        or continue log.jsonl."""
         if not self.writer:
             return
         self.root.mkdir(parents=True, exist_ok=True)
         if not resume:
-            atomic_text(self.config_path, json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
+            fields = cfg.model_dump(mode="json")
+            record = fields if split is None else {**fields, "split": split}
+            atomic_text(self.config_path, json.dumps(record, indent=2) + "\n")
+            if split is not None:
+                how = {k: fields[k] for k in ("seed", "val_fraction", "fold", "folds", "train_cases") if k in fields}
+                atomic_text(self.split_path, json.dumps({**how, **split}, indent=2) + "\n")
             atomic_text(self.log_path, "")
         self.log({"event": "start", "resume": resume})
 
