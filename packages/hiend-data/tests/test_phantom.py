@@ -37,6 +37,17 @@ def test_nnunet_layout(dataset: Path) -> None:
     assert sorted(p.name for p in (dataset / "imagesTr").iterdir()) == [f"phantom_{i:03d}_0000.nii.gz" for i in range(CASES)]
     assert sorted(p.name for p in (dataset / "labelsTr").iterdir()) == [f"phantom_{i:03d}.nii.gz" for i in range(CASES)]
     assert [p.name for p in (dataset / "imagesTs").iterdir()] == [f"phantom_{CASES:03d}_0000.nii.gz"]
+    assert [p.name for p in (dataset / "labelsTs").iterdir()] == [f"phantom_{CASES:03d}.nii.gz"]
+
+
+def test_held_out_labels_match_their_images(dataset: Path) -> None:
+    img = load_volume(dataset / "imagesTs" / f"phantom_{CASES:03d}_0000.nii.gz")
+    lab = load_volume(dataset / "labelsTs" / f"phantom_{CASES:03d}.nii.gz")
+    np.testing.assert_array_equal(img.affine, lab.affine)
+    assert img.array.shape == lab.array.shape
+    assert set(np.unique(lab.array)) == set(LABELS.values())
+    # the labels describe this image: lungs are dark and the spine bright in it
+    assert img.array[lab.array == 6].mean() < -700 and img.array[lab.array == 5].mean() > 500
 
 
 def test_geometry_varies_within_ranges(volumes) -> None:
@@ -109,6 +120,6 @@ def test_overwrite_replaces_earlier_phantoms_only(tmp_path: Path) -> None:
     make_phantom_dataset(ds, cases=1, seed=2, overwrite=True)
     assert [p.name for p in (ds / "imagesTr").iterdir()] == ["phantom_000_0000.nii.gz"]
     assert [p.name for p in (ds / "labelsTr").iterdir()] == ["phantom_000.nii.gz"]
-    assert list((ds / "imagesTs").iterdir()) == []
+    assert list((ds / "imagesTs").iterdir()) == [] and list((ds / "labelsTs").iterdir()) == []
     assert (ds / "notes.txt").read_text() == "mine"
     assert json.loads((ds / "dataset.json").read_text())["numTraining"] == 1

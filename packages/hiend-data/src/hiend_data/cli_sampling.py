@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Argument(..., help="dataset folder to create (nnU-Net v2 layout)"),
         cases: int = typer.Option(8, "--cases", help="labelled training cases (imagesTr + labelsTr)"),
         seed: int = typer.Option(0, "--seed", help="random seed; the same seed writes the same dataset"),
-        test_cases: int = typer.Option(0, "--test-cases", help="extra unlabelled cases in imagesTs"),
+        test_cases: int = typer.Option(0, "--test-cases", help="extra held-out cases: imagesTs + labelsTs"),
         overwrite: bool = typer.Option(False, "--overwrite", help="allow writing into a non-empty folder"),
     ) -> None:
         """Write a synthetic CT dataset (torso phantoms with 6 labelled organs) in nnU-Net v2 layout."""

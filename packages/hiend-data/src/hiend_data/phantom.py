@@ -116,11 +116,13 @@ def _write_json(path: Path, obj: dict) -> None:
 
 def make_phantom_dataset(out: str | os.PathLike[str], cases: int = 8, seed: int = 0, test_cases: int = 0,
                          overwrite: bool = False) -> Path:
-    """Write an nnU-Net v2 raw dataset of ``cases`` labelled phantoms (+ ``test_cases`` unlabelled ones in
-    ``imagesTs``) to the folder ``out`` and return it.
+    """Write an nnU-Net v2 raw dataset of ``cases`` labelled phantoms (+ ``test_cases`` held-out ones in
+    ``imagesTs`` with their labels in ``labelsTs``) to the folder ``out`` and return it.
 
     Layout: ``dataset.json`` (channel_names, labels, numTraining, file_ending), ``imagesTr/{case}_0000.nii.gz``,
-    ``labelsTr/{case}.nii.gz``, ``imagesTs/{case}_0000.nii.gz``. Case ``i`` depends only on (seed, i).
+    ``labelsTr/{case}.nii.gz``, ``imagesTs/{case}_0000.nii.gz``, ``labelsTs/{case}.nii.gz`` (the common
+    nnU-Net extension for scoring held-out cases; discovery never trains on either). Case ``i`` depends
+    only on (seed, i).
     ``out`` must be absent or empty unless ``overwrite`` (which first removes earlier ``phantom_*``
     cases from the three image/label folders, nothing else). Every file is written atomically.
     """
@@ -133,23 +135,20 @@ def make_phantom_dataset(out: str | os.PathLike[str], cases: int = 8, seed: int 
         raise InputError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out}: folder is not empty (choose an empty folder, or overwrite=True / --overwrite)")
-    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         for old in (out / sub).glob("phantom_*.nii.gz") if overwrite else ():
             old.unlink()  # a previous phantom dataset's cases, so the folder matches dataset.json
-    for sub in ("imagesTr", "labelsTr") + (("imagesTs",) if test_cases else ()):
+    for sub in ("imagesTr", "labelsTr") + (("imagesTs", "labelsTs") if test_cases else ()):
         (out / sub).mkdir(parents=True, exist_ok=True)
     root = np.random.SeedSequence(int(seed))
     for i in range(cases + test_cases):
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(root.entropy, spawn_key=(i,))))
         ph = make_phantom(rng)
         like = Volume(array=ph.hu, affine=ph.affine)
-        if i < cases:
-            name = f"phantom_{i:03d}"
-            save_volume(out / "imagesTr" / f"{name}_0000.nii.gz", ph.hu, like=like)
-            save_volume(out / "labelsTr" / f"{name}.nii.gz", ph.label, like=like)
-        else:
-            name = f"phantom_{i:03d}"
-            save_volume(out / "imagesTs" / f"{name}_0000.nii.gz", ph.hu, like=like)
+        name = f"phantom_{i:03d}"
+        images, labels = ("imagesTr", "labelsTr") if i < cases else ("imagesTs", "labelsTs")
+        save_volume(out / images / f"{name}_0000.nii.gz", ph.hu, like=like)
+        save_volume(out / labels / f"{name}.nii.gz", ph.label, like=like)
     _write_json(out / "dataset.json", {
         "name": "hiend-phantom",
         "description": f"synthetic CT phantoms (hiend_data.phantom, seed {seed})",
