@@ -154,6 +154,41 @@ def test_finetune_centres_stay_inside_the_body() -> None:
     assert got == {(12, 27, 12), (1, 1, 1)}
 
 
+def test_class_balanced_centres_pick_each_class_equally() -> None:
+    """A 1000-voxel organ and an 8-voxel one: uniform over labelled voxels centres the small one on
+    0.8 % of the foreground crops; class-balanced on half of them, each voxel of it uniformly."""
+    img = np.ones((1, 40, 40, 40), np.float32)
+    label = np.zeros((40, 40, 40), np.uint8)
+    label[5:15, 5:15, 5:15] = 2
+    label[30:32, 30:32, 30:32] = 7
+    cache = ArrayCache({"a": ArrayCase(img, label)})
+    n = 4000
+    plain = CropSampler(cache, SamplerConfig.finetune(num_samples=n, crop_size=(8, 8, 8)), seed=0)
+    recs = plain.sample_batch("a", plain.rng(0), with_params=True)[2]
+    plain_centres = [r["centre"] for r in recs]
+    small = np.array([label[r["centre"]] == 7 for r in recs if r["foreground"]])
+    assert small.mean() < 0.02
+    bal = CropSampler(cache, SamplerConfig.finetune(num_samples=n, crop_size=(8, 8, 8), class_balanced=True), seed=0)
+    recs = bal.sample_batch("a", bal.rng(0), with_params=True)[2]
+    fg = np.array([r["foreground"] for r in recs])
+    values = np.array([label[r["centre"]] for r in recs])
+    np.testing.assert_array_equal(values > 0, fg)  # background crops stay background
+    assert abs(fg.mean() - 0.5) < 4 * np.sqrt(0.25 / n)  # pos : neg unchanged
+    share = (values[fg] == 7).mean()
+    assert abs(share - 0.5) < 4 * np.sqrt(0.25 / fg.sum())
+    small_centres = [r["centre"] for r in recs if label[r["centre"]] == 7]
+    _, counts = np.unique(np.array(small_centres), axis=0, return_counts=True)
+    assert len(counts) == 8 and counts.min() > 0.5 * counts.mean()  # every voxel of the class, evenly
+    # deterministic for a seed
+    again = CropSampler(cache, SamplerConfig.finetune(num_samples=n, crop_size=(8, 8, 8)), seed=0)
+    assert [r["centre"] for r in again.sample_batch("a", again.rng(0), with_params=True)[2]] == plain_centres
+
+
+def test_class_balanced_needs_labels() -> None:
+    with pytest.raises(ValidationError, match="class_balanced"):
+        SamplerConfig.pretrain(class_balanced=True)
+
+
 def test_finetune_needs_labels() -> None:
     s = CropSampler(ArrayCache({"a": ArrayCase(np.ones((1, 8, 8, 8), np.float32))}), SamplerConfig.finetune())
     with pytest.raises(InputError, match="labelled"):
@@ -294,6 +329,19 @@ def test_on_the_cache(phantom_cache, recipe: str) -> None:
         for r in recs:
             assert (source[r["centre"]] > 0) == r["foreground"]
         assert labels.max() > 0 and 0 <= images.min() and images.max() <= 1.2
+
+
+def test_class_balanced_on_the_cache(phantom_cache) -> None:
+    """The cache's per-class index lists: each of the six organs centres about 1/6 of the crops."""
+    cfg = SamplerConfig.finetune(num_samples=1200, crop_size=(16, 16, 16), pos=1.0, neg=0.0, class_balanced=True)
+    s = CropSampler(phantom_cache, cfg, seed=0)
+    case = phantom_cache.case(phantom_cache.cases[0])
+    recs = s.sample_batch(phantom_cache.cases[0], s.rng(0), with_params=True)[2]
+    label = np.asarray(case.label)
+    values = np.array([label[r["centre"]] for r in recs])
+    shares = np.array([(values == v).mean() for v in case.classes])
+    assert len(case.classes) == 6 and (values > 0).all()
+    assert np.abs(shares - 1 / 6).max() < 4 * np.sqrt((1 / 6) * (5 / 6) / len(values))
 
 
 # ------------------------------------------------------------------------------------ MONAI parity

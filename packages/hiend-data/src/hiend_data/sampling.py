@@ -9,6 +9,12 @@ that kind (MONAI's ``RandCropByPosNegLabeld``; for unlabelled data the image its
   With ``image_threshold`` (fine-tuning preset: 0, as MONAI's ``image_key``/``image_threshold`` in the
   paper's fine-tuning code) both kinds are further limited to voxels with ``image[0] > image_threshold``.
   When a volume has no voxel of the drawn kind, the other kind is used (as MONAI does).
+* ``class_balanced`` (labels only): a foreground-centred crop first picks one of the foreground classes
+  present in the case, each with the same probability, then a voxel of that class uniformly (the
+  cache's per-class index lists, subsampled to its cap for huge classes): nnU-Net's class-aware
+  foreground oversampling, MONAI's ``RandCropByLabelClasses`` with equal ratios. Without it a crop's
+  centre is uniform over all labelled voxels, so a kidney is centred a hundred times less often than
+  the lungs. Its draws come after all others: the default streams are unchanged.
 * Uniform voxels of one kind are drawn by rejection: random voxels are read from the memory-mapped array
   until one of the right kind turns up, so neither the foreground nor the background index list is
   materialised or even loaded. Only when a kind is rare (no hit in 256 tries) does the sampler fall back
@@ -67,10 +73,15 @@ class SamplerConfig(BaseModel):
     shift_range: float = Field(0.1, ge=0, description="image + u, u ~ U(-r, r)")
     image_threshold: float | None = Field(
         None, description="with centres='label': centres (labelled and background) also need image[0] > this")
+    class_balanced: bool = Field(
+        False, description="with centres='label': a foreground-centred crop picks one of the case's classes "
+        "uniformly, then a voxel of that class (small organs as often as large ones)")
     pad_value: float = 0.0
 
     @model_validator(mode="after")
     def _check(self) -> SamplerConfig:
+        if self.class_balanced and self.centres != "label":
+            raise ValueError("class_balanced needs centres='label' (a labelled cache)")
         if self.pos + self.neg <= 0:
             raise ValueError(f"pos + neg must be > 0, got pos={self.pos} neg={self.neg}")
         if any(s < 1 for s in self.crop_size):
@@ -186,6 +197,30 @@ class _Opened:
         self.centres = centres
         self.use_rejection = {True: True, False: True}
         self._indices: dict[bool, np.ndarray] = {}
+        self._class_indices: dict[int, np.ndarray] = {}
+        self._classes: list[int] | None = None
+
+    def classes(self) -> list[int]:
+        """Foreground label values present in the case (the cache's list, else from the label map)."""
+        if self._classes is None:
+            listed = getattr(self.case, "classes", None)
+            if listed is None:
+                listed = np.unique(self.flat[self.flat > 0])
+            self._classes = [int(v) for v in listed]
+        return self._classes
+
+    def draw_class(self, rng: np.random.Generator) -> int | None:
+        """One flat voxel index: a class uniform among :meth:`classes`, then a voxel of it uniformly."""
+        classes = self.classes()
+        if not classes:
+            return None
+        value = classes[int(rng.integers(len(classes)))]
+        idx = self._class_indices.get(value)
+        if idx is None:
+            lookup = getattr(self.case, "class_indices", None)
+            idx = np.asarray(lookup(value)) if lookup is not None else np.flatnonzero(self.flat == value)
+            self._class_indices[value] = idx
+        return int(idx[rng.integers(idx.size)]) if idx.size else None
 
     def indices(self, fg: bool) -> np.ndarray:
         """Flat indices of all foreground (fg=True) or background voxels; only used for rare kinds."""
@@ -370,7 +405,7 @@ class CropSampler:
         the volume read) and ``aug`` (:class:`~hiend_data.augment.AugmentParams`).
 
         Random numbers, in order: ``N x (1 + N_UNIFORMS)`` uniforms (kind, augmentation), then the
-        centre draws.
+        centre draws, then (``class_balanced``) a class and a voxel per foreground-centred crop.
         """
         rng = self._default_rng if rng is None else rng
         st = self._open(case)
@@ -378,6 +413,11 @@ class CropSampler:
         n, size = cfg.num_samples, cfg.crop_size
         u = rng.random((n, 1 + N_UNIFORMS))
         flat, fg = st.draw_many(u[:, 0] < cfg.pos_ratio, rng)
+        if cfg.class_balanced:
+            for i in np.flatnonzero(fg):
+                idx = st.draw_class(rng)
+                if idx is not None:
+                    flat[i] = idx
         centres = np.stack(np.unravel_index(flat, st.shape), axis=1)
         images = self._pool.get((n, st.image.shape[0], *size), np.dtype(np.float32))
         labels = None if st.label is None else self._pool.get((n, *size), st.label.dtype)
