@@ -1,0 +1,318 @@
+"""Does pre-training pay when labels are scarce? The paper's claim, in miniature, on one command.
+
+    .venv/bin/python tools/bench/label_efficiency.py [--size full|smoke] [--jobs 2] [--work DIR] [--out DIR]
+
+1. An unlabelled pre-training pool: ``--pool`` phantoms (anatomy, size 64..112 voxels per axis, spacing
+   0.8..3 mm and orientation drawn per case) plus the real CT scans in ``../shared/data/ct/`` (the
+   label map there is left out), preprocessed once with the plan below.
+2. Pre-training of the ``tiny`` preset with the Hi-End-MAE decoder and with the plain-MAE decoder
+   (``model.decoder = "mae"``): same steps, same seed, same data, same recipe; only the decoder differs.
+3. Fine-tuning of a UNETR from each and from scratch on N = 1, 2, 4 labelled phantom cases (a nested
+   seeded subset, ``--train-cases N``), 3 seeds each, the same optimizer steps for every arm and N
+   (epochs = steps / N with one volume per step), the same recipe (no arm tuned apart).
+4. Every fine-tuned model (``last.safetensors``) segments the held-out test cases (``imagesTs``, which no
+   arm trained or validated on) with ``hiend-model predict`` and is scored with ``hiend-eval score``
+   against ``labelsTs``.
+5. ``OUT/results.json`` (every run: arm, N, seed, steps, training cases, per-organ Dice and HD95 on the
+   test cases, mean organ Dice, seconds; the pre-training curves), ``OUT/table.md`` and
+   ``OUT/label_efficiency.png`` (mean organ Dice against N, one line per arm, the seeds' spread shown).
+
+Every stage is a hiend command (echoed to ``WORK/commands.log``), run as a user would. A run whose
+scores exist is skipped, so an interrupted experiment continues where it stopped when run again.
+``--jobs 2`` runs two fine-tunings at once with one torch thread each (on the 2-core box this is
+faster than one run with two threads). ``--size smoke`` is the same pipeline at a few minutes' size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED_CT = ROOT.parent / "shared" / "data" / "ct"
+BIN = Path(sys.executable).parent
+ARMS = ("hiend", "mae", "scratch")
+ORGANS = {"1": "liver", "2": "spleen", "3": "kidney_right", "4": "kidney_left", "5": "spine", "6": "lungs"}
+
+
+@dataclass(frozen=True)
+class Size:
+    """How big the experiment is. Steps are optimizer steps."""
+
+    pool: int                 # unlabelled phantoms in the pre-training pool (+ the real scans)
+    labelled: int             # labelled phantoms: N training candidates + validation cases
+    test: int                 # held-out labelled test phantoms
+    pretrain_epochs: int      # over the pool, batch_size volumes x num_samples crops per step
+    pretrain_batch: int
+    finetune_steps: int       # per run, whatever N
+    shots: tuple[int, ...]
+    seeds: tuple[int, ...]
+
+
+SIZES = {
+    # ~75-95 min on the 2-core box with --jobs 2 (see BENCHMARKS.md for the measured time)
+    "full": Size(pool=48, labelled=6, test=8, pretrain_epochs=60, pretrain_batch=4, finetune_steps=480,
+                 shots=(1, 2, 4), seeds=(0, 1, 2)),
+    # the whole pipeline in a few minutes (what the test of this script runs)
+    "smoke": Size(pool=4, labelled=3, test=2, pretrain_epochs=2, pretrain_batch=2, finetune_steps=4,
+                  shots=(1, 2), seeds=(0,)),
+}
+
+#: the plan (hiend-data preprocess): RAS, 3 mm, the paper's CT window
+SPACING_MM = 3.0
+#: crops of the tiny preset (patch 8): 32^3 voxels = 96 mm at 3 mm, 4^3 tokens
+CROP = 32
+#: the one fine-tuning recipe every arm gets (the demo's; see tools/demo.py)
+FINETUNE = ["--feature-size", "8", "--batch-size", "1", "--num-samples", "4", "--lr", "2e-3",
+            "--set", "sampler.flip_axes=[1,2]", "--set", "sampler.rot90_prob=0"]
+#: the one pre-training recipe both decoders get
+PRETRAIN = ["--num-samples", "4", "--lr", "1.5e-3", "--val-fraction", "0.1", "--preview-every", "0"]
+
+
+class Runner:
+    """Runs hiend commands with a torch thread budget and echoes them to ``commands.log``."""
+
+    def __init__(self, work: Path, threads: int) -> None:
+        self.log = work / "commands.log"
+        self.threads = threads
+
+    def __call__(self, *args: str, threads: int | None = None) -> str:
+        env = dict(os.environ)
+        n = str(threads or self.threads)
+        env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n)
+        with self.log.open("a") as f:
+            f.write(" ".join(args) + "\n")
+        proc = subprocess.run([str(BIN / args[0]), *args[1:]], env=env, text=True, capture_output=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(args)}\nfailed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        return proc.stdout
+
+
+def build_data(work: Path, size: Size, sh: Runner) -> tuple[Path, Path, Path]:
+    """-> (pool cache, labelled cache, raw labelled dataset with imagesTs/labelsTs)."""
+    pool_raw, lab_raw = work / "pool_raw", work / "labelled_raw"
+    pool_cache, lab_cache = work / "pool_cache", work / "labelled_cache"
+    if not (pool_cache / "plan.json").exists():
+        shutil.rmtree(pool_raw, ignore_errors=True)
+        sh("hiend-data", "phantom", str(pool_raw), "--cases", str(size.pool), "--seed", "1000")
+        scans = sorted(p for p in SHARED_CT.glob("*.nii.gz") if "_seg" not in p.name)
+        if not scans:
+            raise SystemExit(f"{SHARED_CT}: no real CT scans (../shared must be beside the repository)")
+        lines = [str(p.resolve()) for p in sorted((pool_raw / "imagesTr").glob("*.nii.gz"))]
+        lines += [str(p.resolve()) for p in scans]
+        (work / "pool.txt").write_text("\n".join(lines) + "\n")  # images only: the pool is unlabelled
+        sh("hiend-data", "preprocess", str(work / "pool.txt"), str(pool_cache), "--spacing", str(SPACING_MM),
+           "--workers", "2")
+    if not (lab_cache / "plan.json").exists():
+        shutil.rmtree(lab_raw, ignore_errors=True)
+        sh("hiend-data", "phantom", str(lab_raw), "--cases", str(size.labelled), "--test-cases", str(size.test),
+           "--seed", "2000")
+        sh("hiend-data", "preprocess", str(lab_raw), str(lab_cache), "--spacing", str(SPACING_MM),
+           "--workers", "2")
+    return pool_cache, lab_cache, lab_raw
+
+
+def pretrain(work: Path, size: Size, pool_cache: Path, arm: str, sh: Runner, threads: int) -> dict:
+    """Pre-train one decoder; returns its loss curve (skips a finished run)."""
+    run = work / f"pretrain_{arm}"
+    done = run / "last.safetensors"
+    t0 = time.time()
+    if not (run / "done.json").exists():
+        shutil.rmtree(run, ignore_errors=True)
+        sh("hiend-train", "pretrain", "--out", str(run), "--cache", str(pool_cache), "--preset", "tiny",
+           "--set", f"model.img_size={CROP}", "--set", f"model.decoder={arm}",
+           "--epochs", str(size.pretrain_epochs), "--batch-size", str(size.pretrain_batch),
+           "--warmup-epochs", str(max(1, size.pretrain_epochs // 10)), "--val-every",
+           str(max(1, size.pretrain_epochs // 10)), "--workers", "1", "--seed", "0", "-q", *PRETRAIN,
+           threads=threads)
+        (run / "done.json").write_text(json.dumps({"seconds": time.time() - t0}))
+    assert done.exists()
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    setup = next(r for r in records if r.get("event") == "setup")
+    epochs = [r for r in records if r.get("event") == "epoch"]
+    return {"arm": arm, "steps": epochs[-1]["step"], "parameters": setup["parameters"],
+            "seconds": json.loads((run / "done.json").read_text())["seconds"],
+            "loss": [round(r["loss"], 5) for r in epochs],
+            "val_loss": {r["epoch"]: round(r["val_loss"], 5) for r in epochs if "val_loss" in r}}
+
+
+def finetune_and_score(work: Path, size: Size, lab_cache: Path, lab_raw: Path, arm: str, n: int, seed: int,
+                       sh: Runner) -> dict:
+    """One fine-tuning run, its predictions on the test cases and their scores (skips finished runs)."""
+    name = f"ft_{arm}_n{n}_s{seed}"
+    run = work / name
+    result_file = run / "result.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    shutil.rmtree(run, ignore_errors=True)
+    epochs = max(1, size.finetune_steps // n)
+    init = [] if arm == "scratch" else ["--init", str(work / f"pretrain_{arm}" / "last.safetensors")]
+    model = ["--preset", "tiny", "--set", f"model.img_size={CROP}"] if arm == "scratch" else []
+    t0 = time.time()
+    sh("hiend-train", "finetune", "--out", str(run), "--cache", str(lab_cache), *init, *model, *FINETUNE,
+       "--train-cases", str(n), "--val-fraction", f"{1 / 3:.6f}", "--epochs", str(epochs),
+       "--warmup-epochs", f"{epochs * 0.05:g}", "--val-every", str(epochs), "--seed", str(seed),
+       "--workers", "0", "-q")
+    seconds = time.time() - t0
+    sh("hiend-model", "predict", str(run / "last.safetensors"), str(lab_raw / "imagesTs"), "--out",
+       str(run / "pred"))
+    sh("hiend-eval", "score", str(run / "pred"), str(lab_raw / "labelsTs"), "--out", str(run / "score"),
+       "--labels", str(lab_raw / "dataset.json"), "--json")
+    summary = json.loads((run / "score" / "summary.json").read_text())
+    split = json.loads((run / "split.json").read_text())
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    epochs_rec = [r for r in records if r.get("event") == "epoch"]
+    organs = {ORGANS[k]: {"dice": summary["mean"][k]["dice"], "hd95": summary["mean"][k]["hd95"]}
+              for k in ORGANS}
+    drift = None if arm == "scratch" else encoder_drift(work / f"pretrain_{arm}" / "last.safetensors",
+                                                         run / "last.safetensors")
+    result = {"arm": arm, "n": n, "seed": seed, "encoder_drift": drift, "steps": epochs_rec[-1]["step"], "epochs": epochs,
+              "train_cases": split["train"], "val_cases": split["val"],
+              "test_cases": [c["case"] for c in summary["per_case"]],
+              "organs": organs, "mean_organ_dice": statistics.fmean(o["dice"] for o in organs.values()),
+              "worst_organ": min(organs, key=lambda k: organs[k]["dice"]),
+              "final_train_loss": epochs_rec[-1]["loss"], "seconds": round(seconds, 1)}
+    result_file.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def encoder_drift(pretrained: Path, finetuned: Path) -> float:
+    """How far fine-tuning moved the pre-trained encoder: ||w_ft - w_pre|| / ||w_pre|| over every
+    encoder tensor both checkpoints hold (the class token is only in the pre-training model)."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    a, b = load_file(str(pretrained)), load_file(str(finetuned))
+    keys = [k for k in a if k.startswith("encoder.") and k in b]
+    num = sum(float(np.sum((b[k].astype(np.float64) - a[k]) ** 2)) for k in keys)
+    den = sum(float(np.sum(a[k].astype(np.float64) ** 2)) for k in keys)
+    return round((num / den) ** 0.5, 5)
+
+
+def table(runs: list[dict], shots: tuple[int, ...]) -> str:
+    """Markdown: mean organ Dice (mean +- sd over seeds, [min, max]) per arm and N, then per organ."""
+    lines = ["| arm | " + " | ".join(f"N = {n}" for n in shots) + " |",
+             "| --- | " + " | ".join("---" for _ in shots) + " |"]
+    for arm in ARMS:
+        cells = []
+        for n in shots:
+            xs = [r["mean_organ_dice"] for r in runs if r["arm"] == arm and r["n"] == n]
+            if not xs:
+                cells.append("-")
+                continue
+            sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+            cells.append(f"{statistics.fmean(xs):.3f} +- {sd:.3f} [{min(xs):.3f}, {max(xs):.3f}]")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    lines += ["", "Per organ, Dice (HD95 mm), mean over seeds:", "",
+              "| arm | N | " + " | ".join(ORGANS.values()) + " |",
+              "| --- | --- | " + " | ".join("---" for _ in ORGANS) + " |"]
+    for arm in ARMS:
+        for n in shots:
+            rs = [r for r in runs if r["arm"] == arm and r["n"] == n]
+            if not rs:
+                continue
+            cells = [f"{statistics.fmean(r['organs'][o]['dice'] for r in rs):.3f} "
+                     f"({statistics.fmean(r['organs'][o]['hd95'] for r in rs):.1f})" for o in ORGANS.values()]
+            lines.append(f"| {arm} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict], shots: tuple[int, ...], path: Path) -> None:
+    """Mean organ Dice against N: one line per arm (mean over seeds), the seeds as points, min-max bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+    for i, arm in enumerate(ARMS):
+        xs, means, lo, hi = [], [], [], []
+        for n in shots:
+            ys = [r["mean_organ_dice"] for r in runs if r["arm"] == arm and r["n"] == n]
+            if not ys:
+                continue
+            x = n * (1 + 0.04 * (i - 1))  # a small offset so the arms' bars do not overlap
+            xs.append(x)
+            means.append(statistics.fmean(ys))
+            lo.append(means[-1] - min(ys))
+            hi.append(max(ys) - means[-1])
+            ax.scatter([x] * len(ys), ys, s=12, alpha=0.5, color=f"C{i}")
+        ax.errorbar(xs, means, yerr=[lo, hi], marker="o", capsize=3, color=f"C{i}",
+                    label={"hiend": "Hi-End-MAE pre-trained", "mae": "plain MAE pre-trained",
+                           "scratch": "from scratch"}[arm])
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(shots), [str(n) for n in shots])
+    ax.set_xlabel("labelled training cases N")
+    ax.set_ylabel("mean organ Dice, held-out test cases")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    ax.set_title("tiny UNETR on phantoms: mean over seeds, bars = min..max")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(SIZES), default="full")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "label_efficiency",
+                        help="caches, runs and checkpoints (large; not committed)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results.json, table.md, PNG (default: tools/bench/results/label_efficiency "
+                        "for --size full, WORK/results otherwise)")
+    parser.add_argument("--jobs", type=int, default=2, help="fine-tuning runs at once (one torch thread each)")
+    args = parser.parse_args(argv)
+    size = SIZES[args.size]
+    work: Path = args.work.resolve()
+    out: Path = (args.out or (ROOT / "tools" / "bench" / "results" / "label_efficiency" if args.size == "full"
+                              else work / "results")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 2))
+    sh = Runner(work, threads=1)
+    t0 = time.time()
+
+    pool_cache, lab_cache, lab_raw = build_data(work, size, sh)
+    print(f"[{time.time() - t0:6.0f} s] data ready: {pool_cache}, {lab_cache}", flush=True)
+    pre = {}
+    for arm in ("hiend", "mae"):
+        pre[arm] = pretrain(work, size, pool_cache, arm, sh, threads)
+        print(f"[{time.time() - t0:6.0f} s] pre-trained {arm}: {pre[arm]['steps']} steps, loss "
+              f"{pre[arm]['loss'][0]:.4f} -> {pre[arm]['loss'][-1]:.4f}", flush=True)
+    jobs = [(arm, n, seed) for seed in size.seeds for n in size.shots for arm in ARMS]
+    runs: list[dict] = []
+
+    def one(job: tuple[str, int, int]) -> dict:
+        r = finetune_and_score(work, size, lab_cache, lab_raw, *job, sh=sh)
+        print(f"[{time.time() - t0:6.0f} s] {r['arm']:7s} N={r['n']} seed={r['seed']}: mean organ Dice "
+              f"{r['mean_organ_dice']:.3f} (worst {r['worst_organ']} "
+              f"{r['organs'][r['worst_organ']]['dice']:.3f}), {r['seconds']:.0f} s", flush=True)
+        return r
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        runs = list(pool.map(one, jobs))
+    results = {"size": args.size, "config": size.__dict__ | {"shots": list(size.shots), "seeds": list(size.seeds)},
+               "plan": {"spacing_mm": SPACING_MM, "crop": CROP}, "finetune_recipe": FINETUNE,
+               "pretrain_recipe": PRETRAIN, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+               "seconds": round(time.time() - t0, 1), "pretrain": pre, "runs": runs}
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "table.md").write_text(table(runs, size.shots))
+    plot(runs, size.shots, out / "label_efficiency.png")
+    print((out / "table.md").read_text())
+    print(f"done in {time.time() - t0:.0f} s: {out}/results.json, table.md, label_efficiency.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
