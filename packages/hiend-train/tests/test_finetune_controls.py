@@ -255,3 +255,40 @@ def test_frozen_encoder_stays_bit_identical_while_the_decoder_learns(tiny):
     assert setup["trainable_parameters"] == setup["parameters"] - enc_numel
     epochs = [r["loss"] for r in log if r["event"] == "epoch"]
     assert len(epochs) == 3 and epochs[-1] < epochs[0], epochs
+
+
+def test_class_weights_from_the_training_cases(phantom_cache, tiny) -> None:
+    """inverse_sqrt: the voxel counts come from the cache's per-case class counts of the training cases
+    only; equal to counting the label maps themselves. A list is checked against num_classes."""
+    import numpy as np
+
+    from hiend_data.cache import Cache
+    from hiend_data.errors import InputError
+    from hiend_train.finetune import class_weights_for, training_class_counts
+    from hiend_train.losses import inverse_sqrt_weights
+
+    cache = Cache.open(phantom_cache)
+    idx = [0, 2, 3]
+    counts = training_class_counts(cache, idx, 7)
+    by_hand = sum(np.bincount(np.asarray(cache.case(cache.cases[i]).label).reshape(-1), minlength=7) for i in idx)
+    assert counts == by_hand.tolist()
+    cfg = tiny("finetune", class_weights="inverse_sqrt")
+    w = class_weights_for(cfg, cache, idx, 7)
+    assert w.tolist() == pytest.approx(inverse_sqrt_weights(by_hand.tolist()).tolist(), rel=1e-6)
+    assert w[0] < 0.3 < 1.0 < w[3]  # background light, a kidney heavy
+    assert class_weights_for(tiny("finetune"), cache, idx, 7) is None
+    assert class_weights_for(tiny("finetune", class_weights=[1.0] * 7), cache, idx, 7).tolist() == [1.0] * 7
+    with pytest.raises(InputError, match="7 finite weights"):
+        class_weights_for(tiny("finetune", class_weights=[1.0, 2.0]), cache, idx, 7)
+
+
+def test_class_weighted_run_logs_its_weights(tiny) -> None:
+    import json
+
+    from hiend_train.finetune import run
+
+    cfg = tiny("finetune", class_weights="inverse_sqrt", epochs=1)
+    run(cfg)
+    setup = next(json.loads(line) for line in (cfg.out / "log.jsonl").read_text().splitlines()
+                 if json.loads(line).get("event") == "setup")
+    assert len(setup["class_weights"]) == 7 and sum(setup["class_weights"]) == pytest.approx(7.0, rel=1e-5)

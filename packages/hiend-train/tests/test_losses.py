@@ -41,3 +41,28 @@ def test_mean_dice_of_logits():
     assert float(mean_dice(logits, labels)) == pytest.approx(1.0)
     assert math.isnan(float(mean_dice(torch.zeros(1, 3, 1, 2, 2).index_fill_(1, torch.tensor([0]), 1.0),
                                 torch.zeros(1, 1, 2, 2, dtype=torch.long))))
+
+
+def test_class_weighted_ce_by_hand():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 4, 5, 6, generator=g)
+    labels = torch.randint(0, 3, (2, 4, 5, 6), generator=g)
+    w = torch.tensor([0.5, 1.0, 2.5])
+    # by hand: sum over voxels of w_y * (-log softmax_y) / sum of w_y, plus the unweighted Dice
+    logp = logits.log_softmax(1)
+    nll = -logp.gather(1, labels.unsqueeze(1)).squeeze(1)
+    ce = float((w[labels] * nll).sum() / w[labels].sum())
+    dice_only = float(dice_ce_loss(logits, labels, ce_weight=0.0))
+    assert float(dice_ce_loss(logits, labels, class_weights=w)) == pytest.approx(dice_only + ce, rel=1e-6)
+
+
+def test_inverse_sqrt_weights_by_hand():
+    from hiend_train.losses import inverse_sqrt_weights
+
+    # shares 0.9, 0.1, absent: 1/sqrt(share) = 1.0541, 3.1623, (absent: the largest) 3.1623; mean 2.4596
+    w = inverse_sqrt_weights([900, 100, 0])
+    assert w.tolist() == pytest.approx([0.428571, 1.285714, 1.285714], rel=1e-5)
+    assert float(w.mean()) == pytest.approx(1.0)
+    assert inverse_sqrt_weights([5, 5]).tolist() == pytest.approx([1.0, 1.0])
+    with pytest.raises(ValueError, match="counts"):
+        inverse_sqrt_weights([0, 0])

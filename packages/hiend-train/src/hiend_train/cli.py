@@ -145,6 +145,9 @@ def finetune(
     preset: str | None = _PRESET, num_classes: int | None = typer.Option(
         None, "--num-classes", help="Classes with background (default: 1 + the cache's largest label)."),
     feature_size: int | None = typer.Option(None, "--feature-size", min=1, help="UNETR feature size."),
+    class_weights: str | None = typer.Option(
+        None, "--class-weights", help="Cross-entropy class weights: none (the paper's loss) or inverse_sqrt "
+        "(1/sqrt of each class's voxel share in the training cases; a list via --set class_weights=[...])."),
     epochs: int | None = _EPOCHS, batch_size: int | None = _BATCH, num_samples: int | None = _SAMPLES,
     workers: int | None = _WORKERS, seed: int | None = _SEED, device: str | None = _DEVICE,
     precision: str | None = _PRECISION, grad_accum: int | None = _ACCUM, lr: float | None = _LR,
@@ -168,7 +171,7 @@ def finetune(
 ) -> None:
     """Fine-tune a UNETR (Dice + CE) on a labelled cache; best.safetensors by validation Dice."""
     flags = dict(cache=cache, out=out, init=init, preset=preset, num_classes=num_classes,
-                 feature_size=feature_size, epochs=epochs, batch_size=batch_size, num_samples=num_samples,
+                 feature_size=feature_size, class_weights=class_weights, epochs=epochs, batch_size=batch_size, num_samples=num_samples,
                  workers=workers, seed=seed, device=device, precision=precision, grad_accum=grad_accum, lr=lr,
                  warmup_epochs=warmup_epochs, val_every=val_every, val_fraction=val_fraction,
                  stop_after=stop_after, train_cases=train_cases, fold=fold, folds=folds, layer_decay=layer_decay,

@@ -97,6 +97,9 @@ class FinetuneConfig(TrainConfig):
     sw_batch: int = Field(1, ge=1)
     dice_weight: float = Field(1.0, ge=0)
     ce_weight: float = Field(1.0, ge=0)
+    class_weights: Literal["none", "inverse_sqrt"] | list[float] = Field(
+        "none", description="cross-entropy class weights: none (the paper's loss), inverse_sqrt (1/sqrt of "
+        "each class's voxel share in the training cases, mean 1) or one weight per class")
     train_cases: int | None = Field(None, ge=1, description="train on N of the training split's cases "
                                     "(seeded, nested in N; validation unchanged); None: all")
     fold: int | None = Field(None, ge=0, description="k-fold: validate on fold k (0-based) of `folds`, "

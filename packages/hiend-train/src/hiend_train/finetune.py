@@ -17,7 +17,7 @@ from .config import FinetuneConfig
 from .data import make_loader
 from .dist import all_sum
 from .loop import Task
-from .losses import dice_ce_loss, dice_counts, mean_dice
+from .losses import dice_ce_loss, dice_counts, inverse_sqrt_weights, mean_dice
 from .runner import Context, RunResult, execute, wrap_ddp
 
 
@@ -80,6 +80,36 @@ def build_model(cfg: FinetuneConfig, num_classes: int) -> Any:
         raise InputError(f"{init}: cannot build the UNETR encoder from it ({str(exc).splitlines()[0]})") from None
 
 
+def training_class_counts(cache: Any, indices: list[int], num_classes: int) -> list[int]:
+    """Voxels of each class 0..K-1 summed over the cache's cases at ``indices`` (from the cache's
+    per-case class counts: nothing is read from the label maps)."""
+    counts = [0] * num_classes
+    for i in indices:
+        case = cache.case(cache.cases[i])
+        total = int(np.prod(case.shape))
+        for value, n in zip(case.classes, case.meta.get("class_counts", []), strict=True):
+            if value >= num_classes:
+                raise InputError(f"{cache.root}: case {case.name!r} has label {value}, above num_classes - 1 = "
+                                 f"{num_classes - 1}")
+            counts[value] += int(n)
+            total -= int(n)
+        counts[0] += total
+    return counts
+
+
+def class_weights_for(cfg: FinetuneConfig, cache: Any, indices: list[int], num_classes: int) -> torch.Tensor | None:
+    """The cross-entropy weights of ``cfg.class_weights`` ([K] float32, or None for "none")."""
+    spec = cfg.class_weights
+    if spec == "none":
+        return None
+    if spec == "inverse_sqrt":
+        return inverse_sqrt_weights(training_class_counts(cache, indices, num_classes)).float()
+    if len(spec) != num_classes or any(not math.isfinite(w) or w < 0 for w in spec) or sum(spec) <= 0:
+        raise InputError(f"class_weights={spec}: expected {num_classes} finite weights >= 0 (one per class, "
+                         "background first) with a positive sum")
+    return torch.tensor(spec, dtype=torch.float32)
+
+
 @torch.no_grad()
 def validate(ctx: Context, model: Any, roi: tuple[int, ...], num_classes: int) -> dict[str, Any]:
     """Sliding-window Dice of each foreground class over the validation cases (split over ranks).
@@ -129,12 +159,15 @@ def build_task(ctx: Context) -> Task:
     sampler_cfg = SamplerConfig.finetune(**{"crop_size": roi, "num_samples": cfg.num_samples, **cfg.sampler})
     dataset, sampler, loader = make_loader(ctx.cache, sampler_cfg, ctx.train_idx, cfg.batch_size, cfg.workers,
                                            cfg.seed, env)
+    weights = class_weights_for(cfg, ctx.cache, ctx.train_idx, num_classes)
+    if weights is not None:
+        weights = weights.to(env.device)
 
     def loss_fn(net: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         images = batch["image"].to(env.device, non_blocking=True)
         labels = batch["label"].to(env.device, non_blocking=True).long()
         logits = net(images)
-        loss = dice_ce_loss(logits, labels, cfg.dice_weight, cfg.ce_weight)
+        loss = dice_ce_loss(logits, labels, cfg.dice_weight, cfg.ce_weight, weights)
         dice = mean_dice(logits.detach(), labels).nan_to_num(nan=1.0)  # no foreground in either: agreement
         return loss, {"dice": dice}
 
@@ -150,7 +183,9 @@ def build_task(ctx: Context) -> Task:
     plan = ctx.cache.plan.model_copy(update={"crop_size": roi})
     return Task(kind="finetune", model=model, ddp_model=wrap_ddp(model, env), loss_fn=loss_fn, loader=loader,
                 sampler=sampler, dataset=dataset, plan=plan, on_epoch_end=on_epoch_end,
-                extra={"init": str(cfg.init) if cfg.init else None}, lr_scales=lr_scales)
+                extra={"init": str(cfg.init) if cfg.init else None,
+                       "class_weights": None if weights is None else [round(float(w), 6) for w in weights]},
+                lr_scales=lr_scales)
 
 
 def run(cfg: FinetuneConfig, resume: bool = False) -> RunResult:

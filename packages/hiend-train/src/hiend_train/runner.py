@@ -88,7 +88,8 @@ def execute(cfg: TrainConfig, resume: bool, build: Callable[[Context], Task]) ->
                  "parameters": sum(p.numel() for p in task.model.parameters()),
                  "trainable_parameters": sum(p.numel() for g in optimizer.param_groups for p in g["params"]),
                  "lr_groups": [{"lr_scale": g.get("lr_scale", 1.0), "weight_decay": g["weight_decay"],
-                                "tensors": len(g["params"])} for g in optimizer.param_groups]})
+                                "tensors": len(g["params"])} for g in optimizer.param_groups],
+                 **({"class_weights": task.extra["class_weights"]} if task.extra.get("class_weights") else {})})
         result = fit(task, optimizer, scaler, cfg, env, run, precision, resume=resume)
         run.log({"event": "end", "epochs": result.epochs, "steps": result.steps, "best": result.best})
         return RunResult(out=run.root, fit=result, model=task.model, env=env)
