@@ -60,9 +60,10 @@ class Size:
 
 
 SIZES = {
-    # ~80 min on the 2-core box with --jobs 2 (BENCHMARKS.md has the measured time): 27 fine-tunings of
-    # 300 steps x 4 crops (~0.9 s a step on one core) are 2/3 of it
-    "full": Size(pool=48, labelled=6, test=8, pretrain_epochs=100, pretrain_batch=4, finetune_steps=300,
+    # ~80 min on the 2-core box with --jobs 2 (BENCHMARKS.md has the measured time): 2 pre-trainings of
+    # 1,200 steps x 16 crops (~9 min each) and 27 fine-tunings of 240 steps x 4 crops (~0.9 s a step on
+    # one core, ~4.5 min with prediction and scoring, two at a time)
+    "full": Size(pool=48, labelled=6, test=8, pretrain_epochs=100, pretrain_batch=4, finetune_steps=240,
                  shots=(1, 2, 4), seeds=(0, 1, 2)),
     # the whole pipeline in about 4 minutes: checks the script, measures nothing
     "smoke": Size(pool=4, labelled=3, test=2, pretrain_epochs=2, pretrain_batch=2, finetune_steps=4,
@@ -76,7 +77,7 @@ CROP = 32
 #: the one fine-tuning recipe every arm gets (the demo's; see tools/demo.py)
 FINETUNE = ["--feature-size", "8", "--batch-size", "1", "--num-samples", "4", "--lr", "5e-3",
             "--set", "sampler.flip_axes=[1,2]", "--set", "sampler.rot90_prob=0",
-            "--set", "sampler.class_balanced=true"]
+            "--set", "sampler.class_balanced=true", "--class-weights", "inverse_sqrt"]
 #: the one pre-training recipe both decoders get
 PRETRAIN = ["--num-samples", "4", "--lr", "1.5e-3", "--val-fraction", "0.1", "--preview-every", "0"]
 
