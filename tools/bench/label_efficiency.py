@@ -18,7 +18,8 @@
    ``OUT/label_efficiency.png`` (mean organ Dice against N, one line per arm, the seeds' spread shown).
 
 Every stage is a hiend command (echoed to ``WORK/commands.log``), run as a user would. A run whose
-scores exist is skipped, so an interrupted experiment continues where it stopped when run again.
+scores exist is skipped, so an interrupted experiment continues where it stopped when run again;
+``--report`` writes the outputs from the runs finished so far (``complete`` false in results.json).
 ``--jobs 2`` runs two fine-tunings at once with one torch thread each (on the 2-core box this is
 faster than one run with two threads). ``--size smoke`` is the same pipeline at a few minutes' size.
 """
@@ -275,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="results.json, table.md, PNG (default: tools/bench/results/label_efficiency "
                         "for --size full, WORK/results otherwise)")
     parser.add_argument("--jobs", type=int, default=2, help="fine-tuning runs at once (one torch thread each)")
+    parser.add_argument("--report", action="store_true",
+                        help="only write results.json, table.md and the PNG from the runs finished in WORK")
     args = parser.parse_args(argv)
     size = SIZES[args.size]
     work: Path = args.work.resolve()
@@ -286,6 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     sh = Runner(work, threads=1)
     t0 = time.time()
 
+    if args.report:
+        runs = [json.loads(f.read_text()) for f in sorted(work.glob("ft_*/result.json"))]
+        pre = {arm: pretrain(work, size, work / "pool_cache", arm, sh, threads)
+               for arm in ("hiend", "mae") if (work / f"pretrain_{arm}" / "done.json").exists()}
+        write_results(out, args.size, size, pre, runs, None)
+        return 0
     pool_cache, lab_cache, lab_raw = build_data(work, size, sh)
     print(f"[{time.time() - t0:6.0f} s] data ready: {pool_cache}, {lab_cache}", flush=True)
     pre = {}
@@ -305,16 +314,23 @@ def main(argv: list[str] | None = None) -> int:
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         runs = list(pool.map(one, jobs))
-    results = {"size": args.size, "config": size.__dict__ | {"shots": list(size.shots), "seeds": list(size.seeds)},
+    write_results(out, args.size, size, pre, runs, time.time() - t0)
+    print(f"done in {time.time() - t0:.0f} s: {out}/results.json, table.md, label_efficiency.png")
+    return 0
+
+
+def write_results(out: Path, name: str, size: Size, pre: dict, runs: list[dict], seconds: float | None) -> None:
+    """results.json (every run), table.md and the PNG; ``seconds`` None: a report of the runs so far."""
+    expected = len(size.seeds) * len(size.shots) * len(ARMS)
+    results = {"size": name, "config": size.__dict__ | {"shots": list(size.shots), "seeds": list(size.seeds)},
                "plan": {"spacing_mm": SPACING_MM, "crop": CROP}, "finetune_recipe": FINETUNE,
                "pretrain_recipe": PRETRAIN, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-               "seconds": round(time.time() - t0, 1), "pretrain": pre, "runs": runs}
+               "seconds": None if seconds is None else round(seconds, 1), "complete": len(runs) == expected,
+               "runs_done": len(runs), "runs_expected": expected, "pretrain": pre, "runs": runs}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "table.md").write_text(table(runs, size.shots))
     plot(runs, size.shots, out / "label_efficiency.png")
     print((out / "table.md").read_text())
-    print(f"done in {time.time() - t0:.0f} s: {out}/results.json, table.md, label_efficiency.png")
-    return 0
 
 
 if __name__ == "__main__":
