@@ -217,6 +217,17 @@ def table(runs: list[dict], shots: tuple[int, ...]) -> str:
             sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
             cells.append(f"{statistics.fmean(xs):.3f} +- {sd:.3f} [{min(xs):.3f}, {max(xs):.3f}]")
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired differences of mean organ Dice (same N, seed, training cases and decoder init), "
+              "mean over seeds [min, max]:", "",
+              "| pair | " + " | ".join(f"N = {n}" for n in shots) + " |",
+              "| --- | " + " | ".join("---" for _ in shots) + " |"]
+    for a, b in (("hiend", "scratch"), ("mae", "scratch"), ("hiend", "mae")):
+        cells = []
+        for n in shots:
+            by = {(r["arm"], r["seed"]): r["mean_organ_dice"] for r in runs if r["n"] == n}
+            d = [by[(a, s)] - by[(b, s)] for (arm, s) in by if arm == a and (b, s) in by]
+            cells.append(f"{statistics.fmean(d):+.3f} [{min(d):+.3f}, {max(d):+.3f}]" if d else "-")
+        lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
     lines += ["", "Per organ, Dice (HD95 mm), mean over seeds:", "",
               "| arm | N | " + " | ".join(ORGANS.values()) + " |",
               "| --- | --- | " + " | ".join("---" for _ in ORGANS) + " |"]
