@@ -1,0 +1,171 @@
+"""Case naming: the one rule every hiend package uses to turn file names into cases.
+
+nnU-Net's convention: the channels of a case are files ``{case}_0000{ext}``, ``{case}_0001{ext}``, ...
+in one folder; a label or a prediction is ``{case}{ext}``. hiend reads it like this, everywhere
+(``hiend-data`` discovery and :func:`hiend_data.load_volume`'s channel lookup, ``hiend-model predict``,
+``hiend-eval score``):
+
+* **extension**: one of :data:`IMAGE_SUFFIXES` (``.nii.gz``, ``.nii``); :func:`strip_suffix` gives the stem,
+  or None for a name that is not an image file.
+* **one file, by name alone** (:func:`case_name`): a trailing ``_0000`` is dropped (channel 0 names its
+  case), any other name is the case: ``liver_003_0000.nii.gz`` -> ``liver_003``,
+  ``liver_003.nii.gz`` -> ``liver_003``, ``x_0001.nii.gz`` -> ``x_0001``.
+* **files of one folder** (:func:`group_channels`): a ``{case}_0000`` file and its siblings
+  ``{case}_0001``, ``{case}_0002``, ... form one case of that many channels, in channel order. The
+  channels must run without a gap from ``_0000``: a gap is an :class:`InputError` naming the first
+  missing file (a case is never silently split or cut short). A ``_dddd`` file without a ``_0000``
+  sibling is a one-channel case named in full (``x_0001``), and so is any other image file.
+
+Torch-free and numpy-free (``pathlib`` and ``re`` only).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+
+__all__ = ["IMAGE_SUFFIXES", "CHANNEL_RE", "ChannelGroup", "strip_suffix", "image_suffix", "is_image",
+           "split_channel", "case_name", "channel_file", "group_channels", "channel_siblings"]
+
+#: File endings hiend reads as images (longest first, so ``.nii.gz`` wins over a bare ``.gz``).
+IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
+#: ``{case}_{dddd}``: an nnU-Net channel file's stem.
+CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """One case: ``name`` and its ``files`` (channel 0 first; one file for a one-channel case)."""
+
+    name: str
+    files: tuple[Path, ...]
+
+
+def image_suffix(name: str | os.PathLike[str]) -> str | None:
+    """The image extension of a file name (``".nii.gz"`` / ``".nii"``), or None."""
+    base = Path(name).name
+    for suffix in IMAGE_SUFFIXES:
+        if base.endswith(suffix) and len(base) > len(suffix):
+            return suffix
+    return None
+
+
+def is_image(name: str | os.PathLike[str]) -> bool:
+    """True when the file name ends in an image extension (``.nii`` or ``.nii.gz``)."""
+    return image_suffix(name) is not None
+
+
+def strip_suffix(name: str | os.PathLike[str]) -> str | None:
+    """``"ct_0000.nii.gz"`` -> ``"ct_0000"``; None for a name without an image extension."""
+    base = Path(name).name
+    suffix = image_suffix(base)
+    return None if suffix is None else base[: -len(suffix)]
+
+
+def split_channel(stem: str) -> tuple[str, int] | None:
+    """``"ct_0002"`` -> ``("ct", 2)``; None for a stem without a ``_dddd`` ending."""
+    m = CHANNEL_RE.match(stem)
+    return (m["case"], int(m["channel"])) if m else None
+
+
+def case_name(name: str | os.PathLike[str]) -> str | None:
+    """The case a single file names, by its name alone: its stem without a trailing ``_0000``.
+
+    ``"liver_003_0000.nii.gz"`` -> ``"liver_003"``; ``"liver_003.nii.gz"`` -> ``"liver_003"``;
+    ``"x_0001.nii.gz"`` -> ``"x_0001"`` (channel 1 names a case only beside its ``_0000``); None for a
+    name that is not an image file.
+    """
+    stem = strip_suffix(name)
+    if stem is None:
+        return None
+    split = split_channel(stem)
+    return split[0] if split is not None and split[1] == 0 else stem
+
+
+def channel_file(folder: str | os.PathLike[str], case: str, channel: int, suffix: str = ".nii.gz") -> Path:
+    """``folder / f"{case}_{channel:04d}{suffix}"``."""
+    return Path(folder) / f"{case}_{channel:04d}{suffix}"
+
+
+def _gap_error(case: str, present: Sequence[int], first: Path) -> InputError:
+    missing = min(set(range(max(present) + 1)) - set(present))
+    suffix = image_suffix(first) or ""
+    gap = channel_file(first.parent, case, missing, suffix)
+    return InputError(f"{gap}: channel file missing; case {case!r} has channels "
+                      f"{', '.join(f'_{c:04d}' for c in sorted(present))} (channels must run from _0000 "
+                      "without a gap)")
+
+
+def group_channels(files: Iterable[str | os.PathLike[str]]) -> list[ChannelGroup]:
+    """Cases of a list of image files (the module's rule), in the order their first file appears.
+
+    Files are grouped per folder; the same file named twice counts once. Raises :class:`InputError`
+    when a case's channels have a gap, or when two files of one folder give the same channel of a case
+    (``x_0000.nii`` beside ``x_0000.nii.gz``). Files that are not images are the caller's business:
+    they raise InputError here too, so filter them first.
+    """
+    paths = list(dict.fromkeys(Path(f) for f in files))
+    groups: dict[tuple[Path, str], dict[int, Path]] = {}
+    for f in paths:
+        stem = strip_suffix(f)
+        if stem is None:
+            raise InputError(f"{f}: not an image file name (expected {' or '.join(IMAGE_SUFFIXES)})")
+        split = split_channel(stem)
+        if split is not None:
+            chans = groups.setdefault((f.parent.resolve(), split[0]), {})
+            if split[1] in chans:
+                raise InputError(f"{f} and {chans[split[1]]}: two files for channel {split[1]} of case "
+                                 f"{split[0]!r}")
+            chans[split[1]] = f
+    out: list[ChannelGroup] = []
+    done: set[Path] = set()
+    for f in paths:
+        if f in done:
+            continue
+        stem = strip_suffix(f)
+        assert stem is not None
+        split = split_channel(stem)
+        chans = groups.get((f.parent.resolve(), split[0])) if split is not None else None
+        if split is not None and chans is not None and 0 in chans:
+            order = sorted(chans)
+            if order != list(range(len(order))):
+                raise _gap_error(split[0], order, chans[0])
+            members = tuple(chans[c] for c in order)
+            out.append(ChannelGroup(split[0], members))
+            done.update(members)
+        else:
+            out.append(ChannelGroup(stem, (f,)))
+            done.add(f)
+    return out
+
+
+def channel_siblings(path: str | os.PathLike[str]) -> list[Path]:
+    """All channel files of the case ``path`` belongs to, read from its folder (the module's rule).
+
+    ``x_0000.nii.gz`` -> ``[x_0000.nii.gz, x_0001.nii.gz, ...]`` (every ``x_dddd`` of the same extension
+    beside it, gap-checked); a file that is not a ``_0000`` channel is returned alone, as is a path whose
+    folder cannot be listed.
+    """
+    path = Path(path)
+    stem = strip_suffix(path)
+    split = split_channel(stem) if stem is not None else None
+    if split is None or split[1] != 0:
+        return [path]
+    suffix = image_suffix(path)
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return [path]
+    siblings = [path]
+    for f in sorted(entries):
+        other = strip_suffix(f) if image_suffix(f) == suffix else None
+        s = split_channel(other) if other is not None else None
+        if s is not None and s[0] == split[0] and f.name != path.name:
+            siblings.append(f)
+    group = [g for g in group_channels(siblings) if path in g.files]
+    return list(group[0].files) if group else [path]
