@@ -71,15 +71,15 @@ def test_crop_box(centre, shape, size, src, dst, padded) -> None:
 def test_foreground_share_is_pos_over_pos_plus_neg() -> None:
     img = unique_volume((60, 20, 20), zero_below_x=20)  # a third background
     s = sampler(img, num_samples=4000, crop_size=(8, 8, 8), **NO_AUG)
-    _, _, recs = s.sample_batch("a", s.rng(1), with_params=True)
-    fg = np.array([r["foreground"] for r in recs])
+    recs = s.plan("a", s.rng(1))
+    fg = np.array([r.foreground for r in recs])
     # every centre is of the kind it claims
-    vals = np.array([img[0][r["centre"]] for r in recs])
+    vals = np.array([img[0][r.centre] for r in recs])
     np.testing.assert_array_equal(vals > 0, fg)
     assert abs(fg.mean() - 0.75) < 4 * np.sqrt(0.75 * 0.25 / 4000)
     # the crop always contains its centre
     for r in recs[:200]:
-        assert all(sl.start <= c < sl.stop for c, sl in zip(r["centre"], r["source"], strict=False))
+        assert all(sl.start <= c < sl.stop for c, sl in zip(r.centre, r.source, strict=False))
 
 
 def test_centres_uniform_within_each_kind() -> None:
@@ -88,11 +88,11 @@ def test_centres_uniform_within_each_kind() -> None:
     img[0, 10:40] = 2.0  # ... and 3000 more: 1 : 3 of the foreground centres
     img[0, 39, 9, 9] = 0.0  # a single background voxel: the background fallback list
     s = sampler(img, num_samples=6000, crop_size=(4, 4, 4), **NO_AUG)
-    _, _, recs = s.sample_batch("a", s.rng(2), with_params=True)
-    fg_vals = np.array([img[0][r["centre"]] for r in recs if r["foreground"]])
+    recs = s.plan("a", s.rng(2))
+    fg_vals = np.array([img[0][r.centre] for r in recs if r.foreground])
     share = np.mean(fg_vals == 1.0)
     assert abs(share - 0.25) < 4 * np.sqrt(0.25 * 0.75 / len(fg_vals))
-    bg = [r["centre"] for r in recs if not r["foreground"]]
+    bg = [r.centre for r in recs if not r.foreground]
     assert bg and all(c == (39, 9, 9) for c in bg)
 
 
@@ -102,8 +102,8 @@ def test_rare_foreground_uses_the_index_list_uniformly() -> None:
     for p in points:
         img[0][p] = 0.5
     s = sampler(img, num_samples=3000, crop_size=(8, 8, 8), **NO_AUG)
-    _, _, recs = s.sample_batch("a", s.rng(3), with_params=True)
-    hits = [r["centre"] for r in recs if r["foreground"]]
+    recs = s.plan("a", s.rng(3))
+    hits = [r.centre for r in recs if r.foreground]
     counts = np.array([hits.count(p) for p in points])
     assert counts.sum() == len(hits)
     assert abs(counts / counts.sum() - 1 / 3).max() < 0.05
@@ -113,8 +113,8 @@ def test_rare_foreground_uses_the_index_list_uniformly() -> None:
 def test_missing_kind_falls_back_to_the_other(value: float, expect_fg: bool) -> None:
     img = np.full((1, 20, 20, 20), value, np.float32)
     s = sampler(img, num_samples=50, crop_size=(8, 8, 8))
-    _, _, recs = s.sample_batch("a", s.rng(0), with_params=True)
-    assert all(r["foreground"] == expect_fg for r in recs)
+    recs = s.plan("a", s.rng(0))
+    assert all(r.foreground == expect_fg for r in recs)
 
 
 def test_finetune_centres_labelled_and_background_one_to_one() -> None:
@@ -124,9 +124,10 @@ def test_finetune_centres_labelled_and_background_one_to_one() -> None:
     label[30:35, 30:35, 30:35] = 7
     cache = ArrayCache({"a": ArrayCase(img, label)})
     s = CropSampler(cache, SamplerConfig.finetune(num_samples=4000, crop_size=(16, 16, 16)), seed=0)
-    labels_out, recs = s.sample_batch("a", s.rng(0), with_params=True)[1:]
-    on_label = np.array([label[r["centre"]] > 0 for r in recs])
-    np.testing.assert_array_equal(on_label, [r["foreground"] for r in recs])
+    recs = s.plan("a", s.rng(0))
+    labels_out = s.fill("a", recs)[1]
+    on_label = np.array([label[r.centre] > 0 for r in recs])
+    np.testing.assert_array_equal(on_label, [r.foreground for r in recs])
     assert abs(on_label.mean() - 0.5) < 4 * np.sqrt(0.25 / 4000)
     assert labels_out is not None and labels_out.dtype == np.uint8 and labels_out.shape == (4000, 16, 16, 16)
 
@@ -139,10 +140,10 @@ def test_finetune_centres_stay_inside_the_body() -> None:
     label[10:20, 25:35, 10:20] = 1  # an organ half in the air
     s = CropSampler(ArrayCache({"a": ArrayCase(img, label)}),
                     SamplerConfig.finetune(num_samples=3000, crop_size=(8, 8, 8)), seed=0)
-    recs = s.sample_batch("a", s.rng(0), with_params=True)[2]
-    centres = np.array([r["centre"] for r in recs])
+    recs = s.plan("a", s.rng(0))
+    centres = np.array([r.centre for r in recs])
     assert (centres[:, 1] < 30).all()
-    fg = np.array([r["foreground"] for r in recs])
+    fg = np.array([r.foreground for r in recs])
     np.testing.assert_array_equal(label[tuple(centres.T)] > 0, fg)
     assert abs(fg.mean() - 0.5) < 4 * np.sqrt(0.25 / 3000)
     # the fallback index lists honour the threshold too
@@ -150,7 +151,7 @@ def test_finetune_centres_stay_inside_the_body() -> None:
     img2[0, 12, 27, 12] = img2[0, 1, 1, 1] = 1.0
     s2 = CropSampler(ArrayCache({"a": ArrayCase(img2, label)}),
                      SamplerConfig.finetune(num_samples=200, crop_size=(8, 8, 8)), seed=0)
-    got = {r["centre"] for r in s2.sample_batch("a", s2.rng(0), with_params=True)[2]}
+    got = {r.centre for r in s2.plan("a", s2.rng(0))}
     assert got == {(12, 27, 12), (1, 1, 1)}
 
 
@@ -164,24 +165,24 @@ def test_class_balanced_centres_pick_each_class_equally() -> None:
     cache = ArrayCache({"a": ArrayCase(img, label)})
     n = 4000
     plain = CropSampler(cache, SamplerConfig.finetune(num_samples=n, crop_size=(8, 8, 8)), seed=0)
-    recs = plain.sample_batch("a", plain.rng(0), with_params=True)[2]
-    plain_centres = [r["centre"] for r in recs]
-    small = np.array([label[r["centre"]] == 7 for r in recs if r["foreground"]])
+    recs = plain.plan("a", plain.rng(0))
+    plain_centres = [r.centre for r in recs]
+    small = np.array([label[r.centre] == 7 for r in recs if r.foreground])
     assert small.mean() < 0.02
     bal = CropSampler(cache, SamplerConfig.finetune(num_samples=n, crop_size=(8, 8, 8), class_balanced=True), seed=0)
-    recs = bal.sample_batch("a", bal.rng(0), with_params=True)[2]
-    fg = np.array([r["foreground"] for r in recs])
-    values = np.array([label[r["centre"]] for r in recs])
+    recs = bal.plan("a", bal.rng(0))
+    fg = np.array([r.foreground for r in recs])
+    values = np.array([label[r.centre] for r in recs])
     np.testing.assert_array_equal(values > 0, fg)  # background crops stay background
     assert abs(fg.mean() - 0.5) < 4 * np.sqrt(0.25 / n)  # pos : neg unchanged
     share = (values[fg] == 7).mean()
     assert abs(share - 0.5) < 4 * np.sqrt(0.25 / fg.sum())
-    small_centres = [r["centre"] for r in recs if label[r["centre"]] == 7]
+    small_centres = [r.centre for r in recs if label[r.centre] == 7]
     _, counts = np.unique(np.array(small_centres), axis=0, return_counts=True)
     assert len(counts) == 8 and counts.min() > 0.5 * counts.mean()  # every voxel of the class, evenly
     # deterministic for a seed
     again = CropSampler(cache, SamplerConfig.finetune(num_samples=n, crop_size=(8, 8, 8)), seed=0)
-    assert [r["centre"] for r in again.sample_batch("a", again.rng(0), with_params=True)[2]] == plain_centres
+    assert [r.centre for r in again.plan("a", again.rng(0))] == plain_centres
 
 
 def test_class_balanced_needs_labels() -> None:
@@ -202,16 +203,17 @@ def test_crop_is_the_source_region_augmented() -> None:
     img = unique_volume((40, 50, 30), channels=2)
     label = (np.arange(40 * 50 * 30) % 251).reshape(40, 50, 30).astype(np.uint8)
     s = sampler(img, label, num_samples=300, crop_size=(20, 20, 16), scale_prob=0.5, shift_prob=0.5)
-    images, labels, recs = s.sample_batch("a", s.rng(5), with_params=True)
+    recs = s.plan("a", s.rng(5))
+    images, labels = s.fill("a", recs)
     assert images.shape == (300, 2, 20, 20, 16) and images.dtype == np.float32 and images.flags.c_contiguous
     kinds = set()
     for i, r in enumerate(recs):
-        region = img[(slice(None), *r["source"])]
-        ref_img, ref_lab = augment(region, label[r["source"]], r["aug"])
+        region = img[(slice(None), *r.source)]
+        ref_img, ref_lab = augment(region, label[r.source], r.aug)
         np.testing.assert_allclose(images[i], ref_img, rtol=1e-6, atol=0)
         np.testing.assert_array_equal(labels[i], ref_lab)
         assert images[i].flags.c_contiguous
-        a = r["aug"]
+        a = r.aug
         kinds.add((a.flips, a.rot_k, a.scale is not None, a.shift is not None))
     assert len(kinds) > 30  # many combinations exercised, including fused scale/shift
 
@@ -228,14 +230,15 @@ def test_padding_only_where_the_volume_is_smaller() -> None:
     img = unique_volume((50, 120, 30))
     label = np.ones((50, 120, 30), np.uint8)
     s = sampler(img, label, num_samples=40, scale_prob=0, shift_prob=0)  # 96^3 crops
-    images, labels, recs = s.sample_batch("a", s.rng(1), with_params=True)
+    recs = s.plan("a", s.rng(1))
+    images, labels = s.fill("a", recs)
     assert images.shape == (40, 1, 96, 96, 96)
     for i, r in enumerate(recs):
-        src = r["source"]
+        src = r.source
         assert (src[0].start, src[0].stop, src[2].start, src[2].stop) == (0, 50, 0, 30)
         assert src[1].stop - src[1].start == 96  # the long axis is cropped, not padded
-        un_img = inverse_view(images[i], r["aug"], channel_first=True)  # undo flips/rot90
-        un_lab = inverse_view(labels[i], r["aug"], channel_first=False)
+        un_img = inverse_view(images[i], r.aug, channel_first=True)  # undo flips/rot90
+        un_lab = inverse_view(labels[i], r.aug, channel_first=False)
         inner = (slice(23, 73), slice(0, 96), slice(33, 63))  # (96 - 50) // 2, (96 - 30) // 2
         np.testing.assert_array_equal(un_img[(slice(None), *inner)], img[(slice(None), *src)])
         np.testing.assert_array_equal(un_lab[inner], 1)
@@ -266,6 +269,20 @@ def test_deterministic_for_a_seed_and_key() -> None:
     assert not np.array_equal(a, c)
     s = sampler(img, seed=7, crop_size=(16, 16, 16))
     np.testing.assert_array_equal(s.sample_batch("a", s.rng(0, 3))[0], s.sample_batch("a", s.rng(0, 3))[0])
+
+
+def test_sample_batch_is_plan_then_fill() -> None:
+    """The same stream through plan + fill or sample_batch gives the same crops, call after call (also
+    once a kind has been found rare and goes to its index list)."""
+    img = unique_volume((40, 40, 40))
+    img[0, :, :, 1:] = 0
+    img[0, 5:, :, 0] = 0  # foreground: 200 of 64000 voxels, found rare on the first calls
+    a, b = sampler(img, seed=3, crop_size=(16, 16, 16)), sampler(img, seed=3, crop_size=(16, 16, 16))
+    for key in range(6):
+        crops = a.plan("a", a.rng(key))
+        got = a.fill("a", crops)[0].copy()
+        np.testing.assert_array_equal(got, b.sample_batch("a", b.rng(key))[0])
+        assert [c.foreground for c in crops] == [bool(img[(0, *c.centre)] > 0) for c in crops]
 
 
 def test_worker_streams_are_distinct() -> None:
@@ -323,11 +340,12 @@ def test_on_the_cache(phantom_cache, recipe: str) -> None:
     s = CropSampler(phantom_cache, cfg, seed=0)
     for case in phantom_cache.cases:
         c = phantom_cache.case(case)
-        images, labels, recs = s.sample_batch(case, s.rng(0), with_params=True)
+        recs = s.plan(case, s.rng(0))
+        images, labels = s.fill(case, recs)
         assert images.shape == (cfg.num_samples, 1, 96, 96, 96) and labels.shape == (cfg.num_samples, 96, 96, 96)
         source = np.asarray(c.label) if recipe == "finetune" else np.asarray(c.image)[0]
         for r in recs:
-            assert (source[r["centre"]] > 0) == r["foreground"]
+            assert (source[r.centre] > 0) == r.foreground
         assert labels.max() > 0 and 0 <= images.min() and images.max() <= 1.2
 
 
@@ -336,9 +354,9 @@ def test_class_balanced_on_the_cache(phantom_cache) -> None:
     cfg = SamplerConfig.finetune(num_samples=1200, crop_size=(16, 16, 16), pos=1.0, neg=0.0, class_balanced=True)
     s = CropSampler(phantom_cache, cfg, seed=0)
     case = phantom_cache.case(phantom_cache.cases[0])
-    recs = s.sample_batch(phantom_cache.cases[0], s.rng(0), with_params=True)[2]
+    recs = s.plan(phantom_cache.cases[0], s.rng(0))
     label = np.asarray(case.label)
-    values = np.array([label[r["centre"]] for r in recs])
+    values = np.array([label[r.centre] for r in recs])
     shares = np.array([(values == v).mean() for v in case.classes])
     assert len(case.classes) == 6 and (values > 0).all()
     assert np.abs(shares - 1 / 6).max() < 4 * np.sqrt((1 / 6) * (5 / 6) / len(values))
@@ -361,8 +379,8 @@ def test_crop_positions_match_monai_in_distribution() -> None:
     theirs = np.array([[int(v) for v in c["image"].meta["crop_center"]] for c in monai({"image": img})])
     theirs = theirs - np.array(size) // 2  # MONAI records the corrected centre; start = centre - size // 2
     s = sampler(img, num_samples=n, crop_size=size, **NO_AUG)
-    recs = s.sample_batch("a", s.rng(0), with_params=True)[2]
-    ours = np.array([[sl.start for sl in r["source"]] for r in recs])
+    recs = s.plan("a", s.rng(0))
+    ours = np.array([[sl.start for sl in r.source] for r in recs])
     for ax, dim in enumerate(img.shape[1:]):
         h_ours = np.bincount(ours[:, ax], minlength=dim) / n
         h_theirs = np.bincount(theirs[:, ax], minlength=dim) / n
@@ -380,11 +398,12 @@ def test_real_scan_foreground_share(shared_data, tmp_path) -> None:
     image = np.asarray(cache.case("abdomen").image)
     assert image.shape == (1, 120, 126, 164)
     s = CropSampler(cache, SamplerConfig.pretrain(num_samples=3000, crop_size=(16, 16, 16)), seed=1)
-    images, labels, recs = s.sample_batch("abdomen", s.rng(0), with_params=True)
+    recs = s.plan("abdomen", s.rng(0))
+    images, labels = s.fill("abdomen", recs)
     assert labels is None
-    fg = np.array([r["foreground"] for r in recs])
-    np.testing.assert_array_equal(fg, [image[(0, *r["centre"])] > 0 for r in recs])
+    fg = np.array([r.foreground for r in recs])
+    np.testing.assert_array_equal(fg, [image[(0, *r.centre)] > 0 for r in recs])
     assert abs(fg.mean() - 0.75) < 4 * np.sqrt(0.75 * 0.25 / 3000)
     for i in range(0, 3000, 97):
-        ref, _ = augment(image[(slice(None), *recs[i]["source"])], None, recs[i]["aug"])
+        ref, _ = augment(image[(slice(None), *recs[i].source)], None, recs[i].aug)
         np.testing.assert_allclose(images[i], ref, rtol=1e-6, atol=0)
