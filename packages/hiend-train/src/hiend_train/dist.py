@@ -3,6 +3,11 @@
 ``torchrun --nproc_per_node G [--nnodes N --node_rank R --rdzv_endpoint HOST:PORT] -m hiend_train.cli ...``
 sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; with ``WORLD_SIZE`` > 1 :func:`setup` joins the process
 group (NCCL on CUDA, gloo on CPU) and puts each process on its own GPU (``cuda:LOCAL_RANK``).
+
+The device comes from :func:`hiend_model.device.resolve_device` (imported here as
+``hiend_train.dist.resolve_device``), the rule ``hiend-model predict`` uses too: ``auto``, ``cpu``,
+``cuda``, ``cuda:N``, ``mps``. Apple's MPS backend trains in one process only (torch.distributed has
+no MPS backend): several processes on ``mps`` are an InputError.
 """
 
 from __future__ import annotations
@@ -11,7 +16,13 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+import torch.distributed as dist
+
 from hiend_data.errors import InputError
+from hiend_model.device import resolve_device
+
+__all__ = ["DistEnv", "resolve_device", "setup", "teardown", "all_sum", "broadcast_object"]
 
 
 @dataclass(frozen=True)
@@ -33,30 +44,16 @@ class DistEnv:
         return self.rank == 0
 
 
-def resolve_device(name: str, local_rank: int = 0) -> Any:
-    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> torch.device (``cuda`` -> ``cuda:LOCAL_RANK``)."""
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InputError(f"device {name!r}: CUDA is not available on this machine (use --device cpu)")
-        return torch.device(name if ":" in name else f"cuda:{local_rank}")
-    if name != "cpu":
-        raise InputError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
-    return torch.device("cpu")
-
-
 def setup(device: str) -> DistEnv:
     """Join the process group when torchrun started several processes; pick this process's device."""
-    import torch
-    import torch.distributed as dist
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
+    if world > 1 and dev.type == "mps":
+        raise InputError(f"device {device!r}: {world} processes (WORLD_SIZE={world}) cannot train on Apple's MPS "
+                         "backend, which torch.distributed does not support; run one process on mps, or use "
+                         "--device cpu (gloo) or cuda (NCCL) under torchrun")
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
@@ -67,8 +64,6 @@ def setup(device: str) -> DistEnv:
 
 def teardown(env: DistEnv) -> None:
     """Leave the process group (if this module joined one)."""
-    import torch.distributed as dist
-
     if env.distributed and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -76,8 +71,6 @@ def teardown(env: DistEnv) -> None:
 def all_sum(env: DistEnv, tensor: Any) -> Any:
     """Sum of a tensor over all processes, in place (identity on one process)."""
     if env.distributed:
-        import torch.distributed as dist
-
         dist.all_reduce(tensor)
     return tensor
 
@@ -86,8 +79,6 @@ def broadcast_object(env: DistEnv, obj: Any) -> Any:
     """Rank 0's ``obj`` on every process."""
     if not env.distributed:
         return obj
-    import torch.distributed as dist
-
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]

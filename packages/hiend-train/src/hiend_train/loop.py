@@ -2,7 +2,9 @@
 
 :func:`train_one_epoch` runs one pass over the loader (autocast, gradient accumulation, DDP no_sync,
 per-iteration learning rate, a non-finite loss stops the run); :func:`fit` runs the epochs around it:
-resume, per-epoch seeding, validation hooks, checkpoints and training state, log lines.
+resume, per-epoch seeding, validation hooks, checkpoints and training state, events. Both report
+through an :class:`~hiend_train.events.EventSink` (default: the run folder's log.jsonl) and draw one
+rich progress bar, switched off by ``disable=`` where it is not wanted.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .config import TrainConfig
 from .dist import DistEnv, all_sum
+from .events import EventSink
 from .optim import lr_at, set_lr
 from .rundir import RunDir, rng_state, set_rng_state
 
@@ -99,14 +104,18 @@ def optimizer_steps_per_epoch(n_batches: int, grad_accum: int) -> int:
 
 
 def train_one_epoch(task: Task, optimizer: Any, scaler: Any, cfg: TrainConfig, env: DistEnv, run: RunDir,
-                    epoch: int, step: int, precision: str, progress: Any = None) -> tuple[int, dict[str, Any]]:
+                    epoch: int, step: int, precision: str, progress: Progress | None = None,
+                    events: EventSink | None = None) -> tuple[int, dict[str, Any]]:
     """One pass over ``task.loader``; returns (global optimizer step after it, epoch record).
 
     Learning rate per optimizer step from :func:`~hiend_train.optim.lr_at`. Loss and metrics are
-    averaged over processes on the device and reach the host only at log lines (every ``log_every``
-    optimizer steps) and at the end of the epoch: that is where a non-finite loss stops the run, on
-    every rank at once, before anything is saved.
+    averaged over processes on the device and reach the host only at ``step`` events (every
+    ``log_every`` optimizer steps, to ``events``; default ``run.events``, log.jsonl) and at the end of
+    the epoch: that is where a non-finite loss stops the run, on every rank at once, before anything is
+    saved. ``progress``: the bar of :func:`progress_bar` (None: one that draws nothing).
     """
+    events = run.events if events is None else events
+    progress = progress_bar(False) if progress is None else progress
     n_batches = len(task.loader)
     per_epoch = optimizer_steps_per_epoch(n_batches, cfg.grad_accum)
     total, warmup = cfg.epochs * per_epoch, cfg.warmup_epochs * per_epoch
@@ -118,7 +127,7 @@ def train_one_epoch(task: Task, optimizer: Any, scaler: Any, cfg: TrainConfig, e
     n_micro = n_window = crops = crops_window = 0
     t0 = t_window = time.perf_counter()
     lr = lr_at(step, cfg.lr, warmup, total, cfg.min_lr)
-    bar = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=n_batches) if progress is not None else None
+    bar = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=n_batches)
 
     def host_mean(acc: torch.Tensor, n: int) -> dict[str, float]:
         """Bring a running sum to the host (the only synchronisation points) and check the loss."""
@@ -169,15 +178,12 @@ def train_one_epoch(task: Task, optimizer: Any, scaler: Any, cfg: TrainConfig, e
         if last_micro and step % cfg.log_every == 0:
             values = host_mean(window, n_window)
             now = time.perf_counter()
-            run.log({"event": "step", "epoch": epoch + 1, "step": step, "lr": lr, **values,
-                     "crops_per_s": crops_window / max(now - t_window, 1e-9)})
+            events.emit("step", epoch=epoch + 1, step=step, lr=lr, **values,
+                        crops_per_s=crops_window / max(now - t_window, 1e-9))
             window, n_window, crops_window, t_window = None, 0, 0, now
-            if bar is not None:
-                progress.update(bar, description=f"epoch {epoch + 1}/{cfg.epochs} loss {values['loss']:.4f}")
-        if bar is not None:
-            progress.update(bar, advance=1)
-    if bar is not None:
-        progress.remove_task(bar)
+            progress.update(bar, description=f"epoch {epoch + 1}/{cfg.epochs} loss {values['loss']:.4f}")
+        progress.update(bar, advance=1)
+    progress.remove_task(bar)
     values = host_mean(sums, n_micro) if sums is not None else {}
     seconds = time.perf_counter() - t0
     record = {"event": "epoch", "epoch": epoch + 1, "step": step, "lr": lr, **values,
@@ -185,15 +191,12 @@ def train_one_epoch(task: Task, optimizer: Any, scaler: Any, cfg: TrainConfig, e
     return step, record
 
 
-def _progress(enabled: bool) -> Any:
-    if not enabled:
-        return contextlib.nullcontext(None)
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    # on stderr: stdout is for results (the command's last line is a JSON summary)
+def progress_bar(enabled: bool) -> Progress:
+    """The run's rich progress bar and its console, on stderr (stdout is for results: the command's
+    last line is a JSON summary). ``enabled=False`` (``progress = false``, ``--quiet``, ranks other than
+    0) is rich's ``disable=``, and a quiet console: the same calls, nothing drawn or printed."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    transient=True, console=Console(stderr=True))
+                    transient=True, disable=not enabled, console=Console(stderr=True, quiet=not enabled))
 
 
 def save_weights(task: Task, path: Any, epoch: int, step: int, extra: dict[str, Any] | None = None) -> None:
@@ -228,18 +231,21 @@ def _resume(task: Task, optimizer: Any, scaler: Any, run: RunDir) -> tuple[int, 
 
 
 def fit(task: Task, optimizer: Any, scaler: Any, cfg: TrainConfig, env: DistEnv, run: RunDir,
-        precision: str, resume: bool = False) -> FitResult:
-    """Train ``task`` for the epochs of ``cfg`` (from where state.pt left off with ``resume``)."""
+        precision: str, resume: bool = False, events: EventSink | None = None) -> FitResult:
+    """Train ``task`` for the epochs of ``cfg`` (from where state.pt left off with ``resume``);
+    ``step`` and ``epoch`` events go to ``events`` (default ``run.events``: log.jsonl)."""
+    events = run.events if events is None else events
     start, step, best = _resume(task, optimizer, scaler, run) if resume else (0, 0, None)
     history: list[dict[str, Any]] = []
     last: dict[str, Any] = {}
     end = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
-    with _progress(cfg.progress and env.main) as progress:
+    with progress_bar(cfg.progress and env.main) as progress:
         for epoch in range(start, end):
             torch.manual_seed(epoch_seed(cfg.seed, epoch, env.rank))
             task.sampler.set_epoch(epoch)
             task.dataset.set_epoch(epoch)
-            step, record = train_one_epoch(task, optimizer, scaler, cfg, env, run, epoch, step, precision, progress)
+            step, record = train_one_epoch(task, optimizer, scaler, cfg, env, run, epoch, step, precision, progress,
+                                           events)
             if task.on_epoch_end is not None:
                 record.update(task.on_epoch_end(epoch))
             score = record.pop("score", None)
@@ -255,11 +261,10 @@ def fit(task: Task, optimizer: Any, scaler: Any, cfg: TrainConfig, env: DistEnv,
                     run.save_state({"epoch": done, "step": step, "optimizer": optimizer.state_dict(),
                                     "scaler": scaler.state_dict() if scaler is not None else {},
                                     "rng": rng_state(), "best": best})
-            run.log(record)
+            events.emit(**record)
             history.append(record)
             last = record
-            if progress is not None:
-                progress.console.print(_summary(record))
+            progress.console.print(_summary(record))
     return FitResult(epochs=max(end, start), steps=step, last=last, best=best, history=history)
 
 

@@ -10,7 +10,7 @@
     RUN/state.pt            training state: optimizer, grad scaler, epoch, step, RNG states, best score
     RUN/previews/           pre-training reconstructions (PNG, with the ``preview`` extra)
 
-Every file is written under a temporary name in ``RUN`` and renamed. ``state.pt`` is read with
+Every file is written under a temporary name in ``RUN``, fsync-ed and renamed (:mod:`hiend_data.atomic`). ``state.pt`` is read with
 ``torch.load(weights_only=True)``: it holds only tensors, numbers, strings, lists and dicts.
 """
 
@@ -18,32 +18,30 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hiend_data.atomic import atomic_path, write_text
 from hiend_data.errors import InputError
 
 from .config import RUNTIME_FIELDS, TrainConfig
+from .events import JsonlSink
 
 STATE_FORMAT = "hiend-train-state/1"
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` writes the whole file to the temporary path ``tmp``, which then becomes ``path``
+    atomically and durably (:func:`hiend_data.atomic.atomic_path`: fsync, rename, folder fsync; on
+    failure the temporary file is removed and ``path`` keeps its old content)."""
+    with atomic_path(path, mkdir=False) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    """Write ``text`` to ``path`` atomically (:func:`hiend_data.atomic.write_text`, UTF-8)."""
+    write_text(path, text)
 
 
 #: entries of config.json that are not config fields: what the run resolved from them (the case split)
@@ -74,6 +72,9 @@ class RunDir:
         self.best = self.root / "best.safetensors"
         self.state_path = self.root / "state.pt"
         self.previews = self.root / "previews"
+        #: log.jsonl as an event sink (writes only on the writer rank); the loop gets it through
+        #: :func:`hiend_train.runner.event_sink`
+        self.events = JsonlSink(self.log_path, enabled=writer)
 
     def _saved(self) -> dict[str, Any] | None:
         if not self.config_path.is_file():
@@ -132,7 +133,8 @@ class RunDir:
 
     def start(self, cfg: TrainConfig, resume: bool, split: dict[str, list[str]] | None = None) -> None:
         """Create the folder, write config.json (with ``split``) and split.json (fresh runs) and start
-        or continue log.jsonl."""
+        (empty) or continue log.jsonl. The ``start`` event is the caller's to emit
+        (:func:`hiend_train.runner.execute`), through its sinks."""
         if not self.writer:
             return
         self.root.mkdir(parents=True, exist_ok=True)
@@ -144,15 +146,13 @@ class RunDir:
                 how = {k: fields[k] for k in ("seed", "val_fraction", "fold", "folds", "train_cases") if k in fields}
                 atomic_text(self.split_path, json.dumps({**how, **split}, indent=2) + "\n")
             atomic_text(self.log_path, "")
-        self.log({"event": "start", "resume": resume})
 
     def log(self, record: dict[str, Any]) -> None:
-        """Append one JSON line (with a UTC time stamp) to log.jsonl."""
-        if not self.writer:
-            return
-        line = json.dumps({"time": time.time(), **record}, allow_nan=True)
-        with open(self.log_path, "a") as f:
-            f.write(line + "\n")
+        """Append one record ``{"event": ..., **fields}`` to log.jsonl only (with a UTC time stamp).
+
+        For code that holds only the run folder; the loop emits through its sinks
+        (:mod:`hiend_train.events`), which reach log.jsonl and any sink added later."""
+        self.events.emit(**record)
 
     def read_log(self) -> list[dict[str, Any]]:
         """Every record of log.jsonl."""

@@ -1,20 +1,25 @@
 """Setup shared by both kinds of run: process group, device, precision, cache, run folder, split.
 
 ``execute(cfg, resume, build)`` prepares a :class:`Context`, lets ``build(ctx)`` (pre-training or
-fine-tuning) make the :class:`~hiend_train.loop.Task`, then runs :func:`~hiend_train.loop.fit`.
+fine-tuning) make the :class:`~hiend_train.loop.Task`, then runs :func:`~hiend_train.loop.fit`. Every
+event of the run goes to the sink of :func:`event_sink` (:mod:`hiend_train.events`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from hiend_data.errors import InputError
 
 from .config import TrainConfig
 from .data import few_shot_split, open_cache
 from .dist import DistEnv, broadcast_object, setup, teardown
+from .events import EventSink, MultiSink
 from .loop import FitResult, Task, fit, resolve_precision
 from .optim import build_optimizer
 from .rundir import RunDir
@@ -22,7 +27,8 @@ from .rundir import RunDir
 
 @dataclass
 class Context:
-    """Everything a task builder needs: config, process, precision, cache, run folder, case split."""
+    """Everything a task builder needs: config, process, precision, cache, run folder, case split,
+    and the run's event sink (emit only once :func:`execute` has started the run, e.g. in hooks)."""
 
     cfg: TrainConfig
     env: DistEnv
@@ -32,6 +38,7 @@ class Context:
     train_idx: list[int]
     val_idx: list[int]
     resume: bool
+    events: EventSink = field(default_factory=MultiSink)
 
 
 @dataclass
@@ -62,39 +69,50 @@ def _check_run_dir(cfg: TrainConfig, resume: bool, env: DistEnv, split: dict[str
     return run
 
 
+def event_sink(cfg: TrainConfig, env: DistEnv, run: RunDir) -> MultiSink:
+    """Where the run's events go: log.jsonl (rank 0 writes). A new sink (TensorBoard, say) is added
+    here, ``MultiSink(run.events, TensorBoardSink(...))``, and then gets every event of the run."""
+    return MultiSink(run.events)
+
+
 def execute(cfg: TrainConfig, resume: bool, build: Callable[[Context], Task]) -> RunResult:
     """Run ``cfg`` end to end: torchrun's process group when WORLD_SIZE > 1, then fit."""
-    import torch
-
     env = setup(cfg.device)
+    events: EventSink | None = None
     try:
         precision = resolve_precision(cfg.precision, env.device)
         cache = open_cache(cfg.cache)
         train_idx, val_idx = case_split(cfg, cache.cases)
         split = {"train": [cache.cases[i] for i in train_idx], "val": [cache.cases[i] for i in val_idx]}
         run = _check_run_dir(cfg, resume, env, split)
+        events = event_sink(cfg, env, run)
         ctx = Context(cfg=cfg, env=env, precision=precision, cache=cache, run=run, train_idx=train_idx,
-                      val_idx=val_idx, resume=resume)
+                      val_idx=val_idx, resume=resume, events=events)
         torch.manual_seed(cfg.seed)  # the model's initial weights: identical on every rank
         task = build(ctx)
         optimizer = build_optimizer(task.model, cfg.lr, cfg.weight_decay, cfg.betas, lr_scales=task.lr_scales)
         scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         run.start(cfg, resume, split)
-        run.log({"event": "setup", "kind": task.kind, "world": env.world, "device": str(env.device),
-                 "precision": precision, "train_cases": len(train_idx), "val_cases": len(val_idx),
-                 "train_case_names": split["train"], "val_case_names": split["val"],
-                 "steps_per_epoch": len(task.loader), "crops_per_step": cfg.batch_size * cfg.num_samples * env.world,
-                 "model": task.model.config.model_dump(mode="json"),
-                 "parameters": sum(p.numel() for p in task.model.parameters()),
-                 "trainable_parameters": sum(p.numel() for g in optimizer.param_groups for p in g["params"]),
-                 "lr_groups": [{"lr_scale": g.get("lr_scale", 1.0), "weight_decay": g["weight_decay"],
+        events.emit("start", resume=resume)
+        events.emit("setup", kind=task.kind, world=env.world, device=str(env.device), precision=precision,
+                    train_cases=len(train_idx), val_cases=len(val_idx), train_case_names=split["train"],
+                    val_case_names=split["val"], steps_per_epoch=len(task.loader),
+                    crops_per_step=cfg.batch_size * cfg.num_samples * env.world,
+                    model=task.model.config.model_dump(mode="json"),
+                    parameters=sum(p.numel() for p in task.model.parameters()),
+                    trainable_parameters=sum(p.numel() for g in optimizer.param_groups for p in g["params"]),
+                    lr_groups=[{"lr_scale": g.get("lr_scale", 1.0), "weight_decay": g["weight_decay"],
                                 "tensors": len(g["params"])} for g in optimizer.param_groups],
-                 **({"class_weights": task.extra["class_weights"]} if task.extra.get("class_weights") else {})})
-        result = fit(task, optimizer, scaler, cfg, env, run, precision, resume=resume)
-        run.log({"event": "end", "epochs": result.epochs, "steps": result.steps, "best": result.best})
+                    **({"class_weights": task.extra["class_weights"]} if task.extra.get("class_weights") else {}))
+        result = fit(task, optimizer, scaler, cfg, env, run, precision, resume=resume, events=events)
+        events.emit("end", epochs=result.epochs, steps=result.steps, best=result.best)
         return RunResult(out=run.root, fit=result, model=task.model, env=env)
     finally:
-        teardown(env)
+        try:
+            if events is not None:
+                events.close()
+        finally:
+            teardown(env)
 
 
 def case_split(cfg: TrainConfig, names: list[str]) -> tuple[list[int], list[int]]:
@@ -108,7 +126,5 @@ def wrap_ddp(model: Any, env: DistEnv) -> Any:
     """DistributedDataParallel around ``model`` when several processes run, else ``model``."""
     if not env.distributed:
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     ids = [env.device.index] if env.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
