@@ -3,6 +3,7 @@
 
     python3 tools/dev.py demo        # synthetic CT -> the whole pipeline (grows with the project)
     python3 tools/dev.py test        # the whole test suite (what CI runs)
+    python3 tools/dev.py lint        # ruff check + ruff format --check over the repository (CI runs it too)
     python3 tools/dev.py env         # only (re)build .venv
 
 Needs only Python >= 3.10 with pip and venv. Creates ``.venv`` at the repository root with the CPU
@@ -62,7 +63,7 @@ def ensure_env() -> None:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"demo", "test", "env"}:
+    if not argv or argv[0] not in {"demo", "test", "lint", "env"}:
         print(__doc__, file=sys.stderr)
         return 2
     ensure_env()
@@ -71,6 +72,11 @@ def main(argv: list[str]) -> int:
     cmd, rest = argv[0], argv[1:]
     if cmd == "env":
         return 0
+    if cmd == "lint":  # ruff is pinned in tools/requirements-dev.txt; its settings are the root pyproject's
+        ruff = [str(PY), "-m", "ruff"]
+        check = subprocess.run([*ruff, "check", *(rest or ["."])], env=env, cwd=ROOT).returncode
+        fmt = subprocess.run([*ruff, "format", "--check", *(rest or ["."])], env=env, cwd=ROOT).returncode
+        return check or fmt
     if cmd == "demo":
         return subprocess.run([str(PY), str(ROOT / "tools" / "demo.py"), *rest], env=env, cwd=ROOT).returncode
     return subprocess.run([str(PY), "-m", "pytest", *rest], env=env, cwd=ROOT).returncode

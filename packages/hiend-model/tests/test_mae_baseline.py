@@ -21,7 +21,7 @@ from hiend_model import PRESETS, UNETR, HiEndMAE, MAEConfig, build
 from hiend_model.checkpoint import load_checkpoint, save_checkpoint
 from hiend_model.config import resolve_config
 from hiend_model.mae import CrossBlock, MAEDecoder
-from hiend_model.official import export_official_pretrained, load_official_pretrained
+from hiend_model.official import export_official_pretrained, load_official_pretrained, load_unetr_init
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +275,7 @@ def test_from_mae_copies_the_encoder_exactly_as_for_hiend(tmp_path: Path, mae):
     assert a.config == b.config and sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     # ... and from the saved checkpoint.
     path = save_checkpoint(tmp_path / "plain.safetensors", mae)
-    c = UNETR.from_mae(path, num_classes=3, feature_size=4)
+    c = load_unetr_init(path, num_classes=3, feature_size=4)
     assert all(torch.equal(c.encoder.state_dict()[k], v) for k, v in mine.items())
     with torch.no_grad():
         assert c.eval()(torch.rand(1, 1, 48, 48, 48)).shape == (1, 3, 48, 48, 48)

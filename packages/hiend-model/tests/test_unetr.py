@@ -49,16 +49,23 @@ def test_from_mae_carries_the_encoder(pos):
 
 def test_from_mae_checkpoints(tmp_path):
     from hiend_model.checkpoint import save_checkpoint
-    from hiend_model.official import export_official_pretrained
+    from hiend_model.official import export_official_pretrained, load_unetr_init
 
     mae = _mae()
     path = tmp_path / "mae.safetensors"
     save_checkpoint(path, mae)
-    a = UNETR.from_mae(path, num_classes=2, feature_size=4)
+    a = load_unetr_init(path, num_classes=2, feature_size=4)
     torch.testing.assert_close(a.encoder.pos_embed, mae.encoder.pos_embed)
+    # the paper's layout (a state dict or a .pth) with its architecture
+    b = load_unetr_init(export_official_pretrained(mae, wrap=True), num_classes=2, feature_size=4,
+                        arch=mae.config.model_dump())
+    assert all(torch.equal(b.encoder.state_dict()[k], v) for k, v in a.encoder.state_dict().items())
     # the paper's layout without an architecture means the released ViT-L/12: sizes are checked
     with pytest.raises(InputError, match="released ViT-L/12.*embed_dim 24"):
-        UNETR.from_mae(export_official_pretrained(mae, wrap=True), num_classes=2)
+        load_unetr_init(export_official_pretrained(mae, wrap=True), num_classes=2)
+    # from_mae itself takes a model; a path gets a one-line error that names the loader
+    with pytest.raises(InputError, match="from_mae needs a HiEndMAE, got .*load_unetr_init"):
+        UNETR.from_mae(path, num_classes=2)
     with pytest.raises(InputError):
         UNETR.from_mae(42, num_classes=2)
 

@@ -9,10 +9,11 @@ Layout of a cache folder ``OUT``::
     OUT/cases/{case}_cls.npy       int64 flat indices grouped by class (offsets in the metadata)
     OUT/cases/{case}.json          metadata: PreprocessRecord, plan digest, classes, sources
 
-Each file is written under a temporary name and renamed into place; the metadata file is written last,
+Each file is written with :mod:`hiend_data.atomic` (a temporary ``.{name}.{random}.tmp{suffix}`` in
+the same folder, fsync-ed, renamed into place, the folder fsync-ed); the metadata file is written last,
 so a case exists only once all of its arrays do. An interrupted run leaves complete cases and
-(ignored, later removed) temporary files. Re-running skips cases whose metadata carries the current
-plan's digest and the same source files (size and modification time); others are recomputed.
+(ignored, removed by the next run) temporary files. Re-running skips cases whose metadata carries the
+current plan's digest and the same source files (size and modification time); others are recomputed.
 """
 
 from __future__ import annotations
@@ -31,29 +32,27 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_open, write_bytes
 from .discovery import Case, discover
 from .errors import InputError
+from .io import load_label, load_volume
 from .plan import Plan
-from .preprocess import PreprocessRecord
+from .preprocess import PreprocessRecord, preprocess_case
 
 FORMAT = 1
 MAX_INDICES = 200_000  # per index list; larger lists are a uniform random subsample (sorted)
+#: Temporary files a crash can leave in ``OUT/cases``: :mod:`hiend_data.atomic`'s
+#: ``.{name}.{random}.tmp{suffix}``, and ``.{name}.tmp-{pid}`` from caches written before it.
+TEMP_GLOBS = (".*.tmp", ".*.tmp.*", ".*.tmp-*")
 
 
 # ------------------------------------------------------------------------------------------ writing
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _atomic_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
+    """``array`` as a C-contiguous ``.npy`` file (memory-mappable), written atomically and durably."""
+    with atomic_open(path, "wb") as fh:
         np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
-    os.replace(tmp, path)
 
 
 def _sources(case: Case) -> list[dict[str, Any]]:
@@ -92,9 +91,6 @@ def _case_seed(case_id: str) -> int:
 
 def process_case(case: Case, out: str | os.PathLike[str], plan: Plan, max_indices: int = MAX_INDICES) -> str:
     """Preprocess one case into the cache folder ``out`` (arrays first, metadata last). Returns its id."""
-    from .io import load_label, load_volume
-    from .preprocess import preprocess_case
-
     folder = Path(out) / "cases"
     meta_path = folder / f"{case.case_id}.json"
     if meta_path.exists():
@@ -120,7 +116,7 @@ def process_case(case: Case, out: str | os.PathLike[str], plan: Plan, max_indice
     meta.update(n_foreground=int(fg.size))
     _atomic_npy(folder / f"{case.case_id}_fg.npy", _subsample(fg, max_indices, seed))
     meta["record"] = pre.record.model_dump(mode="json")
-    _atomic_bytes(meta_path, json.dumps(meta, indent=1).encode())
+    write_bytes(meta_path, json.dumps(meta, indent=1).encode())
     return case.case_id
 
 
@@ -137,7 +133,8 @@ def _is_current(case: Case, folder: Path, digest: str) -> bool:
 
 
 def _clean_temporaries(folder: Path) -> None:
-    for f in folder.glob(".*.tmp-*"):
+    """Remove what interrupted writes left in ``folder`` (:data:`TEMP_GLOBS`)."""
+    for f in {f for pattern in TEMP_GLOBS for f in folder.glob(pattern)}:
         try:
             f.unlink()
         except OSError:
@@ -164,7 +161,7 @@ def preprocess_dataset(src: str | os.PathLike[str] | Sequence[Case], out: str | 
     folder = out / "cases"
     folder.mkdir(parents=True, exist_ok=True)
     _clean_temporaries(folder)
-    _atomic_bytes(out / "plan.json", (json.dumps(plan.model_dump(mode="json"), indent=1) + "\n").encode())
+    write_bytes(out / "plan.json", (json.dumps(plan.model_dump(mode="json"), indent=1) + "\n").encode())
     digest = plan.digest()
     todo = [c for c in cases if not _is_current(c, folder, digest)]
     if todo:

@@ -3,13 +3,22 @@
 :func:`discover` returns a list of :class:`Case` (id, channel files, optional label file):
 
 * nnU-Net v2 raw dataset (a folder with ``dataset.json``): ``imagesTr/{case}_{XXXX}{file_ending}`` with
-  labels ``labelsTr/{case}{file_ending}``; ``imagesTs`` (unlabelled) with ``include_test=True``. A
-  ``"dataset"`` entry in ``dataset.json`` (case -> {"images": [...], "label": ...}) or nnU-Net v1's
-  ``"training"`` list is honoured; every path must stay inside the dataset folder.
-* any other folder: every ``.nii`` / ``.nii.gz`` below it (recursive, unlabelled); siblings named
-  ``{case}_0000``, ``{case}_0001``, ... are one multi-channel case.
+  labels ``labelsTr/{case}{file_ending}``; ``imagesTs`` (unlabelled) with ``include_test=True``. Every
+  case must have exactly the channels ``channel_names`` lists: a missing one is an :class:`InputError`
+  naming the first missing file. A ``"dataset"`` entry in ``dataset.json`` (case -> {"images": [...],
+  "label": ...}) or nnU-Net v1's ``"training"`` list is honoured; every path must stay inside the
+  dataset folder.
+* any other folder: every ``.nii`` / ``.nii.gz`` below it (recursive, unlabelled, hidden files and
+  folders skipped), grouped into cases by :func:`hiend_data.naming.group_channels`: ``{case}_0000``,
+  ``{case}_0001``, ... in one folder are one multi-channel case named ``{case}`` (channel order); a gap
+  in them is an :class:`InputError` naming the first missing file (never split into separate cases); a
+  lone ``x_0001`` or any other file is a one-channel case named by its stem (``x_0000`` alone: ``x``).
 * a manifest file: one ``image[,label]`` per line (comma or tab; ``#`` comments and blank lines skipped),
-  paths relative to the manifest's folder.
+  paths relative to the manifest's folder; the case is named by its file alone
+  (:func:`hiend_data.naming.case_name`: ``x_0000.nii.gz`` -> ``x``).
+
+Case ids are made unique by prefixing parent folders (``siteA__ct``) only where names collide. All file
+naming is :mod:`hiend_data.naming`'s one rule.
 """
 
 from __future__ import annotations
@@ -24,9 +33,15 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .io import is_nifti, strip_nifti_suffix
-
-_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+from .naming import (
+    case_name,
+    channel_file,
+    group_channels,
+    image_suffix,
+    is_image,
+    split_channel,
+    strip_suffix,
+)
 
 
 @dataclass(frozen=True)
@@ -106,8 +121,11 @@ def _from_nnunet(root: Path, include_test: bool) -> list[Case]:
         for entry in meta["training"]:
             image = _inside(root, str(entry.get("image", "")), "image")
             label = _inside(root, str(entry["label"]), "label") if entry.get("label") else None
-            cid = strip_nifti_suffix(image.name)
-            files = [image.with_name(f"{cid}_{c:04d}{ending}") for c in range(n_chan)]
+            cid = case_name(image.name)
+            if cid is None:
+                raise InputError(f"{djson}: training image {str(entry.get('image'))!r} is not a NIfTI file name "
+                                 "(.nii / .nii.gz)")
+            files = [channel_file(image.parent, cid, c, ending) for c in range(n_chan)]
             if not files[0].exists() and image.exists():
                 files = [image]
             cases.append(Case(cid, files, label))
@@ -131,21 +149,29 @@ def _from_nnunet(root: Path, include_test: bool) -> list[Case]:
 
 
 def _scan_channels(folder: Path, ending: str, n_chan: int, djson: Path) -> list[Case]:
+    """Cases of an nnU-Net images folder: every ``{case}_{XXXX}{ending}`` file, ``n_chan`` channels per case.
+
+    A file without the channel suffix, or a case whose channels are not exactly ``0 .. n_chan - 1``, is an
+    :class:`InputError` (a missing channel names the first missing file).
+    """
     if not folder.is_dir():
         raise InputError(f"{folder}: missing (an nnU-Net v2 dataset needs imagesTr/ beside dataset.json)")
     groups: dict[str, dict[int, Path]] = defaultdict(dict)
     for f in sorted(folder.iterdir()):
-        if not f.name.endswith(ending) or f.name.startswith("."):
+        if image_suffix(f) != ending or f.name.startswith("."):
             continue
-        m = _CHANNEL_RE.match(f.name[: -len(ending)])
-        if not m:
+        split = split_channel(strip_suffix(f) or "")
+        if split is None:
             raise InputError(f"{f}: not named {{case}}_XXXX{ending} (nnU-Net channel suffix missing)")
-        groups[m["case"]][int(m["channel"])] = f
+        groups[split[0]][split[1]] = f
     cases = []
     for cid, chans in groups.items():
         if sorted(chans) != list(range(n_chan)):
-            raise InputError(f"{folder}: case {cid!r} has channels {sorted(chans)}, dataset.json names "
-                             f"{n_chan} ({djson})")
+            missing = [c for c in range(n_chan) if c not in chans]
+            where = (f"{channel_file(folder, cid, missing[0], ending)}: channel file missing; " if missing
+                     else f"{folder}: ")
+            raise InputError(f"{where}case {cid!r} has channels {sorted(chans)}, dataset.json names {n_chan} "
+                             f"({djson})")
         cases.append(Case(cid, [chans[c] for c in range(n_chan)]))
     return cases
 
@@ -161,9 +187,11 @@ def _check_exist(cases: list[Case]) -> list[Case]:
 # ---------------------------------------------------------------------------------- folder, manifest
 
 
-def _unique_ids(paths: list[Path], root: Path) -> list[str]:
-    """Case ids: the file stem, prefixed by parent folders (``a__b__stem``) only where stems collide."""
-    stems = [strip_nifti_suffix(p.name) for p in paths]
+def _unique_ids(keys: list[tuple[Path, str]], root: Path) -> list[str]:
+    """Case ids from ``(folder relative to root, case name)``: the name, prefixed by parent folders
+    (``a__b__name``) only where names collide."""
+    paths = [parent for parent, _name in keys]
+    stems = [name for _parent, name in keys]
     ids = list(stems)
     for depth in range(1, 64):
         seen: dict[str, int] = defaultdict(int)
@@ -173,38 +201,24 @@ def _unique_ids(paths: list[Path], root: Path) -> list[str]:
         if not clash:
             return ids
         for k in clash:
-            parts = paths[k].parent.parts[-depth:] if depth <= len(paths[k].parent.parts) else paths[k].parent.parts
+            parts = paths[k].parts[-depth:] if depth <= len(paths[k].parts) else paths[k].parts
             ids[k] = "__".join([*parts, stems[k]]).replace(os.sep, "__")
     raise InputError(f"{root}: cannot make unique case ids")
 
 
 def _from_folder(root: Path) -> list[Case]:
+    """Cases of a plain folder (recursive): :func:`hiend_data.naming.group_channels` of its image files."""
     if (root / "imagesTr").is_dir() and (root / "labelsTr").is_dir():
         raise InputError(f"{root}: looks like an nnU-Net dataset (imagesTr/, labelsTr/) but has no dataset.json")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and is_nifti(p)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and is_image(p)
                    and not any(part.startswith(".") for part in p.relative_to(root).parts))
-    groups: dict[tuple[Path, str], dict[int, Path]] = defaultdict(dict)
-    singles: list[Path] = []
-    for f in files:
-        m = _CHANNEL_RE.match(strip_nifti_suffix(f.name))
-        if m:
-            groups[(f.parent, m["case"])][int(m["channel"])] = f
-        else:
-            singles.append(f)
-    entries: list[list[Path]] = [[f] for f in singles]
-    for (_parent, _cid), chans in groups.items():
-        if sorted(chans) == list(range(len(chans))):
-            entries.append([chans[c] for c in sorted(chans)])
-        else:  # not a channel set after all (e.g. slice_0003 alone): separate cases
-            entries += [[chans[c]] for c in sorted(chans)]
-    keys = [e[0].parent / (e[0].name if len(e) == 1 else
-                           _CHANNEL_RE.match(strip_nifti_suffix(e[0].name))["case"]) for e in entries]
-    ids = _unique_ids([k.relative_to(root) for k in keys], root)
-    return [Case(i, e) for i, e in zip(ids, entries, strict=True)]
+    groups = group_channels(files)  # gaps in a channel set raise InputError naming the missing file
+    ids = _unique_ids([(g.files[0].parent.relative_to(root), g.name) for g in groups], root)
+    return [Case(i, list(g.files)) for i, g in zip(ids, groups, strict=True)]
 
 
 def _from_manifest(path: Path) -> list[Case]:
-    if is_nifti(path):
+    if is_image(path):
         raise InputError(f"{path}: a single NIfTI file is not a dataset (give its folder or a manifest)")
     try:
         lines = path.read_text().splitlines()
@@ -222,13 +236,14 @@ def _from_manifest(path: Path) -> list[Case]:
         image = base / fields[0]
         label = base / fields[1] if len(fields) == 2 and fields[1] else None
         for f in [image, *([label] if label else [])]:
-            if not is_nifti(f):
+            if not is_image(f):
                 raise InputError(f"{path}:{n}: {f.name!r} is not a NIfTI file name (.nii / .nii.gz)")
             if not f.exists():
                 raise InputError(f"{path}:{n}: {f} does not exist")
         images.append(image)
         labels.append(label)
-    ids = _unique_ids([Path(os.path.relpath(p, base)) for p in images], path)
+    rel = [Path(os.path.relpath(p, base)) for p in images]
+    ids = _unique_ids([(r.parent, case_name(r.name) or r.name) for r in rel], path)
     return [Case(i, [im], lab) for i, im, lab in zip(ids, images, labels, strict=True)]
 
 

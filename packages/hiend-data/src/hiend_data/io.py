@@ -9,6 +9,9 @@ A :class:`Volume` is an array plus the geometry needed to put it back in the wor
 
 Everything that is wrong with a file raises :class:`~hiend_data.errors.InputError` naming it, before
 large allocations where the header alone can tell.
+
+File names follow :mod:`hiend_data.naming` (``.nii`` / ``.nii.gz``; the channel files of a case,
+:func:`channel_files`); files are written with :mod:`hiend_data.atomic` (whole or not at all).
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from __future__ import annotations
 import gzip
 import logging
 import os
-import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_path
 from .errors import InputError
+from .naming import channel_siblings, image_suffix, is_image
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # deflate cannot compress better than about 1032:1, so a header claiming more bytes than that is a lie.
 _MAX_DEFLATE_RATIO = 1100
-_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
 @dataclass
@@ -71,19 +73,6 @@ def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(n) for n in norms)  # type: ignore[return-value]
 
 
-def strip_nifti_suffix(name: str) -> str:
-    """``"ct_0000.nii.gz"`` -> ``"ct_0000"``; names without a NIfTI suffix are returned unchanged."""
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def is_nifti(path: str | os.PathLike[str]) -> bool:
-    """True when the file name ends in ``.nii`` or ``.nii.gz``."""
-    return str(path).endswith(NIFTI_SUFFIXES)
-
-
 # ----------------------------------------------------------------------------------------- reading
 
 
@@ -95,7 +84,7 @@ def _open_header(path: Path) -> Any:
         raise FileNotFoundError(2, "no such file", str(path))
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected a NIfTI file (.nii or .nii.gz)")
-    if not is_nifti(path):
+    if not is_image(path):
         raise InputError(f"{path}: not a NIfTI file name (expected .nii or .nii.gz)")
     size = path.stat().st_size
     if size == 0:
@@ -150,7 +139,7 @@ def _raw_pixdim(path: Path, header_class: Any) -> np.ndarray:
 def _check_size(path: Path, shape: tuple[int, ...], needed: int, file_size: int) -> None:
     """Refuse headers that claim more voxel bytes than the file can hold, without reading the data."""
     claim = f"header claims {'x'.join(map(str, shape))} voxels ({needed / 2**20:.1f} MiB)"
-    if str(path).endswith(".nii"):
+    if image_suffix(path) == ".nii":
         if file_size < needed:
             raise InputError(f"{path}: truncated: {claim} but the file has {file_size} bytes")
         return
@@ -230,9 +219,11 @@ def load_volume(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]])
     """Read a NIfTI volume, or a list of channel files (nnU-Net ``{case}_0000``, ``_0001``, ...).
 
     Returns a :class:`Volume` with ``array`` ``[X, Y, Z]`` for one channel, ``[C, X, Y, Z]`` for several
-    (a 4-D file's last axis becomes C). Raises :class:`InputError` for empty, truncated or non-NIfTI
-    files, 2-D or 5-D images, NaN/inf voxels, non-positive spacing, headers larger than their data and
-    channels whose grids disagree.
+    (a 4-D file's last axis becomes C). A single path reads that one file. The channel files of a case,
+    given its ``{case}_0000`` file, are :func:`channel_files` (``load_volume(channel_files(p))``; a gap
+    is an :class:`InputError` naming the first missing file): the files discovery groups. Raises
+    :class:`InputError` for empty, truncated or non-NIfTI files, 2-D or 5-D images, NaN/inf voxels,
+    non-positive spacing, headers larger than their data and channels whose grids disagree.
     """
     if isinstance(path, str | os.PathLike):
         return _load_one(Path(path))
@@ -304,24 +295,12 @@ def load_label(path: str | os.PathLike[str], like: Volume | None = None) -> Volu
     return vol
 
 
-def channel_files(path: str | os.PathLike[str]) -> list[Path]:
-    """All nnU-Net channel files of the case ``path`` belongs to (``x_0000.nii.gz`` -> ``x_0000``, ``x_0001``...).
-
-    A file that does not follow the ``_NNNN`` naming is returned alone.
-    """
-    path = Path(path)
-    stem = strip_nifti_suffix(path.name)
-    m = _CHANNEL_RE.match(stem)
-    if not m:
-        return [path]
-    suffix = path.name[len(stem):]
-    files = []
-    for c in range(10000):
-        f = path.with_name(f"{m['case']}_{c:04d}{suffix}")
-        if not f.exists():
-            break
-        files.append(f)
-    return files or [path]
+#: The nnU-Net channel files of the case whose ``_0000`` file is ``path``, channel 0 first, for
+#: :func:`load_volume`:
+#: ``x_0000.nii.gz`` -> ``[x_0000.nii.gz, x_0001.nii.gz, ...]`` (every ``x_dddd`` of the same extension
+#: in its folder); a gap is an :class:`InputError` naming the first missing file; any other file
+#: (``x.nii.gz``, ``x_0001.nii.gz``) is returned alone. The rule is :func:`hiend_data.naming.channel_siblings`.
+channel_files = channel_siblings
 
 
 # ----------------------------------------------------------------------------------------- writing
@@ -331,13 +310,14 @@ def save_volume(path: str | os.PathLike[str], array: np.ndarray, like: Volume) -
     """Write ``array`` (``[X, Y, Z]`` or ``[C, X, Y, Z]``) as NIfTI on ``like``'s grid and affine, atomically.
 
     Integer and boolean arrays are stored in the smallest integer type holding them; floats as float32.
-    The file appears complete or not at all (written to a temporary name in the same folder, then
-    renamed). Returns the path written.
+    The file appears complete or not at all (:func:`hiend_data.atomic.atomic_path`: a temporary name in
+    the same folder, fsync-ed, renamed; on failure ``path`` keeps its old content). Parent folders are
+    created. Returns the path written.
     """
     import nibabel as nib
 
     path = Path(path)
-    if not is_nifti(path):
+    if not is_image(path):
         raise InputError(f"{path}: output name must end in .nii or .nii.gz")
     array = np.asarray(array)
     if tuple(array.shape[-3:]) != like.shape or array.ndim not in (3, 4):
@@ -364,13 +344,6 @@ def save_volume(path: str | os.PathLike[str], array: np.ndarray, like: Volume) -
         img.header.set_xyzt_units("mm", "sec")
     img.set_qform(like.affine, code=int(img.header["qform_code"]) or 1)
     img.set_sform(like.affine, code=int(img.header["sform_code"]) or 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
-    try:
+    with atomic_path(path) as tmp:  # tmp keeps the .nii / .nii.gz ending: nibabel picks the format by name
         nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_text
 from .errors import InputError
+from .io import Volume, save_volume
 
 LABELS: dict[str, int] = {"background": 0, "liver": 1, "spleen": 2, "kidney_right": 3, "kidney_left": 4,
                           "spine": 5, "lungs": 6}
@@ -108,12 +110,6 @@ def make_phantom(rng: np.random.Generator, shape: tuple[int, int, int] | None = 
     return Phantom(hu_o, label_o, affine_o, tuple(orientation))  # type: ignore[arg-type]
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def make_phantom_dataset(out: str | os.PathLike[str], cases: int = 8, seed: int = 0, test_cases: int = 0,
                          overwrite: bool = False) -> Path:
     """Write an nnU-Net v2 raw dataset of ``cases`` labelled phantoms (+ ``test_cases`` held-out ones in
@@ -124,10 +120,10 @@ def make_phantom_dataset(out: str | os.PathLike[str], cases: int = 8, seed: int 
     nnU-Net extension for scoring held-out cases; discovery never trains on either). Case ``i`` depends
     only on (seed, i).
     ``out`` must be absent or empty unless ``overwrite`` (which first removes earlier ``phantom_*``
-    cases from the three image/label folders, nothing else). Every file is written atomically.
+    cases from the three image/label folders, nothing else). Every file is written atomically
+    (:mod:`hiend_data.atomic`: whole or not at all; a failure leaves no temporary file and an earlier
+    ``dataset.json`` as it was).
     """
-    from .io import Volume, save_volume
-
     out = Path(out)
     if cases < 1 or test_cases < 0:
         raise InputError(f"cases must be >= 1 and test_cases >= 0, got cases={cases} test_cases={test_cases}")
@@ -149,12 +145,13 @@ def make_phantom_dataset(out: str | os.PathLike[str], cases: int = 8, seed: int 
         images, labels = ("imagesTr", "labelsTr") if i < cases else ("imagesTs", "labelsTs")
         save_volume(out / images / f"{name}_0000.nii.gz", ph.hu, like=like)
         save_volume(out / labels / f"{name}.nii.gz", ph.label, like=like)
-    _write_json(out / "dataset.json", {
+    meta = {
         "name": "hiend-phantom",
         "description": f"synthetic CT phantoms (hiend_data.phantom, seed {seed})",
         "channel_names": {"0": "CT"},
         "labels": LABELS,
         "numTraining": cases,
         "file_ending": ".nii.gz",
-    })
+    }
+    write_text(out / "dataset.json", json.dumps(meta, indent=2) + "\n")
     return out

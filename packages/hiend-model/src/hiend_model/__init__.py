@@ -23,6 +23,9 @@ _LAZY = {
     "export_official_pretrained": ".official",
     "export_official_finetuned": ".official",
     "infer_arch_from_state_dict": ".official",
+    "convert_official": ".official",
+    "load_pretrained_mae": ".official",
+    "load_unetr_init": ".official",
     "save_checkpoint": ".checkpoint",
     "load_checkpoint": ".checkpoint",
     "read_checkpoint_info": ".checkpoint",
@@ -35,7 +38,8 @@ _LAZY = {
 __all__ = [
     "__version__", "HiEndMAE", "MAEOutput", "build", "UNETR", "MAEConfig", "UNETRConfig", "PRESETS",
     "load_official_pretrained", "load_official_finetuned", "export_official_pretrained",
-    "export_official_finetuned", "infer_arch_from_state_dict", "save_checkpoint", "load_checkpoint",
+    "export_official_finetuned", "infer_arch_from_state_dict", "convert_official", "load_pretrained_mae",
+    "load_unetr_init", "save_checkpoint", "load_checkpoint",
     "read_checkpoint_info", "predict_files", "predict_volume", "predict_ensemble", "ensemble_probabilities",
 ]
 
@@ -44,11 +48,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import PRESETS, MAEConfig, UNETRConfig
     from .mae import HiEndMAE, MAEOutput, build
     from .official import (
+        convert_official,
         export_official_finetuned,
         export_official_pretrained,
         infer_arch_from_state_dict,
         load_official_finetuned,
         load_official_pretrained,
+        load_pretrained_mae,
+        load_unetr_init,
     )
     from .predict import ensemble_probabilities, predict_ensemble, predict_files, predict_volume
     from .unetr import UNETR

@@ -5,7 +5,7 @@ persistent buffers, at the dtype they were saved with); the safetensors metadata
 
 * ``format``: ``"hiend"``;
 * ``kind``: ``"mae"`` (pre-training model, :class:`~hiend_model.mae.HiEndMAE`) or ``"unetr"``
-  (:class:`~hiend_model.unetr.UNETR`);
+  (:class:`~hiend_model.unetr.UNETR`): the names of :mod:`hiend_model.kinds`;
 * ``config``: the full model config (``MAEConfig`` / ``UNETRConfig`` fields);
 * ``plan``: the preprocessing (:class:`hiend_data.Plan` fields) or ``null``;
 * ``versions``: package versions that wrote the file (hiend-model, hiend-data, torch, python);
@@ -20,15 +20,29 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import safetensors
+import torch
+from pydantic import ValidationError
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+import hiend_data
+from hiend_data import Plan
+from hiend_data.atomic import atomic_path
 from hiend_data.errors import InputError, from_validation_error
 
+from .__about__ import __version__
+from .kinds import KINDS, SOURCES, build_empty, get_kind, kind_of
+
+__all__ = ["FORMAT", "CheckpointInfo", "save_checkpoint", "load_checkpoint", "read_checkpoint_info",
+           "tensor_shapes", "check_state_dict", "checkpoint_summary", "parameter_names", "model_kind",
+           "package_versions"]
+
 FORMAT = "hiend"
-KINDS = ("mae", "unetr")
 _MAX_SHOWN = 3  # mismatching keys named in one error line
 
 
@@ -49,52 +63,14 @@ class CheckpointInfo:
 
 def model_kind(model: Any) -> str:
     """``"mae"`` for a :class:`HiEndMAE`, ``"unetr"`` for a :class:`UNETR`; InputError otherwise."""
-    from .mae import HiEndMAE
-    from .unetr import UNETR
-
-    if isinstance(model, HiEndMAE):
-        return "mae"
-    if isinstance(model, UNETR):
-        return "unetr"
-    raise InputError(f"cannot save a {type(model).__name__}: expected a HiEndMAE or a UNETR")
-
-
-def build_model(kind: str, config: dict[str, Any]) -> Any:
-    """A freshly initialised model of ``kind`` from config fields (InputError if they are invalid)."""
-    from .config import MAEConfig, UNETRConfig, validated
-
-    if kind == "mae":
-        from .mae import HiEndMAE
-
-        return HiEndMAE(validated(MAEConfig, config))
-    if kind == "unetr":
-        from .unetr import UNETR
-
-        return UNETR(validated(UNETRConfig, config))
-    raise InputError(f"unknown checkpoint kind {kind!r}; expected one of {', '.join(KINDS)}")
-
-
-def _build_for_loading(kind: str, config: dict[str, Any]) -> tuple[Any, bool]:
-    """``(model, empty)``: built on the meta device when it can be (no random init, no memory: the
-    weights are assigned from the file), else a normally initialised model (``empty`` False)."""
-    import torch
-
-    try:
-        with torch.device("meta"):
-            return build_model(kind, config), True
-    except (NotImplementedError, RuntimeError):
-        return build_model(kind, config), False
+    kind = kind_of(model)
+    if kind is None:
+        raise InputError(f"cannot save a {type(model).__name__}: expected a HiEndMAE or a UNETR")
+    return kind.name
 
 
 def package_versions() -> dict[str, str]:
     """Versions recorded in every checkpoint."""
-    import safetensors
-    import torch
-
-    import hiend_data
-
-    from .__about__ import __version__
-
     return {"hiend-model": __version__, "hiend-data": hiend_data.__version__, "torch": torch.__version__,
             "safetensors": safetensors.__version__, "python": platform.python_version()}
 
@@ -108,8 +84,6 @@ def _plan_json(plan: Any) -> str:
     if hasattr(plan, "model_dump_json"):
         return plan.model_dump_json()
     if isinstance(plan, dict):
-        from hiend_data import Plan
-
         return Plan.model_validate(plan).model_dump_json()
     raise InputError(f"plan must be a hiend_data.Plan, a dict or None, got {type(plan).__name__}")
 
@@ -135,11 +109,9 @@ def save_checkpoint(path: str | os.PathLike[str], model: Any, plan: Any = None,
                     extra: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (HiEndMAE or UNETR) with its config, ``plan`` and ``extra`` to one .safetensors file.
 
-    The file is written under a temporary name in the same folder and renamed, so it appears complete
-    or not at all. Returns the path.
+    The file is written atomically (:func:`hiend_data.atomic.atomic_path`: a temporary name in the same
+    folder, fsync-ed and renamed), so it appears complete or not at all. Returns the path.
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     kind = model_kind(model)
     try:
@@ -155,15 +127,8 @@ def save_checkpoint(path: str | os.PathLike[str], model: Any, plan: Any = None,
         "extra": extra_json,
     }
     tensors = _unshared(model.state_dict())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 
@@ -177,7 +142,7 @@ def _open_error(path: Path, exc: Exception) -> InputError:
             head = fh.read(4)
         if head[:2] == b"PK" or head[:1] == b"\x80":
             hint = (" (it looks like a torch.save file: convert the paper's checkpoints with "
-                    "'hiend-model convert SRC DST --from official-pretrain|official-finetune')")
+                    f"'hiend-model convert SRC DST --from {'|'.join(SOURCES)}')")
     except OSError:
         pass
     return InputError(f"{path}: not a readable safetensors checkpoint (truncated or another format: "
@@ -190,7 +155,7 @@ def _parse_metadata(path: Path, metadata: dict[str, str] | None) -> CheckpointIn
         raise InputError(f"{path}: not a hiend checkpoint (metadata format is {got!r}, expected "
                          f"{FORMAT!r})")
     kind = metadata.get("kind")
-    if kind not in KINDS:
+    if kind not in KINDS:  # the checkpoint names only, not the aliases
         raise InputError(f"{path}: unknown checkpoint kind {kind!r}; expected one of {', '.join(KINDS)}")
     fields = {}
     for name in ("config", "plan", "versions", "extra"):
@@ -203,10 +168,6 @@ def _parse_metadata(path: Path, metadata: dict[str, str] | None) -> CheckpointIn
         raise InputError(f"{path}: metadata 'config' is missing or not a JSON object")
     plan = None
     if fields["plan"] is not None:
-        from pydantic import ValidationError
-
-        from hiend_data import Plan
-
         try:
             plan = Plan.model_validate(fields["plan"])
         except ValidationError as exc:
@@ -216,14 +177,12 @@ def _parse_metadata(path: Path, metadata: dict[str, str] | None) -> CheckpointIn
 
 
 def _check_kind(path: Path, info: CheckpointInfo, expected_kind: str | None) -> None:
-    if expected_kind is not None and info.kind != expected_kind:
+    if expected_kind is not None and info.kind != (expected_kind := get_kind(expected_kind).name):
         raise InputError(f"{path}: expected a {expected_kind} checkpoint, got {info.kind}")
 
 
 def read_checkpoint_info(path: str | os.PathLike[str], expected_kind: str | None = None) -> CheckpointInfo:
     """The metadata of a checkpoint without reading its tensors (fast even for GB files)."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such checkpoint file")
@@ -239,8 +198,6 @@ def read_checkpoint_info(path: str | os.PathLike[str], expected_kind: str | None
 
 def tensor_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor in the file, from the header only."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as fh:
@@ -297,13 +254,11 @@ def load_checkpoint(path: str | os.PathLike[str], expected_kind: str | None = No
     Returns:
         ``(model, info)``: the model in eval mode and the checkpoint's :class:`CheckpointInfo`.
     """
-    import torch
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     info = read_checkpoint_info(path, expected_kind)
     config = {**info.config, **(config_overrides or {})}
-    model, empty = _build_for_loading(info.kind, config)
+    # On the meta device when it can be: no random init, no memory (the file's tensors are assigned).
+    model, empty = build_empty(info.kind, config)
     state = model.state_dict()  # meta tensors (shapes, dtypes) or the live parameters and buffers
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
@@ -329,3 +284,45 @@ def load_checkpoint(path: str | os.PathLike[str], expected_kind: str | None = No
         info = CheckpointInfo(kind=info.kind, config=model.config.model_dump(mode="json"), plan=info.plan,
                               versions=info.versions, extra=info.extra, path=path)
     return model, info
+
+
+# ----------------------------------------------------------------------------------------- summary
+
+
+def parameter_names(kind: str, config: dict[str, Any]) -> set[str]:
+    """Which state-dict entries of a ``kind`` model are parameters (the rest are buffers such as sin-cos
+    embeddings), from a model built on the meta device (no weights allocated or initialised)."""
+    model, _ = build_empty(kind, config)
+    return {name for name, _ in model.named_parameters()}
+
+
+def checkpoint_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """JSON-ready description of a checkpoint: metadata, parameter counts (no tensor data read).
+
+    What ``hiend-model info`` prints: ``path``, ``file_bytes``, ``kind``, ``parameters``,
+    ``parameters_by_module`` (per top-level module), ``buffer_values``, ``tensors``, ``config``, ``plan``
+    (or None), ``versions``, ``extra``.
+    """
+    path = Path(path)
+    info = read_checkpoint_info(path)
+    shapes = tensor_shapes(path)
+    param_names = parameter_names(info.kind, info.config)
+    numel = {k: int(torch.Size(s).numel()) for k, s in shapes.items()}
+    by_module: dict[str, int] = {}
+    for k, n in numel.items():
+        if k in param_names:
+            top = k.split(".")[0]
+            by_module[top] = by_module.get(top, 0) + n
+    return {
+        "path": str(path),
+        "file_bytes": path.stat().st_size,
+        "kind": info.kind,
+        "parameters": sum(n for k, n in numel.items() if k in param_names),
+        "parameters_by_module": by_module,
+        "buffer_values": sum(n for k, n in numel.items() if k not in param_names),
+        "tensors": len(shapes),
+        "config": info.config,
+        "plan": None if info.plan is None else info.plan.model_dump(mode="json"),
+        "versions": info.versions,
+        "extra": info.extra,
+    }

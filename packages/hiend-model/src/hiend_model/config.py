@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from hiend_data.errors import InputError, from_validation_error
 
@@ -230,8 +230,6 @@ def resolve_config(preset_or_config: str | MAEConfig | dict, **overrides: object
 
 def validated(cls: type[BaseModel], fields: dict) -> BaseModel:
     """Build ``cls(**fields)``, turning pydantic's multi-line error into a one-line InputError."""
-    from pydantic import ValidationError
-
     try:
         return cls(**fields)
     except ValidationError as exc:

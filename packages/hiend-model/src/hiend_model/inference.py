@@ -11,6 +11,8 @@ moved back inside the volume; ``exp(-x^2 / (2 sigma^2))`` per axis with ``sigma 
 their product clamped below at ``max(min, 1e-3)``; zero padding split ``diff // 2`` before), so both give
 the same numbers (``tests/test_inference.py`` checks it, ``tools/bench/sliding_window_vs_monai.py``
 times both).
+
+Whole scans (files in, label maps on the inputs' grids out) are :mod:`hiend_model.predict`, built on this.
 """
 
 from __future__ import annotations
@@ -260,11 +262,3 @@ def argmax_labels(logits: torch.Tensor, dtype: np.dtype | type = np.uint8,
 def label_dtype(num_classes: int) -> np.dtype:
     """Smallest unsigned dtype for class indices ``0 .. num_classes - 1`` (uint8 up to 256 classes)."""
     return np.dtype(np.uint8) if num_classes <= 256 else np.dtype(np.uint16)
-
-
-def __getattr__(name: str):  # noqa: ANN202 - PEP 562: whole-scan helpers live in .predict
-    if name in ("predict_volume", "predict_files"):
-        from . import predict
-
-        return getattr(predict, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

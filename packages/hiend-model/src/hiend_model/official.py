@@ -5,19 +5,30 @@ patch embedding a Conv3d, ``encoder_pos_embed`` at the top level). Fine-tuned la
 ``official_finetune_layout.md`` (MONAI's UNETR/ViT keys, LayerNorm eps 1e-5). Files may be wrapped as
 ``{"state_dict": ...}`` and carry a ``module.`` prefix (DistributedDataParallel); bare dicts work too.
 Everything is read with ``torch.load(weights_only=True)``: no code is unpickled.
+
+Also here, as the loaders that know both the paper's files and hiend's: :func:`convert_official` (what
+``hiend-model convert`` runs), :func:`load_pretrained_mae` and :func:`load_unetr_init` (a UNETR
+initialised from a pre-training file of either format: ``hiend-train finetune --init PATH``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
 from pathlib import Path
 
 import torch
 
+from hiend_data import Plan
 from hiend_data.errors import InputError
 
+from .checkpoint import check_state_dict, load_checkpoint, save_checkpoint
 from .config import PRESETS, MAEConfig, UNETRConfig, default_taps, validated
+from .kinds import MAE_KIND, UNETR_KIND, get_kind, lookup_kind
+from .mae import HiEndMAE
+from .unetr import UNETR
 from .vit import sincos_pos_embed_3d
 
 logger = logging.getLogger(__name__)
@@ -64,18 +75,21 @@ def read_state_dict(path_or_state_dict: str | Path | dict) -> StateDict:
 
 
 def _kind_of(sd: StateDict) -> str:
+    """The paper's layout of a state dict by its keys: a kind's ``stage`` name, or ``"unknown"``."""
     if "encoder.cls_token" in sd or "mask_token" in sd:
-        return "pretrain"
+        return MAE_KIND.stage
     if any(k.startswith("vit.") for k in sd):
-        return "finetune"
+        return UNETR_KIND.stage
     return "unknown"
 
 
 def _require_kind(sd: StateDict, kind: str) -> None:
     found = _kind_of(sd)
     if found != kind:
-        hint = {"pretrain": "a pre-training checkpoint (load_official_pretrained, --from official-pretrain)",
-                "finetune": "a fine-tuned UNETR checkpoint (load_official_finetuned, --from official-finetune)",
+        hint = {MAE_KIND.stage: "a pre-training checkpoint (load_official_pretrained, --from "
+                                f"{MAE_KIND.source})",
+                UNETR_KIND.stage: "a fine-tuned UNETR checkpoint (load_official_finetuned, --from "
+                                  f"{UNETR_KIND.source})",
                 "unknown": "not in either of the paper's layouts"}[found]
         raise InputError(f"expected the paper's {kind} layout but the checkpoint is {hint}")
 
@@ -113,12 +127,10 @@ def infer_arch_from_state_dict(sd: StateDict | str | Path, kind: str, num_heads:
     assumed unless given: cubic inputs (img_size from the cube root of the token count), taps (3, 6, 9)-style
     defaults for the depth, mask_ratio 0.75, LayerNorm eps 1e-6 (pretrain) / 1e-5 (finetune).
     """
-    if kind in ("mae", "official-pretrain"):
-        kind = "pretrain"
-    if kind in ("unetr", "official-finetune"):
-        kind = "finetune"
-    if kind not in ("pretrain", "finetune"):
+    found = lookup_kind(kind)  # any name of hiend_model.kinds: "mae" / "official-pretrain" too
+    if found is None:
         raise InputError(f"kind={kind!r} must be 'pretrain' or 'finetune'")
+    kind = found.stage
     if not isinstance(sd, dict):
         sd = read_state_dict(sd)
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
@@ -201,8 +213,6 @@ def _resolve_arch(sd: StateDict, kind: str, arch: dict) -> dict:
 # -- loading into our models -----------------------------------------------------------------------
 def load_into(model: torch.nn.Module, sd: StateDict, source: str = "checkpoint") -> None:
     """Strict load; InputError naming the first mismatching keys (both shapes), missing or unexpected keys."""
-    from .checkpoint import check_state_dict
-
     own = model.state_dict()
     check_state_dict(source, own, sd)
     model.load_state_dict({k: sd[k] for k in own}, strict=True)
@@ -226,8 +236,6 @@ def load_official_pretrained(path_or_state_dict: str | Path | dict, **arch: obje
     ``arch`` takes MAEConfig field names. Without it the released ViT-L/12 is assumed and every size
     the tensors reveal is checked against it; with it, unspecified sizes come from the tensors.
     """
-    from .mae import HiEndMAE
-
     if arch.get("decoder", "hiend") != "hiend":
         raise InputError(f"decoder={arch['decoder']!r}: the paper's pre-training layout holds the Hi-End-MAE "
                          "decoder only (decoder='hiend')")
@@ -342,8 +350,6 @@ def load_official_finetuned(path_or_state_dict: str | Path | dict, **arch: objec
     ``arch`` the released ViT-L/12 UNETR (feature size 32) is assumed and checked; num_classes is read
     from the tensors.
     """
-    from .unetr import UNETR
-
     sd = read_state_dict(path_or_state_dict)
     _require_kind(sd, "finetune")
     fields = _resolve_arch(sd, "finetune", dict(arch))
@@ -358,6 +364,70 @@ def load_official_finetuned(path_or_state_dict: str | Path | dict, **arch: objec
     return model.eval()
 
 
+# -- files of either format ------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(2**22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def convert_official(src: str | os.PathLike[str], dst: str | os.PathLike[str], source: str,
+                     num_heads: int | None = None, decoder_num_heads: int | None = None) -> Path:
+    """The paper's ``.pth`` -> a hiend checkpoint with the paper's plan; sizes inferred from the tensors.
+
+    ``source``: the layout of ``src``, ``"official-pretrain"`` or ``"official-finetune"`` (any name of
+    :mod:`hiend_model.kinds`). Head counts are not in the tensors (default: the released 16). The
+    output's ``extra`` is ``{"converted_from", "source_format", "source_sha256"}``. Returns ``dst``.
+    """
+    src = Path(src)
+    if not src.is_file():
+        raise FileNotFoundError(2, "No such file or directory", str(src))
+    kind = get_kind(source)
+    sd = read_state_dict(src)
+    arch = infer_arch_from_state_dict(sd, kind.stage, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
+    if kind is MAE_KIND:
+        model = load_official_pretrained(sd, **arch)
+    else:
+        model = load_official_finetuned(sd, **arch)
+    del sd
+    extra = {"converted_from": str(src), "source_format": source, "source_sha256": _sha256(src)}
+    return save_checkpoint(dst, model, plan=Plan.paper(), extra=extra)
+
+
+def load_pretrained_mae(source: str | os.PathLike[str] | dict, **arch: object) -> HiEndMAE:
+    """A pre-training model from a file of either format.
+
+    ``source``: a hiend ``.safetensors`` checkpoint of kind ``"mae"`` (its config is used; ``arch``
+    must be empty), or the paper's pre-training checkpoint, a path or its state dict (``arch``: see
+    :func:`load_official_pretrained`; head counts default to the released model's).
+    """
+    if isinstance(source, (str, os.PathLike)) and Path(source).suffix == ".safetensors":
+        if arch:
+            raise InputError(f"{source}: a hiend checkpoint holds its architecture; "
+                             f"{', '.join(sorted(arch))} apply to the paper's .pth only")
+        mae, _ = load_checkpoint(source, expected_kind=MAE_KIND.name)
+        return mae
+    if isinstance(source, (str, os.PathLike, dict)):
+        return load_official_pretrained(source, **arch)
+    raise InputError(f"expected a checkpoint path or the paper's state dict, got {type(source).__name__}")
+
+
+def load_unetr_init(source: str | os.PathLike[str] | dict | HiEndMAE, num_classes: int,
+                    feature_size: int = 16, *, arch: dict | None = None, **overrides: object) -> UNETR:
+    """A UNETR whose encoder comes from a pre-training model: :meth:`UNETR.from_mae` of
+    :func:`load_pretrained_mae` (``source`` may also be a HiEndMAE).
+
+    ``arch``: the paper's architecture fields for a ``.pth`` (e.g. ``{"num_heads": 4}``); ``overrides``:
+    UNETRConfig fields of the new model (e.g. ``drop_path``). What ``hiend-train finetune --init PATH``
+    runs for a pre-training checkpoint.
+    """
+    mae = source if isinstance(source, HiEndMAE) else load_pretrained_mae(source, **(arch or {}))
+    return UNETR.from_mae(mae, num_classes=num_classes, feature_size=feature_size, **overrides)
+
+
 __all__ = ["load_official_pretrained", "load_official_finetuned", "export_official_pretrained",
-           "export_official_finetuned", "infer_arch_from_state_dict", "read_state_dict",
+           "export_official_finetuned", "infer_arch_from_state_dict", "read_state_dict", "convert_official",
+           "load_pretrained_mae", "load_unetr_init",
            "RELEASED_PRETRAIN", "RELEASED_FINETUNE"]

@@ -14,42 +14,35 @@ One member takes exactly the single-model path (argmax of its logits).
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from hiend_data import load_volume, preprocess_case, restore_label, save_volume
 from hiend_data.errors import InputError
+from hiend_data.naming import ChannelGroup, group_channels, is_image
 
+from .checkpoint import load_checkpoint, read_checkpoint_info
+from .device import resolve_device
 from .inference import argmax_labels, label_dtype, sliding_window_logits
+from .kinds import UNETR_KIND
 
-_NIFTI = (".nii.gz", ".nii")
-_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-
-
-@dataclass(frozen=True)
-class ScanCase:
-    """One scan to segment: output name (``{name}.nii.gz``) and its channel files in channel order."""
-
-    name: str
-    files: tuple[Path, ...]
-
-
-def _stem(path: Path) -> str | None:
-    for suffix in _NIFTI:
-        if path.name.endswith(suffix):
-            return path.name[: -len(suffix)]
-    return None
+#: One scan to segment: output name (``{name}.nii.gz``) and its channel files in channel order
+#: (:func:`hiend_data.naming.group_channels`' groups).
+ScanCase = ChannelGroup
 
 
 def collect_cases(inputs: Sequence[str | os.PathLike[str]]) -> list[ScanCase]:
     """Scans named by files and folders (a folder's own ``.nii``/``.nii.gz`` files, not its subfolders).
 
     nnU-Net channel files ``{case}_0000``, ``{case}_0001``, ... in one folder form one scan named
-    ``{case}``; a ``_dddd`` name without a ``_0000`` sibling is a scan of its own, named in full.
+    ``{case}``; a ``_dddd`` name without a ``_0000`` sibling is a scan of its own, named in full
+    (:mod:`hiend_data.naming`, the rule every hiend package uses).
     Raises InputError for a missing path, a file that is not NIfTI, a folder without NIfTI files,
     channels with gaps, and two scans that would be written to the same output name.
     """
@@ -59,40 +52,17 @@ def collect_cases(inputs: Sequence[str | os.PathLike[str]]) -> list[ScanCase]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(f for f in path.iterdir() if f.is_file() and _stem(f) is not None)
+            found = sorted(f for f in path.iterdir() if f.is_file() and is_image(f))
             if not found:
                 raise InputError(f"{path}: folder holds no .nii/.nii.gz files")
             files += found
         elif path.is_file():
-            if _stem(path) is None:
+            if not is_image(path):
                 raise InputError(f"{path}: not a NIfTI file name (expected .nii or .nii.gz)")
             files.append(path)
         else:
             raise InputError(f"{path}: no such file or folder")
-    groups: dict[tuple[Path, str], dict[int, Path]] = {}
-    for f in dict.fromkeys(files):  # the same file named twice counts once
-        m = _CHANNEL.match(_stem(f))
-        if m:
-            groups.setdefault((f.parent.resolve(), m["case"]), {})[int(m["channel"])] = f
-    cases: list[ScanCase] = []
-    done: set[Path] = set()
-    for f in dict.fromkeys(files):
-        if f in done:
-            continue
-        m = _CHANNEL.match(_stem(f))
-        group = groups.get((f.parent.resolve(), m["case"])) if m else None
-        if group and 0 in group:
-            channels = sorted(group)
-            if channels != list(range(len(channels))):
-                missing = sorted(set(range(max(channels) + 1)) - set(channels))
-                raise InputError(f"{group[0]}: channel files of case {m['case']!r} have gaps "
-                                 f"(missing _{missing[0]:04d})")
-            members = tuple(group[c] for c in channels)
-            cases.append(ScanCase(m["case"], members))
-            done.update(members)
-        else:
-            cases.append(ScanCase(_stem(f), (f,)))
-            done.add(f)
+    cases = group_channels(files)  # the one case-naming rule (hiend_data.naming)
     seen: dict[str, ScanCase] = {}
     for case in cases:
         if case.name in seen:
@@ -196,8 +166,6 @@ def _in_chans(model: Any) -> int | None:
 
 def _members(models: Any) -> list[Any]:
     """A list of ensemble members from a sequence of models (a lone model counts as one member)."""
-    import torch
-
     if isinstance(models, torch.nn.ModuleList):
         members = list(models)
     elif callable(models):  # one model (an nn.Sequential is a model, not a list of members)
@@ -219,8 +187,6 @@ def _softmax_into(logits: Any, total: Any = None, max_chunk_bytes: int = 256 * 2
 
     ``total`` None: in place (returns ``logits``, now probabilities); else added to ``total`` (returned).
     """
-    import torch
-
     plane = max(int(logits[:, 0].numel()), 1)
     step = max(1, min(logits.shape[1], max_chunk_bytes // (4 * plane)))
     for i in range(0, logits.shape[1], step):
@@ -292,10 +258,6 @@ def ensemble_probabilities(
 
 def _preprocessed(volume: Any, plan: Any, in_chans: int | None) -> tuple[Any, Any]:
     """(float32 image tensor [C, X', Y', Z'], PreprocessedCase) with the input checks of predict."""
-    import torch
-
-    from hiend_data import preprocess_case
-
     where = volume.path if volume.path is not None else "input volume"
     channels = 1 if volume.array.ndim == 3 else volume.array.shape[0]
     if in_chans is not None and channels != in_chans:
@@ -333,8 +295,6 @@ def predict_ensemble(
         ``[X, Y, Z]`` class indices (uint8 up to 256 classes, else uint16) of ``volume``'s shape, or
         ``(labels, probabilities)`` with ``return_probabilities``.
     """
-    from hiend_data import restore_label
-
     members = _members(models)
     image, pre = _preprocessed(volume, plan, _in_chans(members[0]))
     if len(members) == 1:  # argmax of the logits: the single-model path, voxel for voxel
@@ -384,24 +344,8 @@ def predict_volume(
                             device=device, amp=amp, progress=progress)
 
 
-def resolve_device(device: str | None) -> str:
-    """``"auto"`` -> ``"cuda"`` when available else ``"cpu"``; InputError for CUDA without a GPU."""
-    import torch
-
-    device = (device or "cpu").lower()
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device {device!r}: CUDA is not available in this torch build or machine")
-    if device.split(":")[0] not in ("cpu", "cuda", "mps"):
-        raise InputError(f"device {device!r} must be cpu, cuda, cuda:N or auto")
-    return device
-
-
 def _check_inputs(cases: list[ScanCase], in_chans: int | None, out_dir: Path) -> None:
     """Read every scan once (all of it: a truncated .gz only shows at the end) before writing anything."""
-    from hiend_data import load_volume
-
     inputs = {f.resolve() for case in cases for f in case.files}
     for case in cases:
         target = (out_dir / f"{case.name}.nii.gz").resolve()
@@ -446,10 +390,6 @@ def predict_files(
     lie on their input's own grid and affine; dtype uint8 up to 256 classes, else uint16. Returns the
     paths written, in input order. All members are held in memory (on ``device``) together.
     """
-    from hiend_data import load_volume, save_volume
-
-    from .checkpoint import load_checkpoint, read_checkpoint_info
-
     paths = _checkpoint_list(ckpt_path)
     device = resolve_device(device)
     infos = [read_checkpoint_info(p, expected_kind="unetr") for p in paths]
@@ -463,43 +403,24 @@ def predict_files(
 
     what = f" ({len(models)} models)" if len(models) > 1 else ""
     written: list[Path] = []
-    with _progress_bar(progress) as bar:
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=Console(stderr=True), disable=not progress)
+    with bar:
         for i, case in enumerate(cases, 1):
             label = f"[{i}/{len(cases)}] {case.name}"
-            task = bar.add_task(f"{label}: reading", total=None) if bar else None
+            task = bar.add_task(f"{label}: reading", total=None)
 
             def step(done: int, total: int, task=task, label=label) -> None:
                 bar.update(task, description=f"{label}: windows{what}", completed=done, total=total)
 
             volume = load_volume(list(case.files))
-            if bar:
-                bar.update(task, description=f"{label}: preprocessing")
+            bar.update(task, description=f"{label}: preprocessing")
             labels = predict_ensemble(models, volume, plan, overlap=overlap, tta=tta,
                                       sw_batch_size=sw_batch_size, device=device, amp=amp,
-                                      progress=step if bar else None)
-            if bar:
-                bar.update(task, description=f"{label}: writing")
+                                      progress=step if progress else None)
+            bar.update(task, description=f"{label}: writing")
             path = save_volume(out_dir / f"{case.name}.nii.gz", labels, like=volume)
             written.append(Path(path))
-            if bar:
-                bar.update(task, description=f"{label}: done")
+            bar.update(task, description=f"{label}: done")
             del volume, labels
     return written
-
-
-class _NoBar:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _progress_bar(enabled: bool) -> Any:
-    if not enabled:
-        return _NoBar()
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=Console(stderr=True))

@@ -8,7 +8,7 @@ stage is a transposed conv; any other patch (the paper's 12): trilinear resize t
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,7 @@ from torch import nn
 from hiend_data.errors import InputError
 
 from .config import UNETRConfig, validated
+from .mae import HiEndMAE
 from .vit import ViTEncoder, check_images, init_weights, patchify
 
 
@@ -155,27 +156,19 @@ class UNETR(nn.Module):
         return self.out(dec)
 
     @classmethod
-    def from_mae(cls, mae_or_checkpoint, num_classes: int, feature_size: int = 16, **overrides: object) -> UNETR:
+    def from_mae(cls, mae: HiEndMAE, num_classes: int, feature_size: int = 16, **overrides: object) -> UNETR:
         """A UNETR whose encoder (blocks, patch embedding, norm, position embedding as a learned
         parameter initialised from the pre-trained one) comes from a pre-training model.
 
-        ``mae_or_checkpoint``: a HiEndMAE, a hiend ``.safetensors`` checkpoint of kind "mae", or the
-        paper's pre-training checkpoint (path or state dict). The class token is dropped; the
-        encoder's LayerNorm eps is kept. ``overrides`` replace UNETRConfig fields (e.g. drop_path).
+        ``mae``: a :class:`~hiend_model.mae.HiEndMAE` (its encoder's state is copied; the class token is
+        dropped, the encoder's LayerNorm eps kept). ``overrides`` replace UNETRConfig fields (e.g.
+        drop_path). To start from a file (a hiend "mae" checkpoint or the paper's pre-training .pth) use
+        :func:`hiend_model.official.load_unetr_init`.
         """
-        from .mae import HiEndMAE
-
-        mae = mae_or_checkpoint
-        if isinstance(mae, (str, Path)) and Path(mae).suffix == ".safetensors":
-            from .checkpoint import load_checkpoint
-
-            mae, _ = load_checkpoint(mae, expected_kind="mae")
-        elif isinstance(mae, (str, Path, dict)):
-            from .official import load_official_pretrained
-
-            mae = load_official_pretrained(mae)
         if not isinstance(mae, HiEndMAE):
-            raise InputError(f"from_mae needs a HiEndMAE or a checkpoint path, got {type(mae).__name__}")
+            hint = (" (load a checkpoint with hiend_model.official.load_unetr_init)"
+                    if isinstance(mae, (str, os.PathLike, dict)) else "")
+            raise InputError(f"from_mae needs a HiEndMAE, got {type(mae).__name__}{hint}")
         fields = {**mae.config.encoder_fields(), "num_classes": num_classes, "feature_size": feature_size,
                   **overrides}
         model = cls(validated(UNETRConfig, fields))

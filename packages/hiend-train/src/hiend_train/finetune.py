@@ -12,6 +12,13 @@ import numpy as np
 import torch
 
 from hiend_data.errors import InputError
+from hiend_data.sampling import SamplerConfig
+from hiend_model.checkpoint import load_checkpoint, read_checkpoint_info
+from hiend_model.inference import sliding_window_logits
+from hiend_model.kinds import UNETR_KIND
+from hiend_model.mae import build
+from hiend_model.official import load_unetr_init
+from hiend_model.unetr import UNETR
 
 from .config import FinetuneConfig
 from .data import make_loader
@@ -42,8 +49,6 @@ OFFICIAL_ARCH_FIELDS = frozenset({"num_heads", "decoder_num_heads"})
 def build_model(cfg: FinetuneConfig, num_classes: int) -> Any:
     """The UNETR: from ``cfg.init`` (hiend mae -> new decoder, hiend unetr -> continued, the paper's
     pre-training .pth -> new decoder) or, without init, a randomly initialised ``preset`` encoder."""
-    from hiend_model import UNETR, build
-
     overrides = dict(cfg.model)
     if cfg.init is None:
         return UNETR.from_mae(build(cfg.preset, **overrides), num_classes=num_classes,
@@ -58,24 +63,19 @@ def build_model(cfg: FinetuneConfig, num_classes: int) -> Any:
         raise InputError(f"model.{sizes[0]}: with init the model's sizes come from {init}; only "
                          f"{', '.join(sorted(allowed))} may be set")
     if official:  # the paper's .pth: head counts are not in the tensors (default: the released ViT-L/12)
-        from hiend_model.official import load_official_pretrained
-
         arch = {k: v for k, v in overrides.items() if k in OFFICIAL_ARCH_FIELDS}
-        mae = load_official_pretrained(init, **arch) if arch else init
         runtime = {k: v for k, v in overrides.items() if k in INIT_MODEL_FIELDS}
-        return UNETR.from_mae(mae, num_classes=num_classes, feature_size=cfg.feature_size, **runtime)
-    if init.suffix == ".safetensors":
-        from hiend_model.checkpoint import load_checkpoint, read_checkpoint_info
-
-        info = read_checkpoint_info(init)
-        if info.kind == "unetr":
-            model, _ = load_checkpoint(init, expected_kind="unetr", config_overrides=overrides or None)
-            if model.config.num_classes != num_classes:
-                raise InputError(f"{init}: a UNETR with {model.config.num_classes} classes, the cache needs "
-                                 f"{num_classes} (set num_classes, or initialise from a pre-training checkpoint)")
-            return model
+        return load_unetr_init(init, num_classes=num_classes, feature_size=cfg.feature_size, arch=arch,
+                               **runtime)
+    info = read_checkpoint_info(init)
+    if info.kind == UNETR_KIND.name:
+        model, _ = load_checkpoint(init, expected_kind=UNETR_KIND.name, config_overrides=overrides or None)
+        if model.config.num_classes != num_classes:
+            raise InputError(f"{init}: a UNETR with {model.config.num_classes} classes, the cache needs "
+                             f"{num_classes} (set num_classes, or initialise from a pre-training checkpoint)")
+        return model
     try:
-        return UNETR.from_mae(init, num_classes=num_classes, feature_size=cfg.feature_size, **overrides)
+        return load_unetr_init(init, num_classes=num_classes, feature_size=cfg.feature_size, **overrides)
     except RuntimeError as exc:  # load_state_dict size mismatches from overrides that change sizes
         raise InputError(f"{init}: cannot build the UNETR encoder from it ({str(exc).splitlines()[0]})") from None
 
@@ -117,8 +117,6 @@ def validate(ctx: Context, model: Any, roi: tuple[int, ...], num_classes: int) -
     Returns {"val_dice": mean over scored classes, "val_dice_per_class": [K-1] (NaN: never present)}.
     """
     cfg: FinetuneConfig = ctx.cfg  # type: ignore[assignment]
-    from hiend_model.inference import sliding_window_logits
-
     env = ctx.env
     sums = torch.zeros(2, num_classes - 1, dtype=torch.float64, device=env.device)
     was_training = model.training
@@ -142,8 +140,6 @@ def validate(ctx: Context, model: Any, roi: tuple[int, ...], num_classes: int) -
 
 def build_task(ctx: Context) -> Task:
     """The UNETR, its Dice + CE loss and the labelled crops of this process."""
-    from hiend_data.sampling import SamplerConfig
-
     cfg: FinetuneConfig = ctx.cfg  # type: ignore[assignment]
     env = ctx.env
     num_classes = cfg.num_classes or cache_num_classes(ctx.cache)

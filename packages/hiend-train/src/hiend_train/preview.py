@@ -1,7 +1,7 @@
 """Pre-training previews: a PNG of the middle slice of input, masked input and reconstruction.
 
 Needs matplotlib (``pip install 'hiend-train[preview]'``); without it :func:`write_preview` returns
-None and writes nothing.
+None and writes nothing. The PNG is written atomically (:func:`hiend_data.atomic.atomic_path`).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from hiend_data.atomic import atomic_path
 
 
 @torch.no_grad()
@@ -28,7 +30,8 @@ def preview_slices(model: Any, images: torch.Tensor, noise: torch.Tensor) -> tup
 
 def write_preview(model: Any, images: torch.Tensor, noise: torch.Tensor, path: str | Path,
                   title: str = "") -> Path | None:
-    """Write the three slices side by side to ``path`` (PNG); None when matplotlib is missing."""
+    """Write the three slices side by side to ``path`` (PNG, atomically: whole or not at all, parent folders
+    created); None when matplotlib is missing."""
     try:
         import matplotlib
 
@@ -36,11 +39,8 @@ def write_preview(model: Any, images: torch.Tensor, noise: torch.Tensor, path: s
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    from .rundir import _atomic_write
-
     image, masked, recon, loss = preview_slices(model, images, noise)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
     lo, hi = float(image.min()), float(image.max())
     for ax, arr, name in zip(axes, (image, masked, recon), ("input", "masked input", "reconstruction"), strict=True):
@@ -49,6 +49,9 @@ def write_preview(model: Any, images: torch.Tensor, noise: torch.Tensor, path: s
         ax.axis("off")
     fig.suptitle(f"{title}  masked-patch loss {loss:.4f}".strip())
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=80)
+    finally:
+        plt.close(fig)
     return path
