@@ -35,8 +35,23 @@ def _demo():
 def test_demo_segments_held_out_cases(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     demo = _demo()
     out = tmp_path / "demo"
-    assert demo.main(["--out", str(out), "--cases", "4", "--test-cases", "2", "--pretrain-epochs", "4",
-                      "--finetune-steps", "240"]) == 0
+    assert (
+        demo.main(
+            [
+                "--out",
+                str(out),
+                "--cases",
+                "4",
+                "--test-cases",
+                "2",
+                "--pretrain-epochs",
+                "4",
+                "--finetune-steps",
+                "240",
+            ]
+        )
+        == 0
+    )
     last = capsys.readouterr().out.strip().splitlines()[-1]
     summary = json.loads((out / "score" / "summary.json").read_text())
     # scored on the held-out cases only, never on a training case

@@ -70,7 +70,8 @@ def _resolve(module: str, node: ast.ImportFrom | ast.Import) -> list[str]:
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _module_level_imports(module: str, tree: ast.Module) -> set[str]:
@@ -107,7 +108,9 @@ def _local_imports(module: str, tree: ast.Module) -> list[tuple[int, str]]:
             continue
         for node in ast.walk(fn):
             if isinstance(node, ast.Import | ast.ImportFrom):
-                out += [(node.lineno, t) for t in _resolve(module, node) if t.split(".")[0] == pkg and t != pkg]
+                out += [
+                    (node.lineno, t) for t in _resolve(module, node) if t.split(".")[0] == pkg and t != pkg
+                ]
     return out
 
 
@@ -126,7 +129,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         for nxt in sorted(graph.get(node, ())):
             # importing a package runs its __init__ first, and a submodule import runs the parent's
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state:
                 found = visit(nxt)
                 if found:
@@ -165,8 +168,9 @@ def test_no_cycle_hidden_inside_a_function():
     # import added as an edge, the graph must still be acyclic.
     graph = _graph()
     for module, path in MODULES.items():
-        graph[module] |= {t for _, t in _local_imports(module, ast.parse(path.read_text(), str(path)))
-                          if t != module}
+        graph[module] |= {
+            t for _, t in _local_imports(module, ast.parse(path.read_text(), str(path))) if t != module
+        }
     cycle = _cycle(graph)
     assert cycle is None, "import cycle through a function-local import: " + " -> ".join(cycle or [])
 
@@ -195,17 +199,22 @@ def test_every_module_imports_in_a_fresh_interpreter():
     # one interpreter per package, importing its modules leaf-first would hide nothing the graph test
     # misses; importing each package's modules in sorted order in a fresh process catches a module that
     # only imports after another one was imported
-    code = ("import importlib, sys\n"
-            "bad = []\n"
-            "for name in sys.argv[1:]:\n"
-            "    try:\n"
-            "        importlib.import_module(name)\n"
-            "    except Exception as exc:\n"
-            "        bad.append(f'{name}: {type(exc).__name__}: {exc}')\n"
-            "print('\\n'.join(bad))\n"
-            "sys.exit(1 if bad else 0)\n")
+    code = (
+        "import importlib, sys\n"
+        "bad = []\n"
+        "for name in sys.argv[1:]:\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception as exc:\n"
+        "        bad.append(f'{name}: {type(exc).__name__}: {exc}')\n"
+        "print('\\n'.join(bad))\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
     for pkg in ORDER:
         names = sorted(m for m in MODULES if m.split(".")[0] == pkg)
-        proc = subprocess.run([sys.executable, "-c", code, *reversed(names)], capture_output=True, text=True,
-                              timeout=300)
-        assert proc.returncode == 0, f"{pkg}: modules that fail to import:\n{proc.stdout}{proc.stderr[-2000:]}"
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *reversed(names)], capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, (
+            f"{pkg}: modules that fail to import:\n{proc.stdout}{proc.stderr[-2000:]}"
+        )

@@ -49,8 +49,17 @@ def test_label_round_trip_scores_perfect(phantom: Path, tmp_path: Path) -> None:
             ras_spacing[int(target)] = 0.75 * label.spacing[axis]
         pre = preprocess_case(image, Plan(spacing=tuple(ras_spacing)), label=label)
         save_volume(pred_dir / f"{case}.nii.gz", restore_label(pre.label, pre.record), like=label)
-    proc = cli("hiend-eval", "score", str(pred_dir), str(phantom / "labelsTr"), "--out", str(tmp_path / "s"),
-               "--labels", str(phantom / "dataset.json"), "--json")
+    proc = cli(
+        "hiend-eval",
+        "score",
+        str(pred_dir),
+        str(phantom / "labelsTr"),
+        "--out",
+        str(tmp_path / "s"),
+        "--labels",
+        str(phantom / "dataset.json"),
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(summary["per_case"]) == 2
@@ -90,7 +99,9 @@ def test_predict_then_score_an_empty_model(phantom: Path, tmp_path: Path) -> Non
         np.testing.assert_allclose(out.affine, src.affine, atol=1e-5)
         assert not np.asarray(out.dataobj).any()
 
-    proc = cli("hiend-eval", "score", str(pred), str(phantom / "labelsTr"), "--out", str(tmp_path / "s"), "--json")
+    proc = cli(
+        "hiend-eval", "score", str(pred), str(phantom / "labelsTr"), "--out", str(tmp_path / "s"), "--json"
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     for case in summary["per_case"]:
@@ -106,4 +117,5 @@ def test_predict_then_score_an_empty_model(phantom: Path, tmp_path: Path) -> Non
     counts = summary["counts"]
     assert sum(counts[str(v)]["missed"] for v in range(1, 7)) == sum(
         len(set(np.unique(np.asarray(nib.load(p).dataobj)).astype(int)) - {0})
-        for p in (phantom / "labelsTr").glob("*.nii.gz"))
+        for p in (phantom / "labelsTr").glob("*.nii.gz")
+    )

@@ -48,9 +48,24 @@ def sh(*args: str) -> str:
 #: (they swap the patient's sides, so a left kidney would be labelled on the right), class-balanced
 #: crop centres (small organs as often as the lungs), class-weighted cross-entropy (a class at 0.3 % of
 #: the voxels is otherwise pushed to probability ~0 and stops learning), one volume of 4 crops per step.
-FINETUNE = ["--feature-size", "8", "--batch-size", "1", "--num-samples", "4", "--lr", "5e-3",
-            "--set", "sampler.flip_axes=[1,2]", "--set", "sampler.rot90_prob=0",
-            "--set", "sampler.class_balanced=true", "--class-weights", "inverse_sqrt"]
+FINETUNE = [
+    "--feature-size",
+    "8",
+    "--batch-size",
+    "1",
+    "--num-samples",
+    "4",
+    "--lr",
+    "5e-3",
+    "--set",
+    "sampler.flip_axes=[1,2]",
+    "--set",
+    "sampler.rot90_prob=0",
+    "--set",
+    "sampler.class_balanced=true",
+    "--class-weights",
+    "inverse_sqrt",
+]
 #: crops of the tiny preset (patch 8): 32^3 voxels, 96 mm at the demo's 3 mm
 CROP = 32
 
@@ -64,7 +79,9 @@ def organ_summary(summary: dict) -> tuple[float, str, float, dict[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path("demo_out"))
     parser.add_argument("--cases", type=int, default=8, help="labelled training phantoms")
     parser.add_argument("--test-cases", type=int, default=4, help="held-out phantoms, scored at the end")
@@ -79,38 +96,95 @@ def main(argv: list[str] | None = None) -> int:
     raw, cache, pred, score = out / "raw", out / "cache", out / "pred", out / "score"
     pre_run, ft_run = out / "pretrain", out / "finetune"
 
-    sh("hiend-data", "phantom", str(raw), "--cases", str(args.cases), "--test-cases", str(args.test_cases),
-       "--seed", str(args.seed))
+    sh(
+        "hiend-data",
+        "phantom",
+        str(raw),
+        "--cases",
+        str(args.cases),
+        "--test-cases",
+        str(args.test_cases),
+        "--seed",
+        str(args.seed),
+    )
     first = sorted((raw / "imagesTr").glob("*.nii.gz"))[0]
     print(sh("hiend-data", "inspect", str(first)))
     sh("hiend-data", "preprocess", str(raw), str(cache), "--spacing", "3", "--workers", "2")
     bench = sh("hiend-data", "bench", str(cache), "--seconds", "2", "--json")
-    print(f"sampler: {json.loads(bench.strip().splitlines()[-1])['crops_per_s']:.0f} crops/s (96^3, one process)")
+    print(
+        f"sampler: {json.loads(bench.strip().splitlines()[-1])['crops_per_s']:.0f} crops/s (96^3, one process)"
+    )
 
     common = ["--cache", str(cache), "--workers", "1", "--seed", str(args.seed), "-q"]
-    sh("hiend-train", "pretrain", "--out", str(pre_run), "--preset", "tiny", "--set", f"model.img_size={CROP}",
-       "--epochs", str(args.pretrain_epochs), "--batch-size", "2", "--num-samples", "4", "--lr", "1.5e-3",
-       "--warmup-epochs", str(max(1, args.pretrain_epochs // 10)), "--val-fraction", "0",
-       "--preview-every", str(args.pretrain_epochs), *common)
+    sh(
+        "hiend-train",
+        "pretrain",
+        "--out",
+        str(pre_run),
+        "--preset",
+        "tiny",
+        "--set",
+        f"model.img_size={CROP}",
+        "--epochs",
+        str(args.pretrain_epochs),
+        "--batch-size",
+        "2",
+        "--num-samples",
+        "4",
+        "--lr",
+        "1.5e-3",
+        "--warmup-epochs",
+        str(max(1, args.pretrain_epochs // 10)),
+        "--val-fraction",
+        "0",
+        "--preview-every",
+        str(args.pretrain_epochs),
+        *common,
+    )
     losses = [json.loads(line) for line in (pre_run / "log.jsonl").read_text().splitlines()]
     epochs = [rec["loss"] for rec in losses if rec.get("event") == "epoch"]
     if epochs:
         print(f"pre-training loss: {epochs[0]:.4f} (epoch 1) -> {epochs[-1]:.4f} (epoch {len(epochs)})")
     # one volume per step: epochs x training cases = optimizer steps
     ft_epochs = max(1, round(args.finetune_steps / args.cases))
-    sh("hiend-train", "finetune", "--out", str(ft_run), "--init", str(pre_run / "last.safetensors"), *FINETUNE,
-       "--epochs", str(ft_epochs), "--warmup-epochs", f"{max(1.0, ft_epochs * 0.05):g}", "--val-fraction", "0",
-       *common)
+    sh(
+        "hiend-train",
+        "finetune",
+        "--out",
+        str(ft_run),
+        "--init",
+        str(pre_run / "last.safetensors"),
+        *FINETUNE,
+        "--epochs",
+        str(ft_epochs),
+        "--warmup-epochs",
+        f"{max(1.0, ft_epochs * 0.05):g}",
+        "--val-fraction",
+        "0",
+        *common,
+    )
     ckpt = ft_run / "last.safetensors"
     print(sh("hiend-model", "info", str(ckpt))[-1200:])
     sh("hiend-model", "predict", str(ckpt), str(raw / "imagesTs"), "--out", str(pred))
-    print(sh("hiend-eval", "score", str(pred), str(raw / "labelsTs"), "--out", str(score),
-             "--labels", str(raw / "dataset.json")))
+    print(
+        sh(
+            "hiend-eval",
+            "score",
+            str(pred),
+            str(raw / "labelsTs"),
+            "--out",
+            str(score),
+            "--labels",
+            str(raw / "dataset.json"),
+        )
+    )
     summary = json.loads((score / "summary.json").read_text())
     mean, worst, worst_dice, _ = organ_summary(summary)
-    print(f"demo done in {time.time() - t0:.0f} s: held-out mean organ Dice {mean:.3f} over "
-          f"{len(summary['per_case'])} unseen cases, worst organ {worst} {worst_dice:.3f} "
-          f"(tiny model, {ft_epochs * args.cases} fine-tuning steps); outputs in {out}/")
+    print(
+        f"demo done in {time.time() - t0:.0f} s: held-out mean organ Dice {mean:.3f} over "
+        f"{len(summary['per_case'])} unseen cases, worst organ {worst} {worst_dice:.3f} "
+        f"(tiny model, {ft_epochs * args.cases} fine-tuning steps); outputs in {out}/"
+    )
     return 0
 
 

@@ -40,7 +40,17 @@ def _fingerprint() -> str:
 
 
 def _pip(*args: str) -> None:
-    cmd = [str(PY), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-c", str(CONSTRAINTS), *args]
+    cmd = [
+        str(PY),
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "-q",
+        "-c",
+        str(CONSTRAINTS),
+        *args,
+    ]
     print("+", " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
 

@@ -102,7 +102,9 @@ def check_attention(results: dict) -> None:
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     got = mod(xb).float()
                 row[f"{backend}_max_abs_diff_vs_math"] = float((got - want).abs().max())
-                row[f"{backend}_backend_used"] = getattr(mod, "last_backend", getattr(mod, "backend", backend))
+                row[f"{backend}_backend_used"] = getattr(
+                    mod, "last_backend", getattr(mod, "backend", backend)
+                )
 
                 def step(mod=mod, xb=xb):
                     with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -119,8 +121,9 @@ def check_attention(results: dict) -> None:
     results["attention"] = rows
 
 
-def check_pretrain(results: dict, presets: list[str], batches: list[int], backends: list[str], peak: float,
-                   steps: int) -> None:
+def check_pretrain(
+    results: dict, presets: list[str], batches: list[int], backends: list[str], peak: float, steps: int
+) -> None:
     """bf16 autocast pre-training steps; ``backend`` may add ``+ckpt`` (gradient checkpointing) and
     ``+compile`` (torch.compile of the model). FLOPs are counted once per (preset, batch) on the first
     backend listed, so list an uncompiled sdpa one first."""
@@ -142,7 +145,9 @@ def check_pretrain(results: dict, presets: list[str], batches: list[int], backen
                 if "compile" in flags:
                     model = torch.compile(model)
             except Exception as exc:  # noqa: BLE001
-                rows.append({"preset": preset, "backend": backend, "error": f"{type(exc).__name__}: {exc}"[:400]})
+                rows.append(
+                    {"preset": preset, "backend": backend, "error": f"{type(exc).__name__}: {exc}"[:400]}
+                )
                 print(json.dumps(rows[-1]), flush=True)
                 continue
             cfg = model.config
@@ -171,12 +176,15 @@ def check_pretrain(results: dict, presets: list[str], batches: list[int], backen
                     flops = flops_of[preset, batch]
                     torch.cuda.reset_peak_memory_stats()
                     sec = _time_cuda(step, warmup=3, iters=steps)
-                    row.update(step_s=round(sec, 5), crops_per_s=round(batch / sec, 1),
-                               tflop_per_step=round(flops / 1e12, 4),
-                               achieved_tflops=round(flops / sec / 1e12, 1),
-                               mfu=round(flops / sec / (peak * 1e12), 4),
-                               peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
-                               loss_finite=bool(torch.isfinite(step()).item()))
+                    row.update(
+                        step_s=round(sec, 5),
+                        crops_per_s=round(batch / sec, 1),
+                        tflop_per_step=round(flops / 1e12, 4),
+                        achieved_tflops=round(flops / sec / 1e12, 1),
+                        mfu=round(flops / sec / (peak * 1e12), 4),
+                        peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                        loss_finite=bool(torch.isfinite(step()).item()),
+                    )
                     del x
                 except torch.cuda.OutOfMemoryError:
                     row["error"] = "out of memory"
@@ -192,7 +200,9 @@ def check_pretrain(results: dict, presets: list[str], batches: list[int], backen
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="gpu_check.json")
     parser.add_argument("--presets", default="vit-b16,vit-l12")
     parser.add_argument("--batches", default="8,32,64")
@@ -213,11 +223,20 @@ def main() -> int:
     t0 = time.time()
     check_env(results)
     checks = [] if args.skip_attention else [("attention", lambda: check_attention(results))]
-    for name, fn in [*checks,
-                     ("pretrain", lambda: check_pretrain(results, args.presets.split(","),
-                                                         [int(b) for b in args.batches.split(",")],
-                                                         args.backends.split(","), args.peak_tflops,
-                                                         args.steps))]:
+    for name, fn in [
+        *checks,
+        (
+            "pretrain",
+            lambda: check_pretrain(
+                results,
+                args.presets.split(","),
+                [int(b) for b in args.batches.split(",")],
+                args.backends.split(","),
+                args.peak_tflops,
+                args.steps,
+            ),
+        ),
+    ]:
         try:
             fn()
         except Exception as exc:  # noqa: BLE001 - keep going: report what we have

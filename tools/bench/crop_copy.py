@@ -1,4 +1,4 @@
-"""The sampler's per-crop copy (``hiend_data.sampling._copy_view``) vs its previous single-``copyto`` form.
+"""The sampler's per-crop copy (``hiend_data.sampling.crops.copy_view``) vs its previous single-``copyto`` form.
 
 Random float32 volumes saved as ``.npy`` and memory-mapped (as the cache serves them): ``big``
 256 x 256 x 240 and ``abdomen``-sized 120 x 126 x 164. One fixed sequence of crops per volume (96^3 at
@@ -27,16 +27,26 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hiend_data.augment import AugmentParams, params_from_uniforms, view_plan  # noqa: E402
-from hiend_data.sampling import SamplerConfig, _copy_view, crop_box  # noqa: E402
+from hiend_data.sampling import SamplerConfig, crop_box  # noqa: E402
+from hiend_data.sampling.crops import copy_view as _copy_view  # noqa: E402
 
 SHAPES = {"big": (256, 256, 240), "abdomen": (120, 126, 164)}
 
 
-def baseline_copy(volume: np.ndarray, out: np.ndarray, src: tuple[slice, ...], rev: frozenset[int],
-                  swap: bool, aug: AugmentParams, channel_first: bool, intensity: bool) -> None:
+def baseline_copy(
+    volume: np.ndarray,
+    out: np.ndarray,
+    src: tuple[slice, ...],
+    rev: frozenset[int],
+    swap: bool,
+    aug: AugmentParams,
+    channel_first: bool,
+    intensity: bool,
+) -> None:
     """The previous ``_copy_view``: one ``copyto`` (or fused multiply/add) through the augmented view."""
-    sl = tuple(slice(s.stop - 1, s.start - 1 if s.start else None, -1) if i in rev else s
-               for i, s in enumerate(src))
+    sl = tuple(
+        slice(s.stop - 1, s.start - 1 if s.start else None, -1) if i in rev else s for i, s in enumerate(src)
+    )
     view = volume[(slice(None), *sl)] if channel_first else volume[sl]
     if swap:
         off = 1 if channel_first else 0
@@ -101,12 +111,23 @@ def main() -> None:
             res["speedup"] = round(res["baseline_ms_per_crop"] / res["new_ms_per_crop"], 3)
             res["kinds"] = {
                 f"zrev={int(k[0])},swap={int(k[1])},int={int(k[2])}": {
-                    impl: round(statistics.median(per_kind[impl][k]), 3) for impl in impls}
-                for k in sorted(per_kind["baseline"])}
+                    impl: round(statistics.median(per_kind[impl][k]), 3) for impl in impls
+                }
+                for k in sorted(per_kind["baseline"])
+            }
             results[name] = res
             print(name, res, flush=True)
-    print(json.dumps({"bench": "crop_copy", "threads": 1, "crops": args.crops, "rounds": args.rounds,
-                      "volumes": results}))
+    print(
+        json.dumps(
+            {
+                "bench": "crop_copy",
+                "threads": 1,
+                "crops": args.crops,
+                "rounds": args.rounds,
+                "volumes": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -52,23 +52,33 @@ def timed(fn, steps: int, warmup: int = 3) -> float:
 
 
 def bench_attention() -> None:
-    shapes = {"vit-b16 enc": (32, 55, 12, 64), "vit-b16 dec": (32, 217, 12, 32),
-              "vit-l12 enc": (32, 129, 16, 96), "vit-l12 dec": (32, 513, 16, 33)}
+    shapes = {
+        "vit-b16 enc": (32, 55, 12, 64),
+        "vit-b16 dec": (32, 217, 12, 32),
+        "vit-l12 enc": (32, 129, 16, 96),
+        "vit-l12 dec": (32, 513, 16, 33),
+    }
     for name, (B, N, H, d) in shapes.items():
-        q, k, v = (torch.randn(B, N, H, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+        q, k, v = (
+            torch.randn(B, N, H, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3)
+        )
         ref = attend(q.float(), k.float(), v.float(), "math")
         row = {"bench": "attention", "shape": name, "B_N_H_d": [B, N, H, d]}
         for be in ("sdpa", "xformers") if xformers_available() else ("sdpa",):
             try:
                 out = attend(q, k, v, be)
                 row[f"{be}_maxdiff"] = float((out.float() - ref).abs().max().detach())
-                row[f"{be}_ms"] = 1e3 * timed(lambda be=be, q=q, k=k, v=v: attend(q, k, v, be).sum().backward(), 20)
+                row[f"{be}_ms"] = 1e3 * timed(
+                    lambda be=be, q=q, k=k, v=v: attend(q, k, v, be).sum().backward(), 20
+                )
             except Exception as exc:  # report, keep going
                 row[f"{be}_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
         emit(**row)
 
 
-def bench_train(preset: str, batch: int, steps: int, backend: str, ckpt: bool = False, check: bool = True) -> None:
+def bench_train(
+    preset: str, batch: int, steps: int, backend: str, ckpt: bool = False, check: bool = True
+) -> None:
     torch.manual_seed(0)
     model = build(preset, attn_backend=backend, grad_checkpointing=ckpt).cuda().train()
     if not check:  # what the input check's host sync costs
@@ -97,11 +107,20 @@ def bench_train(preset: str, batch: int, steps: int, backend: str, ckpt: bool = 
     flops = bench_train.flops.get((preset, batch), flops)
     torch.cuda.reset_peak_memory_stats()
     t = timed(step, steps)
-    emit(bench="pretrain_step_bf16", preset=preset, batch=batch, backend=backend, grad_checkpointing=ckpt,
-         input_check=check,
-         step_ms=round(1e3 * t, 2), crops_per_s=round(batch / t, 1), model_tflop_per_step=round(flops / 1e12, 3),
-         mfu=round(flops / t / peak_flops(), 4), peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
-         device=torch.cuda.get_device_name())
+    emit(
+        bench="pretrain_step_bf16",
+        preset=preset,
+        batch=batch,
+        backend=backend,
+        grad_checkpointing=ckpt,
+        input_check=check,
+        step_ms=round(1e3 * t, 2),
+        crops_per_s=round(batch / t, 1),
+        model_tflop_per_step=round(flops / 1e12, 3),
+        mfu=round(flops / t / peak_flops(), 4),
+        peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        device=torch.cuda.get_device_name(),
+    )
     torch.cuda.empty_cache()
 
 
@@ -114,37 +133,56 @@ def check_parity(ref_dir: Path) -> None:
 
     fx = torch.load(ref_dir / "hiend_mae_parity_tiny.pt", weights_only=True)
     c = fx["config"]
-    mae = load_official_pretrained(fx["state_dict"], num_heads=c["enc_heads"],
-                                   decoder_num_heads=c["dec_heads"]).cuda()
+    mae = load_official_pretrained(
+        fx["state_dict"], num_heads=c["enc_heads"], decoder_num_heads=c["dec_heads"]
+    ).cuda()
     x, noise = fx["input"].cuda(), fx["noise"].cuda()
     ids = fx["noise"].argsort(1).argsort(1)
     ref = fx["decoder_output"][:, 1:].gather(1, ids.unsqueeze(-1).expand(-1, -1, 512))
     for amp in (False, True):
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             out = mae(x, noise)
-        emit(bench="parity_mae", dtype="bf16-autocast" if amp else "float32",
-             loss_rel_err=abs(out.loss.item() / fx["loss"].item() - 1),
-             pred_max_abs=float((out.pred.float().cpu() - ref).abs().max()))
+        emit(
+            bench="parity_mae",
+            dtype="bf16-autocast" if amp else "float32",
+            loss_rel_err=abs(out.loss.item() / fx["loss"].item() - 1),
+            pred_max_abs=float((out.pred.float().cpu() - ref).abs().max()),
+        )
     fx = torch.load(ref_dir / "unetr_parity_tiny.pt", weights_only=True)
     c = fx["config"]
-    unetr = load_official_finetuned(fx["state_dict"], img_size=c["img"], patch_size=c["patch"],
-                                    embed_dim=c["hidden"], depth=c["depth"], num_heads=c["heads"],
-                                    mlp_ratio=c["mlp_dim"] / c["hidden"], feature_size=c["feature"],
-                                    num_classes=c["classes"]).cuda()
+    unetr = load_official_finetuned(
+        fx["state_dict"],
+        img_size=c["img"],
+        patch_size=c["patch"],
+        embed_dim=c["hidden"],
+        depth=c["depth"],
+        num_heads=c["heads"],
+        mlp_ratio=c["mlp_dim"] / c["hidden"],
+        feature_size=c["feature"],
+        num_classes=c["classes"],
+    ).cuda()
     for amp in (False, True):
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             logits = unetr(fx["input"].cuda()).float().cpu()
-        emit(bench="parity_unetr", dtype="bf16-autocast" if amp else "float32",
-             logits_max_abs=float((logits[:, :, ::4, ::4, ::4] - fx["logits_every_4th_voxel"]).abs().max()),
-             argmax_agree=float((logits.argmax(1) == fx["argmax"].long()).float().mean()))
+        emit(
+            bench="parity_unetr",
+            dtype="bf16-autocast" if amp else "float32",
+            logits_max_abs=float((logits[:, :, ::4, ::4, ::4] - fx["logits_every_4th_voxel"]).abs().max()),
+            argmax_agree=float((logits.argmax(1) == fx["argmax"].long()).float().mean()),
+        )
 
 
 def bench_unetr_inference(batch: int = 4) -> None:
     """vit-l12 UNETR (feature 32, 14 classes) forward on 96^3 windows: ms per window, peak memory."""
     from hiend_model import UNETR, UNETRConfig
 
-    model = UNETR(UNETRConfig(**{**build("vit-l12").config.encoder_fields(), "num_classes": 14,
-                                 "feature_size": 32})).cuda().eval()
+    model = (
+        UNETR(
+            UNETRConfig(**{**build("vit-l12").config.encoder_fields(), "num_classes": 14, "feature_size": 32})
+        )
+        .cuda()
+        .eval()
+    )
     x = torch.rand(batch, 1, 96, 96, 96, device="cuda")
     for amp in (False, True):
         torch.cuda.reset_peak_memory_stats()
@@ -154,9 +192,14 @@ def bench_unetr_inference(batch: int = 4) -> None:
                 model(x)
 
         t = timed(fwd, 5, warmup=2)
-        emit(bench="unetr_inference", preset="vit-l12", batch=batch, dtype="bf16-autocast" if amp else "tf32",
-             ms_per_window=round(1e3 * t / batch, 2),
-             peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2))
+        emit(
+            bench="unetr_inference",
+            preset="vit-l12",
+            batch=batch,
+            dtype="bf16-autocast" if amp else "tf32",
+            ms_per_window=round(1e3 * t / batch, 2),
+            peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        )
 
 
 def main() -> None:
@@ -169,8 +212,12 @@ def main() -> None:
     ap.add_argument("--skip-train", action="store_true")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
-    emit(bench="env", device=torch.cuda.get_device_name(), torch=torch.__version__,
-         xformers_runs=xformers_available())
+    emit(
+        bench="env",
+        device=torch.cuda.get_device_name(),
+        torch=torch.__version__,
+        xformers_runs=xformers_available(),
+    )
     if args.reference:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False

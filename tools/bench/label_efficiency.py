@@ -50,12 +50,12 @@ ORGANS = {"1": "liver", "2": "spleen", "3": "kidney_right", "4": "kidney_left", 
 class Size:
     """How big the experiment is. Steps are optimizer steps."""
 
-    pool: int                 # unlabelled phantoms in the pre-training pool (+ the real scans)
-    labelled: int             # labelled phantoms: N training candidates + validation cases
-    test: int                 # held-out labelled test phantoms
-    pretrain_epochs: int      # over the pool, batch_size volumes x num_samples crops per step
+    pool: int  # unlabelled phantoms in the pre-training pool (+ the real scans)
+    labelled: int  # labelled phantoms: N training candidates + validation cases
+    test: int  # held-out labelled test phantoms
+    pretrain_epochs: int  # over the pool, batch_size volumes x num_samples crops per step
     pretrain_batch: int
-    finetune_steps: int       # per run, whatever N
+    finetune_steps: int  # per run, whatever N
     shots: tuple[int, ...]
     seeds: tuple[int, ...]
 
@@ -64,11 +64,27 @@ SIZES = {
     # ~80 min on the 2-core box with --jobs 2 (BENCHMARKS.md has the measured time): 2 pre-trainings of
     # 1,200 steps x 16 crops (~9 min each) and 27 fine-tunings of 240 steps x 4 crops (~0.9 s a step on
     # one core, ~4.5 min with prediction and scoring, two at a time)
-    "full": Size(pool=48, labelled=6, test=8, pretrain_epochs=100, pretrain_batch=4, finetune_steps=240,
-                 shots=(1, 2, 4), seeds=(0, 1, 2)),
+    "full": Size(
+        pool=48,
+        labelled=6,
+        test=8,
+        pretrain_epochs=100,
+        pretrain_batch=4,
+        finetune_steps=240,
+        shots=(1, 2, 4),
+        seeds=(0, 1, 2),
+    ),
     # the whole pipeline in about 4 minutes: checks the script, measures nothing
-    "smoke": Size(pool=4, labelled=3, test=2, pretrain_epochs=2, pretrain_batch=2, finetune_steps=4,
-                  shots=(1, 2), seeds=(0,)),
+    "smoke": Size(
+        pool=4,
+        labelled=3,
+        test=2,
+        pretrain_epochs=2,
+        pretrain_batch=2,
+        finetune_steps=4,
+        shots=(1, 2),
+        seeds=(0,),
+    ),
 }
 
 #: the plan (hiend-data preprocess): RAS, 3 mm, the paper's CT window
@@ -76,9 +92,24 @@ SPACING_MM = 3.0
 #: crops of the tiny preset (patch 8): 32^3 voxels = 96 mm at 3 mm, 4^3 tokens
 CROP = 32
 #: the one fine-tuning recipe every arm gets (the demo's; see tools/demo.py)
-FINETUNE = ["--feature-size", "8", "--batch-size", "1", "--num-samples", "4", "--lr", "5e-3",
-            "--set", "sampler.flip_axes=[1,2]", "--set", "sampler.rot90_prob=0",
-            "--set", "sampler.class_balanced=true", "--class-weights", "inverse_sqrt"]
+FINETUNE = [
+    "--feature-size",
+    "8",
+    "--batch-size",
+    "1",
+    "--num-samples",
+    "4",
+    "--lr",
+    "5e-3",
+    "--set",
+    "sampler.flip_axes=[1,2]",
+    "--set",
+    "sampler.rot90_prob=0",
+    "--set",
+    "sampler.class_balanced=true",
+    "--class-weights",
+    "inverse_sqrt",
+]
 #: the one pre-training recipe both decoders get
 PRETRAIN = ["--num-samples", "4", "--lr", "1.5e-3", "--val-fraction", "0.1", "--preview-every", "0"]
 
@@ -115,14 +146,39 @@ def build_data(work: Path, size: Size, sh: Runner) -> tuple[Path, Path, Path]:
         lines = [str(p.resolve()) for p in sorted((pool_raw / "imagesTr").glob("*.nii.gz"))]
         lines += [str(p.resolve()) for p in scans]
         (work / "pool.txt").write_text("\n".join(lines) + "\n")  # images only: the pool is unlabelled
-        sh("hiend-data", "preprocess", str(work / "pool.txt"), str(pool_cache), "--spacing", str(SPACING_MM),
-           "--workers", "2")
+        sh(
+            "hiend-data",
+            "preprocess",
+            str(work / "pool.txt"),
+            str(pool_cache),
+            "--spacing",
+            str(SPACING_MM),
+            "--workers",
+            "2",
+        )
     if not (lab_cache / "plan.json").exists():
         shutil.rmtree(lab_raw, ignore_errors=True)
-        sh("hiend-data", "phantom", str(lab_raw), "--cases", str(size.labelled), "--test-cases", str(size.test),
-           "--seed", "2000")
-        sh("hiend-data", "preprocess", str(lab_raw), str(lab_cache), "--spacing", str(SPACING_MM),
-           "--workers", "2")
+        sh(
+            "hiend-data",
+            "phantom",
+            str(lab_raw),
+            "--cases",
+            str(size.labelled),
+            "--test-cases",
+            str(size.test),
+            "--seed",
+            "2000",
+        )
+        sh(
+            "hiend-data",
+            "preprocess",
+            str(lab_raw),
+            str(lab_cache),
+            "--spacing",
+            str(SPACING_MM),
+            "--workers",
+            "2",
+        )
     return pool_cache, lab_cache, lab_raw
 
 
@@ -133,25 +189,53 @@ def pretrain(work: Path, size: Size, pool_cache: Path, arm: str, sh: Runner, thr
     t0 = time.time()
     if not (run / "done.json").exists():
         shutil.rmtree(run, ignore_errors=True)
-        sh("hiend-train", "pretrain", "--out", str(run), "--cache", str(pool_cache), "--preset", "tiny",
-           "--set", f"model.img_size={CROP}", "--set", f"model.decoder={arm}",
-           "--epochs", str(size.pretrain_epochs), "--batch-size", str(size.pretrain_batch),
-           "--warmup-epochs", str(max(1, size.pretrain_epochs // 10)), "--val-every",
-           str(max(1, size.pretrain_epochs // 10)), "--workers", "1", "--seed", "0", "-q", *PRETRAIN,
-           threads=threads)
+        sh(
+            "hiend-train",
+            "pretrain",
+            "--out",
+            str(run),
+            "--cache",
+            str(pool_cache),
+            "--preset",
+            "tiny",
+            "--set",
+            f"model.img_size={CROP}",
+            "--set",
+            f"model.decoder={arm}",
+            "--epochs",
+            str(size.pretrain_epochs),
+            "--batch-size",
+            str(size.pretrain_batch),
+            "--warmup-epochs",
+            str(max(1, size.pretrain_epochs // 10)),
+            "--val-every",
+            str(max(1, size.pretrain_epochs // 10)),
+            "--workers",
+            "1",
+            "--seed",
+            "0",
+            "-q",
+            *PRETRAIN,
+            threads=threads,
+        )
         (run / "done.json").write_text(json.dumps({"seconds": time.time() - t0}))
     assert done.exists()
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     setup = next(r for r in records if r.get("event") == "setup")
     epochs = [r for r in records if r.get("event") == "epoch"]
-    return {"arm": arm, "steps": epochs[-1]["step"], "parameters": setup["parameters"],
-            "seconds": json.loads((run / "done.json").read_text())["seconds"],
-            "loss": [round(r["loss"], 5) for r in epochs],
-            "val_loss": {r["epoch"]: round(r["val_loss"], 5) for r in epochs if "val_loss" in r}}
+    return {
+        "arm": arm,
+        "steps": epochs[-1]["step"],
+        "parameters": setup["parameters"],
+        "seconds": json.loads((run / "done.json").read_text())["seconds"],
+        "loss": [round(r["loss"], 5) for r in epochs],
+        "val_loss": {r["epoch"]: round(r["val_loss"], 5) for r in epochs if "val_loss" in r},
+    }
 
 
-def finetune_and_score(work: Path, size: Size, lab_cache: Path, lab_raw: Path, arm: str, n: int, seed: int,
-                       sh: Runner) -> dict:
+def finetune_and_score(
+    work: Path, size: Size, lab_cache: Path, lab_raw: Path, arm: str, n: int, seed: int, sh: Runner
+) -> dict:
     """One fine-tuning run, its predictions on the test cases and their scores (skips finished runs)."""
     name = f"ft_{arm}_n{n}_s{seed}"
     run = work / name
@@ -163,29 +247,80 @@ def finetune_and_score(work: Path, size: Size, lab_cache: Path, lab_raw: Path, a
     init = [] if arm == "scratch" else ["--init", str(work / f"pretrain_{arm}" / "last.safetensors")]
     model = ["--preset", "tiny", "--set", f"model.img_size={CROP}"] if arm == "scratch" else []
     t0 = time.time()
-    sh("hiend-train", "finetune", "--out", str(run), "--cache", str(lab_cache), *init, *model, *FINETUNE,
-       "--train-cases", str(n), "--val-fraction", f"{1 / 3:.6f}", "--epochs", str(epochs),
-       "--warmup-epochs", f"{epochs * 0.05:g}", "--val-every", str(epochs), "--seed", str(seed),
-       "--workers", "0", "-q")
+    sh(
+        "hiend-train",
+        "finetune",
+        "--out",
+        str(run),
+        "--cache",
+        str(lab_cache),
+        *init,
+        *model,
+        *FINETUNE,
+        "--train-cases",
+        str(n),
+        "--val-fraction",
+        f"{1 / 3:.6f}",
+        "--epochs",
+        str(epochs),
+        "--warmup-epochs",
+        f"{epochs * 0.05:g}",
+        "--val-every",
+        str(epochs),
+        "--seed",
+        str(seed),
+        "--workers",
+        "0",
+        "-q",
+    )
     seconds = time.time() - t0
-    sh("hiend-model", "predict", str(run / "last.safetensors"), str(lab_raw / "imagesTs"), "--out",
-       str(run / "pred"))
-    sh("hiend-eval", "score", str(run / "pred"), str(lab_raw / "labelsTs"), "--out", str(run / "score"),
-       "--labels", str(lab_raw / "dataset.json"), "--json")
+    sh(
+        "hiend-model",
+        "predict",
+        str(run / "last.safetensors"),
+        str(lab_raw / "imagesTs"),
+        "--out",
+        str(run / "pred"),
+    )
+    sh(
+        "hiend-eval",
+        "score",
+        str(run / "pred"),
+        str(lab_raw / "labelsTs"),
+        "--out",
+        str(run / "score"),
+        "--labels",
+        str(lab_raw / "dataset.json"),
+        "--json",
+    )
     summary = json.loads((run / "score" / "summary.json").read_text())
     split = json.loads((run / "split.json").read_text())
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     epochs_rec = [r for r in records if r.get("event") == "epoch"]
-    organs = {ORGANS[k]: {"dice": summary["mean"][k]["dice"], "hd95": summary["mean"][k]["hd95"]}
-              for k in ORGANS}
-    drift = None if arm == "scratch" else encoder_drift(work / f"pretrain_{arm}" / "last.safetensors",
-                                                         run / "last.safetensors")
-    result = {"arm": arm, "n": n, "seed": seed, "encoder_drift": drift, "steps": epochs_rec[-1]["step"], "epochs": epochs,
-              "train_cases": split["train"], "val_cases": split["val"],
-              "test_cases": [c["case"] for c in summary["per_case"]],
-              "organs": organs, "mean_organ_dice": statistics.fmean(o["dice"] for o in organs.values()),
-              "worst_organ": min(organs, key=lambda k: organs[k]["dice"]),
-              "final_train_loss": epochs_rec[-1]["loss"], "seconds": round(seconds, 1)}
+    organs = {
+        ORGANS[k]: {"dice": summary["mean"][k]["dice"], "hd95": summary["mean"][k]["hd95"]} for k in ORGANS
+    }
+    drift = (
+        None
+        if arm == "scratch"
+        else encoder_drift(work / f"pretrain_{arm}" / "last.safetensors", run / "last.safetensors")
+    )
+    result = {
+        "arm": arm,
+        "n": n,
+        "seed": seed,
+        "encoder_drift": drift,
+        "steps": epochs_rec[-1]["step"],
+        "epochs": epochs,
+        "train_cases": split["train"],
+        "val_cases": split["val"],
+        "test_cases": [c["case"] for c in summary["per_case"]],
+        "organs": organs,
+        "mean_organ_dice": statistics.fmean(o["dice"] for o in organs.values()),
+        "worst_organ": min(organs, key=lambda k: organs[k]["dice"]),
+        "final_train_loss": epochs_rec[-1]["loss"],
+        "seconds": round(seconds, 1),
+    }
     result_file.write_text(json.dumps(result, indent=1))
     return result
 
@@ -205,8 +340,10 @@ def encoder_drift(pretrained: Path, finetuned: Path) -> float:
 
 def table(runs: list[dict], shots: tuple[int, ...]) -> str:
     """Markdown: mean organ Dice (mean +- sd over seeds, [min, max]) per arm and N, then per organ."""
-    lines = ["| arm | " + " | ".join(f"N = {n}" for n in shots) + " |",
-             "| --- | " + " | ".join("---" for _ in shots) + " |"]
+    lines = [
+        "| arm | " + " | ".join(f"N = {n}" for n in shots) + " |",
+        "| --- | " + " | ".join("---" for _ in shots) + " |",
+    ]
     for arm in ARMS:
         cells = []
         for n in shots:
@@ -217,10 +354,14 @@ def table(runs: list[dict], shots: tuple[int, ...]) -> str:
             sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
             cells.append(f"{statistics.fmean(xs):.3f} +- {sd:.3f} [{min(xs):.3f}, {max(xs):.3f}]")
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    lines += ["", "Paired differences of mean organ Dice (same N, seed, training cases and decoder init), "
-              "mean over seeds [min, max]:", "",
-              "| pair | " + " | ".join(f"N = {n}" for n in shots) + " |",
-              "| --- | " + " | ".join("---" for _ in shots) + " |"]
+    lines += [
+        "",
+        "Paired differences of mean organ Dice (same N, seed, training cases and decoder init), "
+        "mean over seeds [min, max]:",
+        "",
+        "| pair | " + " | ".join(f"N = {n}" for n in shots) + " |",
+        "| --- | " + " | ".join("---" for _ in shots) + " |",
+    ]
     for a, b in (("hiend", "scratch"), ("mae", "scratch"), ("hiend", "mae")):
         cells = []
         for n in shots:
@@ -228,16 +369,23 @@ def table(runs: list[dict], shots: tuple[int, ...]) -> str:
             d = [by[(a, s)] - by[(b, s)] for (arm, s) in by if arm == a and (b, s) in by]
             cells.append(f"{statistics.fmean(d):+.3f} [{min(d):+.3f}, {max(d):+.3f}]" if d else "-")
         lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
-    lines += ["", "Per organ, Dice (HD95 mm), mean over seeds:", "",
-              "| arm | N | " + " | ".join(ORGANS.values()) + " |",
-              "| --- | --- | " + " | ".join("---" for _ in ORGANS) + " |"]
+    lines += [
+        "",
+        "Per organ, Dice (HD95 mm), mean over seeds:",
+        "",
+        "| arm | N | " + " | ".join(ORGANS.values()) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in ORGANS) + " |",
+    ]
     for arm in ARMS:
         for n in shots:
             rs = [r for r in runs if r["arm"] == arm and r["n"] == n]
             if not rs:
                 continue
-            cells = [f"{statistics.fmean(r['organs'][o]['dice'] for r in rs):.3f} "
-                     f"({statistics.fmean(r['organs'][o]['hd95'] for r in rs):.1f})" for o in ORGANS.values()]
+            cells = [
+                f"{statistics.fmean(r['organs'][o]['dice'] for r in rs):.3f} "
+                f"({statistics.fmean(r['organs'][o]['hd95'] for r in rs):.1f})"
+                for o in ORGANS.values()
+            ]
             lines.append(f"| {arm} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -262,9 +410,19 @@ def plot(runs: list[dict], shots: tuple[int, ...], path: Path) -> None:
             lo.append(means[-1] - min(ys))
             hi.append(max(ys) - means[-1])
             ax.scatter([x] * len(ys), ys, s=12, alpha=0.5, color=f"C{i}")
-        ax.errorbar(xs, means, yerr=[lo, hi], marker="o", capsize=3, color=f"C{i}",
-                    label={"hiend": "Hi-End-MAE pre-trained", "mae": "plain MAE pre-trained",
-                           "scratch": "from scratch"}[arm])
+        ax.errorbar(
+            xs,
+            means,
+            yerr=[lo, hi],
+            marker="o",
+            capsize=3,
+            color=f"C{i}",
+            label={
+                "hiend": "Hi-End-MAE pre-trained",
+                "mae": "plain MAE pre-trained",
+                "scratch": "from scratch",
+            }[arm],
+        )
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(shots), [str(n) for n in shots])
     ax.set_xlabel("labelled training cases N")
@@ -279,21 +437,42 @@ def plot(runs: list[dict], shots: tuple[int, ...], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
-    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "label_efficiency",
-                        help="caches, runs and checkpoints (large; not committed)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="results.json, table.md, PNG (default: tools/bench/results/label_efficiency "
-                        "for --size full, WORK/results otherwise)")
-    parser.add_argument("--jobs", type=int, default=2, help="fine-tuning runs at once (one torch thread each)")
-    parser.add_argument("--report", action="store_true",
-                        help="only write results.json, table.md and the PNG from the runs finished in WORK")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=ROOT / "runs" / "label_efficiency",
+        help="caches, runs and checkpoints (large; not committed)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results.json, table.md, PNG (default: tools/bench/results/label_efficiency "
+        "for --size full, WORK/results otherwise)",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="fine-tuning runs at once (one torch thread each)"
+    )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="only write results.json, table.md and the PNG from the runs finished in WORK",
+    )
     args = parser.parse_args(argv)
     size = SIZES[args.size]
     work: Path = args.work.resolve()
-    out: Path = (args.out or (ROOT / "tools" / "bench" / "results" / "label_efficiency" if args.size == "full"
-                              else work / "results")).resolve()
+    out: Path = (
+        args.out
+        or (
+            ROOT / "tools" / "bench" / "results" / "label_efficiency"
+            if args.size == "full"
+            else work / "results"
+        )
+    ).resolve()
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 2))
@@ -302,8 +481,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.report:
         runs = [json.loads(f.read_text()) for f in sorted(work.glob("ft_*/result.json"))]
-        pre = {arm: pretrain(work, size, work / "pool_cache", arm, sh, threads)
-               for arm in ("hiend", "mae") if (work / f"pretrain_{arm}" / "done.json").exists()}
+        pre = {
+            arm: pretrain(work, size, work / "pool_cache", arm, sh, threads)
+            for arm in ("hiend", "mae")
+            if (work / f"pretrain_{arm}" / "done.json").exists()
+        }
         write_results(out, args.size, size, pre, runs, None)
         return 0
     pool_cache, lab_cache, lab_raw = build_data(work, size, sh)
@@ -311,16 +493,22 @@ def main(argv: list[str] | None = None) -> int:
     pre = {}
     for arm in ("hiend", "mae"):
         pre[arm] = pretrain(work, size, pool_cache, arm, sh, threads)
-        print(f"[{time.time() - t0:6.0f} s] pre-trained {arm}: {pre[arm]['steps']} steps, loss "
-              f"{pre[arm]['loss'][0]:.4f} -> {pre[arm]['loss'][-1]:.4f}", flush=True)
+        print(
+            f"[{time.time() - t0:6.0f} s] pre-trained {arm}: {pre[arm]['steps']} steps, loss "
+            f"{pre[arm]['loss'][0]:.4f} -> {pre[arm]['loss'][-1]:.4f}",
+            flush=True,
+        )
     jobs = [(arm, n, seed) for seed in size.seeds for n in size.shots for arm in ARMS]
     runs: list[dict] = []
 
     def one(job: tuple[str, int, int]) -> dict:
         r = finetune_and_score(work, size, lab_cache, lab_raw, *job, sh=sh)
-        print(f"[{time.time() - t0:6.0f} s] {r['arm']:7s} N={r['n']} seed={r['seed']}: mean organ Dice "
-              f"{r['mean_organ_dice']:.3f} (worst {r['worst_organ']} "
-              f"{r['organs'][r['worst_organ']]['dice']:.3f}), {r['seconds']:.0f} s", flush=True)
+        print(
+            f"[{time.time() - t0:6.0f} s] {r['arm']:7s} N={r['n']} seed={r['seed']}: mean organ Dice "
+            f"{r['mean_organ_dice']:.3f} (worst {r['worst_organ']} "
+            f"{r['organs'][r['worst_organ']]['dice']:.3f}), {r['seconds']:.0f} s",
+            flush=True,
+        )
         return r
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
@@ -330,14 +518,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write_results(out: Path, name: str, size: Size, pre: dict, runs: list[dict], seconds: float | None) -> None:
+def write_results(
+    out: Path, name: str, size: Size, pre: dict, runs: list[dict], seconds: float | None
+) -> None:
     """results.json (every run), table.md and the PNG; ``seconds`` None: a report of the runs so far."""
     expected = len(size.seeds) * len(size.shots) * len(ARMS)
-    results = {"size": name, "config": size.__dict__ | {"shots": list(size.shots), "seeds": list(size.seeds)},
-               "plan": {"spacing_mm": SPACING_MM, "crop": CROP}, "finetune_recipe": FINETUNE,
-               "pretrain_recipe": PRETRAIN, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-               "seconds": None if seconds is None else round(seconds, 1), "complete": len(runs) == expected,
-               "runs_done": len(runs), "runs_expected": expected, "pretrain": pre, "runs": runs}
+    results = {
+        "size": name,
+        "config": size.__dict__ | {"shots": list(size.shots), "seeds": list(size.seeds)},
+        "plan": {"spacing_mm": SPACING_MM, "crop": CROP},
+        "finetune_recipe": FINETUNE,
+        "pretrain_recipe": PRETRAIN,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "seconds": None if seconds is None else round(seconds, 1),
+        "complete": len(runs) == expected,
+        "runs_done": len(runs),
+        "runs_expected": expected,
+        "pretrain": pre,
+        "runs": runs,
+    }
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "table.md").write_text(table(runs, size.shots))
     plot(runs, size.shots, out / "label_efficiency.png")

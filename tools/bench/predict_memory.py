@@ -28,8 +28,13 @@ import time
 from pathlib import Path
 
 
-def prepare(work: Path, shape: tuple[int, int, int], spacing: tuple[float, float, float],
-            feature_size: int, classes: int) -> None:
+def prepare(
+    work: Path,
+    shape: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    feature_size: int,
+    classes: int,
+) -> None:
     import nibabel as nib
     import numpy as np
     import torch
@@ -48,9 +53,9 @@ def prepare(work: Path, shape: tuple[int, int, int], spacing: tuple[float, float
     lungs = (((np.abs(x[:, None]) - 70) / 50.0) ** 2 + ((y[None, :] + 10) / 60.0) ** 2) < 1
     spine = (x[:, None] / 18.0) ** 2 + ((y[None, :] - 80) / 18.0) ** 2 < 1
     slab = np.full((X, Y), -1000, np.int16)
-    slab[r2 < 1] = -100          # fat
-    slab[inner < 1] = 40         # soft tissue
-    slab[spine] = 700            # bone
+    slab[r2 < 1] = -100  # fat
+    slab[inner < 1] = 40  # soft tissue
+    slab[spine] = 700  # bone
     ct = np.empty(shape, np.int16)
     for k in range(Z):
         s = slab.copy()
@@ -65,8 +70,9 @@ def prepare(work: Path, shape: tuple[int, int, int], spacing: tuple[float, float
     model = UNETR(UNETRConfig(**encoder, num_classes=classes, feature_size=feature_size))
     n_params = sum(p.numel() for p in model.parameters())
     save_checkpoint(work / "unetr_vit_l12.safetensors", model, plan=Plan.paper())
-    (work / "params.json").write_text(json.dumps({"parameters": n_params, "torch_threads":
-                                                  torch.get_num_threads()}))
+    (work / "params.json").write_text(
+        json.dumps({"parameters": n_params, "torch_threads": torch.get_num_threads()})
+    )
 
 
 def predict(work: Path, sw_batch: int) -> None:
@@ -75,8 +81,13 @@ def predict(work: Path, sw_batch: int) -> None:
     from hiend_model.predict import predict_files
 
     t0 = time.perf_counter()
-    [out] = predict_files(work / "unetr_vit_l12.safetensors", [work / "ct.nii"], work / "out",
-                          progress=False, sw_batch_size=sw_batch)
+    [out] = predict_files(
+        work / "unetr_vit_l12.safetensors",
+        [work / "ct.nii"],
+        work / "out",
+        progress=False,
+        sw_batch_size=sw_batch,
+    )
     wall = time.perf_counter() - t0
     usage = resource.getrusage(resource.RUSAGE_SELF)
     peak_kib = usage.ru_maxrss  # KiB on Linux
@@ -89,9 +100,18 @@ def predict(work: Path, sw_batch: int) -> None:
     windows = 1
     for s in shape:
         windows *= len(window_starts(max(s, 96), 96, 0.5))
-    print(json.dumps({"wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
-                      "peak_rss_gib": round(peak_kib / 2**20, 3), "out_shape": list(img.shape),
-                      "preprocessed_shape": [int(s) for s in shape], "windows": windows}))
+    print(
+        json.dumps(
+            {
+                "wall_s": round(wall, 1),
+                "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+                "peak_rss_gib": round(peak_kib / 2**20, 3),
+                "out_shape": list(img.shape),
+                "preprocessed_shape": [int(s) for s in shape],
+                "windows": windows,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -115,22 +135,45 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hiend_predict_memory_") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        base = [sys.executable, __file__, "--work", str(work), "--shape", *map(str, args.shape),
-                "--spacing", *map(str, args.spacing), "--feature-size", str(args.feature_size),
-                "--classes", str(args.classes), "--sw-batch", str(args.sw_batch)]
+        base = [
+            sys.executable,
+            __file__,
+            "--work",
+            str(work),
+            "--shape",
+            *map(str, args.shape),
+            "--spacing",
+            *map(str, args.spacing),
+            "--feature-size",
+            str(args.feature_size),
+            "--classes",
+            str(args.classes),
+            "--sw-batch",
+            str(args.sw_batch),
+        ]
         t0 = time.perf_counter()
         subprocess.run([*base, "--step", "prepare"], check=True)
         prep_s = time.perf_counter() - t0
         res = subprocess.run([*base, "--step", "predict"], check=True, capture_output=True, text=True)
         result = json.loads(res.stdout.strip().splitlines()[-1])
         meta = json.loads((work / "params.json").read_text())
-        result.update({
-            "bench": "predict_memory", "input_shape": args.shape, "spacing_mm": args.spacing,
-            "model": "vit-l12 UNETR (random weights)", "feature_size": args.feature_size,
-            "classes": args.classes, "parameters": meta["parameters"], "sw_batch": args.sw_batch,
-            "torch_threads": meta["torch_threads"], "prepare_s": round(prep_s, 1),
-            "limit_gib": 24, "cpus": os.cpu_count(), "machine": platform.machine(),
-        })
+        result.update(
+            {
+                "bench": "predict_memory",
+                "input_shape": args.shape,
+                "spacing_mm": args.spacing,
+                "model": "vit-l12 UNETR (random weights)",
+                "feature_size": args.feature_size,
+                "classes": args.classes,
+                "parameters": meta["parameters"],
+                "sw_batch": args.sw_batch,
+                "torch_threads": meta["torch_threads"],
+                "prepare_s": round(prep_s, 1),
+                "limit_gib": 24,
+                "cpus": os.cpu_count(),
+                "machine": platform.machine(),
+            }
+        )
         print(json.dumps(result))
 
 

@@ -74,14 +74,22 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     child_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
     case = cache.case(cache.cases[0])
-    print(json.dumps({
-        "bench": "preprocess_memory", "shape": list(args.shape), "spacing_mm": list(args.spacing),
-        "input_dtype": "int16", "input_mib": round(int(np.prod(args.shape)) * 2 / 2**20, 1),
-        "out_shape": list(case.image.shape), "seconds": round(seconds, 2),
-        "peak_rss_gib": round(child_kib / 2**20, 3),
-        "parent_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {__import__('os').cpu_count()} cpu".strip(),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "preprocess_memory",
+                "shape": list(args.shape),
+                "spacing_mm": list(args.spacing),
+                "input_dtype": "int16",
+                "input_mib": round(int(np.prod(args.shape)) * 2 / 2**20, 1),
+                "out_shape": list(case.image.shape),
+                "seconds": round(seconds, 2),
+                "peak_rss_gib": round(child_kib / 2**20, 3),
+                "parent_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+                "machine": f"{platform.machine()} {platform.processor() or ''} {__import__('os').cpu_count()} cpu".strip(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,9 @@ def build_cache(folder: Path):
     from hiend_data.discovery import Case
     from hiend_data.phantom import make_phantom
 
-    ph = make_phantom(np.random.default_rng(0), shape=(256, 256, 240), spacing=(1.5, 1.5, 1.5),
-                      orientation=("R", "A", "S"))
+    ph = make_phantom(
+        np.random.default_rng(0), shape=(256, 256, 240), spacing=(1.5, 1.5, 1.5), orientation=("R", "A", "S")
+    )
     hu = ph.hu.copy()
     hu[0, 0, 0] = hu[-1, -1, -1] = 40
     big = save_volume(folder / "raw" / "big_0000.nii.gz", hu, like=Volume(array=hu, affine=ph.affine))
@@ -75,16 +76,19 @@ def monai_pipeline():
         RandShiftIntensityd,
     )
 
-    t = Compose([
-        RandCropByPosNegLabeld(keys=["image"], label_key="image", spatial_size=(96, 96, 96), pos=6, neg=2,
-                               num_samples=8),
-        RandFlipd(keys=["image"], prob=0.5, spatial_axis=0),
-        RandFlipd(keys=["image"], prob=0.5, spatial_axis=1),
-        RandFlipd(keys=["image"], prob=0.5, spatial_axis=2),
-        RandRotate90d(keys=["image"], prob=0.3, max_k=3, spatial_axes=(0, 1)),
-        RandScaleIntensityd(keys=["image"], factors=0.1, prob=0.1),
-        RandShiftIntensityd(keys=["image"], offsets=0.1, prob=0.1),
-    ])
+    t = Compose(
+        [
+            RandCropByPosNegLabeld(
+                keys=["image"], label_key="image", spatial_size=(96, 96, 96), pos=6, neg=2, num_samples=8
+            ),
+            RandFlipd(keys=["image"], prob=0.5, spatial_axis=0),
+            RandFlipd(keys=["image"], prob=0.5, spatial_axis=1),
+            RandFlipd(keys=["image"], prob=0.5, spatial_axis=2),
+            RandRotate90d(keys=["image"], prob=0.3, max_k=3, spatial_axes=(0, 1)),
+            RandScaleIntensityd(keys=["image"], factors=0.1, prob=0.1),
+            RandShiftIntensityd(keys=["image"], offsets=0.1, prob=0.1),
+        ]
+    )
     t.set_random_state(seed=0)
     return t
 
@@ -143,7 +147,7 @@ def main() -> None:
                 for _ in range(8):
                     x, y, z = (int(starts.integers(0, s + 1)) for s in shape)
                     out = np.empty((1, 96, 96, 96), np.float32)
-                    np.copyto(out, src[:, x:x + 96, y:y + 96, z:z + 96])
+                    np.copyto(out, src[:, x : x + 96, y : y + 96, z : z + 96])
                     crops.append(out)
                 return len(crops)
 
@@ -168,8 +172,17 @@ def main() -> None:
                 "cpu_ratio": round(cpu["hiend"] / cpu["monai"], 2),
             }
             print(name, results[name], flush=True)
-    print(json.dumps({"bench": "sampler_vs_monai", "threads": 1, "seconds": args.seconds,
-                      "rounds": args.rounds, "volumes": results}))
+    print(
+        json.dumps(
+            {
+                "bench": "sampler_vs_monai",
+                "threads": 1,
+                "seconds": args.seconds,
+                "rounds": args.rounds,
+                "volumes": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -53,7 +53,9 @@ def _smooth_upsample(small: np.ndarray, factor: int) -> np.ndarray:
     return out.numpy()
 
 
-def make_pair(folder: Path, prediction: str = "smooth") -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+def make_pair(
+    folder: Path, prediction: str = "smooth"
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """Write ref/case.nii.gz and pred/case.nii.gz (uint8, 488x404x120, 0.75 mm); return arrays + spacing."""
     import nibabel as nib
     from scipy import ndimage
@@ -74,7 +76,7 @@ def make_pair(folder: Path, prediction: str = "smooth") -> tuple[np.ndarray, np.
     pred[liver & ~ndimage.binary_erosion(liver, iterations=2)] = 0
     for value, corner in ((7, (20, 20, 10)), (2, (400, 300, 100)), (30, (40, 350, 5))):
         x, y, z = corner
-        pred[x:x + 6, y:y + 5, z:z + 4] = value
+        pred[x : x + 6, y : y + 5, z : z + 4] = value
     lost = set(np.unique(ref).tolist()) - set(np.unique(pred).tolist())
     for value in lost:  # a structure thinner than a voxel can vanish when smoothed: keep it present
         pred[(ref == value) & ndimage.binary_erosion(ref == value)] = value
@@ -111,8 +113,14 @@ def run_monai(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> 
 
 def run_hiend(folder: Path, workers: int | None) -> tuple[float, float, int, dict]:
     out_dir = folder / f"out-{workers}"
-    cmd = [str(Path(sys.executable).with_name("hiend-eval")), "score", str(folder / "pred"), str(folder / "ref"),
-           "--out", str(out_dir)]
+    cmd = [
+        str(Path(sys.executable).with_name("hiend-eval")),
+        "score",
+        str(folder / "pred"),
+        str(folder / "ref"),
+        "--out",
+        str(out_dir),
+    ]
     if workers is not None:
         cmd += ["--workers", str(workers)]
     import psutil
@@ -150,12 +158,17 @@ def main() -> None:
         t_default, cpu_default, peak_default, summary = run_hiend(folder, None)
         t_one, cpu_one, peak_one, _ = run_hiend(folder, 1)
         result = {
-            "benchmark": "score_vs_monai", "prediction": args.prediction, "shape": list(ref.shape),
+            "benchmark": "score_vs_monai",
+            "prediction": args.prediction,
+            "shape": list(ref.shape),
             "labels": len(summary["mean"]) - 1,
-            "machine": f"{platform.machine()} {os.cpu_count()} cpu(s)", "python": platform.python_version(),
+            "machine": f"{platform.machine()} {os.cpu_count()} cpu(s)",
+            "python": platform.python_version(),
             "load_avg_1min": round(os.getloadavg()[0], 2),
-            "hiend_eval_command_s": round(t_default, 3), "hiend_eval_command_cpu_s": round(cpu_default, 3),
-            "hiend_eval_command_workers1_s": round(t_one, 3), "hiend_eval_command_workers1_cpu_s": round(cpu_one, 3),
+            "hiend_eval_command_s": round(t_default, 3),
+            "hiend_eval_command_cpu_s": round(cpu_default, 3),
+            "hiend_eval_command_workers1_s": round(t_one, 3),
+            "hiend_eval_command_workers1_cpu_s": round(cpu_one, 3),
             "hiend_eval_peak_rss_mib": round(peak_default / 2**20, 1),
             "hiend_eval_workers1_peak_rss_mib": round(peak_one / 2**20, 1),
         }
@@ -165,16 +178,21 @@ def main() -> None:
             case = summary["per_case"][0]["labels"]
             dice_err = max(abs(case[k]["dice"] - d) for k, (d, _) in monai.items())
             hd_err = max(abs(case[k]["hd95"] - h) for k, (_, h) in monai.items())
-            result.update({
-                "monai_metrics_s": round(t_monai, 3), "monai_metrics_cpu_s": round(cpu_monai, 3),
-                "monai_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                "bench_rss_before_monai_mib": round(rss_before / 2**20, 1),
-                "speedup_wall": round(t_monai / t_default, 1), "speedup_cpu": round(cpu_monai / cpu_default, 1),
-                "speedup_wall_workers1": round(t_monai / t_one, 1),
-                "speedup_cpu_workers1": round(cpu_monai / cpu_one, 1),
-                "max_abs_diff_dice": dice_err, "max_abs_diff_hd95_mm": hd_err,
-                "identical": bool(dice_err <= 1e-6 and hd_err <= 1e-3),
-            })
+            result.update(
+                {
+                    "monai_metrics_s": round(t_monai, 3),
+                    "monai_metrics_cpu_s": round(cpu_monai, 3),
+                    "monai_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                    "bench_rss_before_monai_mib": round(rss_before / 2**20, 1),
+                    "speedup_wall": round(t_monai / t_default, 1),
+                    "speedup_cpu": round(cpu_monai / cpu_default, 1),
+                    "speedup_wall_workers1": round(t_monai / t_one, 1),
+                    "speedup_cpu_workers1": round(cpu_monai / cpu_one, 1),
+                    "max_abs_diff_dice": dice_err,
+                    "max_abs_diff_hd95_mm": hd_err,
+                    "identical": bool(dice_err <= 1e-6 and hd_err <= 1e-3),
+                }
+            )
         print(json.dumps(result))
 
 

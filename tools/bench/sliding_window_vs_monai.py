@@ -34,13 +34,21 @@ def main() -> None:
     parser.add_argument("--feature-size", type=int, default=8)
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--model", choices=["unetr", "none"], default="unetr",
-                        help="'none': a model that only copies its input into K channels, so the "
-                             "times are the sliding-window machinery alone (tiling, blending, division)")
+    parser.add_argument(
+        "--model",
+        choices=["unetr", "none"],
+        default="unetr",
+        help="'none': a model that only copies its input into K channels, so the "
+        "times are the sliding-window machinery alone (tiling, blending, division)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
-    parser.add_argument("--tol", type=float, default=1e-5,
-                        help="largest allowed max abs difference (GPU convs may use TF32: pass 1e-3)")
+    parser.add_argument(
+        "--tol",
+        type=float,
+        default=1e-5,
+        help="largest allowed max abs difference (GPU convs may use TF32: pass 1e-3)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -52,13 +60,22 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = UNETRConfig(img_size=args.roi, patch_size=args.patch, embed_dim=args.embed_dim, depth=args.depth,
-                      num_heads=args.heads, num_classes=args.classes, feature_size=args.feature_size)
+    cfg = UNETRConfig(
+        img_size=args.roi,
+        patch_size=args.patch,
+        embed_dim=args.embed_dim,
+        depth=args.depth,
+        num_heads=args.heads,
+        num_classes=args.classes,
+        feature_size=args.feature_size,
+    )
     if args.model == "unetr":
         model = UNETR(cfg).eval().to(args.device)
     else:
+
         def model(x: torch.Tensor) -> torch.Tensor:
             return x.expand(-1, args.classes, -1, -1, -1) * 1.0
+
     image = torch.rand(1, 1, *args.size, device=args.device)
     roi = (args.roi,) * 3
     windows = 1
@@ -66,13 +83,15 @@ def main() -> None:
         windows *= len(window_starts(max(s, args.roi), args.roi, args.overlap))
 
     def ours() -> torch.Tensor:
-        return sliding_window_logits(model, image, roi, args.overlap, sw_batch_size=args.sw_batch,
-                                     blend="gaussian", sigma_scale=0.125)
+        return sliding_window_logits(
+            model, image, roi, args.overlap, sw_batch_size=args.sw_batch, blend="gaussian", sigma_scale=0.125
+        )
 
     def monai() -> torch.Tensor:
         with torch.no_grad():
-            return sliding_window_inference(image, roi, args.sw_batch, model, overlap=args.overlap,
-                                            mode="gaussian", sigma_scale=0.125)
+            return sliding_window_inference(
+                image, roi, args.sw_batch, model, overlap=args.overlap, mode="gaussian", sigma_scale=0.125
+            )
 
     def timed(fn):
         if args.device.startswith("cuda"):
@@ -98,20 +117,40 @@ def main() -> None:
     assert diff <= args.tol, f"outputs differ by {diff}"
     best = {k: min(v) for k, v in times.items()}
     best_cpu = {k: min(v) for k, v in cpu.items()}
-    print(json.dumps({
-        "bench": "sliding_window_vs_monai",
-        "input": [1, 1, *args.size], "roi": args.roi, "overlap": args.overlap, "sw_batch": args.sw_batch,
-        "windows": windows, "model": {"kind": args.model, "embed_dim": args.embed_dim, "depth": args.depth, "patch": args.patch,
-                                      "feature_size": args.feature_size, "classes": args.classes},
-        "hiend_wall_s": round(best["hiend"], 3), "monai_wall_s": round(best["monai"], 3),
-        "ratio_wall": round(best["hiend"] / best["monai"], 4),
-        "hiend_cpu_s": round(best_cpu["hiend"], 3), "monai_cpu_s": round(best_cpu["monai"], 3),
-        "ratio_cpu": round(best_cpu["hiend"] / best_cpu["monai"], 4), "max_abs_diff": diff,
-        "wall_times": {k: [round(t, 3) for t in v] for k, v in times.items()},
-        "cpu_times": {k: [round(t, 3) for t in v] for k, v in cpu.items()},
-        "device": args.device, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "sliding_window_vs_monai",
+                "input": [1, 1, *args.size],
+                "roi": args.roi,
+                "overlap": args.overlap,
+                "sw_batch": args.sw_batch,
+                "windows": windows,
+                "model": {
+                    "kind": args.model,
+                    "embed_dim": args.embed_dim,
+                    "depth": args.depth,
+                    "patch": args.patch,
+                    "feature_size": args.feature_size,
+                    "classes": args.classes,
+                },
+                "hiend_wall_s": round(best["hiend"], 3),
+                "monai_wall_s": round(best["monai"], 3),
+                "ratio_wall": round(best["hiend"] / best["monai"], 4),
+                "hiend_cpu_s": round(best_cpu["hiend"], 3),
+                "monai_cpu_s": round(best_cpu["monai"], 3),
+                "ratio_cpu": round(best_cpu["hiend"] / best_cpu["monai"], 4),
+                "max_abs_diff": diff,
+                "wall_times": {k: [round(t, 3) for t in v] for k, v in times.items()},
+                "cpu_times": {k: [round(t, 3) for t in v] for k, v in cpu.items()},
+                "device": args.device,
+                "threads": torch.get_num_threads(),
+                "cpus": os.cpu_count(),
+                "machine": platform.processor() or platform.machine(),
+                "torch": torch.__version__,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

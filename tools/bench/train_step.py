@@ -66,7 +66,9 @@ def paper_style_loss(model: HiEndMAE, images: torch.Tensor, noise: torch.Tensor)
     sel, msk = shuffled[:, :keep], shuffled[:, keep:]
     pos = enc.pos_embed.expand(B, -1, -1).gather(1, ids_shuffle[:, :keep, None].expand(-1, -1, D))
     w = enc.patch_embed.proj.weight.view(-1, p, p, p, C).permute(0, 4, 1, 2, 3)
-    x = F.conv3d(sel.reshape(B * keep, p, p, p, C).permute(0, 4, 1, 2, 3), w, enc.patch_embed.proj.bias, stride=p)
+    x = F.conv3d(
+        sel.reshape(B * keep, p, p, p, C).permute(0, 4, 1, 2, 3), w, enc.patch_embed.proj.bias, stride=p
+    )
     x = torch.cat([enc.cls_token.expand(B, -1, -1), x.reshape(B, keep, D)], dim=1)
     x = x + torch.cat([torch.zeros(B, 1, D), pos], dim=1)
     taps = []
@@ -79,7 +81,9 @@ def paper_style_loss(model: HiEndMAE, images: torch.Tensor, noise: torch.Tensor)
     ctx = {t: proj[i](taps[t]) for i, t in enumerate(cfg.tap_blocks)}
     Dd = cfg.decoder_embed_dim
     x = torch.cat([proj[3](x), model.mask_token.expand(B, cfg.num_patches - keep, -1)], dim=1)
-    x[:, 1:, :] += model.decoder_pos_embed.expand(B, -1, -1).gather(1, ids_shuffle[:, :, None].expand(-1, -1, Dd))
+    x[:, 1:, :] += model.decoder_pos_embed.expand(B, -1, -1).gather(
+        1, ids_shuffle[:, :, None].expand(-1, -1, Dd)
+    )
     for blk in dec.blocks:
         x = x + paper_attention(blk.attn, blk.norm1(x))
         x = x + blk.mlp(blk.norm2(x))
@@ -88,7 +92,7 @@ def paper_style_loss(model: HiEndMAE, images: torch.Tensor, noise: torch.Tensor)
         x = x + paper_attention(blk.cross_attn, blk.norm1(x), ctx[t])
         x = x + blk.mlp(blk.norm2(x))
     x = dec.head(dec.norm(x))
-    return F.mse_loss(x[:, -msk.shape[1]:], F.layer_norm(msk.detach(), (P,), eps=1e-6))
+    return F.mse_loss(x[:, -msk.shape[1] :], F.layer_norm(msk.detach(), (P,), eps=1e-6))
 
 
 def make_step(model: HiEndMAE, opt: torch.optim.Optimizer, images: torch.Tensor, paper: bool):
@@ -99,17 +103,27 @@ def make_step(model: HiEndMAE, opt: torch.optim.Optimizer, images: torch.Tensor,
         loss.backward()
         opt.step()
         return loss.item()
+
     return step
 
 
 def setup(preset: str, batch: int, paper: bool, seed: int = 0):
     torch.manual_seed(seed)
     model = build(preset, attn_backend="sdpa").train()
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "token" not in n and "pos_embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "token" not in n and "pos_embed" not in n)]
+    decay = [
+        p for n, p in model.named_parameters() if p.ndim > 1 and "token" not in n and "pos_embed" not in n
+    ]
+    no_decay = [
+        p
+        for n, p in model.named_parameters()
+        if not (p.ndim > 1 and "token" not in n and "pos_embed" not in n)
+    ]
     groups = [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}]
-    opt = (torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95), foreach=False) if paper
-           else torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95), fused=True))
+    opt = (
+        torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95), foreach=False)
+        if paper
+        else torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95), fused=True)
+    )
     images = torch.rand(batch, model.config.in_chans, *model.config.img_size)
     return model, make_step(model, opt, images, paper)
 
@@ -123,8 +137,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--compare", action="store_true")
-    ap.add_argument("--paper-attn", choices=["sdpa", "math"], default="sdpa",
-                    help="attention of the paper-style step: sdpa (reference on torch 2) or math (torch 1)")
+    ap.add_argument(
+        "--paper-attn",
+        choices=["sdpa", "math"],
+        default="sdpa",
+        help="attention of the paper-style step: sdpa (reference on torch 2) or math (torch 1)",
+    )
     args = ap.parse_args()
     global PAPER_ATTN
     PAPER_ATTN = args.paper_attn
@@ -156,12 +174,20 @@ def main() -> None:
             t0 = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - t0)
-    result = {"bench": "train_step", "preset": args.preset, "batch": args.batch, "dtype": "float32",
-              "step_s": round(statistics.median(times["ours"]), 4),
-              "step_s_min": round(min(times["ours"]), 4), "steps": args.steps,
-              "gflop_per_step": round(gflop, 2), "gflops_at_min": round(gflop / min(times["ours"]), 1),
-              "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"}
+    result = {
+        "bench": "train_step",
+        "preset": args.preset,
+        "batch": args.batch,
+        "dtype": "float32",
+        "step_s": round(statistics.median(times["ours"]), 4),
+        "step_s_min": round(min(times["ours"]), 4),
+        "steps": args.steps,
+        "gflop_per_step": round(gflop, 2),
+        "gflops_at_min": round(gflop / min(times["ours"]), 1),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+    }
     if args.compare:
         result["paper_style_step_s"] = round(statistics.median(times["paper_style"]), 4)
         result["paper_attn"] = args.paper_attn

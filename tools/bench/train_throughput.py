@@ -54,7 +54,9 @@ def model_only(preset: str, crops: int, steps: int, device: str, precision: str)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--cases", type=int, default=12)
     parser.add_argument("--spacing", type=float, default=2.0)
@@ -65,9 +67,13 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--cache", type=Path, default=None, help="use this cache instead of phantoms")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: 1 on the CPU, where two threads on a shared "
-                             "2-core box stall each other; torch's default on CUDA)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: 1 on the CPU, where two threads on a shared "
+        "2-core box stall each other; torch's default on CUDA)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -88,12 +94,28 @@ def main() -> int:
         if cache is None:
             make_phantom_dataset(tmp / "raw", cases=args.cases, seed=0)
             cache = tmp / "cache"
-            preprocess_dataset(tmp / "raw", cache, Plan(spacing=(args.spacing,) * 3), workers=min(2, os.cpu_count() or 1),
-                               progress=False)
-        cfg = PretrainConfig(cache=cache, out=tmp / "run", preset=args.preset, epochs=args.epochs,
-                             batch_size=args.batch_size, num_samples=args.num_samples, workers=args.workers,
-                             device=args.device, precision=args.precision, preview_every=0, progress=False,
-                             warmup_epochs=1, log_every=1000)
+            preprocess_dataset(
+                tmp / "raw",
+                cache,
+                Plan(spacing=(args.spacing,) * 3),
+                workers=min(2, os.cpu_count() or 1),
+                progress=False,
+            )
+        cfg = PretrainConfig(
+            cache=cache,
+            out=tmp / "run",
+            preset=args.preset,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            num_samples=args.num_samples,
+            workers=args.workers,
+            device=args.device,
+            precision=args.precision,
+            preview_every=0,
+            progress=False,
+            warmup_epochs=1,
+            log_every=1000,
+        )
         result = pretrain.run(cfg)
         epochs = result.fit.history[1:] or result.fit.history
         crops = sum(r["crops_per_s"] * r["seconds"] for r in epochs)
@@ -101,14 +123,25 @@ def main() -> int:
         steps = result.fit.history[0]["step"]  # optimizer steps per epoch
     precision = resolve_precision(args.precision, torch.device(args.device))
     alone = model_only(args.preset, args.batch_size * args.num_samples, max(steps, 5), args.device, precision)
-    print(json.dumps({
-        "bench": "train_throughput", "preset": args.preset, "device": args.device, "precision": precision,
-        "crops_per_step": args.batch_size * args.num_samples, "workers": args.workers,
-        "torch_threads": torch.get_num_threads(), "loop_crops_per_s": round(loop, 2),
-        "model_only_crops_per_s": round(alone, 2), "loop_vs_model": round(loop / alone, 3),
-        "epochs_timed": len(epochs), "steps_per_epoch": steps,
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "train_throughput",
+                "preset": args.preset,
+                "device": args.device,
+                "precision": precision,
+                "crops_per_step": args.batch_size * args.num_samples,
+                "workers": args.workers,
+                "torch_threads": torch.get_num_threads(),
+                "loop_crops_per_s": round(loop, 2),
+                "model_only_crops_per_s": round(alone, 2),
+                "loop_vs_model": round(loop / alone, 3),
+                "epochs_timed": len(epochs),
+                "steps_per_epoch": steps,
+                "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+            }
+        )
+    )
     return 0
 
 

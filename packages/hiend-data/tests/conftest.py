@@ -10,8 +10,14 @@ import numpy as np
 import pytest
 
 
-def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None,
-                dtype: type | None = None, slope: float | None = None, inter: float | None = None) -> Path:
+def write_nifti(
+    path: Path,
+    array: np.ndarray,
+    affine: np.ndarray | None = None,
+    dtype: type | None = None,
+    slope: float | None = None,
+    inter: float | None = None,
+) -> Path:
     """Write ``array`` with nibabel (no checks), optionally with a stored dtype and scaling."""
     affine = np.diag([1.0, 1.0, 1.0, 1.0]) if affine is None else affine
     img = nib.Nifti1Image(np.asarray(array), affine)
@@ -28,14 +34,14 @@ def patch_header(path: Path, offset: int, data: bytes) -> Path:
     """Overwrite ``data`` at byte ``offset`` of the (possibly gzipped) NIfTI-1 file, in place."""
     gz = str(path).endswith(".gz")
     raw = bytearray(gzip.decompress(path.read_bytes()) if gz else path.read_bytes())
-    raw[offset:offset + len(data)] = data
+    raw[offset : offset + len(data)] = data
     path.write_bytes(gzip.compress(bytes(raw)) if gz else bytes(raw))
     return path
 
 
 # NIfTI-1 header byte offsets (little endian)
-DIM_OFFSET = 40      # int16 dim[8]
-PIXDIM_OFFSET = 76   # float32 pixdim[8]
+DIM_OFFSET = 40  # int16 dim[8]
+PIXDIM_OFFSET = 76  # float32 pixdim[8]
 
 
 @pytest.fixture(scope="session")
@@ -49,8 +55,8 @@ def tiny_ct(shape: tuple[int, int, int] = (12, 10, 8), seed: int = 0) -> np.ndar
     rng = np.random.default_rng(seed)
     arr = np.full(shape, -1000, dtype=np.int16)
     sx, sy, sz = shape
-    arr[2:sx - 2, 2:sy - 2, 1:sz - 1] = 40
-    arr[sx // 2 - 1:sx // 2 + 1, sy // 2 - 1:sy // 2 + 1, 2:sz - 2] = 700
+    arr[2 : sx - 2, 2 : sy - 2, 1 : sz - 1] = 40
+    arr[sx // 2 - 1 : sx // 2 + 1, sy // 2 - 1 : sy // 2 + 1, 2 : sz - 2] = 700
     return arr + rng.integers(-5, 6, size=shape).astype(np.int16)
 
 
@@ -67,5 +73,11 @@ def nii():
     """The helpers above as one object (test modules cannot import conftest under importlib mode)."""
     import types
 
-    return types.SimpleNamespace(write=write_nifti, patch=patch_header, tiny_ct=tiny_ct,
-                                 tiny_label=tiny_label, DIM=DIM_OFFSET, PIXDIM=PIXDIM_OFFSET)
+    return types.SimpleNamespace(
+        write=write_nifti,
+        patch=patch_header,
+        tiny_ct=tiny_ct,
+        tiny_label=tiny_label,
+        DIM=DIM_OFFSET,
+        PIXDIM=PIXDIM_OFFSET,
+    )

@@ -70,7 +70,9 @@ def test_view_plan_equals_flip_then_rot90(axes: tuple[int, int]) -> None:
     for flips in FLIP_SETS:
         for k in range(4):
             p = AugmentParams(flips, k, axes)
-            ref = np.rot90(np.flip(x, [a + 1 for a in flips]) if flips else x, k, axes=(axes[0] + 1, axes[1] + 1))
+            ref = np.rot90(
+                np.flip(x, [a + 1 for a in flips]) if flips else x, k, axes=(axes[0] + 1, axes[1] + 1)
+            )
             np.testing.assert_array_equal(spatial_view(x, p, channel_first=True), ref)
             rev, swap = view_plan(p)
             np.testing.assert_array_equal(_reverse_swap(x, rev, swap, axes), ref)

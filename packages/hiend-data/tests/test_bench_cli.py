@@ -52,13 +52,16 @@ def test_bench_crop_contract(cache_dir: Path) -> None:
     assert bench_sampler(cache, seconds=0.1)["crops_per_s"] > 0
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["bench", "{missing}"], "not a hiend-data cache"),
-    (["bench", "{cache}", "--config", "other"], "--config"),
-    (["bench", "{cache}", "--seconds", "0"], "--seconds"),
-    (["phantom", "{cache}"], "not empty"),
-    (["phantom", "{missing}", "--cases", "0"], "cases"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["bench", "{missing}"], "not a hiend-data cache"),
+        (["bench", "{cache}", "--config", "other"], "--config"),
+        (["bench", "{cache}", "--seconds", "0"], "--seconds"),
+        (["phantom", "{cache}"], "not empty"),
+        (["phantom", "{missing}", "--cases", "0"], "cases"),
+    ],
+)
 def test_bad_input_exits_2(cache_dir: Path, tmp_path: Path, args: list[str], needle: str) -> None:
     args = [a.format(cache=cache_dir, missing=tmp_path / "nope") for a in args]
     res = runner.invoke(app, args)
@@ -74,8 +77,9 @@ def test_bench_on_unlabelled_cache_for_finetune_is_an_input_error(tmp_path: Path
     (src / "labelsTr" / "phantom_000.nii.gz").unlink()
     from hiend_data.discovery import Case
 
-    preprocess_dataset([Case("p", [src / "imagesTr" / "phantom_000_0000.nii.gz"])], tmp_path / "c",
-                       workers=0, progress=False)
+    preprocess_dataset(
+        [Case("p", [src / "imagesTr" / "phantom_000_0000.nii.gz"])], tmp_path / "c", workers=0, progress=False
+    )
     res = runner.invoke(app, ["bench", str(tmp_path / "c"), "--config", "finetune", "--seconds", "0.1"])
     assert res.exit_code == 2 and "labelled" in res.output
     res = runner.invoke(app, ["bench", str(tmp_path / "c"), "--seconds", "0.1", "--json"])
@@ -83,7 +87,9 @@ def test_bench_on_unlabelled_cache_for_finetune_is_an_input_error(tmp_path: Path
 
 
 def test_sampling_commands_import_nothing_heavy() -> None:
-    code = ("import sys, hiend_data.cli; heavy = [m for m in ('torch', 'scipy', 'nibabel', 'hiend_data.sampling') "
-            "if m in sys.modules]; print(heavy)")
+    code = (
+        "import sys, hiend_data.cli; heavy = [m for m in ('torch', 'scipy', 'nibabel', 'hiend_data.sampling') "
+        "if m in sys.modules]; print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

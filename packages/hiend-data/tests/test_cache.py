@@ -23,9 +23,16 @@ def dataset(tmp_path, nii):
         ct = nii.tiny_ct((12 + i, 10, 8), seed=i)
         nii.write(root / "imagesTr" / f"case{i}_0000.nii.gz", ct, aff)
         nii.write(root / "labelsTr" / f"case{i}.nii.gz", nii.tiny_label(ct), aff)
-    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "numTraining": 3,
-                                                   "labels": {"background": 0, "tissue": 1, "bone": 2},
-                                                   "file_ending": ".nii.gz"}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "CT"},
+                "numTraining": 3,
+                "labels": {"background": 0, "tissue": 1, "bone": 2},
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
     return root
 
 
@@ -161,7 +168,13 @@ def test_memmap_reads_only_the_crop(dataset, tmp_path):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_skip_bad_goes_on(dataset, tmp_path, nii, capsys, workers):
-    nii.write(dataset / "labelsTr" / "case1.nii.gz", np.full((13, 10, 8), -1, np.int16), np.diag([-3.0, -3.0, 3.0, 1.0]))
-    cache = preprocess_dataset(dataset, tmp_path / "c", Plan(), workers=workers, progress=False, skip_bad=True)
+    nii.write(
+        dataset / "labelsTr" / "case1.nii.gz",
+        np.full((13, 10, 8), -1, np.int16),
+        np.diag([-3.0, -3.0, 3.0, 1.0]),
+    )
+    cache = preprocess_dataset(
+        dataset, tmp_path / "c", Plan(), workers=workers, progress=False, skip_bad=True
+    )
     assert cache.cases == ["case0", "case2"]
     assert "case1.nii.gz: label map has negative values" in capsys.readouterr().err

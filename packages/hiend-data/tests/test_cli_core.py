@@ -44,7 +44,9 @@ def test_inspect_refuses_nan_saying_how_many(tmp_path, nii):
     path = nii.write(tmp_path / "nan.nii.gz", arr)
     res = _run("inspect", path, "--json")
     assert res.exit_code == 2
-    assert res.stderr.strip().splitlines() == [f"error: {path}: 4 non-finite voxels (4 NaN, 0 infinite) out of 125"]
+    assert res.stderr.strip().splitlines() == [
+        f"error: {path}: 4 non-finite voxels (4 NaN, 0 infinite) out of 125"
+    ]
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage" * 100])
@@ -61,20 +63,24 @@ def test_preprocess_command(tmp_path, nii):
     nii.write(src / "s1.nii.gz", nii.tiny_ct(), np.diag([3.0, 3.0, 3.0, 1.0]))
     nii.write(src / "sub" / "s2.nii.gz", nii.tiny_ct(seed=1), np.diag([-3.0, 3.0, 3.0, 1.0]))
     out = tmp_path / "cache"
-    res = _run("preprocess", src, out, "--spacing", "2", "--window", "-100", "300", "--workers", "0",
-               "--no-progress")
+    res = _run(
+        "preprocess", src, out, "--spacing", "2", "--window", "-100", "300", "--workers", "0", "--no-progress"
+    )
     assert res.exit_code == 0, res.output
     cache = Cache.open(out)
     assert cache.cases == ["s1", "s2"]
     assert cache.plan.spacing == (2.0, 2.0, 2.0) and cache.plan.window == (-100.0, 300.0)
 
 
-@pytest.mark.parametrize(("args", "match"), [
-    (["--spacing", "0"], "--spacing '0'"),
-    (["--spacing", "a,b"], "--spacing 'a,b'"),
-    (["--window", "300", "-100"], "window"),
-    (["--modality", "pet"], "--modality 'pet'"),
-])
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--spacing", "0"], "--spacing '0'"),
+        (["--spacing", "a,b"], "--spacing 'a,b'"),
+        (["--window", "300", "-100"], "window"),
+        (["--modality", "pet"], "--modality 'pet'"),
+    ],
+)
 def test_preprocess_bad_options(tmp_path, nii, args, match):
     nii.write(tmp_path / "src" / "s.nii.gz", nii.tiny_ct())
     res = _run("preprocess", tmp_path / "src", tmp_path / "out", *args)
@@ -91,7 +97,9 @@ def test_preprocess_bad_dataset_json(tmp_path):
 
 
 def test_help_imports_nothing_heavy():
-    code = ("import sys, hiend_data.cli; "
-            "print(sorted(m for m in ('numpy', 'scipy', 'nibabel', 'torch', 'pydantic') if m in sys.modules))")
+    code = (
+        "import sys, hiend_data.cli; "
+        "print(sorted(m for m in ('numpy', 'scipy', 'nibabel', 'torch', 'pydantic') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

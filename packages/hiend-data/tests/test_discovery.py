@@ -18,8 +18,13 @@ def _touch(path):
 
 
 def _nnunet(root, cases=("a", "b"), channels=2, test=("t1",), ending=".nii.gz", extra=None):
-    meta = {"channel_names": {str(c): f"ch{c}" for c in range(channels)}, "labels": {"background": 0, "x": 1},
-            "numTraining": len(cases), "file_ending": ending, **(extra or {})}
+    meta = {
+        "channel_names": {str(c): f"ch{c}" for c in range(channels)},
+        "labels": {"background": 0, "x": 1},
+        "numTraining": len(cases),
+        "file_ending": ending,
+        **(extra or {}),
+    }
     root.mkdir(parents=True, exist_ok=True)
     (root / "dataset.json").write_text(json.dumps(meta))
     for cid in cases:
@@ -83,11 +88,14 @@ def test_dataset_json_not_json(tmp_path):
         discover(root)
 
 
-@pytest.mark.parametrize("entry", [
-    {"dataset": {"a": {"images": ["../outside/a.nii.gz"], "label": "labelsTr/a.nii.gz"}}},
-    {"dataset": {"a": {"images": ["imagesTr/a_0000.nii.gz"], "label": "/etc/passwd.nii.gz"}}},
-    {"training": [{"image": "./imagesTr/../../a.nii.gz", "label": "./labelsTr/a.nii.gz"}]},
-])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"dataset": {"a": {"images": ["../outside/a.nii.gz"], "label": "labelsTr/a.nii.gz"}}},
+        {"dataset": {"a": {"images": ["imagesTr/a_0000.nii.gz"], "label": "/etc/passwd.nii.gz"}}},
+        {"training": [{"image": "./imagesTr/../../a.nii.gz", "label": "./labelsTr/a.nii.gz"}]},
+    ],
+)
 def test_dataset_json_pointing_outside(tmp_path, entry):
     root = _nnunet(tmp_path / "D", extra=entry)
     with pytest.raises(InputError, match="points outside the dataset folder"):
@@ -95,10 +103,15 @@ def test_dataset_json_pointing_outside(tmp_path, entry):
 
 
 def test_dataset_json_explicit_mapping(tmp_path):
-    root = _nnunet(tmp_path / "D", channels=1, extra={"dataset": {
-        "x": {"images": ["imagesTr/a_0000.nii.gz"], "label": "labelsTr/a.nii.gz"}}})
+    root = _nnunet(
+        tmp_path / "D",
+        channels=1,
+        extra={"dataset": {"x": {"images": ["imagesTr/a_0000.nii.gz"], "label": "labelsTr/a.nii.gz"}}},
+    )
     (case,) = discover(root)
-    assert case == Case("x", [(root / "imagesTr/a_0000.nii.gz").resolve()], (root / "labelsTr/a.nii.gz").resolve())
+    assert case == Case(
+        "x", [(root / "imagesTr/a_0000.nii.gz").resolve()], (root / "labelsTr/a.nii.gz").resolve()
+    )
 
 
 def test_folder_recursive_with_channels_and_collisions(tmp_path):
@@ -128,14 +141,20 @@ def test_manifest(tmp_path, sep):
     man = tmp_path / "pool.txt"
     man.write_text(f"# pool\n\nd1/img.nii.gz{sep}d1/seg.nii.gz\n d2/img.nii.gz \n")
     cases = discover(man)
-    assert [(c.case_id, c.images, c.label) for c in cases] == [("d1__img", [img1], lab1), ("d2__img", [img2], None)]
+    assert [(c.case_id, c.images, c.label) for c in cases] == [
+        ("d1__img", [img1], lab1),
+        ("d2__img", [img2], None),
+    ]
 
 
-@pytest.mark.parametrize(("line", "match"), [
-    ("missing.nii.gz", "missing.nii.gz does not exist"),
-    ("a.nii.gz,b.nii.gz,c.nii.gz", "expected 'image\\[,label\\]'"),
-    ("a.txt", "not a NIfTI file name"),
-])
+@pytest.mark.parametrize(
+    ("line", "match"),
+    [
+        ("missing.nii.gz", "missing.nii.gz does not exist"),
+        ("a.nii.gz,b.nii.gz,c.nii.gz", "expected 'image\\[,label\\]'"),
+        ("a.txt", "not a NIfTI file name"),
+    ],
+)
 def test_manifest_errors_name_the_line(tmp_path, line, match):
     man = tmp_path / "m.csv"
     man.write_text(f"# header\n{line}\n")

@@ -118,18 +118,36 @@ def test_obliquity_measured():
     assert geo.obliquity_deg(_affine("PIR")) == pytest.approx(0.0)
 
 
-@pytest.mark.parametrize(("shape", "out"), [
-    ((20, 17, 9), (40, 34, 18)), ((33, 20, 15), (11, 27, 7)), ((1, 5, 6), (3, 5, 2)), ((2, 9, 9), (1, 4, 20)),
-])
+@pytest.mark.parametrize(
+    ("shape", "out"),
+    [
+        ((20, 17, 9), (40, 34, 18)),
+        ((33, 20, 15), (11, 27, 7)),
+        ((1, 5, 6), (3, 5, 2)),
+        ((2, 9, 9), (1, 4, 20)),
+    ],
+)
 def test_resample_linear_matches_scipy_zoom(shape, out):
     """The separable fast path gives scipy.ndimage.zoom's numbers (order 1, cell model, edges repeated)."""
     from scipy import ndimage
 
     arr = np.random.default_rng(0).normal(size=shape).astype(np.float32)
-    ref = ndimage.zoom(arr, [o / i for i, o in zip(shape, out, strict=True)], order=1, mode="nearest",
-                       grid_mode=True, prefilter=False)
+    ref = ndimage.zoom(
+        arr,
+        [o / i for i, o in zip(shape, out, strict=True)],
+        order=1,
+        mode="nearest",
+        grid_mode=True,
+        prefilter=False,
+    )
     np.testing.assert_allclose(geo.resample_linear(arr, out), ref, atol=1e-5)
     ints = (arr * 100).astype(np.int16)
-    ref_i = ndimage.zoom(ints.astype(np.float32), [o / i for i, o in zip(shape, out, strict=True)], order=1,
-                         mode="nearest", grid_mode=True, prefilter=False)
+    ref_i = ndimage.zoom(
+        ints.astype(np.float32),
+        [o / i for i, o in zip(shape, out, strict=True)],
+        order=1,
+        mode="nearest",
+        grid_mode=True,
+        prefilter=False,
+    )
     np.testing.assert_allclose(geo.resample_linear(np.flip(ints, 1), out), np.flip(ref_i, 1), atol=1e-3)

@@ -207,10 +207,13 @@ def test_multimember_gzip_is_accepted(tmp_path, nii):
     np.testing.assert_array_equal(load_volume(path).array, arr)
 
 
-@pytest.mark.parametrize(("values", "match"), [
-    (np.array([0, 1, 2.5]), "3 non-integer|1 non-integer"),
-    (np.array([0, -1, 2]), "negative values"),
-])
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        (np.array([0, 1, 2.5]), "3 non-integer|1 non-integer"),
+        (np.array([0, -1, 2]), "negative values"),
+    ],
+)
 def test_label_must_be_nonnegative_integers(tmp_path, nii, values, match):
     arr = np.zeros((4, 4, 4), np.float32)
     arr.reshape(-1)[: len(values)] = values

@@ -34,8 +34,12 @@ def test_nnunet_layout(dataset: Path) -> None:
     meta = json.loads((dataset / "dataset.json").read_text())
     assert meta["labels"] == LABELS and meta["file_ending"] == ".nii.gz"
     assert meta["numTraining"] == CASES and meta["channel_names"] == {"0": "CT"}
-    assert sorted(p.name for p in (dataset / "imagesTr").iterdir()) == [f"phantom_{i:03d}_0000.nii.gz" for i in range(CASES)]
-    assert sorted(p.name for p in (dataset / "labelsTr").iterdir()) == [f"phantom_{i:03d}.nii.gz" for i in range(CASES)]
+    assert sorted(p.name for p in (dataset / "imagesTr").iterdir()) == [
+        f"phantom_{i:03d}_0000.nii.gz" for i in range(CASES)
+    ]
+    assert sorted(p.name for p in (dataset / "labelsTr").iterdir()) == [
+        f"phantom_{i:03d}.nii.gz" for i in range(CASES)
+    ]
     assert [p.name for p in (dataset / "imagesTs").iterdir()] == [f"phantom_{CASES:03d}_0000.nii.gz"]
     assert [p.name for p in (dataset / "labelsTs").iterdir()] == [f"phantom_{CASES:03d}.nii.gz"]
 
@@ -82,6 +86,7 @@ def test_hu_per_organ_and_labels_match(volumes) -> None:
 
 def test_anatomy_sides_in_world_coordinates(volumes) -> None:
     for img, lab in volumes:
+
         def world_mean(value: int, img=img, lab=lab) -> np.ndarray:
             idx = np.argwhere(lab.array == value)
             return (img.affine[:3, :3] @ idx.T + img.affine[:3, 3:4]).mean(axis=1)

@@ -28,7 +28,11 @@ from hiend_data import (
 from hiend_data.io import load_label
 from hiend_data.preprocess import restore_array
 
-SLAB, SEG, LPS = "body_ct_3mm_ras_30slices.nii.gz", "body_ct_3mm_ras_30slices_seg.nii.gz", "abdomen_ct_1.5mm_lps.nii.gz"
+SLAB, SEG, LPS = (
+    "body_ct_3mm_ras_30slices.nii.gz",
+    "body_ct_3mm_ras_30slices_seg.nii.gz",
+    "abdomen_ct_1.5mm_lps.nii.gz",
+)
 
 
 def _world_x(affine, shape) -> np.ndarray:
@@ -80,7 +84,7 @@ def test_left_half_prediction_lands_on_patient_left(request, which):
     mid = float((x_pre.min() + x_pre.max()) / 2)
     pred = (x_pre < mid).astype(np.uint8)  # patient's left = world x below the midline (RAS+)
     # in RAS space the patient's left is the low end of axis 0
-    assert pred[: pred.shape[0] // 2 - 1].all() and not pred[pred.shape[0] // 2 + 1:].any()
+    assert pred[: pred.shape[0] // 2 - 1].all() and not pred[pred.shape[0] // 2 + 1 :].any()
 
     out = restore_label(pred, pre.record)
     assert out.shape == img.shape
@@ -136,15 +140,18 @@ def test_ct_intensity_and_crop(slab):
     outside = full.image[0].copy()
     outside[box] = 0
     assert not outside.any()  # nothing above -175 HU was cropped away
-    np.testing.assert_allclose(np.asarray(r.affine) @ [0, 0, 0, 1],
-                               np.asarray(full.record.affine) @ [*r.crop_start, 1])
+    np.testing.assert_allclose(
+        np.asarray(r.affine) @ [0, 0, 0, 1], np.asarray(full.record.affine) @ [*r.crop_start, 1]
+    )
 
 
 def test_window_is_configurable(slab):
     img, _ = slab
     pre = preprocess_case(img, Plan(window=(-1000.0, 1000.0), crop_to_foreground=False))
-    raw = preprocess_case(Volume(img.array.astype(np.float32), img.affine),
-                          Plan(window=(-5000.0, 5000.0), crop_to_foreground=False))
+    raw = preprocess_case(
+        Volume(img.array.astype(np.float32), img.affine),
+        Plan(window=(-5000.0, 5000.0), crop_to_foreground=False),
+    )
     hu = raw.image * 10000 - 5000
     np.testing.assert_allclose(pre.image, np.clip((hu + 1000) / 2000, 0, 1), atol=2e-4)
 
@@ -213,10 +220,13 @@ def test_restore_array_linear_for_probabilities(slab):
     np.testing.assert_array_equal(back[0] > 0.5, lab.array == 5)
 
 
-@pytest.mark.parametrize(("pred", "match"), [
-    (np.zeros((3, 3, 3), np.uint8), "does not match the preprocessed shape"),
-    (np.zeros((3, 3, 3), np.float32), "integer label map"),
-])
+@pytest.mark.parametrize(
+    ("pred", "match"),
+    [
+        (np.zeros((3, 3, 3), np.uint8), "does not match the preprocessed shape"),
+        (np.zeros((3, 3, 3), np.float32), "integer label map"),
+    ],
+)
 def test_restore_label_refuses_bad_predictions(lps, pred, match):
     img, _ = lps
     rec = preprocess_case(img, Plan()).record
@@ -242,14 +252,25 @@ def test_bad_inputs_to_preprocess(nii):
 def test_plan_defaults_json_and_validation():
     plan = Plan.paper()
     assert plan == Plan()
-    assert (plan.orientation, plan.spacing, plan.modality, plan.window, plan.crop_to_foreground,
-            plan.crop_size) == ("RAS", (1.5, 1.5, 1.5), "ct", (-175.0, 250.0), True, (96, 96, 96))
+    assert (
+        plan.orientation,
+        plan.spacing,
+        plan.modality,
+        plan.window,
+        plan.crop_to_foreground,
+        plan.crop_size,
+    ) == ("RAS", (1.5, 1.5, 1.5), "ct", (-175.0, 250.0), True, (96, 96, 96))
     assert Plan.from_json(plan.to_json()) == plan
     assert Plan.model_validate(json.loads(plan.model_dump_json())) == plan
     assert Plan(window=(-1000, 1000)).digest() != plan.digest()
     assert Plan(orientation="lps").orientation == "LPS"
-    for bad in ({"spacing": (0, 1, 1)}, {"window": (10, -10)}, {"orientation": "RRS"}, {"foo": 1},
-                {"modality": "pet"}):
+    for bad in (
+        {"spacing": (0, 1, 1)},
+        {"window": (10, -10)},
+        {"orientation": "RRS"},
+        {"foo": 1},
+        {"modality": "pet"},
+    ):
         with pytest.raises(ValidationError):
             Plan(**bad)
 
@@ -262,12 +283,16 @@ def test_matches_the_papers_monai_pipeline_where_no_resampling_is_needed(ct_dir)
     from monai import transforms as T
 
     keys = ["image"]
-    chain = T.Compose([
-        T.LoadImaged(keys=keys), T.EnsureChannelFirstd(keys=keys), T.Orientationd(keys=keys, axcodes="RAS"),
-        T.Spacingd(keys=keys, pixdim=(1.5, 1.5, 1.5), mode="bilinear"),
-        T.ScaleIntensityRanged(keys=keys, a_min=-175, a_max=250, b_min=0.0, b_max=1.0, clip=True),
-        T.CropForegroundd(keys=keys, source_key="image", allow_smaller=True),
-    ])
+    chain = T.Compose(
+        [
+            T.LoadImaged(keys=keys),
+            T.EnsureChannelFirstd(keys=keys),
+            T.Orientationd(keys=keys, axcodes="RAS"),
+            T.Spacingd(keys=keys, pixdim=(1.5, 1.5, 1.5), mode="bilinear"),
+            T.ScaleIntensityRanged(keys=keys, a_min=-175, a_max=250, b_min=0.0, b_max=1.0, clip=True),
+            T.CropForegroundd(keys=keys, source_key="image", allow_smaller=True),
+        ]
+    )
     ref = chain({"image": str(ct_dir / LPS)})["image"]
     pre = preprocess_case(load_volume(ct_dir / LPS), Plan())
     assert tuple(ref.shape) == pre.image.shape

@@ -36,13 +36,29 @@ def test_presets_are_the_papers_recipe() -> None:
     assert (pre.scale_prob, pre.scale_range, pre.shift_prob, pre.shift_range) == (0.1, 0.1, 0.1, 0.1)
     assert pre.pos_ratio == 0.75
     assert (fin.num_samples, fin.pos, fin.neg, fin.centres, fin.flip_prob, fin.rot90_prob) == (
-        4, 1, 1, "label", 0.2, 0.2)
+        4,
+        1,
+        1,
+        "label",
+        0.2,
+        0.2,
+    )
     assert fin.image_threshold == 0.0 and pre.image_threshold is None
 
 
-@pytest.mark.parametrize("bad", [dict(typo=1), dict(pos=0, neg=0), dict(crop_size=(96, 64, 96)),
-                                 dict(flip_prob=1.5), dict(rot90_axes=(1, 1)), dict(flip_axes=(0, 3)),
-                                 dict(num_samples=0), dict(image_threshold=0.0)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(typo=1),
+        dict(pos=0, neg=0),
+        dict(crop_size=(96, 64, 96)),
+        dict(flip_prob=1.5),
+        dict(rot90_axes=(1, 1)),
+        dict(flip_axes=(0, 3)),
+        dict(num_samples=0),
+        dict(image_threshold=0.0),
+    ],
+)
 def test_config_rejects(bad: dict) -> None:
     with pytest.raises(ValidationError):
         SamplerConfig.pretrain(**bad)
@@ -52,12 +68,15 @@ def test_non_square_crop_allowed_without_rot90() -> None:
     assert SamplerConfig.pretrain(crop_size=(96, 64, 32), rot90_prob=0).crop_size == (96, 64, 32)
 
 
-@pytest.mark.parametrize("centre,shape,size,src,dst,padded", [
-    ((50, 50, 50), (100, 100, 100), (96, 96, 96), (2, 2, 2), (0, 0, 0), False),
-    ((0, 99, 47), (100, 100, 100), (96, 96, 96), (0, 4, 0), (0, 0, 0), False),
-    ((10, 10, 10), (40, 120, 96), (96, 96, 96), (0, 0, 0), (28, 0, 0), True),
-    ((5, 5, 5), (8, 8, 9), (4, 4, 4), (3, 3, 3), (0, 0, 0), False),
-])
+@pytest.mark.parametrize(
+    "centre,shape,size,src,dst,padded",
+    [
+        ((50, 50, 50), (100, 100, 100), (96, 96, 96), (2, 2, 2), (0, 0, 0), False),
+        ((0, 99, 47), (100, 100, 100), (96, 96, 96), (0, 4, 0), (0, 0, 0), False),
+        ((10, 10, 10), (40, 120, 96), (96, 96, 96), (0, 0, 0), (28, 0, 0), True),
+        ((5, 5, 5), (8, 8, 9), (4, 4, 4), (3, 3, 3), (0, 0, 0), False),
+    ],
+)
 def test_crop_box(centre, shape, size, src, dst, padded) -> None:
     s, d, p = crop_box(centre, shape, size)
     assert tuple(x.start for x in s) == src and tuple(x.start for x in d) == dst and p == padded
@@ -84,7 +103,7 @@ def test_foreground_share_is_pos_over_pos_plus_neg() -> None:
 
 def test_centres_uniform_within_each_kind() -> None:
     img = np.zeros((1, 40, 10, 10), np.float32)
-    img[0, :10] = 1.0   # 1000 foreground voxels ...
+    img[0, :10] = 1.0  # 1000 foreground voxels ...
     img[0, 10:40] = 2.0  # ... and 3000 more: 1 : 3 of the foreground centres
     img[0, 39, 9, 9] = 0.0  # a single background voxel: the background fallback list
     s = sampler(img, num_samples=6000, crop_size=(4, 4, 4), **NO_AUG)
@@ -138,8 +157,11 @@ def test_finetune_centres_stay_inside_the_body() -> None:
     img[0, :, :30] = 0.5  # 'body': y < 30; air above
     label = np.zeros((40, 40, 40), np.uint8)
     label[10:20, 25:35, 10:20] = 1  # an organ half in the air
-    s = CropSampler(ArrayCache({"a": ArrayCase(img, label)}),
-                    SamplerConfig.finetune(num_samples=3000, crop_size=(8, 8, 8)), seed=0)
+    s = CropSampler(
+        ArrayCache({"a": ArrayCase(img, label)}),
+        SamplerConfig.finetune(num_samples=3000, crop_size=(8, 8, 8)),
+        seed=0,
+    )
     recs = s.plan("a", s.rng(0))
     centres = np.array([r.centre for r in recs])
     assert (centres[:, 1] < 30).all()
@@ -149,8 +171,11 @@ def test_finetune_centres_stay_inside_the_body() -> None:
     # the fallback index lists honour the threshold too
     img2 = np.zeros_like(img)
     img2[0, 12, 27, 12] = img2[0, 1, 1, 1] = 1.0
-    s2 = CropSampler(ArrayCache({"a": ArrayCase(img2, label)}),
-                     SamplerConfig.finetune(num_samples=200, crop_size=(8, 8, 8)), seed=0)
+    s2 = CropSampler(
+        ArrayCache({"a": ArrayCase(img2, label)}),
+        SamplerConfig.finetune(num_samples=200, crop_size=(8, 8, 8)),
+        seed=0,
+    )
     got = {r.centre for r in s2.plan("a", s2.rng(0))}
     assert got == {(12, 27, 12), (1, 1, 1)}
 
@@ -169,7 +194,9 @@ def test_class_balanced_centres_pick_each_class_equally() -> None:
     plain_centres = [r.centre for r in recs]
     small = np.array([label[r.centre] == 7 for r in recs if r.foreground])
     assert small.mean() < 0.02
-    bal = CropSampler(cache, SamplerConfig.finetune(num_samples=n, crop_size=(8, 8, 8), class_balanced=True), seed=0)
+    bal = CropSampler(
+        cache, SamplerConfig.finetune(num_samples=n, crop_size=(8, 8, 8), class_balanced=True), seed=0
+    )
     recs = bal.plan("a", bal.rng(0))
     fg = np.array([r.foreground for r in recs])
     values = np.array([label[r.centre] for r in recs])
@@ -249,9 +276,17 @@ def test_padding_only_where_the_volume_is_smaller() -> None:
 
 def test_pad_value_and_intensity_apply_to_padding() -> None:
     img = np.ones((1, 10, 10, 10), np.float32)
-    s = sampler(img, num_samples=1, crop_size=(12, 12, 12), pad_value=-1.0, flip_prob=0, rot90_prob=0,
-                scale_prob=1.0, shift_prob=0)
-    (crop, _), = s.sample("a", s.rng(0))
+    s = sampler(
+        img,
+        num_samples=1,
+        crop_size=(12, 12, 12),
+        pad_value=-1.0,
+        flip_prob=0,
+        rot90_prob=0,
+        scale_prob=1.0,
+        shift_prob=0,
+    )
+    ((crop, _),) = s.sample("a", s.rng(0))
     scale = crop[0, 6, 6, 6]
     assert 0.9 <= scale <= 1.1
     np.testing.assert_allclose(crop[0, 0, 0, 0], -scale, rtol=1e-6)  # padding is scaled as MONAI does
@@ -342,7 +377,12 @@ def test_on_the_cache(phantom_cache, recipe: str) -> None:
         c = phantom_cache.case(case)
         recs = s.plan(case, s.rng(0))
         images, labels = s.fill(case, recs)
-        assert images.shape == (cfg.num_samples, 1, 96, 96, 96) and labels.shape == (cfg.num_samples, 96, 96, 96)
+        assert images.shape == (cfg.num_samples, 1, 96, 96, 96) and labels.shape == (
+            cfg.num_samples,
+            96,
+            96,
+            96,
+        )
         source = np.asarray(c.label) if recipe == "finetune" else np.asarray(c.image)[0]
         for r in recs:
             assert (source[r.centre] > 0) == r.foreground
@@ -351,7 +391,9 @@ def test_on_the_cache(phantom_cache, recipe: str) -> None:
 
 def test_class_balanced_on_the_cache(phantom_cache) -> None:
     """The cache's per-class index lists: each of the six organs centres about 1/6 of the crops."""
-    cfg = SamplerConfig.finetune(num_samples=1200, crop_size=(16, 16, 16), pos=1.0, neg=0.0, class_balanced=True)
+    cfg = SamplerConfig.finetune(
+        num_samples=1200, crop_size=(16, 16, 16), pos=1.0, neg=0.0, class_balanced=True
+    )
     s = CropSampler(phantom_cache, cfg, seed=0)
     case = phantom_cache.case(phantom_cache.cases[0])
     recs = s.plan(phantom_cache.cases[0], s.rng(0))
@@ -374,7 +416,9 @@ def test_crop_positions_match_monai_in_distribution() -> None:
     img[0, 2:9, 15:24, 5:12] = np.linspace(0.1, 1, 7 * 9 * 7, dtype=np.float32).reshape(7, 9, 7)
     img[0, 25:30, 0:4, 16:20] = 0.3
     n, size = 4000, (10, 8, 6)
-    monai = RandCropByPosNegLabeld(keys=["image"], label_key="image", spatial_size=size, pos=6, neg=2, num_samples=n)
+    monai = RandCropByPosNegLabeld(
+        keys=["image"], label_key="image", spatial_size=size, pos=6, neg=2, num_samples=n
+    )
     monai.set_random_state(seed=0)
     theirs = np.array([[int(v) for v in c["image"].meta["crop_center"]] for c in monai({"image": img})])
     theirs = theirs - np.array(size) // 2  # MONAI records the corrected centre; start = centre - size // 2

@@ -99,8 +99,14 @@ def test_worker_batches_are_built_in_shared_memory(cache_dir: Path) -> None:
 @pytest.mark.parametrize("context", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
 def test_set_epoch_reaches_persistent_workers(cache_dir: Path, context: str) -> None:
     ds = CropDataset(cache_dir, CFG, seed=2)
-    loader = DataLoader(ds, batch_size=2, num_workers=2, persistent_workers=True, collate_fn=collate_crops,
-                        multiprocessing_context=context)
+    loader = DataLoader(
+        ds,
+        batch_size=2,
+        num_workers=2,
+        persistent_workers=True,
+        collate_fn=collate_crops,
+        multiprocessing_context=context,
+    )
     first = [b["image"].clone() for b in loader]
     ds.set_epoch(1)
     second = [b["image"].clone() for b in loader]

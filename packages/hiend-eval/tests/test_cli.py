@@ -63,13 +63,28 @@ def _invoke(*args: str):
 def test_score_folders_summary_and_csv(folders):
     root, arrays, values = folders
     out = root / "out"
-    res = _invoke("score", root / "pred", root / "ref", "--out", out, "--labels", root / "dataset.json",
-                  "--tolerance", "3", "--workers", "2")
+    res = _invoke(
+        "score",
+        root / "pred",
+        root / "ref",
+        "--out",
+        out,
+        "--labels",
+        root / "dataset.json",
+        "--tolerance",
+        "3",
+        "--workers",
+        "2",
+    )
     assert res.exit_code == 0, res.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert [c["case"] for c in summary["per_case"]] == ["A", "B", "C"]
     assert summary["missing_predictions"] == ["C"] and summary["unmatched_predictions"] == ["orphan.nii.gz"]
-    assert summary["tolerance_mm"] == 3.0 and summary["names"]["3"] == "s3" and summary["names"]["250"] == "not_in_any_map"
+    assert (
+        summary["tolerance_mm"] == 3.0
+        and summary["names"]["3"] == "s3"
+        and summary["names"]["250"] == "not_in_any_map"
+    )
     spacing = (3.0, 3.0, 3.0)
     for row in summary["per_case"]:
         pred, ref = arrays[row["case"]]
@@ -83,7 +98,13 @@ def test_score_folders_summary_and_csv(folders):
                 else:
                     assert got == pytest.approx(value), (row["case"], key, field)
     # kidney_left (3): shifted in A, missed in B (deleted) and C (no prediction at all)
-    assert summary["counts"]["3"] == {"cases": 3, "scored": 3, "absent_both": 0, "missed": 2, "false_positive": 0}
+    assert summary["counts"]["3"] == {
+        "cases": 3,
+        "scored": 3,
+        "absent_both": 0,
+        "missed": 2,
+        "false_positive": 0,
+    }
     assert summary["counts"]["250"]["absent_both"] == 3 and summary["mean"]["250"]["dice"] is None
     dice3 = [row["labels"]["3"]["dice"] for row in summary["per_case"]]
     assert dice3[1:] == [0.0, 0.0] and summary["mean"]["3"]["dice"] == pytest.approx(sum(dice3) / 3)
@@ -106,7 +127,9 @@ def test_labels_default_to_every_value_found_in_any_case(folders):
     res = _invoke("score", root / "pred", root / "ref", "--out", root / "out", "--workers", "1")
     assert res.exit_code == 0, res.stderr
     summary = json.loads((root / "out" / "summary.json").read_text())
-    found = sorted({int(v) for p, r in arrays.values() for v in np.unique(np.concatenate([p.ravel(), r.ravel()]))} - {0})
+    found = sorted(
+        {int(v) for p, r in arrays.values() for v in np.unique(np.concatenate([p.ravel(), r.ravel()]))} - {0}
+    )
     assert list(summary["mean"]) == [str(v) for v in found] + ["foreground"]
     assert summary["names"]["3"] == "3"
 
@@ -114,8 +137,12 @@ def test_labels_default_to_every_value_found_in_any_case(folders):
 def test_json_is_the_last_stdout_line(folders):
     root, _, _ = folders
     exe = Path(sys.executable).with_name("hiend-eval")
-    proc = subprocess.run([str(exe), "score", str(root / "pred"), str(root / "ref"), "--out", str(root / "o"),
-                           "--json"], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [str(exe), "score", str(root / "pred"), str(root / "ref"), "--out", str(root / "o"), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     printed = json.loads(proc.stdout.strip().splitlines()[-1])
     assert printed == json.loads((root / "o" / "summary.json").read_text())
 
@@ -229,11 +256,12 @@ def _dataset(root: Path, arrays: dict, affine: np.ndarray) -> Path:
 
 def test_run_without_hiend_model_says_what_to_install(folders, seg, monkeypatch):
     root, arrays, _ = folders
-    monkeypatch.setitem(sys.modules, "hiend_model.inference", None)
+    monkeypatch.setitem(sys.modules, "hiend_model.predict", None)
     (root / "m.safetensors").write_bytes(b"x")
     res = _invoke("run", root / "m.safetensors", _dataset(root, arrays, seg[1]), "--out", root / "out")
     assert res.exit_code == 2 and res.stderr.strip() == (
-        "error: hiend-eval run needs hiend-model: pip install 'hiend-eval[model]'")
+        "error: hiend-eval run needs hiend-model: pip install 'hiend-eval[model]'"
+    )
 
 
 def test_run_predicts_then_scores(folders, seg, monkeypatch):
@@ -249,11 +277,18 @@ def test_run_predicts_then_scores(folders, seg, monkeypatch):
         for img in sorted((ds / "imagesTr").iterdir()):
             vol = nib.load(str(img))
             case = img.name.replace("_0000.nii.gz", "")
-            written.append(_save(out_dir / f"{case}.nii.gz", (np.asanyarray(vol.dataobj) // 10).astype(np.uint8),
-                                 vol.affine))
+            written.append(
+                _save(
+                    out_dir / f"{case}.nii.gz",
+                    (np.asanyarray(vol.dataobj) // 10).astype(np.uint8),
+                    vol.affine,
+                )
+            )
         return written
 
-    monkeypatch.setitem(sys.modules, "hiend_model.inference", types.SimpleNamespace(predict_files=predict_files))
+    monkeypatch.setitem(
+        sys.modules, "hiend_model.predict", types.SimpleNamespace(predict_files=predict_files)
+    )
     (root / "m.safetensors").write_bytes(b"x")
     res = _invoke("run", root / "m.safetensors", ds, "--out", root / "out")
     assert res.exit_code == 0, res.stderr
@@ -275,11 +310,22 @@ def test_run_with_a_real_tiny_checkpoint(tmp_path, shared_data, seg):
     from hiend_model.unetr import UNETR
 
     torch.manual_seed(0)
-    mae = HiEndMAE(MAEConfig(img_size=32, patch_size=16, embed_dim=24, depth=4, num_heads=2, decoder_embed_dim=12,
-                             decoder_num_heads=2, attn_backend="math"))
+    mae = HiEndMAE(
+        MAEConfig(
+            img_size=32,
+            patch_size=16,
+            embed_dim=24,
+            depth=4,
+            num_heads=2,
+            decoder_embed_dim=12,
+            decoder_num_heads=2,
+            attn_backend="math",
+        )
+    )
     model = UNETR.from_mae(mae, num_classes=3, feature_size=4).eval()
-    ckpt = save_checkpoint(tmp_path / "tiny.safetensors", model, plan=Plan(spacing=(3.0, 3.0, 3.0),
-                                                                          crop_size=(32, 32, 32)))
+    ckpt = save_checkpoint(
+        tmp_path / "tiny.safetensors", model, plan=Plan(spacing=(3.0, 3.0, 3.0), crop_size=(32, 32, 32))
+    )
     labels, affine = seg
     ds = tmp_path / "Dataset002_Body"
     (ds / "imagesTr").mkdir(parents=True)

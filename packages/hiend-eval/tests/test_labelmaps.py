@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -26,8 +25,12 @@ def _maps() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _same(a, b) -> bool:
-    return all((math.isnan(x) and math.isnan(y)) if isinstance(x, float) and math.isnan(x) else x == pytest.approx(y, abs=1e-12)
-               for x, y in zip(dataclasses.astuple(a), dataclasses.astuple(b), strict=True))
+    return all(
+        (math.isnan(x) and math.isnan(y))
+        if isinstance(x, float) and math.isnan(x)
+        else x == pytest.approx(y, abs=1e-12)
+        for x, y in zip(a.as_dict().values(), b.as_dict().values(), strict=True)
+    )
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -63,7 +63,12 @@ def test_shifted_cubes_anisotropic_hand_computed():
     assert dice(pred, ref) == pytest.approx(2 * 18 / 54)
     assert iou(pred, ref) == pytest.approx(18 / 36)
     s = score_masks(pred, ref, sp, tolerance=1.5)
-    assert (s.dice, s.hd95, s.nsd, s.flag) == (pytest.approx(2 / 3), pytest.approx(2.0), pytest.approx(34 / 52), None)
+    assert (s.dice, s.hd95, s.nsd, s.flag) == (
+        pytest.approx(2 / 3),
+        pytest.approx(2.0),
+        pytest.approx(34 / 52),
+        None,
+    )
     assert s.volume_pred_ml == s.volume_ref_ml == pytest.approx(27 * 2 / 1000)
 
 
@@ -89,8 +94,9 @@ def test_percentile_is_the_larger_direction():
 def test_surface_is_mask_minus_six_connected_erosion(shape):
     rng = np.random.default_rng(sum(shape))
     mask = ndimage.binary_closing(rng.random(shape) < 0.6) if min(shape) > 2 else rng.random(shape) < 0.6
-    expected = mask & ~ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(3, 1),
-                                              border_value=0)
+    expected = mask & ~ndimage.binary_erosion(
+        mask, structure=ndimage.generate_binary_structure(3, 1), border_value=0
+    )
     np.testing.assert_array_equal(surface(mask), expected)
 
 

@@ -73,10 +73,18 @@ TOL = {"dice": 1e-6, "hd95": 1e-3, "assd": 1e-3, "nsd": 1e-6}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("how", "spacing"), [
-    ("identical", None), ("eroded", None), ("shifted", None), ("dropped", None), ("islands", None),
-    ("eroded", (3.0, 2.0, 1.25)), ("islands", (0.8, 0.8, 2.5)),
-])
+@pytest.mark.parametrize(
+    ("how", "spacing"),
+    [
+        ("identical", None),
+        ("eroded", None),
+        ("shifted", None),
+        ("dropped", None),
+        ("islands", None),
+        ("eroded", (3.0, 2.0, 1.25)),
+        ("islands", (0.8, 0.8, 2.5)),
+    ],
+)
 def test_agrees_with_monai(real, how, spacing):
     ref, header_spacing = real
     spacing = spacing or header_spacing

@@ -26,7 +26,9 @@ def test_local_search_equals_tree(spacing):
 
 def test_offsets_are_sorted_and_within_the_radius():
     offsets, lengths = local_offsets((0.8, 0.8, 2.5), 2.4)
-    assert np.all(np.diff(lengths) >= 0) and lengths.max() <= 2.4 + 1e-9 and lengths.min() == pytest.approx(0.8)
+    assert (
+        np.all(np.diff(lengths) >= 0) and lengths.max() <= 2.4 + 1e-9 and lengths.min() == pytest.approx(0.8)
+    )
     np.testing.assert_allclose(lengths, np.sqrt(((offsets * [0.8, 0.8, 2.5]) ** 2).sum(1)))
     assert np.abs(offsets[:, 2]).max() == 0  # 2.5 mm steps along z lie beyond 2.4 mm
     assert len(offsets) == len({tuple(o) for o in offsets.tolist()})

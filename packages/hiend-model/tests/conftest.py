@@ -13,8 +13,16 @@ def tiny_mae_config(**overrides):
     """A 4-block ViT of width 24 on 32^3 crops with patch 16: builds and runs in milliseconds."""
     from hiend_model.config import MAEConfig
 
-    fields = dict(img_size=32, patch_size=16, embed_dim=24, depth=4, num_heads=2, decoder_embed_dim=12,
-                  decoder_num_heads=2, attn_backend="math")
+    fields = dict(
+        img_size=32,
+        patch_size=16,
+        embed_dim=24,
+        depth=4,
+        num_heads=2,
+        decoder_embed_dim=12,
+        decoder_num_heads=2,
+        attn_backend="math",
+    )
     fields.update(overrides)
     return MAEConfig(**fields)
 
@@ -65,8 +73,9 @@ def unetr_ckpt(tmp_path: Path, unetr_model) -> Path:
     """A tiny UNETR checkpoint (.safetensors) with the 3 mm plan."""
     from hiend_model.checkpoint import save_checkpoint
 
-    return save_checkpoint(tmp_path / "ckpt" / "tiny_unetr.safetensors", unetr_model, plan=tiny_plan(),
-                           extra={"note": "test"})
+    return save_checkpoint(
+        tmp_path / "ckpt" / "tiny_unetr.safetensors", unetr_model, plan=tiny_plan(), extra={"note": "test"}
+    )
 
 
 @pytest.fixture

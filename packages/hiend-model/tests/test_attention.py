@@ -78,7 +78,9 @@ def test_xformers_matches_sdpa_on_gpu(dtype, head_dim):
     from hiend_model.attention import xformers_available
 
     pytest.importorskip("xformers.ops", reason="xformers (the optional [xformers] extra) is not installed")
-    assert xformers_available(), "xformers is installed but its kernels do not run here (built for another torch?)"
+    assert xformers_available(), (
+        "xformers is installed but its kernels do not run here (built for another torch?)"
+    )
     torch.manual_seed(0)
     q = torch.randn(2, 217, 8, head_dim, device="cuda", dtype=dtype)
     k, v = (torch.randn(2, 55, 8, head_dim, device="cuda", dtype=dtype) for _ in range(2))
@@ -91,7 +93,9 @@ def test_xformers_matches_sdpa_on_gpu(dtype, head_dim):
 @pytest.mark.gpu
 def test_auto_on_gpu_handles_any_head_dim_and_fp32():
     torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 50, 16, 33, device="cuda", dtype=torch.bfloat16) for _ in range(3))  # vit-l12 decoder
+    q, k, v = (
+        torch.randn(2, 50, 16, 33, device="cuda", dtype=torch.bfloat16) for _ in range(3)
+    )  # vit-l12 decoder
     ref = attend(q.float(), k.float(), v.float(), "math")
     torch.testing.assert_close(attend(q, k, v, "auto").float(), ref, rtol=2e-2, atol=2e-2)
     x = torch.randn(2, 50, 4, 16, device="cuda")
@@ -106,8 +110,16 @@ def test_backend_recorded_on_every_module_and_logged_once(monkeypatch, caplog):
 
     monkeypatch.delenv("HIEND_ATTN", raising=False)
     monkeypatch.setattr(attn_mod, "_LOGGED", set())
-    cfg = dict(img_size=16, patch_size=8, embed_dim=24, depth=4, num_heads=2, decoder_embed_dim=12,
-               decoder_num_heads=2, tap_blocks=(1, 2, 3))
+    cfg = dict(
+        img_size=16,
+        patch_size=8,
+        embed_dim=24,
+        depth=4,
+        num_heads=2,
+        decoder_embed_dim=12,
+        decoder_num_heads=2,
+        tap_blocks=(1, 2, 3),
+    )
     with caplog.at_level(logging.INFO, logger="hiend_model.attention"):
         math_model = build(MAEConfig(**cfg, attn_backend="math"))
     assert {m.backend for m in math_model.modules() if isinstance(m, Attention)} == {"math"}

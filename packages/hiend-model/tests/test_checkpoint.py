@@ -130,7 +130,9 @@ def test_missing_file(tmp_path: Path):
 def test_not_a_hiend_file(tmp_path: Path):
     other = tmp_path / "other.safetensors"
     save_file({"w": torch.zeros(2)}, str(other), metadata={"format": "pt"})
-    with pytest.raises(InputError, match=r"other.safetensors: not a hiend checkpoint \(metadata format is 'pt'"):
+    with pytest.raises(
+        InputError, match=r"other.safetensors: not a hiend checkpoint \(metadata format is 'pt'"
+    ):
         load_checkpoint(other)
     save_file({"w": torch.zeros(2)}, str(other))
     with pytest.raises(InputError, match=r"not a hiend checkpoint \(metadata format is None"):
@@ -165,7 +167,9 @@ def test_missing_and_unexpected_keys(tmp_path: Path, mae_ckpt: Path):
     del tensors[dropped]
     tensors["stray.weight"] = torch.zeros(3)
     bad = _rewrite(mae_ckpt, tmp_path / "keys.safetensors", tensors=tensors)
-    with pytest.raises(InputError, match=rf"1 missing key\(s\): {dropped}; 1 unexpected key\(s\): stray.weight"):
+    with pytest.raises(
+        InputError, match=rf"1 missing key\(s\): {dropped}; 1 unexpected key\(s\): stray.weight"
+    ):
         load_checkpoint(bad)
 
 

@@ -125,27 +125,35 @@ def test_bad_inputs_exit_2(tmp_path: Path, shared_data: Path, mae_ckpt: Path, un
     noise.write_bytes(os.urandom(2000))
     _one_line_error(run("info", noise), "noise.safetensors", "not a readable safetensors")
     _one_line_error(run("info", tmp_path / "none.safetensors"), "none.safetensors")
-    _one_line_error(run("predict", mae_ckpt, shared_data / BODY, "--out", tmp_path / "o"),
-                    "expected a unetr checkpoint, got mae")
-    _one_line_error(run("predict", unetr_ckpt, tmp_path / "absent.nii.gz", "--out", tmp_path / "o"),
-                    "absent.nii.gz")
+    _one_line_error(
+        run("predict", mae_ckpt, shared_data / BODY, "--out", tmp_path / "o"),
+        "expected a unetr checkpoint, got mae",
+    )
+    _one_line_error(
+        run("predict", unetr_ckpt, tmp_path / "absent.nii.gz", "--out", tmp_path / "o"), "absent.nii.gz"
+    )
     not_nifti = tmp_path / "scan.nii.gz"
     not_nifti.write_bytes(b"hello")
     _one_line_error(run("predict", unetr_ckpt, not_nifti, "--out", tmp_path / "o"), "scan.nii.gz")
     assert not (tmp_path / "o").exists()
-    _one_line_error(run("convert", tmp_path / "absent.pth", tmp_path / "x.safetensors", "--from",
-                        "official-finetune"), "absent.pth")
+    _one_line_error(
+        run("convert", tmp_path / "absent.pth", tmp_path / "x.safetensors", "--from", "official-finetune"),
+        "absent.pth",
+    )
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a torch file")
-    _one_line_error(run("convert", junk, tmp_path / "x.safetensors", "--from", "official-pretrain"),
-                    "junk.pth")
+    _one_line_error(
+        run("convert", junk, tmp_path / "x.safetensors", "--from", "official-pretrain"), "junk.pth"
+    )
     assert not (tmp_path / "x.safetensors").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
 def test_cuda_without_gpu_exits_2(tmp_path: Path, shared_data: Path, unetr_ckpt: Path):
-    _one_line_error(run("predict", unetr_ckpt, shared_data / BODY, "--out", tmp_path / "o", "--device", "cuda"),
-                    "CUDA is not available")
+    _one_line_error(
+        run("predict", unetr_ckpt, shared_data / BODY, "--out", tmp_path / "o", "--device", "cuda"),
+        "CUDA is not available",
+    )
 
 
 def test_wrong_layout_for_convert_exits_2(tmp_path: Path, tiny):

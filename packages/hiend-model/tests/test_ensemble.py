@@ -44,8 +44,10 @@ def _reference(models, volume, plan):
     """Each member's sliding-window logits computed on their own, softmaxed, averaged; argmax restored."""
     pre = preprocess_case(volume, plan)
     image = torch.from_numpy(np.ascontiguousarray(pre.image, dtype=np.float32))
-    probs = [torch.softmax(sliding_window_logits(m, image, m.config.img_size, 0.5, 2, out_device="cpu"), 0)
-             for m in models]
+    probs = [
+        torch.softmax(sliding_window_logits(m, image, m.config.img_size, 0.5, 2, out_device="cpu"), 0)
+        for m in models
+    ]
     mean = torch.stack(probs).mean(0)
     labels = np.asarray(restore_label(argmax_labels(mean, np.uint8), pre.record))
     return probs, mean, labels
@@ -54,8 +56,9 @@ def _reference(models, volume, plan):
 # ------------------------------------------------------------------------------ one member
 
 
-def test_single_member_ensemble_is_the_single_model(tmp_path: Path, shared_data: Path, unetr_ckpt: Path,
-                                                    unetr_model, tiny):
+def test_single_member_ensemble_is_the_single_model(
+    tmp_path: Path, shared_data: Path, unetr_ckpt: Path, unetr_model, tiny
+):
     volume = load_volume(shared_data / BODY)
     plan = tiny.plan()
     # Today's single-model path spelled out: preprocess -> logits -> argmax of the logits -> restore.
@@ -66,15 +69,16 @@ def test_single_member_ensemble_is_the_single_model(tmp_path: Path, shared_data:
     assert len(np.unique(today)) > 1
     np.testing.assert_array_equal(predict_ensemble([unetr_model], volume, plan, sw_batch_size=2), today)
     np.testing.assert_array_equal(predict_volume(unetr_model, volume, plan, sw_batch_size=2), today)
-    labels, probs = predict_ensemble([unetr_model], volume, plan, sw_batch_size=2,
-                                     return_probabilities=True)
+    labels, probs = predict_ensemble([unetr_model], volume, plan, sw_batch_size=2, return_probabilities=True)
     np.testing.assert_array_equal(labels, today)
     torch.testing.assert_close(probs, torch.softmax(logits, 0), rtol=0, atol=1e-6)
 
-    [one] = predict_files([unetr_ckpt], [shared_data / BODY], tmp_path / "list", progress=False,
-                          sw_batch_size=2)
-    [plain] = predict_files(unetr_ckpt, [shared_data / BODY], tmp_path / "plain", progress=False,
-                            sw_batch_size=2)
+    [one] = predict_files(
+        [unetr_ckpt], [shared_data / BODY], tmp_path / "list", progress=False, sw_batch_size=2
+    )
+    [plain] = predict_files(
+        unetr_ckpt, [shared_data / BODY], tmp_path / "plain", progress=False, sw_batch_size=2
+    )
     np.testing.assert_array_equal(np.asarray(nib.load(one).dataobj), today)
     np.testing.assert_array_equal(np.asarray(nib.load(plain).dataobj), today)
 
@@ -103,8 +107,9 @@ def test_two_members_average_their_probabilities(tmp_path: Path, shared_data: Pa
     pre = preprocess_case(volume, plan)
     image = torch.from_numpy(np.ascontiguousarray(pre.image, dtype=np.float32))
     calls: list[tuple[int, int]] = []
-    direct = ensemble_probabilities(models, image, plan, sw_batch_size=2,
-                                    progress=lambda d, t: calls.append((d, t)))
+    direct = ensemble_probabilities(
+        models, image, plan, sw_batch_size=2, progress=lambda d, t: calls.append((d, t))
+    )
     torch.testing.assert_close(direct, mean, rtol=0, atol=1e-6)
     assert calls[-1][0] == calls[-1][1]
     assert all(a[0] <= b[0] for a, b in zip(calls, calls[1:], strict=False))
@@ -143,30 +148,45 @@ def test_mismatched_num_classes(tmp_path: Path, shared_data: Path, tiny):
     c3 = save_checkpoint(tmp_path / "three.safetensors", tiny.unetr(num_classes=3), plan=tiny.plan())
     c4 = save_checkpoint(tmp_path / "four.safetensors", tiny.unetr(num_classes=4), plan=tiny.plan())
     out = tmp_path / "out"
-    with pytest.raises(InputError, match=r"three.safetensors and .*four.safetensors cannot be ensembled: "
-                                         r"num_classes 3 vs 4"):
+    with pytest.raises(
+        InputError,
+        match=r"three.safetensors and .*four.safetensors cannot be ensembled: "
+        r"num_classes 3 vs 4",
+    ):
         predict_files([c3, c4], [shared_data / BODY], out, progress=False)
     assert not out.exists()
-    _one_line_error(run("predict", c3, c4, shared_data / BODY, "--out", out), str(c3), str(c4),
-                    "num_classes 3 vs 4")
+    _one_line_error(
+        run("predict", c3, c4, shared_data / BODY, "--out", out), str(c3), str(c4), "num_classes 3 vs 4"
+    )
     assert not out.exists()
     with pytest.raises(InputError, match=r"ensemble members 1 and 2 cannot be averaged: num_classes 3 vs 4"):
-        predict_ensemble([tiny.unetr(num_classes=3), tiny.unetr(num_classes=4)],
-                         load_volume(shared_data / BODY), tiny.plan())
+        predict_ensemble(
+            [tiny.unetr(num_classes=3), tiny.unetr(num_classes=4)],
+            load_volume(shared_data / BODY),
+            tiny.plan(),
+        )
 
 
 def test_mismatched_plan_spacing(tmp_path: Path, shared_data: Path, tiny):
     model = tiny.unetr()
     c3 = save_checkpoint(tmp_path / "mm3.safetensors", model, plan=tiny.plan())
-    c2 = save_checkpoint(tmp_path / "mm2.safetensors", model,
-                         plan=Plan(spacing=(2.0, 2.0, 2.0), crop_size=(32, 32, 32)))
+    c2 = save_checkpoint(
+        tmp_path / "mm2.safetensors", model, plan=Plan(spacing=(2.0, 2.0, 2.0), crop_size=(32, 32, 32))
+    )
     out = tmp_path / "out"
-    with pytest.raises(InputError, match=r"mm3.safetensors and .*mm2.safetensors cannot be ensembled: "
-                                         r"plan spacing \[3.0, 3.0, 3.0\] vs \[2.0, 2.0, 2.0\]"):
+    with pytest.raises(
+        InputError,
+        match=r"mm3.safetensors and .*mm2.safetensors cannot be ensembled: "
+        r"plan spacing \[3.0, 3.0, 3.0\] vs \[2.0, 2.0, 2.0\]",
+    ):
         predict_files([c3, c2], [shared_data / BODY], out, progress=False)
     assert not out.exists()
-    _one_line_error(run("predict", c3, c2, shared_data / BODY, "--out", out), str(c3), str(c2),
-                    "plan spacing [3.0, 3.0, 3.0] vs [2.0, 2.0, 2.0]")
+    _one_line_error(
+        run("predict", c3, c2, shared_data / BODY, "--out", out),
+        str(c3),
+        str(c2),
+        "plan spacing [3.0, 3.0, 3.0] vs [2.0, 2.0, 2.0]",
+    )
     assert not out.exists()
 
 
@@ -175,8 +195,11 @@ def test_mismatched_in_chans_and_missing_plan(tmp_path: Path, tiny):
     two = save_checkpoint(tmp_path / "two.safetensors", tiny.unetr(in_chans=2), plan=tiny.plan())
     bare = save_checkpoint(tmp_path / "bare.safetensors", tiny.unetr())
     infos = [read_checkpoint_info(p) for p in (one, two)]
-    with pytest.raises(InputError, match=r"one.safetensors and .*two.safetensors cannot be ensembled: "
-                                         r"in_chans 1 vs 2"):
+    with pytest.raises(
+        InputError,
+        match=r"one.safetensors and .*two.safetensors cannot be ensembled: "
+        r"in_chans 1 vs 2",
+    ):
         check_ensemble(infos)
     with pytest.raises(InputError, match=r"bare.safetensors: checkpoint has no preprocessing plan"):
         check_ensemble([infos[0], read_checkpoint_info(bare)])
@@ -185,10 +208,13 @@ def test_mismatched_in_chans_and_missing_plan(tmp_path: Path, tiny):
 def test_plan_differences():
     base = Plan(spacing=(3.0, 3.0, 3.0), crop_size=(32, 32, 32))
     assert plan_differences(base, Plan(spacing=(3.0, 3.0, 3.0), crop_size=(64, 64, 64))) == []
-    assert plan_differences(base, Plan(orientation="LPS", spacing=(3.0, 3.0, 3.0), window=(-100, 200),
-                                       crop_to_foreground=False)) == [
-        "plan orientation 'RAS' vs 'LPS'", "plan window [-175.0, 250.0] vs [-100.0, 200.0]",
-        "plan crop_to_foreground True vs False"]
+    assert plan_differences(
+        base, Plan(orientation="LPS", spacing=(3.0, 3.0, 3.0), window=(-100, 200), crop_to_foreground=False)
+    ) == [
+        "plan orientation 'RAS' vs 'LPS'",
+        "plan window [-175.0, 250.0] vs [-100.0, 200.0]",
+        "plan crop_to_foreground True vs False",
+    ]
     mri = Plan(modality="mri", spacing=(3.0, 3.0, 3.0))
     assert plan_differences(mri, Plan(modality="mri", spacing=(3.0, 3.0, 3.0), window=(0, 1))) == []
     assert plan_differences(base, mri) == ["plan modality 'ct' vs 'mri'"]
@@ -199,7 +225,9 @@ def test_plan_differences():
 
 def test_split_checkpoint_args():
     assert split_checkpoint_args(["a.safetensors", "b.SAFETENSORS", "x.nii.gz", "dir"]) == (
-        [Path("a.safetensors"), Path("b.SAFETENSORS")], [Path("x.nii.gz"), Path("dir")])
+        [Path("a.safetensors"), Path("b.SAFETENSORS")],
+        [Path("x.nii.gz"), Path("dir")],
+    )
     assert split_checkpoint_args(["model.bin", "x.nii"]) == ([Path("model.bin")], [Path("x.nii")])
     with pytest.raises(InputError, match=r"c.safetensors: a checkpoint after the first input x.nii.gz"):
         split_checkpoint_args(["a.safetensors", "x.nii.gz", "c.safetensors"])
@@ -210,8 +238,12 @@ def test_split_checkpoint_args():
 def test_cli_ensemble_usage_errors(tmp_path: Path, shared_data: Path, unetr_ckpt: Path):
     out = tmp_path / "out"
     _one_line_error(run("predict", unetr_ckpt, unetr_ckpt, "--out", out), "no input scans given")
-    _one_line_error(run("predict", unetr_ckpt, shared_data / BODY, unetr_ckpt, "--out", out),
-                    "a checkpoint after the first input")
-    _one_line_error(run("predict", unetr_ckpt, tmp_path / "absent.safetensors", shared_data / BODY,
-                        "--out", out), "absent.safetensors")
+    _one_line_error(
+        run("predict", unetr_ckpt, shared_data / BODY, unetr_ckpt, "--out", out),
+        "a checkpoint after the first input",
+    )
+    _one_line_error(
+        run("predict", unetr_ckpt, tmp_path / "absent.safetensors", shared_data / BODY, "--out", out),
+        "absent.safetensors",
+    )
     assert not out.exists()

@@ -24,17 +24,18 @@ from hiend_model.inference import (
 def conv_net(in_ch: int = 2, out_ch: int = 3, seed: int = 0) -> torch.nn.Module:
     """A small non-linear conv net whose output depends on each voxel's neighbourhood."""
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Conv3d(in_ch, 6, 3, padding=1), torch.nn.Tanh(),
-                               torch.nn.Conv3d(6, out_ch, 3, padding=1)).eval()
+    return torch.nn.Sequential(
+        torch.nn.Conv3d(in_ch, 6, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv3d(6, out_ch, 3, padding=1)
+    ).eval()
 
 
 @pytest.mark.parametrize(
     ("shape", "roi", "overlap", "blend", "sw_batch"),
     [
-        ((1, 2, 37, 29, 41), (16, 16, 16), 0.5, "gaussian", 3),   # odd sizes, several windows
+        ((1, 2, 37, 29, 41), (16, 16, 16), 0.5, "gaussian", 3),  # odd sizes, several windows
         ((2, 2, 21, 17, 26), (12, 10, 16), 0.25, "gaussian", 4),  # batch 2, anisotropic window
-        ((1, 2, 10, 29, 8), (16, 16, 16), 0.5, "gaussian", 2),    # window larger than two axes: padded
-        ((1, 2, 16, 16, 16), (16, 16, 16), 0.5, "gaussian", 1),   # window == volume
+        ((1, 2, 10, 29, 8), (16, 16, 16), 0.5, "gaussian", 2),  # window larger than two axes: padded
+        ((1, 2, 16, 16, 16), (16, 16, 16), 0.5, "gaussian", 1),  # window == volume
         ((1, 2, 23, 19, 20), (12, 12, 12), 0.7, "constant", 5),
     ],
 )
@@ -48,8 +49,12 @@ def test_matches_monai(shape, roi, overlap, blend, sw_batch):
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     # Unbatched input gives the first item's result without the batch axis.
-    torch.testing.assert_close(sliding_window_logits(net, x[0], roi, overlap, sw_batch_size=sw_batch,
-                                                     blend=blend), ref[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        sliding_window_logits(net, x[0], roi, overlap, sw_batch_size=sw_batch, blend=blend),
+        ref[0],
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 @pytest.mark.parametrize("roi", [(96, 96, 96), (7, 10, 13)])
@@ -58,8 +63,9 @@ def test_importance_map_is_monais(roi):
     torch.testing.assert_close(gaussian_importance_map(roi, 0.125), ref, rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize(("size", "roi", "overlap"),
-                         [(160, 96, 0.5), (96, 96, 0.5), (97, 96, 0.5), (37, 16, 0.25), (50, 12, 0.9)])
+@pytest.mark.parametrize(
+    ("size", "roi", "overlap"), [(160, 96, 0.5), (96, 96, 0.5), (97, 96, 0.5), (37, 16, 0.25), (50, 12, 0.9)]
+)
 def test_window_starts_are_monais(size, roi, overlap):
     step = roi if size == roi else max(int(roi * (1 - overlap)), 1)
     slices = monai_utils.dense_patch_slices((size,), (roi,), (step,))
@@ -85,8 +91,9 @@ def test_progress_and_batching():
         return w[:, :1] * 2
 
     x = torch.rand(1, 1, 20, 20, 20)
-    out = sliding_window_logits(net, x, (12, 12, 12), 0.5, sw_batch_size=5,
-                                progress=lambda d, t: calls.append((d, t)))
+    out = sliding_window_logits(
+        net, x, (12, 12, 12), 0.5, sw_batch_size=5, progress=lambda d, t: calls.append((d, t))
+    )
     n = len(window_starts(20, 12, 0.5)) ** 3  # 3 starts per axis -> 27 windows
     assert n == 27 and sizes == [5] * 5 + [2]
     assert calls[-1] == (27, 27) and len(calls) == 6
@@ -117,8 +124,9 @@ def test_tta_averages_flipped_predictions():
     net = conv_net(1, 2)
     x = torch.randn(1, 1, 16, 16, 16)
     with torch.no_grad():
-        expect = sum(torch.flip(net(torch.flip(x, [a + 2 for a in f])), [a + 2 for a in f])
-                     for f in FLIPS_ALL) / 8
+        expect = (
+            sum(torch.flip(net(torch.flip(x, [a + 2 for a in f])), [a + 2 for a in f]) for f in FLIPS_ALL) / 8
+        )
         assert not torch.allclose(expect, net(x), atol=1e-3)  # the model is not flip-equivariant
     out = sliding_window_logits(net, x, (16, 16, 16), tta=True)
     torch.testing.assert_close(out, expect, rtol=1e-5, atol=1e-6)
@@ -126,8 +134,9 @@ def test_tta_averages_flipped_predictions():
     subset = [(), (2,)]
     with torch.no_grad():
         expect2 = (net(x) + torch.flip(net(torch.flip(x, [4])), [4])) / 2
-    torch.testing.assert_close(sliding_window_logits(net, x, (16, 16, 16), tta=subset), expect2,
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        sliding_window_logits(net, x, (16, 16, 16), tta=subset), expect2, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_flip_set_is_every_combination():

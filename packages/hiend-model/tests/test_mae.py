@@ -10,8 +10,16 @@ from hiend_data.errors import InputError
 from hiend_model import PRESETS, HiEndMAE, MAEConfig, build
 from hiend_model.config import resolve_config
 
-SMALL = dict(img_size=(16, 24, 16), patch_size=8, embed_dim=24, depth=4, num_heads=2,
-             decoder_embed_dim=12, decoder_num_heads=3, tap_blocks=(1, 2, 3))
+SMALL = dict(
+    img_size=(16, 24, 16),
+    patch_size=8,
+    embed_dim=24,
+    depth=4,
+    num_heads=2,
+    decoder_embed_dim=12,
+    decoder_num_heads=3,
+    tap_blocks=(1, 2, 3),
+)
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +96,20 @@ def test_unknown_preset_lists_known():
         build("vit-b99")
 
 
-@pytest.mark.parametrize(("fields", "word"), [
-    (dict(img_size=50), "img_size"), (dict(embed_dim=26, num_heads=4, pos_embed="learned"), "embed_dim=26"),
-    (dict(num_heads=7), "num_heads"), (dict(mask_ratio=1.0), "mask_ratio"), (dict(mask_ratio=0.0), "mask_ratio=0.0"), (dict(bogus=1), "bogus"),
-    (dict(attn_backend="flash"), "attn_backend"), (dict(embed_dim=20, num_heads=2), "divisible by 6"),
-    (dict(tap_blocks=(3, 2, 1)), "tap_blocks"),
-])
+@pytest.mark.parametrize(
+    ("fields", "word"),
+    [
+        (dict(img_size=50), "img_size"),
+        (dict(embed_dim=26, num_heads=4, pos_embed="learned"), "embed_dim=26"),
+        (dict(num_heads=7), "num_heads"),
+        (dict(mask_ratio=1.0), "mask_ratio"),
+        (dict(mask_ratio=0.0), "mask_ratio=0.0"),
+        (dict(bogus=1), "bogus"),
+        (dict(attn_backend="flash"), "attn_backend"),
+        (dict(embed_dim=20, num_heads=2), "divisible by 6"),
+        (dict(tap_blocks=(3, 2, 1)), "tap_blocks"),
+    ],
+)
 def test_config_errors_name_the_value(fields, word):
     with pytest.raises(InputError, match=word):
         resolve_config("tiny", **fields)
@@ -105,8 +121,10 @@ def test_config_round_trips_through_json():
     assert MAEConfig.model_validate_json(cfg.model_dump_json()) == cfg
 
 
-@pytest.mark.parametrize(("shape", "word"), [((1, 2, 16, 24, 16), "channels"), ((1, 1, 16, 16, 16), "img_size"),
-                                             ((1, 16, 24, 16), "shape")])
+@pytest.mark.parametrize(
+    ("shape", "word"),
+    [((1, 2, 16, 24, 16), "channels"), ((1, 1, 16, 16, 16), "img_size"), ((1, 16, 24, 16), "shape")],
+)
 def test_bad_images(small, shape, word):
     with pytest.raises(InputError, match=word):
         small(torch.rand(*shape))
@@ -125,7 +143,9 @@ def test_pretraining_loss_falls_on_a_fixed_batch():
     torch.manual_seed(0)
     model = build(MAEConfig(**SMALL)).train()
     g = torch.linspace(0, 6.28, 24)
-    x = (g[:16, None, None].sin() * g[None, :, None].cos() * g[None, None, :16].sin()).expand(2, 1, 16, 24, 16)
+    x = (g[:16, None, None].sin() * g[None, :, None].cos() * g[None, None, :16].sin()).expand(
+        2, 1, 16, 24, 16
+    )
     noise = torch.rand(2, 12)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
     losses = []

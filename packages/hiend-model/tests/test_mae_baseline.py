@@ -48,16 +48,24 @@ def test_config_defaults_and_overrides():
     assert resolve_config("tiny", decoder="mae", decoder_depth=0).decoder_depth == 0
     back = resolve_config(cfg, decoder="hiend")
     assert back == PRESETS["vit-b16"]
-    assert resolve_config(resolve_config("tiny", decoder="mae", decoder_depth=3), mask_ratio=0.5).decoder_depth == 3
+    assert (
+        resolve_config(resolve_config("tiny", decoder="mae", decoder_depth=3), mask_ratio=0.5).decoder_depth
+        == 3
+    )
     assert MAEConfig.model_validate_json(cfg.model_dump_json()) == cfg
     # A config written before the field existed (explicit depths, no decoder) is Hi-End-MAE.
     old = {k: v for k, v in PRESETS["tiny"].model_dump(mode="json").items() if k != "decoder"}
     assert MAEConfig(**old) == PRESETS["tiny"]
 
 
-@pytest.mark.parametrize(("fields", "word"), [(dict(decoder="mae", cross_depth=3), "cross_depth=3"),
-                                             (dict(decoder="plain"), "decoder"),
-                                             (dict(decoder="mae", decoder_depth=-1), "decoder_depth=-1")])
+@pytest.mark.parametrize(
+    ("fields", "word"),
+    [
+        (dict(decoder="mae", cross_depth=3), "cross_depth=3"),
+        (dict(decoder="plain"), "decoder"),
+        (dict(decoder="mae", decoder_depth=-1), "decoder_depth=-1"),
+    ],
+)
 def test_config_errors(fields, word):
     with pytest.raises(InputError, match=word):
         resolve_config("tiny", **fields)
@@ -69,7 +77,9 @@ def _block_by_hand(blk, x: torch.Tensor) -> torch.Tensor:
     B, N, C = x.shape
     H = blk.attn.num_heads
     h = F.layer_norm(x, (C,), blk.norm1.weight, blk.norm1.bias, 1e-6)
-    q, k, v = F.linear(h, blk.attn.qkv.weight, blk.attn.qkv.bias).view(B, N, 3, H, C // H).permute(2, 0, 3, 1, 4)
+    q, k, v = (
+        F.linear(h, blk.attn.qkv.weight, blk.attn.qkv.bias).view(B, N, 3, H, C // H).permute(2, 0, 3, 1, 4)
+    )
     a = ((q @ k.transpose(-1, -2)) / math.sqrt(C // H)).softmax(-1) @ v
     x = x + F.linear(a.transpose(1, 2).reshape(B, N, C), blk.attn.proj.weight, blk.attn.proj.bias)
     h = F.layer_norm(x, (C,), blk.norm2.weight, blk.norm2.bias, 1e-6)
@@ -132,8 +142,8 @@ def test_loss_gradient_comes_from_masked_rows_only():
     g = seen["feats"].grad  # [B, 1 + L, Dd] in shuffled order: class, visible, masked
     keep = int(216 * 0.25)
     assert g.shape == (2, 217, 48)
-    assert torch.count_nonzero(g[:, :1 + keep]) == 0
-    assert (g[:, 1 + keep:].abs().sum(-1) > 0).all()
+    assert torch.count_nonzero(g[:, : 1 + keep]) == 0
+    assert (g[:, 1 + keep :].abs().sum(-1) > 0).all()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
     assert missing == []
 
@@ -143,14 +153,24 @@ def test_no_cross_attention_and_one_projection(mae):
     assert isinstance(mae.decoder, MAEDecoder)
     assert not any(isinstance(m, CrossBlock) or getattr(m, "cross", False) for m in mae.modules())
     assert not hasattr(mae, "encoder_to_decoder")
-    linears_from_encoder_width = [n for n, m in mae.named_modules()
-                                  if isinstance(m, torch.nn.Linear) and not n.startswith("encoder.")
-                                  and m.in_features == 96]
+    linears_from_encoder_width = [
+        n
+        for n, m in mae.named_modules()
+        if isinstance(m, torch.nn.Linear) and not n.startswith("encoder.") and m.in_features == 96
+    ]
     assert linears_from_encoder_width == ["decoder_embed"]
     keys = {k for k in mae.state_dict() if not k.startswith("encoder.")}
     blocks = {k for k in keys if k.startswith("decoder.blocks.")}
-    assert keys - blocks == {"decoder_embed.weight", "decoder_embed.bias", "mask_token", "decoder_pos_embed",
-                             "decoder.norm.weight", "decoder.norm.bias", "decoder.head.weight", "decoder.head.bias"}
+    assert keys - blocks == {
+        "decoder_embed.weight",
+        "decoder_embed.bias",
+        "mask_token",
+        "decoder_pos_embed",
+        "decoder.norm.weight",
+        "decoder.norm.bias",
+        "decoder.head.weight",
+        "decoder.head.bias",
+    }
     assert {k.split(".")[2] for k in blocks} == {"0", "1", "2", "3", "4"}
 
 
@@ -166,8 +186,12 @@ def test_same_encoder_as_hiend(mae):
     x, noise = _batch(3)
     ids = noise.argsort(1)[:, :54]
     with torch.no_grad():
-        torch.testing.assert_close(mae2.forward_encoder(mae2.patchify(x), ids)[0],
-                                   hi.eval().forward_encoder(hi.patchify(x), ids)[0], rtol=0, atol=0)
+        torch.testing.assert_close(
+            mae2.forward_encoder(mae2.patchify(x), ids)[0],
+            hi.eval().forward_encoder(hi.patchify(x), ids)[0],
+            rtol=0,
+            atol=0,
+        )
 
 
 def _block_params(d: int, mlp_ratio: float = 4.0) -> int:
@@ -188,8 +212,14 @@ def expected_params(cfg: MAEConfig) -> tuple[int, int]:
     if cfg.pos_embed == "learned":
         enc += cfg.num_patches * D
     n_proj = 1 if cfg.decoder == "mae" else len(cfg.tap_blocks) + 1
-    dec = n_proj * (D * Dd + Dd) + Dd + cfg.decoder_depth * _block_params(Dd, cfg.mlp_ratio) \
-        + cfg.cross_depth * _cross_block_params(Dd, cfg.mlp_ratio) + 2 * Dd + (Dd * P + P)
+    dec = (
+        n_proj * (D * Dd + Dd)
+        + Dd
+        + cfg.decoder_depth * _block_params(Dd, cfg.mlp_ratio)
+        + cfg.cross_depth * _cross_block_params(Dd, cfg.mlp_ratio)
+        + 2 * Dd
+        + (Dd * P + P)
+    )
     return enc, dec
 
 
@@ -297,7 +327,9 @@ def _phantom_crops(B: int = 2) -> torch.Tensor:
             c = torch.rand(3, generator=g) * 32 + 8
             r = float(torch.rand(1, generator=g)) * 8 + 5
             d2 = (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2
-            vol = vol + (0.3 + 0.5 * float(torch.rand(1, generator=g))) * torch.sigmoid((r * r - d2) / (2 * r))
+            vol = vol + (0.3 + 0.5 * float(torch.rand(1, generator=g))) * torch.sigmoid(
+                (r * r - d2) / (2 * r)
+            )
         crops.append((vol + 0.05 * torch.sin(2 * math.pi * xx / 8)).clamp(0, 1))
     return torch.stack(crops)[:, None]
 

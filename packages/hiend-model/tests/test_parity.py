@@ -10,12 +10,23 @@ from hiend_model.official import export_official_pretrained
 
 
 def _mae_arch(c: dict) -> dict:
-    return dict(img_size=c["img"], patch_size=c["patch"], in_chans=c["in_chans"], embed_dim=c["enc_dim"],
-                depth=c["depth"], num_heads=c["enc_heads"], decoder_embed_dim=c["dec_dim"],
-                decoder_num_heads=c["dec_heads"], decoder_depth=c["decoder_self_depth"],
-                cross_depth=c["decoder_cross_depth"], mlp_ratio=c["mlp_ratio"], qkv_bias=c["qkv_bias"],
-                layer_norm_eps=c["layernorm_eps"], mask_ratio=c["mask_ratio"],
-                pos_embed={"sincos": "sincos", "perceptron": "learned"}[c["pos"]])
+    return dict(
+        img_size=c["img"],
+        patch_size=c["patch"],
+        in_chans=c["in_chans"],
+        embed_dim=c["enc_dim"],
+        depth=c["depth"],
+        num_heads=c["enc_heads"],
+        decoder_embed_dim=c["dec_dim"],
+        decoder_num_heads=c["dec_heads"],
+        decoder_depth=c["decoder_self_depth"],
+        cross_depth=c["decoder_cross_depth"],
+        mlp_ratio=c["mlp_ratio"],
+        qkv_bias=c["qkv_bias"],
+        layer_norm_eps=c["layernorm_eps"],
+        mask_ratio=c["mask_ratio"],
+        pos_embed={"sincos": "sincos", "perceptron": "learned"}[c["pos"]],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +71,16 @@ def test_unetr_parity(shared_reference):
     fx = torch.load(shared_reference / "unetr_parity_tiny.pt", weights_only=True)
     c = fx["config"]
     model = load_official_finetuned(
-        fx["state_dict"], img_size=c["img"], patch_size=c["patch"], embed_dim=c["hidden"], depth=c["depth"],
-        num_heads=c["heads"], mlp_ratio=c["mlp_dim"] / c["hidden"], feature_size=c["feature"],
-        num_classes=c["classes"])
+        fx["state_dict"],
+        img_size=c["img"],
+        patch_size=c["patch"],
+        embed_dim=c["hidden"],
+        depth=c["depth"],
+        num_heads=c["heads"],
+        mlp_ratio=c["mlp_dim"] / c["hidden"],
+        feature_size=c["feature"],
+        num_classes=c["classes"],
+    )
     assert model.config.layer_norm_eps == 1e-5
     with torch.no_grad():
         logits = model(fx["input"])

@@ -32,20 +32,35 @@ def _touch(path: Path) -> Path:
 
 def test_collect_cases_groups_channels(tmp_path: Path):
     d = tmp_path / "in"
-    for name in ["b.nii", "a.nii.gz", "c_0000.nii.gz", "c_0001.nii.gz", "d_0001.nii.gz", "notes.txt",
-                 "sub/e.nii.gz"]:
+    for name in [
+        "b.nii",
+        "a.nii.gz",
+        "c_0000.nii.gz",
+        "c_0001.nii.gz",
+        "d_0001.nii.gz",
+        "notes.txt",
+        "sub/e.nii.gz",
+    ]:
         _touch(d / name)
     extra = _touch(tmp_path / "f_0000.nii.gz")
     cases = collect_cases([d, extra, d / "a.nii.gz"])  # a.nii.gz named twice: counted once
     assert [(c.name, [f.name for f in c.files]) for c in cases] == [
-        ("a", ["a.nii.gz"]), ("b", ["b.nii"]), ("c", ["c_0000.nii.gz", "c_0001.nii.gz"]),
-        ("d_0001", ["d_0001.nii.gz"]), ("f", ["f_0000.nii.gz"])]
+        ("a", ["a.nii.gz"]),
+        ("b", ["b.nii"]),
+        ("c", ["c_0000.nii.gz", "c_0001.nii.gz"]),
+        ("d_0001", ["d_0001.nii.gz"]),
+        ("f", ["f_0000.nii.gz"]),
+    ]
 
 
 @pytest.mark.parametrize(
     ("names", "args", "match"),
     [
-        (["x_0000.nii.gz", "x_0002.nii.gz"], ["."], r"x_0001.nii.gz: channel file missing; case 'x' has channels _0000, _0002"),
+        (
+            ["x_0000.nii.gz", "x_0002.nii.gz"],
+            ["."],
+            r"x_0001.nii.gz: channel file missing; case 'x' has channels _0000, _0002",
+        ),
         (["p/a.nii.gz", "q/a.nii.gz"], ["p", "q"], r"both be written as a.nii.gz"),
         (["a.nii.gz", "a_0000.nii.gz"], ["."], r"both be written as a.nii.gz"),
         (["scan.nrrd"], ["scan.nrrd"], r"scan.nrrd: not a NIfTI file name"),
@@ -99,7 +114,9 @@ def test_predict_volume_checks_channels(shared_data: Path):
     vol = load_volume(shared_data / BODY)
     model = Threshold(0.5)
     model.config.in_chans = 2
-    with pytest.raises(InputError, match=r"body_ct_3mm_ras_30slices.nii.gz: has 1 channel\(s\), the model takes 2"):
+    with pytest.raises(
+        InputError, match=r"body_ct_3mm_ras_30slices.nii.gz: has 1 channel\(s\), the model takes 2"
+    ):
         predict_volume(model, vol, Plan.paper())
 
 
@@ -111,8 +128,7 @@ def test_predict_files_on_real_scans(tmp_path: Path, shared_data: Path, unetr_ck
     inputs.mkdir()
     os.symlink(shared_data / BODY, inputs / "body_0000.nii.gz")  # nnU-Net channel name
     out = tmp_path / "out"
-    written = predict_files(unetr_ckpt, [inputs, shared_data / ABDOMEN], out, progress=False,
-                            sw_batch_size=4)
+    written = predict_files(unetr_ckpt, [inputs, shared_data / ABDOMEN], out, progress=False, sw_batch_size=4)
     assert [p.name for p in written] == ["body.nii.gz", "abdomen_ct_1.5mm_lps.nii.gz"]
     assert sorted(os.listdir(out)) == sorted(p.name for p in written)
     for path, src in zip(written, [BODY, ABDOMEN], strict=False):
@@ -132,8 +148,13 @@ def test_predict_files_multichannel(tmp_path: Path, shared_data: Path, tiny):
     ckpt = save_checkpoint(tmp_path / "two.safetensors", model, plan=tiny.plan())
     for c in (0, 1):
         os.symlink(shared_data / BODY, tmp_path / f"pat_{c:04d}.nii.gz")
-    [path] = predict_files(ckpt, [tmp_path / "pat_0000.nii.gz", tmp_path / "pat_0001.nii.gz"],
-                           tmp_path / "out", progress=False, sw_batch_size=4)
+    [path] = predict_files(
+        ckpt,
+        [tmp_path / "pat_0000.nii.gz", tmp_path / "pat_0001.nii.gz"],
+        tmp_path / "out",
+        progress=False,
+        sw_batch_size=4,
+    )
     assert path.name == "pat.nii.gz"
     img = nib.load(path)
     assert img.shape == (122, 101, 30)
@@ -151,13 +172,16 @@ def test_bad_input_stops_before_any_output(tmp_path: Path, shared_data: Path, un
     assert not out.exists()
 
 
-def test_refuses_mae_checkpoint_and_channel_mismatch(tmp_path: Path, shared_data: Path, mae_ckpt: Path,
-                                                     unetr_ckpt: Path):
+def test_refuses_mae_checkpoint_and_channel_mismatch(
+    tmp_path: Path, shared_data: Path, mae_ckpt: Path, unetr_ckpt: Path
+):
     with pytest.raises(InputError, match=r"expected a unetr checkpoint, got mae"):
         predict_files(mae_ckpt, [shared_data / BODY], tmp_path / "out", progress=False)
     for c in (0, 1):
         os.symlink(shared_data / BODY, tmp_path / f"two_{c:04d}.nii.gz")
-    with pytest.raises(InputError, match=r"two_0000.nii.gz: case 'two' has 2 channel\(s\), the model takes 1"):
+    with pytest.raises(
+        InputError, match=r"two_0000.nii.gz: case 'two' has 2 channel\(s\), the model takes 1"
+    ):
         predict_files(unetr_ckpt, [tmp_path], tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
 

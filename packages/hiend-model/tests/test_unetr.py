@@ -11,8 +11,9 @@ from hiend_model import UNETR, MAEConfig, UNETRConfig, build
 ENC = dict(embed_dim=24, depth=4, num_heads=2, tap_blocks=(1, 2, 3))
 
 
-@pytest.mark.parametrize(("size", "patch", "final"), [((48, 64, 80), 16, "transpose"),
-                                                       ((36, 48, 60), 12, "resize")])
+@pytest.mark.parametrize(
+    ("size", "patch", "final"), [((48, 64, 80), 16, "transpose"), ((36, 48, 60), 12, "resize")]
+)
 def test_output_has_the_input_size(size, patch, final):
     torch.manual_seed(0)
     model = UNETR(UNETRConfig(img_size=size, patch_size=patch, num_classes=3, feature_size=4, **ENC)).eval()
@@ -25,7 +26,9 @@ def test_output_has_the_input_size(size, patch, final):
 
 def _mae(**kw):
     torch.manual_seed(0)
-    return build(MAEConfig(img_size=32, patch_size=16, decoder_embed_dim=12, decoder_num_heads=2, **ENC, **kw))
+    return build(
+        MAEConfig(img_size=32, patch_size=16, decoder_embed_dim=12, decoder_num_heads=2, **ENC, **kw)
+    )
 
 
 @pytest.mark.parametrize("pos", ["sincos", "learned"])
@@ -57,8 +60,12 @@ def test_from_mae_checkpoints(tmp_path):
     a = load_unetr_init(path, num_classes=2, feature_size=4)
     torch.testing.assert_close(a.encoder.pos_embed, mae.encoder.pos_embed)
     # the paper's layout (a state dict or a .pth) with its architecture
-    b = load_unetr_init(export_official_pretrained(mae, wrap=True), num_classes=2, feature_size=4,
-                        arch=mae.config.model_dump())
+    b = load_unetr_init(
+        export_official_pretrained(mae, wrap=True),
+        num_classes=2,
+        feature_size=4,
+        arch=mae.config.model_dump(),
+    )
     assert all(torch.equal(b.encoder.state_dict()[k], v) for k, v in a.encoder.state_dict().items())
     # the paper's layout without an architecture means the released ViT-L/12: sizes are checked
     with pytest.raises(InputError, match="released ViT-L/12.*embed_dim 24"):
@@ -88,8 +95,15 @@ def test_unetr_from_mae_trains():
     assert unetr.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize(("shape", "word"), [((1, 2, 32, 32, 32), "channels"), ((1, 1, 32, 32, 40), "divisible"),
-                                             ((1, 1, 32, 32, 48), "img_size"), ((32, 32, 32), "shape")])
+@pytest.mark.parametrize(
+    ("shape", "word"),
+    [
+        ((1, 2, 32, 32, 32), "channels"),
+        ((1, 1, 32, 32, 40), "divisible"),
+        ((1, 1, 32, 32, 48), "img_size"),
+        ((32, 32, 32), "shape"),
+    ],
+)
 def test_bad_input(shape, word):
     model = UNETR(UNETRConfig(img_size=32, patch_size=16, num_classes=2, feature_size=4, **ENC))
     with pytest.raises(InputError, match=word):
@@ -104,9 +118,14 @@ def test_non_finite_input():
         model(x)
 
 
-@pytest.mark.parametrize(("fields", "word"), [(dict(num_classes=0), "num_classes"),
-                                              (dict(img_size=(32, 32, 40)), "img_size"),
-                                              (dict(tap_blocks=(1, 2)), "tap_blocks")])
+@pytest.mark.parametrize(
+    ("fields", "word"),
+    [
+        (dict(num_classes=0), "num_classes"),
+        (dict(img_size=(32, 32, 40)), "img_size"),
+        (dict(tap_blocks=(1, 2)), "tap_blocks"),
+    ],
+)
 def test_config_errors(fields, word):
     base = dict(img_size=32, patch_size=16, num_classes=2, feature_size=4, **ENC)
     with pytest.raises(ValueError, match=word):
@@ -122,6 +141,6 @@ def test_instance_norm_equals_torch_instance_norm():
     a = InstanceNorm(1e-5)(x)
     b = torch.nn.functional.instance_norm(x, eps=1e-5)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    ga, = torch.autograd.grad(a, x, g)
-    gb, = torch.autograd.grad(b, x, g)
+    (ga,) = torch.autograd.grad(a, x, g)
+    (gb,) = torch.autograd.grad(b, x, g)
     torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-5)

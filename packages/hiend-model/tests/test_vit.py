@@ -44,7 +44,14 @@ def test_sincos_formula_by_hand():
     t = (1 * 3 + 2) * 4 + 3  # position (h=1, w=2, d=3)
     for i in range(k):
         f = 1 / 10000 ** (i / k)
-        want = [math.sin(1 * f), math.cos(1 * f), math.sin(2 * f), math.cos(2 * f), math.sin(3 * f), math.cos(3 * f)]
+        want = [
+            math.sin(1 * f),
+            math.cos(1 * f),
+            math.sin(2 * f),
+            math.cos(2 * f),
+            math.sin(3 * f),
+            math.cos(3 * f),
+        ]
         got = [pe[t, part * k + i].item() for part in range(6)]
         assert got == pytest.approx(want, abs=1e-6)
     with pytest.raises(ValueError, match="divisible by 6"):

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 #: a 32^3 Hi-End-MAE small enough for a step in tens of milliseconds on one CPU thread
-TINY_MODEL: dict[str, Any] = dict(img_size=32, patch_size=8, embed_dim=48, depth=4, num_heads=4,
-                                  decoder_embed_dim=24, decoder_num_heads=4)
+TINY_MODEL: dict[str, Any] = dict(
+    img_size=32, patch_size=8, embed_dim=48, depth=4, num_heads=4, decoder_embed_dim=24, decoder_num_heads=4
+)
 
 
 @pytest.fixture(scope="session")
@@ -21,8 +22,13 @@ def phantom_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("phantom")
     make_phantom_dataset(root / "raw", cases=6, seed=0)
-    preprocess_dataset(root / "raw", root / "cache", Plan(spacing=(4.0, 4.0, 4.0), crop_size=(32, 32, 32)),
-                       workers=0, progress=False)
+    preprocess_dataset(
+        root / "raw",
+        root / "cache",
+        Plan(spacing=(4.0, 4.0, 4.0), crop_size=(32, 32, 32)),
+        workers=0,
+        progress=False,
+    )
     return root / "cache"
 
 
@@ -33,9 +39,21 @@ def tiny(phantom_cache: Path, tmp_path: Path):
     from hiend_train.config import FinetuneConfig, PretrainConfig
 
     def make(kind: str = "pretrain", **fields: Any):
-        base: dict[str, Any] = dict(cache=phantom_cache, out=tmp_path / f"run_{kind}", preset="tiny",
-                                    model=dict(TINY_MODEL), epochs=2, batch_size=2, num_samples=2, workers=0,
-                                    lr=1e-3, warmup_epochs=1, progress=False, log_every=1, device="cpu")
+        base: dict[str, Any] = dict(
+            cache=phantom_cache,
+            out=tmp_path / f"run_{kind}",
+            preset="tiny",
+            model=dict(TINY_MODEL),
+            epochs=2,
+            batch_size=2,
+            num_samples=2,
+            workers=0,
+            lr=1e-3,
+            warmup_epochs=1,
+            progress=False,
+            log_every=1,
+            device="cpu",
+        )
         if kind == "finetune":
             base.update(feature_size=4, val_fraction=0.0)
         else:

@@ -34,8 +34,10 @@ if __name__ == "__main__":
         task = finetune.build_task(ctx)
         if rank == 0:
             Path(cfg.out).mkdir(parents=True, exist_ok=True)
-            save_file({k: v.detach().clone().contiguous() for k, v in task.model.state_dict().items()},
-                      str(Path(cfg.out) / "init.safetensors"))
+            save_file(
+                {k: v.detach().clone().contiguous() for k, v in task.model.state_dict().items()},
+                str(Path(cfg.out) / "init.safetensors"),
+            )
         loss_fn = task.loss_fn
 
         def recording_loss(model: Any, batch: dict[str, Any]) -> Any:

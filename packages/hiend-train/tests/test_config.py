@@ -29,13 +29,15 @@ def test_toml_file_then_flags_override(tmp_path):
     cfg = load_config(PretrainConfig, path, overrides={"epochs": 9, "seed": None})
     assert cfg.preset == "tiny" and cfg.lr == 3e-4 and cfg.betas == (0.8, 0.9) and cfg.model == {"depth": 4}
     assert cfg.epochs == 9  # the flag wins over the file
-    assert cfg.seed == 0    # a flag left unset (None) keeps the file's / default value
+    assert cfg.seed == 0  # a flag left unset (None) keeps the file's / default value
 
 
 def test_json_file_and_cli_resolution(tmp_path):
     path = tmp_path / "run.json"
     path.write_text(json.dumps({"epochs": 3, "model": {"depth": 4}, "workers": 1}))
-    cfg = _resolve("finetune", path, {"workers": 0, "lr": None}, ["model.embed_dim=96", "seed=5"], resume=False)
+    cfg = _resolve(
+        "finetune", path, {"workers": 0, "lr": None}, ["model.embed_dim=96", "seed=5"], resume=False
+    )
     assert isinstance(cfg, FinetuneConfig)
     assert cfg.model == {"depth": 4, "embed_dim": 96}  # a dotted --set adds to the file's table
     assert (cfg.epochs, cfg.workers, cfg.seed, cfg.lr) == (3, 0, 5, 1e-4)
@@ -43,22 +45,29 @@ def test_json_file_and_cli_resolution(tmp_path):
 
 def test_parse_sets_reads_json_values():
     assert parse_sets(["betas=[0.9, 0.99]", "preset=tiny", "clip_grad=1.5", "sampler.flip_prob=0"]) == {
-        "betas": [0.9, 0.99], "preset": "tiny", "clip_grad": 1.5, "sampler": {"flip_prob": 0}}
+        "betas": [0.9, 0.99],
+        "preset": "tiny",
+        "clip_grad": 1.5,
+        "sampler": {"flip_prob": 0},
+    }
     with pytest.raises(InputError, match="FIELD=VALUE"):
         parse_sets(["epochs"])
     with pytest.raises(InputError, match="dotted"):
         parse_sets(["optim.lr=1"])
 
 
-@pytest.mark.parametrize(("name", "text", "match"), [
-    ("a.toml", "epochz = 3\n", r"a\.toml: epochz: unknown field"),
-    ("b.toml", "epochs = [\n", r"b\.toml: not valid TOML"),
-    ("c.json", "{\"epochs\": 3,}", r"c\.json: not valid JSON"),
-    ("d.yaml", "epochs: 3\n", r"d\.yaml: config files are \.toml or \.json"),
-    ("e.json", "[1, 2]", r"e\.json: expected a table"),
-    ("f.toml", "epochs = 0\n", r"f\.toml: epochs: Input should be greater than or equal to 1"),
-    ("g.toml", 'kind = "finetune"\n', r"g\.toml: kind 'finetune' is not a pretrain config"),
-])
+@pytest.mark.parametrize(
+    ("name", "text", "match"),
+    [
+        ("a.toml", "epochz = 3\n", r"a\.toml: epochz: unknown field"),
+        ("b.toml", "epochs = [\n", r"b\.toml: not valid TOML"),
+        ("c.json", '{"epochs": 3,}', r"c\.json: not valid JSON"),
+        ("d.yaml", "epochs: 3\n", r"d\.yaml: config files are \.toml or \.json"),
+        ("e.json", "[1, 2]", r"e\.json: expected a table"),
+        ("f.toml", "epochs = 0\n", r"f\.toml: epochs: Input should be greater than or equal to 1"),
+        ("g.toml", 'kind = "finetune"\n', r"g\.toml: kind 'finetune' is not a pretrain config"),
+    ],
+)
 def test_bad_config_files_name_the_file_and_field(tmp_path, name, text, match):
     path = tmp_path / name
     path.write_text(text)

@@ -31,8 +31,13 @@ def _env() -> dict[str, str]:
 
 def test_two_cpu_ranks_train_the_same_model(phantom_cache, tmp_path):
     worker = Path(__file__).with_name("ddp_worker.py")
-    proc = subprocess.run([*TORCHRUN, str(worker), str(phantom_cache), str(tmp_path)], env=_env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [*TORCHRUN, str(worker), str(phantom_cache), str(tmp_path)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     w0, w1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
     assert w0.keys() == w1.keys()
@@ -57,8 +62,16 @@ def test_two_cpu_ranks_train_the_same_model(phantom_cache, tmp_path):
     from hiend_model import build
 
     torch.manual_seed(0)
-    fresh = build("tiny", img_size=32, patch_size=8, embed_dim=48, depth=4, num_heads=4, decoder_embed_dim=24,
-                  decoder_num_heads=4).state_dict()
+    fresh = build(
+        "tiny",
+        img_size=32,
+        patch_size=8,
+        embed_dim=48,
+        depth=4,
+        num_heads=4,
+        decoder_embed_dim=24,
+        decoder_num_heads=4,
+    ).state_dict()
     assert torch.equal(fresh["decoder_pos_embed"], saved["decoder_pos_embed"])
     moved = [k for k in fresh if not torch.equal(fresh[k], saved[k])]
     assert "encoder.blocks.0.attn.qkv.weight" in moved and "decoder.head.weight" in moved
@@ -88,14 +101,20 @@ def test_two_ranks_on_half_batches_match_one_process_on_the_global_batch(tiny, t
     """
     worker = Path(__file__).with_name("ddp_compare_worker.py")
     fields = dict(epochs=2, grad_accum=2, num_samples=2, val_fraction=0.0, warmup_epochs=0.5, lr=2e-3)
-    runs = {"two": tiny("finetune", out=tmp_path / "two", batch_size=1, **fields),
-            "one": tiny("finetune", out=tmp_path / "one", batch_size=2, **fields)}
+    runs = {
+        "two": tiny("finetune", out=tmp_path / "two", batch_size=1, **fields),
+        "one": tiny("finetune", out=tmp_path / "one", batch_size=2, **fields),
+    }
     procs = {}
     for name, cfg in runs.items():
         path = tmp_path / f"{name}.json"
         path.write_text(cfg.model_dump_json())
-        cmd = [*TORCHRUN, str(worker), str(path)] if name == "two" else [sys.executable, str(worker), str(path)]
-        procs[name] = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cmd = (
+            [*TORCHRUN, str(worker), str(path)] if name == "two" else [sys.executable, str(worker), str(path)]
+        )
+        procs[name] = subprocess.Popen(
+            cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
     for name, proc in procs.items():
         out, _ = proc.communicate(timeout=180)
         assert proc.returncode == 0, f"{name}: {out[-3000:]}"

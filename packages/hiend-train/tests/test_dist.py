@@ -23,7 +23,13 @@ def test_single_process_setup_on_cpu(monkeypatch):
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
     env = dist.setup("cpu")
-    assert (env.rank, env.world, env.device, env.distributed, env.main) == (0, 1, torch.device("cpu"), False, True)
+    assert (env.rank, env.world, env.device, env.distributed, env.main) == (
+        0,
+        1,
+        torch.device("cpu"),
+        False,
+        True,
+    )
 
 
 def test_mps_is_one_process_only(monkeypatch):

@@ -68,7 +68,9 @@ def test_an_added_sink_gets_every_event_of_log_jsonl(tiny, monkeypatch):
     pretrain.run(cfg)
     log = RunDir(cfg.out).read_log()
     assert [r["event"] for r in log] == ["start", "setup", "step", "step", "step", "epoch", "end"]
-    assert [(r["event"], {k: v for k, v in r.items() if k not in ("time", "event")}) for r in log] == extra.events
+    assert [
+        (r["event"], {k: v for k, v in r.items() if k not in ("time", "event")}) for r in log
+    ] == extra.events
     assert extra.closed == 1
 
 

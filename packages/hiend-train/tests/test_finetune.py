@@ -12,8 +12,16 @@ from hiend_train.rundir import RunDir
 
 @pytest.mark.slow
 def test_finetuning_loss_falls_and_dice_rises(tiny):
-    cfg = tiny("finetune", epochs=5, batch_size=1, num_samples=4, lr=3e-3, warmup_epochs=0.4, val_fraction=0.2,
-               val_every=2)
+    cfg = tiny(
+        "finetune",
+        epochs=5,
+        batch_size=1,
+        num_samples=4,
+        lr=3e-3,
+        warmup_epochs=0.4,
+        val_fraction=0.2,
+        val_every=2,
+    )
     result = finetune.run(cfg)
     run = RunDir(cfg.out)
     log = run.read_log()
@@ -38,8 +46,15 @@ def test_finetuning_loss_falls_and_dice_rises(tiny):
 def test_finetuning_starts_from_the_pretrained_encoder(tiny, tmp_path):
     pre = tiny("pretrain", epochs=1, out=tmp_path / "pre")
     pre_model = pretrain.run(pre).model
-    cfg = tiny("finetune", epochs=1, init=tmp_path / "pre" / "last.safetensors", lr=1e-12, warmup_epochs=0,
-               out=tmp_path / "ft", model={})
+    cfg = tiny(
+        "finetune",
+        epochs=1,
+        init=tmp_path / "pre" / "last.safetensors",
+        lr=1e-12,
+        warmup_epochs=0,
+        out=tmp_path / "ft",
+        model={},
+    )
     model = finetune.run(cfg).model
     # lr ~ 0: the UNETR's encoder is still the pre-trained one (class token dropped)
     mae_blocks = pre_model.encoder.blocks.state_dict()
@@ -58,8 +73,9 @@ def test_unlabelled_cache_is_refused(tiny, tmp_path):
     raw = make_phantom_dataset(tmp_path / "raw", cases=1, test_cases=1, seed=3)
     (raw / "labelsTr" / "phantom_000.nii.gz").unlink()
     (raw / "imagesTr" / "phantom_000_0000.nii.gz").rename(raw / "imagesTs" / "phantom_000_0000.nii.gz")
-    cache = preprocess_dataset(raw / "imagesTs", tmp_path / "cache", Plan(spacing=(6.0, 6.0, 6.0)), workers=0,
-                               progress=False)
+    cache = preprocess_dataset(
+        raw / "imagesTs", tmp_path / "cache", Plan(spacing=(6.0, 6.0, 6.0)), workers=0, progress=False
+    )
     with pytest.raises(InputError, match="has no label; fine-tuning needs a labelled cache"):
         finetune.run(tiny("finetune", cache=cache.root))
     assert not (tmp_path / "run_finetune").exists()
@@ -79,8 +95,9 @@ def test_finetuning_from_the_papers_pretraining_file(tiny, tmp_path, shared_refe
     pth = tmp_path / "hi_end_mae.pth"  # as released: wrapped, with DDP's module. prefix
     torch.save({"state_dict": {f"module.{k}": v for k, v in ref["state_dict"].items()}}, pth)
     heads = {"num_heads": 4, "decoder_num_heads": 4}
-    cfg = tiny("finetune", init=pth, model=heads, epochs=1, batch_size=3, num_samples=1, lr=1e-12,
-               warmup_epochs=0)
+    cfg = tiny(
+        "finetune", init=pth, model=heads, epochs=1, batch_size=3, num_samples=1, lr=1e-12, warmup_epochs=0
+    )
     model = finetune.run(cfg).model
     mae = load_official_pretrained(pth, **heads)
     assert model.config.img_size == (48, 48, 48) and model.config.embed_dim == 96

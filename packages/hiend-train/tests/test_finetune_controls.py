@@ -53,8 +53,11 @@ def test_few_shot_without_validation_and_too_many_cases():
     train, val = few_shot_split(NAMES, 0.0, 0, train_cases=5)
     assert len(train) == 5 and val == []
     assert len(few_shot_split(NAMES, 0.25, 0, train_cases=9)[0]) == 9  # 12 - 3 held out
-    with pytest.raises(InputError, match=r"train_cases=10: the training split has 9 cases \(12 in the cache, "
-                                         r"3 held out"):
+    with pytest.raises(
+        InputError,
+        match=r"train_cases=10: the training split has 9 cases \(12 in the cache, "
+        r"3 held out",
+    ):
         few_shot_split(NAMES, 0.25, 0, train_cases=10)
     with pytest.raises(InputError, match=r"train_cases=9: the training split has 8 cases .* by fold 0 of 3"):
         few_shot_split(NAMES, 0.0, 0, train_cases=9, fold=0, folds=3)
@@ -88,15 +91,28 @@ def test_k_folds_partition_the_cases():
 
 def test_config_fields_of_the_controls():
     cfg = FinetuneConfig()
-    assert (cfg.train_cases, cfg.fold, cfg.folds, cfg.layer_decay, cfg.encoder_lr_scale, cfg.freeze_encoder) == (
-        None, None, None, None, 1.0, False)
+    assert (
+        cfg.train_cases,
+        cfg.fold,
+        cfg.folds,
+        cfg.layer_decay,
+        cfg.encoder_lr_scale,
+        cfg.freeze_encoder,
+    ) == (None, None, None, None, 1.0, False)
     cfg = FinetuneConfig(fold=2, folds=5, train_cases=3)
-    assert cfg.val_fraction == 0.0 and (cfg.fold, cfg.folds, cfg.train_cases) == (2, 5, 3)  # the fold validates
+    assert cfg.val_fraction == 0.0 and (cfg.fold, cfg.folds, cfg.train_cases) == (
+        2,
+        5,
+        3,
+    )  # the fold validates
     again = FinetuneConfig(**json.loads(json.dumps(cfg.model_dump(mode="json"))))
     assert again == cfg  # config.json round trip (val_fraction 0 with a fold is consistent)
     assert make_config(FinetuneConfig, {"fold": 0, "folds": 2, "val_fraction": 0}).val_fraction == 0.0
     for fields, match in [
-        ({"fold": 1, "folds": 5, "val_fraction": 0.2}, r"fold=1 and val_fraction=0.2: with k-fold the fold is"),
+        (
+            {"fold": 1, "folds": 5, "val_fraction": 0.2},
+            r"fold=1 and val_fraction=0.2: with k-fold the fold is",
+        ),
         ({"fold": 1}, r"fold=1, folds=None: k-fold needs both"),
         ({"fold": 5, "folds": 5}, r"fold=5: folds are numbered 0 to 4"),
         ({"folds": 1, "fold": 0}, r"folds: Input should be greater than or equal to 2"),
@@ -104,7 +120,10 @@ def test_config_fields_of_the_controls():
         ({"layer_decay": 0.0}, r"layer_decay: Input should be greater than 0"),
         ({"layer_decay": 1.1}, r"layer_decay: Input should be less than or equal to 1"),
         ({"encoder_lr_scale": 0}, r"encoder_lr_scale: Input should be greater than 0"),
-        ({"freeze_encoder": True, "layer_decay": 0.75}, r"freeze_encoder: the frozen encoder has no learning rate"),
+        (
+            {"freeze_encoder": True, "layer_decay": 0.75},
+            r"freeze_encoder: the frozen encoder has no learning rate",
+        ),
     ]:
         with pytest.raises(InputError, match=match):
             make_config(FinetuneConfig, fields, source="ft.toml")
@@ -116,8 +135,16 @@ def test_config_fields_of_the_controls():
 def tiny_unetr(depth=4):
     from hiend_model import UNETR, build
 
-    mae = build("tiny", img_size=32, patch_size=8, embed_dim=48, depth=depth, num_heads=4, decoder_embed_dim=24,
-                decoder_num_heads=4)
+    mae = build(
+        "tiny",
+        img_size=32,
+        patch_size=8,
+        embed_dim=48,
+        depth=depth,
+        num_heads=4,
+        decoder_embed_dim=24,
+        decoder_num_heads=4,
+    )
     return UNETR.from_mae(mae, num_classes=3, feature_size=4)
 
 
@@ -135,9 +162,17 @@ def expected_scale(name, decay, enc_scale, depth=4):
 
 
 def test_encoder_depths():
-    assert [encoder_depth(n, 12) for n in ("pos_embed", "patch_embed.proj.weight", "cls_token",
-                                           "blocks.0.attn.qkv.weight", "blocks.11.mlp.fc2.bias", "norm.weight")] == [
-        0, 0, 0, 1, 12, 13]
+    assert [
+        encoder_depth(n, 12)
+        for n in (
+            "pos_embed",
+            "patch_embed.proj.weight",
+            "cls_token",
+            "blocks.0.attn.qkv.weight",
+            "blocks.11.mlp.fc2.bias",
+            "norm.weight",
+        )
+    ] == [0, 0, 0, 1, 12, 13]
 
 
 @pytest.mark.parametrize(("decay", "enc_scale"), [(0.5, 1.0), (0.75, 0.1), (None, 0.2), (1.0, 1.0)])
@@ -157,19 +192,23 @@ def test_every_group_gets_its_layer_rate(decay, enc_scale):
             seen.add(name)
             assert group["lr"] == pytest.approx(base * expected_scale(name, d, enc_scale), rel=1e-12), name
             assert group["lr_scale"] == pytest.approx(expected_scale(name, d, enc_scale), rel=1e-12), name
-            assert group["weight_decay"] == (0.05 if decays(name, p.ndim) else 0.0), name  # the decay split stays
+            assert group["weight_decay"] == (0.05 if decays(name, p.ndim) else 0.0), (
+                name
+            )  # the decay split stays
     assert seen == set(names.values())
     by_name = {names[id(p)]: g["lr"] for g in opt.param_groups for p in g["params"]}
-    assert by_name["encoder.pos_embed"] == pytest.approx(base * enc_scale * d ** 5, rel=1e-12)
-    assert by_name["encoder.patch_embed.proj.weight"] == pytest.approx(base * enc_scale * d ** 5, rel=1e-12)
-    assert by_name["encoder.blocks.0.attn.qkv.weight"] == pytest.approx(base * enc_scale * d ** 4, rel=1e-12)
+    assert by_name["encoder.pos_embed"] == pytest.approx(base * enc_scale * d**5, rel=1e-12)
+    assert by_name["encoder.patch_embed.proj.weight"] == pytest.approx(base * enc_scale * d**5, rel=1e-12)
+    assert by_name["encoder.blocks.0.attn.qkv.weight"] == pytest.approx(base * enc_scale * d**4, rel=1e-12)
     assert by_name["encoder.blocks.3.norm1.bias"] == pytest.approx(base * enc_scale * d, rel=1e-12)
     assert by_name["encoder.norm.weight"] == pytest.approx(base * enc_scale, rel=1e-12)
     for name in ("out.weight", "out.bias", "decoder5.transp_conv.weight", "encoder1.conv1.weight"):
         assert by_name[name] == base  # decoder and head: the full rate
     # the initial rates before any set_lr: lr x scale
     fresh = build_optimizer(model, lr=1e-3, weight_decay=0.05, betas=(0.9, 0.999), lr_scales=scales)
-    assert [g["lr"] for g in fresh.param_groups] == pytest.approx([1e-3 * g["lr_scale"] for g in fresh.param_groups])
+    assert [g["lr"] for g in fresh.param_groups] == pytest.approx(
+        [1e-3 * g["lr_scale"] for g in fresh.param_groups]
+    )
 
 
 def test_without_scales_the_optimizer_is_the_recipes():
@@ -189,8 +228,15 @@ def test_without_scales_the_optimizer_is_the_recipes():
 def test_few_shot_layer_decay_run_logs_its_cases_and_resumes_exactly(tiny, tmp_path, phantom_cache):
     from hiend_data.cache import Cache
 
-    fields = dict(epochs=2, train_cases=2, val_fraction=0.4, layer_decay=0.5, batch_size=1, num_samples=1,
-                  warmup_epochs=0.5)
+    fields = dict(
+        epochs=2,
+        train_cases=2,
+        val_fraction=0.4,
+        layer_decay=0.5,
+        batch_size=1,
+        num_samples=1,
+        warmup_epochs=0.5,
+    )
     straight = finetune.run(tiny("finetune", out=tmp_path / "straight", **fields))
     cache = Cache.open(phantom_cache)
     train, val = few_shot_split(cache.cases, 0.4, 0, train_cases=2)
@@ -201,7 +247,7 @@ def test_few_shot_layer_decay_run_logs_its_cases_and_resumes_exactly(tiny, tmp_p
     setup = next(r for r in log if r["event"] == "setup")
     assert setup["train_case_names"] == want_train and setup["val_case_names"] == want_val
     assert (setup["train_cases"], setup["val_cases"], setup["steps_per_epoch"]) == (2, 2, 2)
-    assert sorted({g["lr_scale"] for g in setup["lr_groups"]}) == [0.5 ** k for k in range(5, -1, -1)]
+    assert sorted({g["lr_scale"] for g in setup["lr_groups"]}) == [0.5**k for k in range(5, -1, -1)]
     saved = json.loads(run.config_path.read_text())
     assert saved["split"] == {"train": want_train, "val": want_val}
     assert (saved["train_cases"], saved["layer_decay"], saved["encoder_lr_scale"]) == (2, 0.5, 1.0)
@@ -232,7 +278,9 @@ def test_few_shot_layer_decay_run_logs_its_cases_and_resumes_exactly(tiny, tmp_p
 
 @pytest.mark.slow
 def test_frozen_encoder_stays_bit_identical_while_the_decoder_learns(tiny):
-    cfg = tiny("finetune", epochs=3, freeze_encoder=True, lr=3e-3, warmup_epochs=0.2, batch_size=1, num_samples=2)
+    cfg = tiny(
+        "finetune", epochs=3, freeze_encoder=True, lr=3e-3, warmup_epochs=0.2, batch_size=1, num_samples=2
+    )
     torch.manual_seed(cfg.seed)  # the run's initial weights: seeded the same way
     initial = finetune.build_model(cfg, 7).state_dict()
     result = finetune.run(cfg)
@@ -270,7 +318,9 @@ def test_class_weights_from_the_training_cases(phantom_cache, tiny) -> None:
     cache = Cache.open(phantom_cache)
     idx = [0, 2, 3]
     counts = training_class_counts(cache, idx, 7)
-    by_hand = sum(np.bincount(np.asarray(cache.case(cache.cases[i]).label).reshape(-1), minlength=7) for i in idx)
+    by_hand = sum(
+        np.bincount(np.asarray(cache.case(cache.cases[i]).label).reshape(-1), minlength=7) for i in idx
+    )
     assert counts == by_hand.tolist()
     cfg = tiny("finetune", class_weights="inverse_sqrt")
     w = class_weights_for(cfg, cache, idx, 7)
@@ -289,6 +339,9 @@ def test_class_weighted_run_logs_its_weights(tiny) -> None:
 
     cfg = tiny("finetune", class_weights="inverse_sqrt", epochs=1)
     run(cfg)
-    setup = next(json.loads(line) for line in (cfg.out / "log.jsonl").read_text().splitlines()
-                 if json.loads(line).get("event") == "setup")
+    setup = next(
+        json.loads(line)
+        for line in (cfg.out / "log.jsonl").read_text().splitlines()
+        if json.loads(line).get("event") == "setup"
+    )
     assert len(setup["class_weights"]) == 7 and sum(setup["class_weights"]) == pytest.approx(7.0, rel=1e-5)

@@ -18,8 +18,16 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 @pytest.mark.parametrize("precision", ["auto", "fp16"])
 def test_mixed_precision_pretraining_on_cuda(tiny, precision):
-    cfg = tiny("pretrain", device="cuda", precision=precision, epochs=3, workers=2, val_fraction=0.2,
-               val_every=1, preview_every=3)
+    cfg = tiny(
+        "pretrain",
+        device="cuda",
+        precision=precision,
+        epochs=3,
+        workers=2,
+        val_fraction=0.2,
+        val_every=1,
+        preview_every=3,
+    )
     result = pretrain.run(cfg)
     run = RunDir(cfg.out)
     setup = next(r for r in run.read_log() if r["event"] == "setup")
@@ -33,8 +41,17 @@ def test_mixed_precision_pretraining_on_cuda(tiny, precision):
 
 
 def test_bf16_finetuning_with_sliding_window_validation_on_cuda(tiny):
-    cfg = tiny("finetune", device="cuda", epochs=3, workers=2, val_fraction=0.2, val_every=1, lr=3e-3,
-               num_samples=4, batch_size=1)
+    cfg = tiny(
+        "finetune",
+        device="cuda",
+        epochs=3,
+        workers=2,
+        val_fraction=0.2,
+        val_every=1,
+        lr=3e-3,
+        num_samples=4,
+        batch_size=1,
+    )
     result = finetune.run(cfg)
     assert all(math.isfinite(r["val_dice"]) for r in result.fit.history)
     assert result.fit.history[-1]["loss"] < result.fit.history[0]["loss"]

@@ -21,7 +21,9 @@ def test_dice_ce_matches_monai(shape):
     ref = DiceCELoss(to_onehot_y=True, softmax=True)(logits, labels.unsqueeze(1))
     ours = dice_ce_loss(logits, labels)
     assert float(ours) == pytest.approx(float(ref), rel=1e-5)
-    weighted = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=0.3, lambda_ce=2.0)(logits, labels.unsqueeze(1))
+    weighted = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=0.3, lambda_ce=2.0)(
+        logits, labels.unsqueeze(1)
+    )
     assert float(dice_ce_loss(logits, labels, 0.3, 2.0)) == pytest.approx(float(weighted), rel=1e-5)
 
 
@@ -36,11 +38,17 @@ def test_dice_counts_by_hand():
 
 
 def test_mean_dice_of_logits():
-    labels = torch.tensor([[[[0, 1], [1, 2]]]])           # [1, 1, 2, 2]
+    labels = torch.tensor([[[[0, 1], [1, 2]]]])  # [1, 1, 2, 2]
     logits = torch.nn.functional.one_hot(labels, 3).movedim(-1, 1).float()  # perfect
     assert float(mean_dice(logits, labels)) == pytest.approx(1.0)
-    assert math.isnan(float(mean_dice(torch.zeros(1, 3, 1, 2, 2).index_fill_(1, torch.tensor([0]), 1.0),
-                                torch.zeros(1, 1, 2, 2, dtype=torch.long))))
+    assert math.isnan(
+        float(
+            mean_dice(
+                torch.zeros(1, 3, 1, 2, 2).index_fill_(1, torch.tensor([0]), 1.0),
+                torch.zeros(1, 1, 2, 2, dtype=torch.long),
+            )
+        )
+    )
 
 
 def test_class_weighted_ce_by_hand():

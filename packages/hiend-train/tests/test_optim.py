@@ -10,17 +10,22 @@ import torch
 from hiend_train.optim import build_optimizer, decays, lr_at, param_groups
 
 
-@pytest.mark.parametrize(("step", "expected"), [
-    (0, 0.0),                     # warm-up starts at zero
-    (5, 0.5e-3),                  # half-way through the warm-up: half the peak
-    (10, 1e-3),                   # end of warm-up: the peak
-    (55, 0.5 * (1e-3 + 1e-5)),    # half-way through the cosine: mean of peak and floor
-    (32.5, 1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + math.cos(math.pi / 4))),  # a quarter of the cosine
-    (100, 1e-5),                  # the end: the floor
-    (150, 1e-5),                  # past the end: stays at the floor
-])
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [
+        (0, 0.0),  # warm-up starts at zero
+        (5, 0.5e-3),  # half-way through the warm-up: half the peak
+        (10, 1e-3),  # end of warm-up: the peak
+        (55, 0.5 * (1e-3 + 1e-5)),  # half-way through the cosine: mean of peak and floor
+        (32.5, 1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + math.cos(math.pi / 4))),  # a quarter of the cosine
+        (100, 1e-5),  # the end: the floor
+        (150, 1e-5),  # past the end: stays at the floor
+    ],
+)
 def test_lr_schedule_at_known_points(step, expected):
-    assert lr_at(step, base_lr=1e-3, warmup_steps=10, total_steps=100, min_lr=1e-5) == pytest.approx(expected, rel=1e-12)
+    assert lr_at(step, base_lr=1e-3, warmup_steps=10, total_steps=100, min_lr=1e-5) == pytest.approx(
+        expected, rel=1e-12
+    )
 
 
 def test_lr_schedule_is_monotone_up_then_down():
@@ -34,17 +39,20 @@ def test_lr_schedule_without_warmup_starts_at_the_peak():
     assert lr_at(10, 2e-4, 0, 10) == pytest.approx(0.0)
 
 
-@pytest.mark.parametrize(("name", "ndim", "expected"), [
-    ("encoder.blocks.0.attn.qkv.weight", 2, True),
-    ("encoder.patch_embed.proj.weight", 2, True),
-    ("decoder5.transp_conv.weight", 5, True),
-    ("encoder.blocks.0.attn.qkv.bias", 1, False),
-    ("encoder.norm.weight", 1, False),
-    ("encoder.pos_embed", 3, False),
-    ("encoder.cls_token", 3, False),
-    ("mask_token", 3, False),
-    ("module.mask_token", 3, False),
-])
+@pytest.mark.parametrize(
+    ("name", "ndim", "expected"),
+    [
+        ("encoder.blocks.0.attn.qkv.weight", 2, True),
+        ("encoder.patch_embed.proj.weight", 2, True),
+        ("decoder5.transp_conv.weight", 5, True),
+        ("encoder.blocks.0.attn.qkv.bias", 1, False),
+        ("encoder.norm.weight", 1, False),
+        ("encoder.pos_embed", 3, False),
+        ("encoder.cls_token", 3, False),
+        ("mask_token", 3, False),
+        ("module.mask_token", 3, False),
+    ],
+)
 def test_decay_rule(name, ndim, expected):
     assert decays(name, ndim) is expected
 
@@ -57,10 +65,19 @@ def test_param_groups_of_the_mae_with_learned_position_embedding():
     decay, no_decay = set(groups[0]["names"]), set(groups[1]["names"])
     named = dict(model.named_parameters())
     assert decay | no_decay == set(named) and not decay & no_decay
-    assert {"encoder.pos_embed", "encoder.cls_token", "mask_token", "encoder.norm.weight",
-            "encoder.norm.bias", "encoder.blocks.0.attn.qkv.bias"} <= no_decay
-    assert {"encoder.blocks.0.attn.qkv.weight", "encoder.patch_embed.proj.weight",
-            "decoder.head.weight"} <= decay
+    assert {
+        "encoder.pos_embed",
+        "encoder.cls_token",
+        "mask_token",
+        "encoder.norm.weight",
+        "encoder.norm.bias",
+        "encoder.blocks.0.attn.qkv.bias",
+    } <= no_decay
+    assert {
+        "encoder.blocks.0.attn.qkv.weight",
+        "encoder.patch_embed.proj.weight",
+        "decoder.head.weight",
+    } <= decay
     assert all(named[n].ndim >= 2 for n in decay)
     assert groups[0]["weight_decay"] == 0.05 and groups[1]["weight_decay"] == 0.0
 

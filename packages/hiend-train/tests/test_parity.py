@@ -66,8 +66,16 @@ def test_a_step_a_little_wrong_is_caught(precision, loss_factor, grad_factor):
     loss, got = step_gradients(model, _wrong(loss_fn, loss_factor, grad_factor), batch, "cpu", "fp32")
     diff = math.sqrt(sum(float((got[k] - ref[k]).norm()) ** 2 for k in ref))
     scale = math.sqrt(sum(float(g.norm()) ** 2 for g in ref.values()))
-    result = StepParity(precision=precision, device="cpu", loss=loss, loss_ref=loss_ref,
-                        loss_rel=abs(loss - loss_ref) / loss_ref, grad_rel=diff / scale, worst="", worst_rel=0.0)
+    result = StepParity(
+        precision=precision,
+        device="cpu",
+        loss=loss,
+        loss_ref=loss_ref,
+        loss_rel=abs(loss - loss_ref) / loss_ref,
+        grad_rel=diff / scale,
+        worst="",
+        worst_rel=0.0,
+    )
     assert result.loss_rel == pytest.approx(loss_factor - 1, abs=1e-6)
     assert result.grad_rel == pytest.approx(abs(grad_factor - 1), abs=1e-5)
     tol = TOLERANCES[precision]

@@ -28,8 +28,18 @@ def held_out_batch(cfg):
 
 
 def test_pretraining_loss_falls_and_the_run_folder_is_complete(tiny):
-    cfg = tiny("pretrain", epochs=10, batch_size=2, num_samples=4, lr=2e-3, warmup_epochs=1, val_fraction=0.2,
-               val_every=5, preview_every=5, sampler={"flip_prob": 0.0, "rot90_prob": 0.0})
+    cfg = tiny(
+        "pretrain",
+        epochs=10,
+        batch_size=2,
+        num_samples=4,
+        lr=2e-3,
+        warmup_epochs=1,
+        val_fraction=0.2,
+        val_every=5,
+        preview_every=5,
+        sampler={"flip_prob": 0.0, "rot90_prob": 0.0},
+    )
     result = pretrain.run(cfg)
     run = RunDir(cfg.out)
     log = run.read_log()

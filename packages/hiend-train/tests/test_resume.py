@@ -48,7 +48,9 @@ def test_pretrain_resume_equals_an_uninterrupted_run(tiny, tmp_path):
     sb = torch.load(run.state_path, weights_only=True)
     assert sa["step"] == sb["step"] == 4 * 2  # 5 cases, 2 per micro-batch: 3 micro-batches, 2 steps
     for k, va in sa["optimizer"]["state"].items():
-        torch.testing.assert_close(sb["optimizer"]["state"][k]["exp_avg_sq"], va["exp_avg_sq"], rtol=1e-5, atol=1e-12)
+        torch.testing.assert_close(
+            sb["optimizer"]["state"][k]["exp_avg_sq"], va["exp_avg_sq"], rtol=1e-5, atol=1e-12
+        )
 
 
 @pytest.mark.slow

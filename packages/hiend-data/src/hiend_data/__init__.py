@@ -16,13 +16,26 @@ if TYPE_CHECKING:
     from .preprocess import PreprocessRecord, preprocess_case, restore_label
 
 _LAZY = {
-    "Volume": "io", "load_volume": "io", "save_volume": "io",
+    "Volume": "io",
+    "load_volume": "io",
+    "save_volume": "io",
     "Plan": "plan",
-    "PreprocessRecord": "preprocess", "preprocess_case": "preprocess", "restore_label": "preprocess",
+    "PreprocessRecord": "preprocess",
+    "preprocess_case": "preprocess",
+    "restore_label": "preprocess",
 }
 
-__all__ = ["__version__", "InputError", "Volume", "load_volume", "save_volume", "Plan", "PreprocessRecord",
-           "preprocess_case", "restore_label"]
+__all__ = [
+    "__version__",
+    "InputError",
+    "Volume",
+    "load_volume",
+    "save_volume",
+    "Plan",
+    "PreprocessRecord",
+    "preprocess_case",
+    "restore_label",
+]
 
 
 def __getattr__(name: str) -> Any:

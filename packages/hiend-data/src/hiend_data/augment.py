@@ -67,7 +67,11 @@ def params_from_uniforms(settings: AugmentSettings, u: np.ndarray) -> AugmentPar
     shift fires, offset ``U(-r, r)``. Magnitudes are only used when their transform fires.
     """
     flips = tuple(ax for ax, v in zip(settings.flip_axes, u[:3], strict=False) if v < settings.flip_prob)
-    rot_k = 1 + min(int(u[4] * settings.rot90_max_k), settings.rot90_max_k - 1) if u[3] < settings.rot90_prob else 0
+    rot_k = (
+        1 + min(int(u[4] * settings.rot90_max_k), settings.rot90_max_k - 1)
+        if u[3] < settings.rot90_prob
+        else 0
+    )
     scale = 1.0 + settings.scale_range * (2.0 * float(u[6]) - 1.0) if u[5] < settings.scale_prob else None
     shift = settings.shift_range * (2.0 * float(u[8]) - 1.0) if u[7] < settings.shift_prob else None
     return AugmentParams(flips, rot_k, tuple(settings.rot90_axes), scale, shift)  # type: ignore[arg-type]
@@ -140,8 +144,9 @@ def apply_intensity(image: np.ndarray, params: AugmentParams) -> np.ndarray:
     return image
 
 
-def augment(image: np.ndarray, label: np.ndarray | None, params: AugmentParams
-            ) -> tuple[np.ndarray, np.ndarray | None]:
+def augment(
+    image: np.ndarray, label: np.ndarray | None, params: AugmentParams
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Reference (copying) implementation: returns new contiguous ``image`` ``[C, X, Y, Z]`` float32
     and ``label`` ``[X, Y, Z]`` with ``params`` applied. The sampler uses the view functions instead."""
     img = np.array(spatial_view(image, params, channel_first=True), dtype=np.float32, order="C")

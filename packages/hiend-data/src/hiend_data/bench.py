@@ -25,8 +25,12 @@ def config_named(name: str) -> SamplerConfig:
     return SamplerConfig.pretrain() if name == "pretrain" else SamplerConfig.finetune()
 
 
-def bench_sampler(cache: Any, seconds: float = 5.0, cfg: SamplerConfig | None = None, seed: int = 0,
-                  ) -> dict[str, Any]:
+def bench_sampler(
+    cache: Any,
+    seconds: float = 5.0,
+    cfg: SamplerConfig | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Run the sampler for about ``seconds`` (after one warm-up volume) and report its speed.
 
     Returns ``crops_per_s``, ``crops``, ``volumes``, ``seconds`` (measured), ``crop_shape`` ``[C, X, Y, Z]``,
@@ -54,6 +58,13 @@ def bench_sampler(cache: Any, seconds: float = 5.0, cfg: SamplerConfig | None = 
         elapsed = time.perf_counter() - t0
         if elapsed >= seconds:
             break
-    return {"crops_per_s": round(crops / elapsed, 2), "crops": crops, "volumes": volumes,
-            "seconds": round(elapsed, 3), "crop_shape": crop_shape, "labelled": labelled,
-            "cases": len(sampler), "num_samples": sampler.cfg.num_samples}
+    return {
+        "crops_per_s": round(crops / elapsed, 2),
+        "crops": crops,
+        "volumes": volumes,
+        "seconds": round(elapsed, 3),
+        "crop_shape": crop_shape,
+        "labelled": labelled,
+        "cases": len(sampler),
+        "num_samples": sampler.cfg.num_samples,
+    }

@@ -71,7 +71,9 @@ def _subsample(indices: np.ndarray, cap: int, seed: int) -> np.ndarray:
     return indices[keep].astype(np.int64, copy=False)
 
 
-def _class_lists(label: np.ndarray, cap: int, seed: int) -> tuple[list[int], list[int], list[int], np.ndarray]:
+def _class_lists(
+    label: np.ndarray, cap: int, seed: int
+) -> tuple[list[int], list[int], list[int], np.ndarray]:
     """(classes > 0, true voxel counts, offsets into the concatenated indices, concatenated indices)."""
     flat = label.reshape(-1)
     counts = np.bincount(flat.astype(np.int64, copy=False)) if flat.size else np.zeros(1, np.int64)
@@ -80,7 +82,7 @@ def _class_lists(label: np.ndarray, cap: int, seed: int) -> tuple[list[int], lis
         return [], [], [0], np.zeros(0, np.int64)
     order = np.argsort(flat, kind="stable")  # indices grouped by value, ascending within a value
     starts = np.concatenate([[0], np.cumsum(counts)])
-    parts = [_subsample(order[starts[v]:starts[v + 1]], cap, seed + v) for v in classes]
+    parts = [_subsample(order[starts[v] : starts[v + 1]], cap, seed + v) for v in classes]
     offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).tolist()
     return classes, [int(counts[v]) for v in classes], [int(o) for o in offsets], np.concatenate(parts)
 
@@ -101,15 +103,23 @@ def process_case(case: Case, out: str | os.PathLike[str], plan: Plan, max_indice
     del image, label
     seed = _case_seed(case.case_id)
     _atomic_npy(folder / f"{case.case_id}.npy", pre.image)
-    meta: dict[str, Any] = {"format": FORMAT, "case_id": case.case_id, "plan_digest": plan.digest(),
-                            "shape": list(pre.record.shape), "channels": int(pre.image.shape[0]),
-                            "labelled": pre.label is not None, "sources": _sources(case)}
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "case_id": case.case_id,
+        "plan_digest": plan.digest(),
+        "shape": list(pre.record.shape),
+        "channels": int(pre.image.shape[0]),
+        "labelled": pre.label is not None,
+        "sources": _sources(case),
+    }
     if pre.label is not None:
         _atomic_npy(folder / f"{case.case_id}_seg.npy", pre.label)
         fg = np.flatnonzero(pre.label.reshape(-1) > 0)
         classes, counts, offsets, cls_idx = _class_lists(pre.label, max_indices, seed)
         _atomic_npy(folder / f"{case.case_id}_cls.npy", cls_idx)
-        meta.update(classes=classes, class_counts=counts, class_offsets=offsets, label_dtype=str(pre.label.dtype))
+        meta.update(
+            classes=classes, class_counts=counts, class_offsets=offsets, label_dtype=str(pre.label.dtype)
+        )
     else:
         fg = np.flatnonzero(pre.image[0].reshape(-1) > 0)
         meta.update(classes=[], class_counts=[], class_offsets=[0], label_dtype=None)
@@ -126,8 +136,11 @@ def _is_current(case: Case, folder: Path, digest: str) -> bool:
         return False
     try:
         meta = json.loads(meta_path.read_text())
-        return (meta.get("format") == FORMAT and meta.get("plan_digest") == digest
-                and meta.get("sources") == _sources(case))
+        return (
+            meta.get("format") == FORMAT
+            and meta.get("plan_digest") == digest
+            and meta.get("sources") == _sources(case)
+        )
     except (json.JSONDecodeError, OSError):
         return False
 
@@ -141,10 +154,17 @@ def _clean_temporaries(folder: Path) -> None:
             pass
 
 
-def preprocess_dataset(src: str | os.PathLike[str] | Sequence[Case], out: str | os.PathLike[str],
-                       plan: Plan | None = None, workers: int = 1, *, include_test: bool = False,
-                       max_indices: int = MAX_INDICES, progress: bool = True,
-                       skip_bad: bool = False) -> Cache:
+def preprocess_dataset(
+    src: str | os.PathLike[str] | Sequence[Case],
+    out: str | os.PathLike[str],
+    plan: Plan | None = None,
+    workers: int = 1,
+    *,
+    include_test: bool = False,
+    max_indices: int = MAX_INDICES,
+    progress: bool = True,
+    skip_bad: bool = False,
+) -> Cache:
     """Preprocess every case of ``src`` into the cache folder ``out`` and return the opened :class:`Cache`.
 
     ``src`` is anything :func:`~hiend_data.discovery.discover` reads (nnU-Net v2 folder, folder of NIfTI,
@@ -171,13 +191,26 @@ def preprocess_dataset(src: str | os.PathLike[str] | Sequence[Case], out: str | 
     return Cache.open(out)
 
 
-def _run(todo: list[Case], out: Path, plan: Plan, workers: int, max_indices: int, progress: bool,
-         skipped: int, skip_bad: bool) -> list[str]:
+def _run(
+    todo: list[Case],
+    out: Path,
+    plan: Plan,
+    workers: int,
+    max_indices: int,
+    progress: bool,
+    skipped: int,
+    skip_bad: bool,
+) -> list[str]:
     """Process ``todo``; returns the messages of the bad cases skipped (``skip_bad``), else raises."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    columns = (TextColumn("preprocess"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-               TextColumn(f"({skipped} up to date)" if skipped else ""))
+    columns = (
+        TextColumn("preprocess"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn(f"({skipped} up to date)" if skipped else ""),
+    )
     bad: list[str] = []
     if workers <= 0:
         with Progress(*columns, disable=not progress) as bar:
@@ -262,7 +295,7 @@ class CachedCase:
             return np.zeros(0, dtype=np.int64)
         k = self.classes.index(value)
         offsets = self.meta["class_offsets"]
-        return self._npy("_cls")[offsets[k]:offsets[k + 1]]
+        return self._npy("_cls")[offsets[k] : offsets[k + 1]]
 
     @functools.cached_property
     def record(self) -> PreprocessRecord:
@@ -293,8 +326,9 @@ class Cache:
         root = Path(root)
         plan_path = root / "plan.json"
         if not plan_path.exists():
-            raise InputError(f"{root}: not a hiend-data cache (no plan.json; make one with "
-                             "`hiend-data preprocess`)")
+            raise InputError(
+                f"{root}: not a hiend-data cache (no plan.json; make one with `hiend-data preprocess`)"
+            )
         try:
             plan = Plan.from_json(plan_path.read_text())
         except ValueError as exc:

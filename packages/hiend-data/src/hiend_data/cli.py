@@ -11,8 +11,12 @@ import typer
 from .cli_sampling import register as _register_sampling
 from .errors import InputError, cli_errors, from_validation_error
 
-app = typer.Typer(name="hiend-data", no_args_is_help=True, add_completion=False,
-                  help="CT/MRI volume I/O, preprocessing, cache and patch sampling.")
+app = typer.Typer(
+    name="hiend-data",
+    no_args_is_help=True,
+    add_completion=False,
+    help="CT/MRI volume I/O, preprocessing, cache and patch sampling.",
+)
 
 
 @app.callback()
@@ -29,10 +33,16 @@ def _describe(path: Path) -> dict[str, Any]:
     vol = load_volume(path)
     arr = vol.array
     info: dict[str, Any] = {
-        "path": str(path), "shape": list(vol.shape), "channels": vol.channels,
-        "spacing": [round(s, 6) for s in vol.spacing], "orientation": "".join(vol.orientation),
-        "dtype": str(arr.dtype), "min": float(arr.min()), "max": float(arr.max()),
-        "mean": float(arr.mean(dtype=np.float64)), "affine": np.round(vol.affine, 6).tolist(),
+        "path": str(path),
+        "shape": list(vol.shape),
+        "channels": vol.channels,
+        "spacing": [round(s, 6) for s in vol.spacing],
+        "orientation": "".join(vol.orientation),
+        "dtype": str(arr.dtype),
+        "min": float(arr.min()),
+        "max": float(arr.max()),
+        "mean": float(arr.mean(dtype=np.float64)),
+        "affine": np.round(vol.affine, 6).tolist(),
         "label_values": None,
     }
     if arr.dtype.kind in "iu" and arr.size:
@@ -65,8 +75,10 @@ def inspect(
             return
         sp = " x ".join(f"{s:g}" for s in info["spacing"])
         print(f"{info['path']}")
-        print(f"  shape        {' x '.join(map(str, info['shape']))}"
-              + (f"  ({info['channels']} channels)" if info["channels"] > 1 else ""))
+        print(
+            f"  shape        {' x '.join(map(str, info['shape']))}"
+            + (f"  ({info['channels']} channels)" if info["channels"] > 1 else "")
+        )
         print(f"  spacing      {sp} mm")
         print(f"  orientation  {info['orientation']}")
         print(f"  dtype        {info['dtype']}")
@@ -93,18 +105,25 @@ def _parse_spacing(text: str | None) -> tuple[float, float, float] | None:
 
 @app.command()
 def preprocess(
-    src: Path = typer.Argument(..., help="nnU-Net v2 dataset folder, folder of NIfTI files (recursive) "
-                               "or manifest file (one 'image[,label]' per line)."),
+    src: Path = typer.Argument(
+        ...,
+        help="nnU-Net v2 dataset folder, folder of NIfTI files (recursive) "
+        "or manifest file (one 'image[,label]' per line).",
+    ),
     out: Path = typer.Argument(..., help="Cache folder to write (created; reruns skip finished cases)."),
-    spacing: str | None = typer.Option(None, "--spacing", metavar="MM",
-                                       help="Target spacing: MM (isotropic) or MM,MM,MM. Default 1.5."),
-    window: tuple[float, float] | None = typer.Option(None, "--window", metavar="LO HI",
-                                                      help="CT window in HU. Default -175 250."),
+    spacing: str | None = typer.Option(
+        None, "--spacing", metavar="MM", help="Target spacing: MM (isotropic) or MM,MM,MM. Default 1.5."
+    ),
+    window: tuple[float, float] | None = typer.Option(
+        None, "--window", metavar="LO HI", help="CT window in HU. Default -175 250."
+    ),
     workers: int = typer.Option(1, "--workers", min=0, help="Parallel worker processes (0 = in-process)."),
     modality: str = typer.Option("ct", "--modality", help="ct (window to [0,1]) or mri (z-score)."),
     include_test: bool = typer.Option(False, "--include-test", help="nnU-Net: also imagesTs (unlabelled)."),
     no_crop: bool = typer.Option(False, "--no-crop", help="Keep the whole volume (no foreground crop)."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Report bad cases and go on instead of stopping."),
+    skip_bad: bool = typer.Option(
+        False, "--skip-bad", help="Report bad cases and go on instead of stopping."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Preprocess a dataset into a cache (RAS, resample, intensity, foreground crop) for training."""
@@ -128,8 +147,9 @@ def preprocess(
         except ValidationError as exc:
             raise from_validation_error(exc, "invalid plan") from None
         t0 = time.perf_counter()
-        cache = preprocess_dataset(src, out, plan, workers=workers, include_test=include_test,
-                                   progress=progress, skip_bad=skip_bad)
+        cache = preprocess_dataset(
+            src, out, plan, workers=workers, include_test=include_test, progress=progress, skip_bad=skip_bad
+        )
         print(f"{len(cache.cases)} cases in {out} ({time.perf_counter() - t0:.1f} s; plan {plan.digest()})")
 
 

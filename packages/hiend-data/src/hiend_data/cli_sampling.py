@@ -28,7 +28,9 @@ def register(app: typer.Typer) -> None:
         with cli_errors():
             from .phantom import make_phantom_dataset
 
-            path = make_phantom_dataset(out, cases=cases, seed=seed, test_cases=test_cases, overwrite=overwrite)
+            path = make_phantom_dataset(
+                out, cases=cases, seed=seed, test_cases=test_cases, overwrite=overwrite
+            )
             typer.echo(f"wrote {cases} labelled + {test_cases} test phantoms to {path}")
 
     @app.command()
@@ -48,8 +50,10 @@ def register(app: typer.Typer) -> None:
             result = bench_sampler(Cache.open(cache), seconds=seconds, cfg=cfg, seed=seed)
             result["config"] = config
             shape = "x".join(str(v) for v in result["crop_shape"])
-            typer.echo(f"{result['crops_per_s']:.1f} crops/s ({result['crops']} crops of {shape} float32"
-                       f"{' + labels' if result['labelled'] else ''} from {result['volumes']} volumes in "
-                       f"{result['seconds']:.1f} s, {config} recipe, one thread)")
+            typer.echo(
+                f"{result['crops_per_s']:.1f} crops/s ({result['crops']} crops of {shape} float32"
+                f"{' + labels' if result['labelled'] else ''} from {result['volumes']} volumes in "
+                f"{result['seconds']:.1f} s, {config} recipe, one thread)"
+            )
             if as_json:
                 typer.echo(json.dumps(result))

@@ -104,7 +104,7 @@ def _from_nnunet(root: Path, include_test: bool) -> list[Case]:
         raise InputError(f"{djson}: file_ending {ending!r} is not supported (use .nii.gz or .nii)")
     names = meta.get("channel_names", meta.get("modality", {"0": "CT"}))
     if not isinstance(names, dict) or not names:
-        raise InputError(f"{djson}: channel_names must be an object like {{\"0\": \"CT\"}}")
+        raise InputError(f'{djson}: channel_names must be an object like {{"0": "CT"}}')
     n_chan = len(names)
 
     if isinstance(meta.get("dataset"), dict):  # explicit case -> files mapping (nnU-Net v2)
@@ -123,8 +123,10 @@ def _from_nnunet(root: Path, include_test: bool) -> list[Case]:
             label = _inside(root, str(entry["label"]), "label") if entry.get("label") else None
             cid = case_name(image.name)
             if cid is None:
-                raise InputError(f"{djson}: training image {str(entry.get('image'))!r} is not a NIfTI file name "
-                                 "(.nii / .nii.gz)")
+                raise InputError(
+                    f"{djson}: training image {str(entry.get('image'))!r} is not a NIfTI file name "
+                    "(.nii / .nii.gz)"
+                )
             files = [channel_file(image.parent, cid, c, ending) for c in range(n_chan)]
             if not files[0].exists() and image.exists():
                 files = [image]
@@ -168,10 +170,14 @@ def _scan_channels(folder: Path, ending: str, n_chan: int, djson: Path) -> list[
     for cid, chans in groups.items():
         if sorted(chans) != list(range(n_chan)):
             missing = [c for c in range(n_chan) if c not in chans]
-            where = (f"{channel_file(folder, cid, missing[0], ending)}: channel file missing; " if missing
-                     else f"{folder}: ")
-            raise InputError(f"{where}case {cid!r} has channels {sorted(chans)}, dataset.json names {n_chan} "
-                             f"({djson})")
+            where = (
+                f"{channel_file(folder, cid, missing[0], ending)}: channel file missing; "
+                if missing
+                else f"{folder}: "
+            )
+            raise InputError(
+                f"{where}case {cid!r} has channels {sorted(chans)}, dataset.json names {n_chan} ({djson})"
+            )
         cases.append(Case(cid, [chans[c] for c in range(n_chan)]))
     return cases
 
@@ -209,9 +215,14 @@ def _unique_ids(keys: list[tuple[Path, str]], root: Path) -> list[str]:
 def _from_folder(root: Path) -> list[Case]:
     """Cases of a plain folder (recursive): :func:`hiend_data.naming.group_channels` of its image files."""
     if (root / "imagesTr").is_dir() and (root / "labelsTr").is_dir():
-        raise InputError(f"{root}: looks like an nnU-Net dataset (imagesTr/, labelsTr/) but has no dataset.json")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and is_image(p)
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        raise InputError(
+            f"{root}: looks like an nnU-Net dataset (imagesTr/, labelsTr/) but has no dataset.json"
+        )
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and is_image(p) and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
     groups = group_channels(files)  # gaps in a channel set raise InputError naming the missing file
     ids = _unique_ids([(g.files[0].parent.relative_to(root), g.name) for g in groups], root)
     return [Case(i, list(g.files)) for i, g in zip(ids, groups, strict=True)]
@@ -270,8 +281,10 @@ def kfold(cases: list[Case], k: int = 5, seed: int = 0) -> list[tuple[list[Case]
         raise InputError(f"k={k} folds need 2 <= k <= number of cases ({len(cases)})")
     order = _shuffled(cases, seed)
     folds = [order[i::k] for i in range(k)]
-    return [(sorted([c for j, f in enumerate(folds) if j != i for c in f], key=_key), sorted(folds[i], key=_key))
-            for i in range(k)]
+    return [
+        (sorted([c for j, f in enumerate(folds) if j != i for c in f], key=_key), sorted(folds[i], key=_key))
+        for i in range(k)
+    ]
 
 
 def _key(case: Case) -> str:

@@ -30,8 +30,10 @@ def orientation_transform(affine: np.ndarray, target: str = "RAS") -> np.ndarray
 
     src = nio.io_orientation(np.asarray(affine, dtype=np.float64))
     if np.isnan(src).any():
-        raise InputError(f"affine {np.asarray(affine).round(4).tolist()} has axes that cannot be matched "
-                         "to world axes (degenerate or sheared geometry)")
+        raise InputError(
+            f"affine {np.asarray(affine).round(4).tolist()} has axes that cannot be matched "
+            "to world axes (degenerate or sheared geometry)"
+        )
     return nio.ornt_transform(src, nio.axcodes2ornt(tuple(target))).astype(np.int64)
 
 
@@ -78,11 +80,16 @@ def obliquity_deg(affine: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip(cos.min(), -1.0, 1.0))))
 
 
-def target_shape(shape: tuple[int, ...], spacing: tuple[float, ...], target: tuple[float, ...]
-                 ) -> tuple[int, int, int]:
+def target_shape(
+    shape: tuple[int, ...], spacing: tuple[float, ...], target: tuple[float, ...]
+) -> tuple[int, int, int]:
     """Voxel counts that cover the same extent at the ``target`` spacing (rounded, at least 1)."""
-    return tuple(max(1, int(round(n * s / t))) for n, s, t in  # type: ignore[return-value]
-                 zip(shape[-3:], spacing, target, strict=True))
+    return tuple(
+        max(1, int(round(n * s / t)))
+        for n, s, t in zip(  # type: ignore[return-value]
+            shape[-3:], spacing, target, strict=True
+        )
+    )
 
 
 def resample_affine(affine: np.ndarray, shape_in: tuple[int, ...], shape_out: tuple[int, ...]) -> np.ndarray:
@@ -126,7 +133,7 @@ def _linear_axis(array: np.ndarray, axis: int, n_out: int, block: int = 16) -> n
     shape = [1] * array.ndim
     shape[axis] = n_out
     w = w.reshape(shape)
-    out = np.empty(array.shape[:axis] + (n_out,) + array.shape[axis + 1:], dtype=np.float32)
+    out = np.empty(array.shape[:axis] + (n_out,) + array.shape[axis + 1 :], dtype=np.float32)
     other = 0 if axis != 0 else 1  # the axis we cut into blocks
     for a in range(0, array.shape[other], block):
         sl = [slice(None)] * array.ndim

@@ -10,8 +10,9 @@ import numpy as np
 from .errors import InputError
 
 
-def ct_window(array: np.ndarray, window: tuple[float, float] = (-175.0, 250.0), *,
-              inplace: bool = False) -> np.ndarray:
+def ct_window(
+    array: np.ndarray, window: tuple[float, float] = (-175.0, 250.0), *, inplace: bool = False
+) -> np.ndarray:
     """Clip HU to ``window = (low, high)`` and scale linearly to [0, 1] (low -> 0, high -> 1), float32.
 
     With ``inplace=True`` and a float32 input, the input array is overwritten and returned.
@@ -28,8 +29,9 @@ def ct_window(array: np.ndarray, window: tuple[float, float] = (-175.0, 250.0), 
     return out
 
 
-def zscore(array: np.ndarray, mask: np.ndarray | None = None, *, inplace: bool = False
-           ) -> tuple[np.ndarray, list[tuple[float, float]]]:
+def zscore(
+    array: np.ndarray, mask: np.ndarray | None = None, *, inplace: bool = False
+) -> tuple[np.ndarray, list[tuple[float, float]]]:
     """Per-channel z-score ``(x - mean) / std`` with mean and std taken over ``mask`` (MRI).
 
     ``mask`` (spatial ``[X, Y, Z]`` bool) defaults to each channel's non-zero voxels (MRI background is

@@ -115,8 +115,10 @@ def _check_header(path: Path, img: Any, file_size: int) -> None:
         raise InputError(f"{path}: empty dimension in shape {shape}")
     raw = _raw_pixdim(path, type(hdr))[1:4]  # nibabel's own header already turned a zero pixdim into 1
     if not np.all(np.isfinite(raw)) or np.any(raw <= 0):
-        raise InputError(f"{path}: invalid voxel spacing {tuple(float(v) for v in raw)} in the header "
-                         "(pixdim must be finite and > 0)")
+        raise InputError(
+            f"{path}: invalid voxel spacing {tuple(float(v) for v in raw)} in the header "
+            "(pixdim must be finite and > 0)"
+        )
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)):
         raise InputError(f"{path}: non-finite values in the header's affine")
@@ -195,15 +197,18 @@ def count_nonfinite(array: np.ndarray) -> int:
         return 0
     flat = array.reshape(-1, order="A")  # a view for C- or Fortran-ordered arrays (NIfTI's)
     step = 1 << 24
-    return int(sum(int(np.count_nonzero(~np.isfinite(flat[i:i + step]))) for i in range(0, flat.size, step)))
+    return int(
+        sum(int(np.count_nonzero(~np.isfinite(flat[i : i + step]))) for i in range(0, flat.size, step))
+    )
 
 
 def _check_finite(path: Path, array: np.ndarray) -> None:
     bad = count_nonfinite(array)
     if bad:
         nan = int(np.count_nonzero(np.isnan(array)))
-        raise InputError(f"{path}: {bad} non-finite voxels ({nan} NaN, {bad - nan} infinite) "
-                         f"out of {array.size}")
+        raise InputError(
+            f"{path}: {bad} non-finite voxels ({nan} NaN, {bad - nan} infinite) out of {array.size}"
+        )
 
 
 def _load_one(path: Path) -> Volume:
@@ -264,12 +269,14 @@ def as_label(vol: Volume) -> Volume:
     if arr.dtype.kind == "f":
         frac = int(np.count_nonzero(arr != np.round(arr)))
         if frac:
-            raise InputError(f"{vol.path}: label map has {frac} non-integer values (labels must be "
-                             "non-negative integers)")
+            raise InputError(
+                f"{vol.path}: label map has {frac} non-integer values (labels must be non-negative integers)"
+            )
     lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
     if lo < 0:
-        raise InputError(f"{vol.path}: label map has negative values (min {lo:g}); labels must be "
-                         "non-negative integers")
+        raise InputError(
+            f"{vol.path}: label map has negative values (min {lo:g}); labels must be non-negative integers"
+        )
     dtype = smallest_label_dtype(int(hi))
     if arr.dtype != dtype:
         arr = arr.astype(dtype)
@@ -326,8 +333,11 @@ def save_volume(path: str | os.PathLike[str], array: np.ndarray, like: Volume) -
         array = array.astype(np.uint8)
     if array.dtype.kind in "iu":
         lo = int(array.min()) if array.size else 0
-        dtype = smallest_label_dtype(int(array.max()) if array.size else 0) if lo >= 0 else (
-            np.dtype(np.int16) if lo >= -32768 and int(array.max()) <= 32767 else np.dtype(np.int32))
+        dtype = (
+            smallest_label_dtype(int(array.max()) if array.size else 0)
+            if lo >= 0
+            else (np.dtype(np.int16) if lo >= -32768 and int(array.max()) <= 32767 else np.dtype(np.int32))
+        )
     elif array.dtype.kind == "f":
         dtype = np.dtype(np.float32)
     else:

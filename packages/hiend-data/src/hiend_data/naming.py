@@ -29,8 +29,19 @@ from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["IMAGE_SUFFIXES", "CHANNEL_RE", "ChannelGroup", "strip_suffix", "image_suffix", "is_image",
-           "split_channel", "case_name", "channel_file", "group_channels", "channel_siblings"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "CHANNEL_RE",
+    "ChannelGroup",
+    "strip_suffix",
+    "image_suffix",
+    "is_image",
+    "split_channel",
+    "case_name",
+    "channel_file",
+    "group_channels",
+    "channel_siblings",
+]
 
 #: File endings hiend reads as images (longest first, so ``.nii.gz`` wins over a bare ``.gz``).
 IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
@@ -96,9 +107,11 @@ def _gap_error(case: str, present: Sequence[int], first: Path) -> InputError:
     missing = min(set(range(max(present) + 1)) - set(present))
     suffix = image_suffix(first) or ""
     gap = channel_file(first.parent, case, missing, suffix)
-    return InputError(f"{gap}: channel file missing; case {case!r} has channels "
-                      f"{', '.join(f'_{c:04d}' for c in sorted(present))} (channels must run from _0000 "
-                      "without a gap)")
+    return InputError(
+        f"{gap}: channel file missing; case {case!r} has channels "
+        f"{', '.join(f'_{c:04d}' for c in sorted(present))} (channels must run from _0000 "
+        "without a gap)"
+    )
 
 
 def group_channels(files: Iterable[str | os.PathLike[str]]) -> list[ChannelGroup]:
@@ -119,8 +132,9 @@ def group_channels(files: Iterable[str | os.PathLike[str]]) -> list[ChannelGroup
         if split is not None:
             chans = groups.setdefault((f.parent.resolve(), split[0]), {})
             if split[1] in chans:
-                raise InputError(f"{f} and {chans[split[1]]}: two files for channel {split[1]} of case "
-                                 f"{split[0]!r}")
+                raise InputError(
+                    f"{f} and {chans[split[1]]}: two files for channel {split[1]} of case {split[0]!r}"
+                )
             chans[split[1]] = f
     out: list[ChannelGroup] = []
     done: set[Path] = set()

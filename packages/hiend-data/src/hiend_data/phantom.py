@@ -24,14 +24,27 @@ from .atomic import write_text
 from .errors import InputError
 from .io import Volume, save_volume
 
-LABELS: dict[str, int] = {"background": 0, "liver": 1, "spleen": 2, "kidney_right": 3, "kidney_left": 4,
-                          "spine": 5, "lungs": 6}
+LABELS: dict[str, int] = {
+    "background": 0,
+    "liver": 1,
+    "spleen": 2,
+    "kidney_right": 3,
+    "kidney_left": 4,
+    "spine": 5,
+    "lungs": 6,
+}
 #: Mean HU of each labelled structure (before noise).
 ORGAN_HU: dict[int, float] = {1: 60.0, 2: 50.0, 3: 30.0, 4: 30.0, 5: 700.0, 6: -850.0}
 AIR_HU, FAT_HU, SOFT_HU = -1000.0, -100.0, 40.0
 NOISE_HU = 12.0
 ORIENTATIONS: tuple[tuple[str, str, str], ...] = (
-    ("R", "A", "S"), ("L", "P", "S"), ("L", "A", "S"), ("R", "P", "I"), ("P", "L", "S"), ("L", "P", "I"))
+    ("R", "A", "S"),
+    ("L", "P", "S"),
+    ("L", "A", "S"),
+    ("R", "P", "I"),
+    ("P", "L", "S"),
+    ("L", "P", "I"),
+)
 SIZE_RANGE = (64, 112)
 SPACING_RANGE = (0.8, 3.0)
 
@@ -47,14 +60,20 @@ class Phantom:
     orientation: tuple[str, str, str]
 
 
-def _ellipsoid(x: np.ndarray, y: np.ndarray, z: np.ndarray, centre: np.ndarray, radii: np.ndarray) -> np.ndarray:
+def _ellipsoid(
+    x: np.ndarray, y: np.ndarray, z: np.ndarray, centre: np.ndarray, radii: np.ndarray
+) -> np.ndarray:
     return ((x - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 + (
-        (z - centre[2]) / radii[2]) ** 2 <= 1.0
+        (z - centre[2]) / radii[2]
+    ) ** 2 <= 1.0
 
 
-def make_phantom(rng: np.random.Generator, shape: tuple[int, int, int] | None = None,
-                 spacing: tuple[float, float, float] | None = None,
-                 orientation: tuple[str, str, str] | None = None) -> Phantom:
+def make_phantom(
+    rng: np.random.Generator,
+    shape: tuple[int, int, int] | None = None,
+    spacing: tuple[float, float, float] | None = None,
+    orientation: tuple[str, str, str] | None = None,
+) -> Phantom:
     """One phantom; ``shape`` and ``spacing`` are given along L->R, P->A, I->S (RAS array axes) before
     the array is reoriented to ``orientation``. Unset ones are drawn from ``rng``."""
     from nibabel import orientations as nio
@@ -85,8 +104,11 @@ def make_phantom(rng: np.random.Generator, shape: tuple[int, int, int] | None = 
     hu[body] = FAT_HU
     hu[body & inner] = SOFT_HU
     organs = [
-        (6, _ellipsoid(x, y, z, jitter((-0.42, 0.0, 0.7), 0.03), scale((0.3, 0.42, 0.4)))
-         | _ellipsoid(x, y, z, jitter((0.42, 0.0, 0.7), 0.03), scale((0.3, 0.42, 0.4)))),
+        (
+            6,
+            _ellipsoid(x, y, z, jitter((-0.42, 0.0, 0.7), 0.03), scale((0.3, 0.42, 0.4)))
+            | _ellipsoid(x, y, z, jitter((0.42, 0.0, 0.7), 0.03), scale((0.3, 0.42, 0.4))),
+        ),
         (1, _ellipsoid(x, y, z, jitter((0.38, 0.08, 0.1), 0.04), scale((0.34, 0.36, 0.3)))),
         (2, _ellipsoid(x, y, z, jitter((-0.5, -0.15, 0.12), 0.03), scale((0.14, 0.2, 0.2)))),
         (3, _ellipsoid(x, y, z, jitter((0.3, -0.35, -0.3), 0.03), scale((0.11, 0.12, 0.22)))),
@@ -110,8 +132,9 @@ def make_phantom(rng: np.random.Generator, shape: tuple[int, int, int] | None = 
     return Phantom(hu_o, label_o, affine_o, tuple(orientation))  # type: ignore[arg-type]
 
 
-def make_phantom_dataset(out: str | os.PathLike[str], cases: int = 8, seed: int = 0, test_cases: int = 0,
-                         overwrite: bool = False) -> Path:
+def make_phantom_dataset(
+    out: str | os.PathLike[str], cases: int = 8, seed: int = 0, test_cases: int = 0, overwrite: bool = False
+) -> Path:
     """Write an nnU-Net v2 raw dataset of ``cases`` labelled phantoms (+ ``test_cases`` held-out ones in
     ``imagesTs`` with their labels in ``labelsTs``) to the folder ``out`` and return it.
 
@@ -130,7 +153,9 @@ def make_phantom_dataset(out: str | os.PathLike[str], cases: int = 8, seed: int 
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"{out}: folder is not empty (choose an empty folder, or overwrite=True / --overwrite)")
+        raise InputError(
+            f"{out}: folder is not empty (choose an empty folder, or overwrite=True / --overwrite)"
+        )
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         for old in (out / sub).glob("phantom_*.nii.gz") if overwrite else ():
             old.unlink()  # a previous phantom dataset's cases, so the folder matches dataset.json

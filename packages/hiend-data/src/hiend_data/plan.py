@@ -48,8 +48,11 @@ class Plan(BaseModel):
     @classmethod
     def _check_orientation(cls, value: str) -> str:
         code = value.upper()
-        if len(code) != 3 or any(c not in _AXES for c in code) or len(
-                {frozenset((c, _AXES[c])) for c in code}) != 3:
+        if (
+            len(code) != 3
+            or any(c not in _AXES for c in code)
+            or len({frozenset((c, _AXES[c])) for c in code}) != 3
+        ):
             raise ValueError(f"orientation {value!r} must name three different axes, e.g. 'RAS' or 'LPS'")
         return code
 

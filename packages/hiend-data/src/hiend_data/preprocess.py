@@ -37,17 +37,17 @@ class PreprocessRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    source: str | None = None        # path of the (first channel's) input file
-    original_shape: Int3             # S0
+    source: str | None = None  # path of the (first channel's) input file
+    original_shape: Int3  # S0
     original_affine: list[list[float]]
-    original_orientation: str        # e.g. "LPS"
-    ornt: list[tuple[int, int]]      # nibabel orientation transform S0 -> S1
-    reoriented_shape: Int3           # S1
-    resampled_shape: Int3            # S2
-    crop_start: Int3                 # box in S2
+    original_orientation: str  # e.g. "LPS"
+    ornt: list[tuple[int, int]]  # nibabel orientation transform S0 -> S1
+    reoriented_shape: Int3  # S1
+    resampled_shape: Int3  # S2
+    crop_start: Int3  # box in S2
     crop_stop: Int3
-    affine: list[list[float]]        # affine of the preprocessed (cropped) array
-    spacing: Float3                  # its voxel size in mm (close to the plan's; exact extent kept)
+    affine: list[list[float]]  # affine of the preprocessed (cropped) array
+    spacing: Float3  # its voxel size in mm (close to the plan's; exact extent kept)
     channels: int = 1
     intensity: list[tuple[float, float]] = []  # MRI: (mean, std) per channel; CT: []
     obliquity_deg: float = 0.0
@@ -126,19 +126,30 @@ def preprocess_case(image: Volume, plan: Plan | None = None, label: Volume | Non
 
     record = PreprocessRecord(
         source=str(image.path) if image.path is not None else None,
-        original_shape=shape0, original_affine=np.asarray(image.affine).tolist(),
-        original_orientation="".join(image.orientation), ornt=[(int(a), int(b)) for a, b in ornt],
-        reoriented_shape=shape1, resampled_shape=shape2, crop_start=start, crop_stop=stop,
-        affine=affine3.tolist(), spacing=spacing_of(affine3), channels=int(arr.shape[0]),
-        intensity=stats, obliquity_deg=geo.obliquity_deg(image.affine))
+        original_shape=shape0,
+        original_affine=np.asarray(image.affine).tolist(),
+        original_orientation="".join(image.orientation),
+        ornt=[(int(a), int(b)) for a, b in ornt],
+        reoriented_shape=shape1,
+        resampled_shape=shape2,
+        crop_start=start,
+        crop_stop=stop,
+        affine=affine3.tolist(),
+        spacing=spacing_of(affine3),
+        channels=int(arr.shape[0]),
+        intensity=stats,
+        obliquity_deg=geo.obliquity_deg(image.affine),
+    )
     return PreprocessedCase(image=img, label=lab, record=record)
 
 
 def _uncrop(array: np.ndarray, record: PreprocessRecord, fill: float) -> np.ndarray:
     lead = array.shape[:-3]
     if tuple(array.shape[-3:]) != record.shape:
-        raise InputError(f"prediction shape {tuple(array.shape[-3:])} does not match the preprocessed "
-                         f"shape {record.shape} of {record.source or 'the case'}")
+        raise InputError(
+            f"prediction shape {tuple(array.shape[-3:])} does not match the preprocessed "
+            f"shape {record.shape} of {record.source or 'the case'}"
+        )
     full = np.full((*lead, *record.resampled_shape), fill, dtype=array.dtype)
     box = tuple(slice(a, b) for a, b in zip(record.crop_start, record.crop_stop, strict=True))
     full[(..., *box)] = array
@@ -159,8 +170,9 @@ def restore_label(pred: np.ndarray, record: PreprocessRecord) -> np.ndarray:
     return restore_array(pred, record, order=0, fill=0)
 
 
-def restore_array(array: np.ndarray, record: PreprocessRecord, order: int = 0, fill: float = 0.0
-                  ) -> np.ndarray:
+def restore_array(
+    array: np.ndarray, record: PreprocessRecord, order: int = 0, fill: float = 0.0
+) -> np.ndarray:
     """Any map in preprocessed space (``[..., X', Y', Z']``) -> the original grid.
 
     ``order`` 0 = nearest (dtype kept), 1 = linear (float32; e.g. probabilities). ``fill`` is the value

@@ -44,8 +44,13 @@ class CropDataset(Dataset):
     caches only; uint8 or int32, call ``.long()`` for a loss), "case": name}``.
     """
 
-    def __init__(self, cache: str | os.PathLike[str] | Any, cfg: SamplerConfig | None = None, seed: int = 0,
-                 epoch: int = 0) -> None:
+    def __init__(
+        self,
+        cache: str | os.PathLike[str] | Any,
+        cfg: SamplerConfig | None = None,
+        seed: int = 0,
+        epoch: int = 0,
+    ) -> None:
         self._cache_path = Path(cache) if isinstance(cache, (str, os.PathLike)) else None
         self._cache = None if self._cache_path is not None else cache
         self.cfg = cfg if cfg is not None else SamplerConfig.pretrain()

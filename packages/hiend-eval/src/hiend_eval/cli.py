@@ -7,8 +7,12 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(name="hiend-eval", no_args_is_help=True, add_completion=False,
-                  help="Dice, IoU, HD95, ASSD and NSD for label maps, folder scoring and reports.")
+app = typer.Typer(
+    name="hiend-eval",
+    no_args_is_help=True,
+    add_completion=False,
+    help="Dice, IoU, HD95, ASSD and NSD for label maps, folder scoring and reports.",
+)
 
 
 @app.callback()
@@ -16,8 +20,16 @@ def _root() -> None:
     """Dice, IoU, HD95, ASSD and NSD for label maps, folder scoring and reports."""
 
 
-def _score_and_report(pred: Path, ref: Path, out: Path, labels: Path | None, tolerance: float, as_json: bool,
-                      resample_to_reference: bool, workers: int) -> None:
+def _score_and_report(
+    pred: Path,
+    ref: Path,
+    out: Path,
+    labels: Path | None,
+    tolerance: float,
+    as_json: bool,
+    resample_to_reference: bool,
+    workers: int,
+) -> None:
     from hiend_data.errors import InputError
 
     from .plot import Plotter
@@ -29,8 +41,14 @@ def _score_and_report(pred: Path, ref: Path, out: Path, labels: Path | None, tol
     plotter = Plotter()  # imports matplotlib in another process while we score
     try:
         names = read_labels(labels) if labels is not None else None
-        summary = score_folders(pred, ref, names, tolerance=tolerance, resample_to_reference=resample_to_reference,
-                                workers=workers if workers > 0 else default_workers())
+        summary = score_folders(
+            pred,
+            ref,
+            names,
+            tolerance=tolerance,
+            resample_to_reference=resample_to_reference,
+            workers=workers if workers > 0 else default_workers(),
+        )
         write_outputs(summary, out, plotter)
     finally:
         plotter.close()
@@ -46,16 +64,29 @@ def score(
     pred: Path = typer.Argument(..., help="Folder of predicted label maps (.nii/.nii.gz), or one file."),
     ref: Path = typer.Argument(..., help="Folder of reference label maps (e.g. labelsTr), or one file."),
     out: Path = typer.Option(..., "--out", help="Folder for summary.json, per_case.csv and per_label.png."),
-    labels: Path = typer.Option(None, "--labels", help="nnU-Net dataset.json: label values and names to score "
-                                                       "(default: every value > 0 found in any map)."),
+    labels: Path = typer.Option(
+        None,
+        "--labels",
+        help="nnU-Net dataset.json: label values and names to score "
+        "(default: every value > 0 found in any map).",
+    ),
     tolerance: float = typer.Option(2.0, "--tolerance", help="NSD tolerance in mm."),
-    as_json: bool = typer.Option(False, "--json", help="Also print the summary as one JSON line on stdout "
-                                                      "(the table then goes to stderr)."),
-    resample_to_reference: bool = typer.Option(False, "--resample-to-reference",
-                                               help="Resample predictions on another grid onto the reference "
-                                                    "(nearest neighbour) instead of failing."),
-    workers: int = typer.Option(0, "--workers", help="Processes over cases (threads over labels for one case); "
-                                                     "0: the CPUs available, at most 8."),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Also print the summary as one JSON line on stdout (the table then goes to stderr).",
+    ),
+    resample_to_reference: bool = typer.Option(
+        False,
+        "--resample-to-reference",
+        help="Resample predictions on another grid onto the reference "
+        "(nearest neighbour) instead of failing.",
+    ),
+    workers: int = typer.Option(
+        0,
+        "--workers",
+        help="Processes over cases (threads over labels for one case); 0: the CPUs available, at most 8.",
+    ),
 ) -> None:
     """Score predictions against references: Dice, IoU, HD95, ASSD, NSD and volumes per label and case.
 
@@ -83,7 +114,7 @@ def run(
 
     with cli_errors():
         try:
-            from hiend_model.inference import predict_files
+            from hiend_model.predict import predict_files
         except ImportError:
             raise InputError("hiend-eval run needs hiend-model: pip install 'hiend-eval[model]'") from None
         if not ckpt.is_file():
@@ -96,8 +127,16 @@ def run(
         # and writes predictions/{case}.nii.gz on each image's own grid.
         predict_files(ckpt, [dataset / "imagesTr"], predictions, device=device)
         labels = dataset / "dataset.json"
-        _score_and_report(predictions, dataset / "labelsTr", out, labels if labels.is_file() else None, tolerance,
-                          as_json, False, workers)
+        _score_and_report(
+            predictions,
+            dataset / "labelsTr",
+            out,
+            labels if labels.is_file() else None,
+            tolerance,
+            as_json,
+            False,
+            workers,
+        )
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 One pass per map (``scipy.ndimage.find_objects``) gives every label's bounding box; each label is then
 scored inside the union box of its prediction and reference boxes, grown by one voxel (so erosion at
-the box edge sees background, exactly as on the whole image), with the metrics of
+the box edge sees background, exactly as on the whole image), with every metric of the registry of
 :mod:`hiend_eval.metrics`. The numbers are those of :func:`hiend_eval.metrics.score_masks` on the
 full-size masks; only the work is smaller.
 
@@ -19,24 +19,31 @@ from functools import partial
 
 import numpy as np
 
-from .metrics import Scores, _check_tolerance, _spacing, score_counts_and_surfaces, surface
+from .metrics import Scores, _check_tolerance, _spacing, pair_scores
 
 FOREGROUND = "foreground"
 
 
-def _union_box(a: tuple[slice, ...] | None, b: tuple[slice, ...] | None, shape: Sequence[int],
-               margin: int = 1) -> tuple[slice, ...]:
+def _union_box(
+    a: tuple[slice, ...] | None, b: tuple[slice, ...] | None, shape: Sequence[int], margin: int = 1
+) -> tuple[slice, ...]:
     boxes = [x for x in (a, b) if x is not None]
-    return tuple(slice(max(min(x[d].start for x in boxes) - margin, 0),
-                       min(max(x[d].stop for x in boxes) + margin, shape[d])) for d in range(len(shape)))
+    return tuple(
+        slice(
+            max(min(x[d].start for x in boxes) - margin, 0),
+            min(max(x[d].stop for x in boxes) + margin, shape[d]),
+        )
+        for d in range(len(shape))
+    )
 
 
 def _merge_boxes(boxes: Sequence[tuple[slice, ...] | None], shape: Sequence[int]) -> tuple[slice, ...] | None:
     present = [b for b in boxes if b is not None]
     if not present:
         return None
-    return tuple(slice(min(b[d].start for b in present), max(b[d].stop for b in present))
-                 for d in range(len(shape)))
+    return tuple(
+        slice(min(b[d].start for b in present), max(b[d].stop for b in present)) for d in range(len(shape))
+    )
 
 
 def _box_of(boxes: list[tuple[slice, ...] | None], value: int) -> tuple[slice, ...] | None:
@@ -51,18 +58,23 @@ def _check_maps(pred: np.ndarray, ref: np.ndarray) -> None:
             raise ValueError(f"{name} label map must have an integer dtype, got {arr.dtype}")
 
 
-def _score_binary(pm: np.ndarray, rm: np.ndarray, shape: Sequence[int], spacing: tuple[float, ...],
-                  tolerance: float, workers: int) -> Scores:
+def _score_binary(
+    pm: np.ndarray,
+    rm: np.ndarray,
+    shape: Sequence[int],
+    spacing: tuple[float, ...],
+    tolerance: float,
+    workers: int,
+) -> Scores:
     """Scores of two boolean masks cut out of the full image (the box has a 1-voxel margin)."""
     n_pred, n_ref = int(np.count_nonzero(pm)), int(np.count_nonzero(rm))
     inter = int(np.count_nonzero(pm & rm)) if n_pred and n_ref else 0
-    sp = sr = None
-    if n_pred and n_ref:
-        sp, sr = surface(pm), surface(rm)
-    return score_counts_and_surfaces(inter, n_pred, n_ref, sp, sr, shape, spacing, tolerance, workers)
+    return pair_scores(inter, n_pred, n_ref, shape, spacing, tolerance, (pm, rm), workers)
 
 
-def c_order(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray, tuple]:
+def c_order(
+    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray, tuple]:
     """Views of both maps in C order, with the spacing permuted to match.
 
     NIfTI data comes in Fortran order; every metric is unchanged by permuting the axes together with the
@@ -88,9 +100,16 @@ def present_values(boxes: Sequence[tuple[slice, ...] | None]) -> list[int]:
     return [i + 1 for i, b in enumerate(boxes) if b is not None]
 
 
-def score_label_maps(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], labels: Sequence[int] | None = None,
-                     tolerance: float = 2.0, foreground: bool = True, threads: int = 1,
-                     boxes: tuple[list, list] | None = None) -> dict[str, Scores]:
+def score_label_maps(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing: Sequence[float],
+    labels: Sequence[int] | None = None,
+    tolerance: float = 2.0,
+    foreground: bool = True,
+    threads: int = 1,
+    boxes: tuple[list, list] | None = None,
+) -> dict[str, Scores]:
     """Score every label of ``labels`` (values > 0; None: every value > 0 in either map) and their union.
 
     ``pred``, ``ref``: non-negative integer label maps of one shape ``[X, Y, Z]``; ``spacing``: mm per
@@ -121,21 +140,21 @@ def score_label_maps(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]
     def one(value: int) -> Scores:
         bp, br = _box_of(boxes_pred, value), _box_of(boxes_ref, value)
         if bp is None and br is None:
-            return score_counts_and_surfaces(0, 0, 0, None, None, shape, sp, tolerance)
+            return pair_scores(0, 0, 0, shape, sp, tolerance)
         if bp is None or br is None:  # one side empty: only the voxel counts are needed
             n_pred = int(np.count_nonzero(pred[bp] == value)) if bp is not None else 0
             n_ref = int(np.count_nonzero(ref[br] == value)) if br is not None else 0
-            return score_counts_and_surfaces(0, n_pred, n_ref, None, None, shape, sp, tolerance)
+            return pair_scores(0, n_pred, n_ref, shape, sp, tolerance)
         box = _union_box(bp, br, shape)
         return _score_binary(pred[box] == value, ref[box] == value, shape, sp, tolerance, workers=1)
 
     def union() -> Scores:
         wanted = set(values)
         if not values:
-            return score_counts_and_surfaces(0, 0, 0, None, None, shape, sp, tolerance)
+            return pair_scores(0, 0, 0, shape, sp, tolerance)
         box = _merge_boxes([_box_of(b, v) for b in (boxes_pred, boxes_ref) for v in values], shape)
         if box is None:
-            return score_counts_and_surfaces(0, 0, 0, None, None, shape, sp, tolerance)
+            return pair_scores(0, 0, 0, shape, sp, tolerance)
         box = _union_box(box, None, shape)
         present = set(present_values(boxes_pred)) | set(present_values(boxes_ref))
         if present <= wanted:  # every non-zero value is scored: the union is simply "> 0"
@@ -154,7 +173,8 @@ def score_label_maps(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]
         return int(np.prod([s.stop - s.start for s in _union_box(bp, br, shape)]))
 
     tasks: list[tuple[str, Callable[[], Scores]]] = [
-        (str(v), partial(one, v)) for v in sorted(values, key=size, reverse=True)]
+        (str(v), partial(one, v)) for v in sorted(values, key=size, reverse=True)
+    ]
     if foreground:
         tasks.insert(0, (FOREGROUND, union))
     if threads > 1 and len(tasks) > 1:

@@ -52,8 +52,13 @@ def _tree_distances(queries: np.ndarray, target: np.ndarray, sp: np.ndarray, wor
     return tree.query(centres(queries), k=1, workers=workers)[0]
 
 
-def nearest_distances(queries: np.ndarray, target: np.ndarray, spacing: Sequence[float], workers: int = 1,
-                      local: bool | None = None) -> np.ndarray:
+def nearest_distances(
+    queries: np.ndarray,
+    target: np.ndarray,
+    spacing: Sequence[float],
+    workers: int = 1,
+    local: bool | None = None,
+) -> np.ndarray:
     """Distance in mm from each query voxel to the nearest True voxel of ``target``.
 
     ``queries``: 1-D flat (C-order) indices into ``target``'s shape, none of them True in ``target``;

@@ -29,8 +29,10 @@ def draw(summary: dict, path: Path) -> None:
     fig.subplots_adjust(left=0.07, right=0.99, top=0.94, bottom=0.22, hspace=0.08)
     axes = fig.subplots(2, 1, sharex=True)
     for ax, metric, unit in ((axes[0], "dice", ""), (axes[1], "hd95", " (mm)")):
-        data = [[r["labels"][k][metric] for r in summary["per_case"] if r["labels"][k][metric] is not None]
-                for k in keys]
+        data = [
+            [r["labels"][k][metric] for r in summary["per_case"] if r["labels"][k][metric] is not None]
+            for k in keys
+        ]
         ax.boxplot([d if d else [math.nan] for d in data], showfliers=True)
         ax.set_ylabel(metric.upper() + unit)
         ax.grid(axis="y", alpha=0.3)
@@ -45,8 +47,11 @@ class Plotter:
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen | None = subprocess.Popen(
-            [sys.executable, "-m", "hiend_eval.plot"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE)
+            [sys.executable, "-m", "hiend_eval.plot"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
 
     def draw(self, summary: dict, path: Path) -> bool:
         """Draw ``path``; False when matplotlib is missing. Raises RuntimeError if the helper fails."""

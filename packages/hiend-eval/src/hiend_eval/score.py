@@ -1,10 +1,11 @@
 """Scoring folders (or single files) of predicted label maps against references.
 
-* :func:`match_cases` pairs files by case id (file name without ``.nii``/``.nii.gz`` and without an
-  nnU-Net ``_0000`` channel suffix);
+* :func:`match_cases` pairs files by case name, hiend's one naming rule (:func:`hiend_data.naming.case_name`:
+  the file name without ``.nii``/``.nii.gz`` and without an nnU-Net ``_0000`` channel suffix);
 * :func:`score_case` loads one pair, checks it (integer labels, same grid) and scores every label;
 * :func:`score_folders` does that for every case, in worker processes when there are several, and
-  :func:`summarize` turns the per-case results into the ``summary.json`` structure.
+  :func:`summarize` turns the per-case results into the ``summary.json`` structure, one entry per
+  metric of the registry (:data:`hiend_eval.metrics.REGISTRY`).
 
 A reference without a prediction is scored as an empty prediction (every structure "missed") and
 listed under ``missing_predictions``; a prediction without a reference is listed under
@@ -16,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,33 +25,55 @@ from pathlib import Path
 import numpy as np
 
 from hiend_data.errors import InputError
+from hiend_data.naming import case_name
 
+from .__about__ import __version__
 from .labelmaps import FOREGROUND, c_order, label_boxes, present_values, score_label_maps
-from .metrics import FLAG_ABSENT, FLAG_FALSE_POSITIVE, FLAG_MISSED, Scores
+from .metrics import (
+    EMPTY_DIAGONAL,
+    EMPTY_ZERO,
+    FLAG_ABSENT,
+    FLAG_FALSE_POSITIVE,
+    FLAG_MISSED,
+    Metric,
+    pair_scores,
+    registered_metrics,
+)
 
-METRICS = ("dice", "iou", "hd95", "assd", "nsd")
-FIELDS = METRICS + ("volume_pred_ml", "volume_ref_ml", "flag")
 GEOMETRY_ATOL = 1e-4  # mm (affine entries), the same tolerance as hiend-data's grid check
-_SUFFIXES = (".nii.gz", ".nii")
-_CHANNEL0 = re.compile(r"_0000$")
 
-CONVENTIONS = {
-    "surface": "mask minus its 6-connected erosion; voxels on the array border are surface",
-    "distances": "Euclidean, mm, voxel centres, header spacing of the reference in array-axis order",
-    "hd95": "max of the two directed 95th percentiles of surface distances (linear interpolation)",
-    "assd": "mean of the surface distances of both directions pooled",
-    "nsd": "fraction of surface voxels of both masks within the tolerance of the other surface (voxel counts)",
-    "absent_both": "structure in neither map: every metric null, left out of the means, counted",
-    "missed": "in the reference only: dice, iou, nsd 0; hd95 and assd = image diagonal in mm; counted",
-    "false_positive": "in the prediction only: dice, iou, nsd 0; hd95 and assd = image diagonal in mm; counted",
-    "foreground": "union of all scored labels (value > 0), scored as one structure",
-    "mean": "over the cases where the value is defined (not null), missed and false-positive cases included",
-}
+
+def conventions(metrics: Sequence[Metric]) -> dict[str, str]:
+    """The ``conventions`` block of summary.json: the scoring rules in words.
+
+    Each metric's own line (:attr:`Metric.convention`) and the wording of the empty-structure rules
+    (:attr:`Metric.empty`) come from ``metrics``, the registry.
+    """
+    zero = ", ".join(m.name for m in metrics if m.empty == EMPTY_ZERO)
+    distances = [m.name for m in metrics if m.empty == EMPTY_DIAGONAL]
+    diagonal = " and ".join([", ".join(distances[:-1]), distances[-1]] if len(distances) > 1 else distances)
+    one_only = "; ".join(
+        [
+            *([f"{zero} 0"] if zero else []),
+            *([f"{diagonal} = image diagonal in mm"] if diagonal else []),
+            "counted",
+        ]
+    )
+    return {
+        "surface": "mask minus its 6-connected erosion; voxels on the array border are surface",
+        "distances": "Euclidean, mm, voxel centres, header spacing of the reference in array-axis order",
+        **{m.name: m.convention for m in metrics if m.convention},
+        "absent_both": "structure in neither map: every metric null, left out of the means, counted",
+        "missed": f"in the reference only: {one_only}",
+        "false_positive": f"in the prediction only: {one_only}",
+        "foreground": "union of all scored labels (value > 0), scored as one structure",
+        "mean": "over the cases where the value is defined (not null), missed and false-positive cases included",
+    }
 
 
 @dataclass(frozen=True)
 class CasePair:
-    """One case: its id, the reference file and the prediction file (None when missing)."""
+    """One case: its name, the reference file and the prediction file (None when missing)."""
 
     case: str
     ref: Path
@@ -65,28 +87,23 @@ class Matching:
     unmatched_predictions: list[str] = field(default_factory=list)
 
 
-def case_id(path: Path) -> str | None:
-    """``"liver_003_0000.nii.gz"`` -> ``"liver_003"``; None for a name that is not NIfTI."""
-    for suffix in _SUFFIXES:
-        if path.name.endswith(suffix):
-            return _CHANNEL0.sub("", path.name[: -len(suffix)])
-    return None
-
-
 def _index(folder: Path, what: str) -> dict[str, Path]:
+    """Case name -> file of the label maps in ``folder`` (hidden files, such as temporary ones, skipped)."""
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        cid = case_id(path)
+        cid = case_name(path)
         if cid is None or not path.is_file() or path.name.startswith("."):
             continue
         if cid in found:
-            raise InputError(f"{folder}: two {what} files for case {cid!r}: {found[cid].name} and {path.name}")
+            raise InputError(
+                f"{folder}: two {what} files for case {cid!r}: {found[cid].name} and {path.name}"
+            )
         found[cid] = path
     return found
 
 
 def match_cases(pred: Path, ref: Path) -> Matching:
-    """Pair predictions with references; both folders (matched by case id) or both single files."""
+    """Pair predictions with references; both folders (matched by case name) or both single files."""
     pred, ref = Path(pred), Path(ref)
     for path in (pred, ref):
         if not path.exists():
@@ -94,14 +111,17 @@ def match_cases(pred: Path, ref: Path) -> Matching:
     if pred.is_file() != ref.is_file():
         raise InputError(f"{pred} and {ref}: give two folders or two files, not one of each")
     if ref.is_file():
-        cid = case_id(ref) or ref.name
+        cid = case_name(ref) or ref.name
         return Matching([CasePair(cid, ref, pred)])
     refs, preds = _index(ref, "reference"), _index(pred, "prediction")
     if not refs:
         raise InputError(f"{ref}: no reference label maps (.nii or .nii.gz) in this folder")
     pairs = [CasePair(c, refs[c], preds.get(c)) for c in sorted(refs)]
-    return Matching(pairs, missing_predictions=[c for c in sorted(refs) if c not in preds],
-                    unmatched_predictions=[preds[c].name for c in sorted(preds) if c not in refs])
+    return Matching(
+        pairs,
+        missing_predictions=[c for c in sorted(refs) if c not in preds],
+        unmatched_predictions=[preds[c].name for c in sorted(preds) if c not in refs],
+    )
 
 
 def read_labels(dataset_json: Path) -> dict[int, str]:
@@ -127,7 +147,9 @@ def read_labels(dataset_json: Path) -> dict[int, str]:
         elif isinstance(val, int) and not isinstance(val, bool):
             value, name = val, str(key)
         elif isinstance(val, list | tuple):
-            raise InputError(f"{path}: label {key!r} is a region {val}; region-based labels are not supported")
+            raise InputError(
+                f"{path}: label {key!r} is a region {val}; region-based labels are not supported"
+            )
         else:
             raise InputError(f"{path}: label {key!r} has value {val!r}, expected a non-negative integer")
         if value < 0:
@@ -158,22 +180,31 @@ def _as_label_map(array: np.ndarray, path: Path) -> np.ndarray:
     return array.astype(dtype, copy=False)
 
 
-def _resample_nearest(array: np.ndarray, affine: np.ndarray, ref_shape: tuple[int, ...],
-                      ref_affine: np.ndarray) -> np.ndarray:
+def _resample_nearest(
+    array: np.ndarray, affine: np.ndarray, ref_shape: tuple[int, ...], ref_affine: np.ndarray
+) -> np.ndarray:
     """``array`` (on ``affine``) resampled onto the reference grid, nearest neighbour, 0 outside."""
     from scipy import ndimage
 
     ref_to_src = np.linalg.solve(affine, ref_affine)  # reference voxel -> source voxel (homogeneous)
-    return ndimage.affine_transform(array, ref_to_src, output_shape=ref_shape, order=0, mode="constant",
-                                    cval=0, prefilter=False)
+    return ndimage.affine_transform(
+        array, ref_to_src, output_shape=ref_shape, order=0, mode="constant", cval=0, prefilter=False
+    )
 
 
-def score_case(pair: CasePair, labels: Sequence[int] | None, tolerance: float = 2.0,
-               resample_to_reference: bool = False, threads: int = 1) -> dict:
-    """Load and score one case. Returns ``{"case", "pred", "ref", "labels": {key: Scores}, "found"}``.
+def score_case(
+    pair: CasePair,
+    labels: Sequence[int] | None,
+    tolerance: float = 2.0,
+    resample_to_reference: bool = False,
+    threads: int = 1,
+) -> dict:
+    """Load and score one case. Returns ``{"case", "pred", "ref", "labels": {key: Scores}, "found", "shape",
+    "spacing"}``.
 
     ``labels``: values to score (None: every value > 0 in either map, listed in ``found``). A value in
-    a map that is not in ``labels`` is an error (the dataset.json and the maps disagree).
+    a map that is not in ``labels`` is an error (the dataset.json and the maps disagree). ``shape`` and
+    ``spacing`` (mm per axis) are the grid the case was scored on.
     """
     from hiend_data import load_volume
 
@@ -194,36 +225,66 @@ def score_case(pair: CasePair, labels: Sequence[int] | None, tolerance: float = 
         same_affine = same_shape and np.allclose(pred_vol.affine, ref_vol.affine, atol=GEOMETRY_ATOL, rtol=0)
         if not same_affine:
             if not resample_to_reference:
-                what = (f"shape {pred.shape} vs {ref.shape}" if not same_shape else
-                        f"affine differs by up to {float(np.abs(pred_vol.affine - ref_vol.affine).max()):.4g} mm")
-                raise InputError(f"case {pair.case}: prediction {pair.pred.name} and reference {pair.ref.name} "
-                                 f"are on different grids ({what}); use --resample-to-reference to resample "
-                                 "the prediction (nearest neighbour)")
-            pred = _resample_nearest(pred, np.asarray(pred_vol.affine, dtype=np.float64), ref.shape,
-                                     np.asarray(ref_vol.affine, dtype=np.float64))
+                what = (
+                    f"shape {pred.shape} vs {ref.shape}"
+                    if not same_shape
+                    else f"affine differs by up to {float(np.abs(pred_vol.affine - ref_vol.affine).max()):.4g} mm"
+                )
+                raise InputError(
+                    f"case {pair.case}: prediction {pair.pred.name} and reference {pair.ref.name} "
+                    f"are on different grids ({what}); use --resample-to-reference to resample "
+                    "the prediction (nearest neighbour)"
+                )
+            pred = _resample_nearest(
+                pred,
+                np.asarray(pred_vol.affine, dtype=np.float64),
+                ref.shape,
+                np.asarray(ref_vol.affine, dtype=np.float64),
+            )
     pred, ref, spacing = c_order(pred, ref, spacing)  # NIfTI arrays are Fortran-ordered
     boxes = (label_boxes(pred), label_boxes(ref))
     found = sorted(set(present_values(boxes[0])) | set(present_values(boxes[1])))
     if labels is not None:
         unknown = sorted(set(found) - set(labels))
         if unknown:
-            where = pair.pred.name if pair.pred is not None and set(unknown) & set(present_values(boxes[0])) \
+            where = (
+                pair.pred.name
+                if pair.pred is not None and set(unknown) & set(present_values(boxes[0]))
                 else pair.ref.name
-            raise InputError(f"case {pair.case}: label value(s) {unknown} in {where} are not in the dataset.json "
-                             f"labels {list(labels)}")
-    scores = score_label_maps(pred, ref, spacing, labels if labels is not None else found, tolerance,
-                              foreground=True, threads=threads, boxes=boxes)
-    return {"case": pair.case, "pred": str(pair.pred) if pair.pred else None, "ref": str(pair.ref),
-            "labels": scores, "found": found}
+            )
+            raise InputError(
+                f"case {pair.case}: label value(s) {unknown} in {where} are not in the dataset.json "
+                f"labels {list(labels)}"
+            )
+    scores = score_label_maps(
+        pred,
+        ref,
+        spacing,
+        labels if labels is not None else found,
+        tolerance,
+        foreground=True,
+        threads=threads,
+        boxes=boxes,
+    )
+    return {
+        "case": pair.case,
+        "pred": str(pair.pred) if pair.pred else None,
+        "ref": str(pair.ref),
+        "labels": scores,
+        "found": found,
+        "shape": tuple(pred.shape),
+        "spacing": spacing,
+    }
 
 
-def _absent() -> Scores:
-    nan = float("nan")
-    return Scores(nan, nan, nan, nan, nan, 0.0, 0.0, FLAG_ABSENT)
-
-
-def score_folders(pred: Path, ref: Path, labels: dict[int, str] | None = None, tolerance: float = 2.0,
-                  resample_to_reference: bool = False, workers: int = 1) -> dict:
+def score_folders(
+    pred: Path,
+    ref: Path,
+    labels: dict[int, str] | None = None,
+    tolerance: float = 2.0,
+    resample_to_reference: bool = False,
+    workers: int = 1,
+) -> dict:
     """Score every case of ``pred`` against ``ref`` and return the summary (see :func:`summarize`).
 
     ``labels``: value -> name (from dataset.json) or None for every value found; ``workers``: processes
@@ -249,8 +310,11 @@ def score_folders(pred: Path, ref: Path, labels: dict[int, str] | None = None, t
     if values is None:  # every value found in any case; a case without it has it "absent from both"
         values = sorted({v for r in results for v in r["found"]})
         for r in results:
-            r["labels"] = {**{str(v): r["labels"].get(str(v)) or _absent() for v in values},
-                           FOREGROUND: r["labels"][FOREGROUND]}
+            absent = pair_scores(0, 0, 0, r["shape"], r["spacing"], tolerance)  # in neither map of this case
+            r["labels"] = {
+                **{str(v): r["labels"].get(str(v)) or absent for v in values},
+                FOREGROUND: r["labels"][FOREGROUND],
+            }
     names = {str(v): (labels[v] if labels is not None else str(v)) for v in values}
     return summarize(results, names, tolerance, matching)
 
@@ -261,26 +325,45 @@ def _mean(xs: list[float]) -> float | None:
 
 
 def summarize(results: list[dict], names: dict[str, str], tolerance: float, matching: Matching) -> dict:
-    """The ``summary.json`` structure (JSON-ready: NaN -> None) from :func:`score_case` results."""
-    from .__about__ import __version__
+    """The ``summary.json`` structure (JSON-ready: NaN -> None) from :func:`score_case` results.
 
+    Per case and label: every registered metric and the flag; ``mean``: the metrics with
+    :attr:`Metric.mean <hiend_eval.metrics.Metric.mean>` (registry order).
+    """
+    metrics = registered_metrics()
     keys = list(names) + [FOREGROUND]
-    per_case = [{"case": r["case"], "pred": r["pred"], "ref": r["ref"],
-                 "labels": {k: _jsonable(r["labels"][k].as_dict()) for k in keys}} for r in results]
+    per_case = [
+        {
+            "case": r["case"],
+            "pred": r["pred"],
+            "ref": r["ref"],
+            "labels": {k: _jsonable(r["labels"][k].as_dict()) for k in keys},
+        }
+        for r in results
+    ]
     mean, counts = {}, {}
     for k in keys:
         rows = [r["labels"][k] for r in results]
-        mean[k] = {m: _mean([getattr(s, m) for s in rows]) for m in METRICS}
+        mean[k] = {m.name: _mean([s.values[m.name] for s in rows]) for m in metrics if m.mean}
         flags = [s.flag for s in rows]
-        counts[k] = {"cases": len(rows), "scored": sum(f != FLAG_ABSENT for f in flags),
-                     "absent_both": flags.count(FLAG_ABSENT), "missed": flags.count(FLAG_MISSED),
-                     "false_positive": flags.count(FLAG_FALSE_POSITIVE)}
-    return {"version": __version__, "tolerance_mm": tolerance, "conventions": CONVENTIONS,
-            "names": {**names, FOREGROUND: "union of all labels"},
-            "mean": mean, "counts": counts,
-            "missing_predictions": matching.missing_predictions,
-            "unmatched_predictions": matching.unmatched_predictions,
-            "per_case": per_case}
+        counts[k] = {
+            "cases": len(rows),
+            "scored": sum(f != FLAG_ABSENT for f in flags),
+            "absent_both": flags.count(FLAG_ABSENT),
+            "missed": flags.count(FLAG_MISSED),
+            "false_positive": flags.count(FLAG_FALSE_POSITIVE),
+        }
+    return {
+        "version": __version__,
+        "tolerance_mm": tolerance,
+        "conventions": conventions(metrics),
+        "names": {**names, FOREGROUND: "union of all labels"},
+        "mean": mean,
+        "counts": counts,
+        "missing_predictions": matching.missing_predictions,
+        "unmatched_predictions": matching.unmatched_predictions,
+        "per_case": per_case,
+    }
 
 
 def _jsonable(d: dict) -> dict:

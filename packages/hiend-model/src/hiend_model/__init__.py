@@ -36,11 +36,29 @@ _LAZY = {
 }
 
 __all__ = [
-    "__version__", "HiEndMAE", "MAEOutput", "build", "UNETR", "MAEConfig", "UNETRConfig", "PRESETS",
-    "load_official_pretrained", "load_official_finetuned", "export_official_pretrained",
-    "export_official_finetuned", "infer_arch_from_state_dict", "convert_official", "load_pretrained_mae",
-    "load_unetr_init", "save_checkpoint", "load_checkpoint",
-    "read_checkpoint_info", "predict_files", "predict_volume", "predict_ensemble", "ensemble_probabilities",
+    "__version__",
+    "HiEndMAE",
+    "MAEOutput",
+    "build",
+    "UNETR",
+    "MAEConfig",
+    "UNETRConfig",
+    "PRESETS",
+    "load_official_pretrained",
+    "load_official_finetuned",
+    "export_official_pretrained",
+    "export_official_finetuned",
+    "infer_arch_from_state_dict",
+    "convert_official",
+    "load_pretrained_mae",
+    "load_unetr_init",
+    "save_checkpoint",
+    "load_checkpoint",
+    "read_checkpoint_info",
+    "predict_files",
+    "predict_volume",
+    "predict_ensemble",
+    "ensemble_probabilities",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -43,7 +43,9 @@ def resolve_backend(configured: str = "auto") -> str:
     choice = env or configured
     if choice not in BACKENDS:
         source = "HIEND_ATTN" if env else "attn_backend"
-        raise InputError(f"{source}={choice!r} is not an attention backend; choose one of {', '.join(BACKENDS)}")
+        raise InputError(
+            f"{source}={choice!r} is not an attention backend; choose one of {', '.join(BACKENDS)}"
+        )
     return choice
 
 
@@ -64,7 +66,9 @@ def xformers_available() -> bool:
                 reason = "probe kernel ran"
             except Exception as exc:  # any failure means "not usable here"
                 reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        _log_once(f"xformers memory-efficient attention {'available' if _XFORMERS_OK else 'unavailable'} ({reason})")
+        _log_once(
+            f"xformers memory-efficient attention {'available' if _XFORMERS_OK else 'unavailable'} ({reason})"
+        )
     return _XFORMERS_OK
 
 
@@ -86,14 +90,17 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> t
                 return xops.memory_efficient_attention(q, k, v)
             except (NotImplementedError, ValueError) as exc:  # no operator for these inputs
                 _XFORMERS_NO_OP.add(key)
-                _log_once(f"xformers has no operator for head_dim={key[0]} {key[1]}; using sdpa "
-                          f"({str(exc).splitlines()[0][:120]})")
+                _log_once(
+                    f"xformers has no operator for head_dim={key[0]} {key[1]}; using sdpa "
+                    f"({str(exc).splitlines()[0][:120]})"
+                )
         backend = "sdpa"
     if backend == "xformers":
         if not _xformers_runs_on(q):
             raise RuntimeError(
                 f"attention backend 'xformers' cannot run on a {q.dtype} tensor on {q.device} "
-                "(needs CUDA, fp16/bf16 and a working xformers); use attn_backend='auto' or 'sdpa'")
+                "(needs CUDA, fp16/bf16 and a working xformers); use attn_backend='auto' or 'sdpa'"
+            )
         import xformers.ops as xops
 
         return xops.memory_efficient_attention(q, k, v)
@@ -114,8 +121,9 @@ class Attention(nn.Module):
     (heads, head_dim), kv from context split as (2, heads, head_dim). Then the output projection.
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, cross: bool = False,
-                 backend: str = "auto") -> None:
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = True, cross: bool = False, backend: str = "auto"
+    ) -> None:
         super().__init__()
         if dim % num_heads:
             raise InputError(f"attention dim={dim} is not divisible by num_heads={num_heads}")

@@ -38,9 +38,19 @@ from hiend_data.errors import InputError, from_validation_error
 from .__about__ import __version__
 from .kinds import KINDS, SOURCES, build_empty, get_kind, kind_of
 
-__all__ = ["FORMAT", "CheckpointInfo", "save_checkpoint", "load_checkpoint", "read_checkpoint_info",
-           "tensor_shapes", "check_state_dict", "checkpoint_summary", "parameter_names", "model_kind",
-           "package_versions"]
+__all__ = [
+    "FORMAT",
+    "CheckpointInfo",
+    "save_checkpoint",
+    "load_checkpoint",
+    "read_checkpoint_info",
+    "tensor_shapes",
+    "check_state_dict",
+    "checkpoint_summary",
+    "parameter_names",
+    "model_kind",
+    "package_versions",
+]
 
 FORMAT = "hiend"
 _MAX_SHOWN = 3  # mismatching keys named in one error line
@@ -71,8 +81,13 @@ def model_kind(model: Any) -> str:
 
 def package_versions() -> dict[str, str]:
     """Versions recorded in every checkpoint."""
-    return {"hiend-model": __version__, "hiend-data": hiend_data.__version__, "torch": torch.__version__,
-            "safetensors": safetensors.__version__, "python": platform.python_version()}
+    return {
+        "hiend-model": __version__,
+        "hiend-data": hiend_data.__version__,
+        "torch": torch.__version__,
+        "safetensors": safetensors.__version__,
+        "python": platform.python_version(),
+    }
 
 
 # ------------------------------------------------------------------------------------------ saving
@@ -105,8 +120,9 @@ def _unshared(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def save_checkpoint(path: str | os.PathLike[str], model: Any, plan: Any = None,
-                    extra: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike[str], model: Any, plan: Any = None, extra: dict[str, Any] | None = None
+) -> Path:
     """Write ``model`` (HiEndMAE or UNETR) with its config, ``plan`` and ``extra`` to one .safetensors file.
 
     The file is written atomically (:func:`hiend_data.atomic.atomic_path`: a temporary name in the same
@@ -141,19 +157,21 @@ def _open_error(path: Path, exc: Exception) -> InputError:
         with open(path, "rb") as fh:
             head = fh.read(4)
         if head[:2] == b"PK" or head[:1] == b"\x80":
-            hint = (" (it looks like a torch.save file: convert the paper's checkpoints with "
-                    f"'hiend-model convert SRC DST --from {'|'.join(SOURCES)}')")
+            hint = (
+                " (it looks like a torch.save file: convert the paper's checkpoints with "
+                f"'hiend-model convert SRC DST --from {'|'.join(SOURCES)}')"
+            )
     except OSError:
         pass
-    return InputError(f"{path}: not a readable safetensors checkpoint (truncated or another format: "
-                      f"{exc}){hint}")
+    return InputError(
+        f"{path}: not a readable safetensors checkpoint (truncated or another format: {exc}){hint}"
+    )
 
 
 def _parse_metadata(path: Path, metadata: dict[str, str] | None) -> CheckpointInfo:
     if not metadata or metadata.get("format") != FORMAT:
         got = (metadata or {}).get("format")
-        raise InputError(f"{path}: not a hiend checkpoint (metadata format is {got!r}, expected "
-                         f"{FORMAT!r})")
+        raise InputError(f"{path}: not a hiend checkpoint (metadata format is {got!r}, expected {FORMAT!r})")
     kind = metadata.get("kind")
     if kind not in KINDS:  # the checkpoint names only, not the aliases
         raise InputError(f"{path}: unknown checkpoint kind {kind!r}; expected one of {', '.join(KINDS)}")
@@ -172,8 +190,14 @@ def _parse_metadata(path: Path, metadata: dict[str, str] | None) -> CheckpointIn
             plan = Plan.model_validate(fields["plan"])
         except ValidationError as exc:
             raise from_validation_error(exc, f"{path}: metadata 'plan' is invalid") from None
-    return CheckpointInfo(kind=kind, config=fields["config"], plan=plan, versions=fields["versions"] or {},
-                          extra=fields["extra"] or {}, path=path)
+    return CheckpointInfo(
+        kind=kind,
+        config=fields["config"],
+        plan=plan,
+        versions=fields["versions"] or {},
+        extra=fields["extra"] or {},
+        path=path,
+    )
 
 
 def _check_kind(path: Path, info: CheckpointInfo, expected_kind: str | None) -> None:
@@ -223,11 +247,16 @@ def check_state_dict(path: Path | str, expected: dict[str, Any], found: dict[str
 
     ``expected`` is the model's state_dict, ``found`` the file's tensors (or anything with ``.shape``).
     """
-    mismatched = [f"{k} (checkpoint {tuple(found[k].shape)}, model {tuple(v.shape)})"
-                  for k, v in expected.items() if k in found and tuple(found[k].shape) != tuple(v.shape)]
+    mismatched = [
+        f"{k} (checkpoint {tuple(found[k].shape)}, model {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in found and tuple(found[k].shape) != tuple(v.shape)
+    ]
     if mismatched:
-        raise InputError(f"{path}: {len(mismatched)} tensor shape mismatch(es) with the model its config "
-                         f"describes: {_shown(mismatched)}")
+        raise InputError(
+            f"{path}: {len(mismatched)} tensor shape mismatch(es) with the model its config "
+            f"describes: {_shown(mismatched)}"
+        )
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
     if missing or unexpected:
@@ -236,13 +265,15 @@ def check_state_dict(path: Path | str, expected: dict[str, Any], found: dict[str
             parts.append(f"{len(missing)} missing key(s): {_shown(missing)}")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key(s): {_shown(unexpected)}")
-        raise InputError(f"{path}: tensors do not match the model its config describes: "
-                         + "; ".join(parts))
+        raise InputError(f"{path}: tensors do not match the model its config describes: " + "; ".join(parts))
 
 
-def load_checkpoint(path: str | os.PathLike[str], expected_kind: str | None = None,
-                    map_location: Any = "cpu",
-                    config_overrides: dict[str, Any] | None = None) -> tuple[Any, CheckpointInfo]:
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    expected_kind: str | None = None,
+    map_location: Any = "cpu",
+    config_overrides: dict[str, Any] | None = None,
+) -> tuple[Any, CheckpointInfo]:
     """Rebuild the model a checkpoint describes and load its weights.
 
     Args:
@@ -281,8 +312,14 @@ def load_checkpoint(path: str | os.PathLike[str], expected_kind: str | None = No
     del state
     model.to(map_location).eval()
     if config_overrides:
-        info = CheckpointInfo(kind=info.kind, config=model.config.model_dump(mode="json"), plan=info.plan,
-                              versions=info.versions, extra=info.extra, path=path)
+        info = CheckpointInfo(
+            kind=info.kind,
+            config=model.config.model_dump(mode="json"),
+            plan=info.plan,
+            versions=info.versions,
+            extra=info.extra,
+            path=path,
+        )
     return model, info
 
 

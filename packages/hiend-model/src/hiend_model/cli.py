@@ -22,14 +22,17 @@ from hiend_data.errors import cli_errors
 from .device import DEVICE_HELP
 from .kinds import SOURCES
 
-app = typer.Typer(name="hiend-model", no_args_is_help=True, add_completion=False,
-                  help="3D ViT, Hi-End-MAE pre-training model, UNETR, checkpoints and sliding-window segmentation.")
+app = typer.Typer(
+    name="hiend-model",
+    no_args_is_help=True,
+    add_completion=False,
+    help="3D ViT, Hi-End-MAE pre-training model, UNETR, checkpoints and sliding-window segmentation.",
+)
 
 
 @app.callback()
 def _root() -> None:
     """3D ViT, Hi-End-MAE pre-training model, UNETR, checkpoints and sliding-window segmentation."""
-
 
 
 #: ``--from`` choices: the paper's two layouts (:data:`hiend_model.kinds.SOURCES`)
@@ -50,11 +53,18 @@ _PREDICT_HELP = (
 
 @app.command(help=_PREDICT_HELP)
 def predict(
-    ckpt: Path = typer.Argument(..., metavar="CKPT", help="UNETR checkpoint (.safetensors). Further "
-                                "*.safetensors arguments right after it are more ensemble members."),
-    inputs: list[Path] = typer.Argument(..., metavar="[CKPT]... INPUT",
-                                        help="NIfTI files and/or folders of them (nnU-Net {case}_0000 "
-                                        "channel files are grouped), after any further checkpoints."),
+    ckpt: Path = typer.Argument(
+        ...,
+        metavar="CKPT",
+        help="UNETR checkpoint (.safetensors). Further "
+        "*.safetensors arguments right after it are more ensemble members.",
+    ),
+    inputs: list[Path] = typer.Argument(
+        ...,
+        metavar="[CKPT]... INPUT",
+        help="NIfTI files and/or folders of them (nnU-Net {case}_0000 "
+        "channel files are grouped), after any further checkpoints.",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: one {case}.nii.gz per scan."),
     device: str = typer.Option("cpu", help=f"Where the model runs: {DEVICE_HELP}."),
     overlap: float = typer.Option(0.5, min=0.0, max=0.99, help="Window overlap fraction."),
@@ -68,9 +78,17 @@ def predict(
         from .predict import predict_files, split_checkpoint_args
 
         ckpts, scans = split_checkpoint_args([ckpt, *inputs])
-        written = predict_files(ckpts if len(ckpts) > 1 else ckpts[0], scans, out, device=device,
-                                overlap=overlap, tta=tta, progress=not quiet, sw_batch_size=sw_batch,
-                                amp=amp)
+        written = predict_files(
+            ckpts if len(ckpts) > 1 else ckpts[0],
+            scans,
+            out,
+            device=device,
+            overlap=overlap,
+            tta=tta,
+            progress=not quiet,
+            sw_batch_size=sw_batch,
+            amp=amp,
+        )
         for path in written:
             typer.echo(str(path))
 
@@ -94,10 +112,13 @@ def info(
         if as_json:
             typer.echo(json.dumps(s))
             return
-        lines = [f"file: {s['path']} ({s['file_bytes'] / 2**20:.1f} MiB, {s['tensors']} tensors)",
-                 f"kind: {s['kind']}",
-                 f"parameters: {s['parameters']:,} ("
-                 + ", ".join(f"{k} {v:,}" for k, v in s["parameters_by_module"].items()) + ")"]
+        lines = [
+            f"file: {s['path']} ({s['file_bytes'] / 2**20:.1f} MiB, {s['tensors']} tensors)",
+            f"kind: {s['kind']}",
+            f"parameters: {s['parameters']:,} ("
+            + ", ".join(f"{k} {v:,}" for k, v in s["parameters_by_module"].items())
+            + ")",
+        ]
         lines.append("config:")
         lines += [f"  {k}: {_fmt(k, v)}" for k, v in s["config"].items()]
         if s["plan"] is None:
@@ -117,10 +138,12 @@ def convert(
     src: Path = typer.Argument(..., help="The paper's checkpoint (.pth, read with weights_only=True)."),
     dst: Path = typer.Argument(..., help="Output .safetensors checkpoint."),
     source: Source = typer.Option(..., "--from", help="Layout of SRC."),
-    num_heads: int = typer.Option(None, "--num-heads", min=1,
-                                  help="Encoder heads (not in the tensors; default: the released 16)."),
-    decoder_num_heads: int = typer.Option(None, "--decoder-num-heads", min=1,
-                                          help="Decoder heads of a pre-training checkpoint (default 16)."),
+    num_heads: int = typer.Option(
+        None, "--num-heads", min=1, help="Encoder heads (not in the tensors; default: the released 16)."
+    ),
+    decoder_num_heads: int = typer.Option(
+        None, "--decoder-num-heads", min=1, help="Decoder heads of a pre-training checkpoint (default 16)."
+    ),
 ) -> None:
     """Convert the paper's checkpoint to ours; every size except head counts comes from the tensors."""
     with cli_errors():

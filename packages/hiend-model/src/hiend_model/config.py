@@ -127,11 +127,15 @@ class MAEConfig(EncoderConfig):
     @model_validator(mode="after")
     def _check_mae(self):  # noqa: ANN202
         if self.decoder_embed_dim < 1 or self.decoder_num_heads < 1:
-            raise ValueError(f"decoder_embed_dim={self.decoder_embed_dim} / decoder_num_heads="
-                             f"{self.decoder_num_heads} must be >= 1")
+            raise ValueError(
+                f"decoder_embed_dim={self.decoder_embed_dim} / decoder_num_heads="
+                f"{self.decoder_num_heads} must be >= 1"
+            )
         if self.decoder_embed_dim % self.decoder_num_heads:
-            raise ValueError(f"decoder_embed_dim={self.decoder_embed_dim} is not divisible by "
-                             f"decoder_num_heads={self.decoder_num_heads}")
+            raise ValueError(
+                f"decoder_embed_dim={self.decoder_embed_dim} is not divisible by "
+                f"decoder_num_heads={self.decoder_num_heads}"
+            )
         if self.decoder_depth is None:
             object.__setattr__(self, "decoder_depth", DEFAULT_DECODER_DEPTH[self.decoder])
         if self.decoder_depth < 0:
@@ -140,23 +144,33 @@ class MAEConfig(EncoderConfig):
         if self.cross_depth is None:
             object.__setattr__(self, "cross_depth", n_taps if self.decoder == "hiend" else 0)
         if self.decoder == "mae" and self.cross_depth != 0:
-            raise ValueError(f"cross_depth={self.cross_depth} with decoder='mae': the plain MAE decoder has no "
-                             "cross-attention blocks (leave cross_depth unset or 0; decoder_depth counts its blocks)")
+            raise ValueError(
+                f"cross_depth={self.cross_depth} with decoder='mae': the plain MAE decoder has no "
+                "cross-attention blocks (leave cross_depth unset or 0; decoder_depth counts its blocks)"
+            )
         if self.decoder == "hiend" and self.cross_depth != n_taps:
-            raise ValueError(f"cross_depth={self.cross_depth} must equal the number of tap_blocks "
-                             f"{self.tap_blocks} (one cross-attention block per tapped block)")
+            raise ValueError(
+                f"cross_depth={self.cross_depth} must equal the number of tap_blocks "
+                f"{self.tap_blocks} (one cross-attention block per tapped block)"
+            )
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio={self.mask_ratio} must be in [0, 1)")
         keep = int(self.num_patches * (1 - self.mask_ratio))
         if not 1 <= keep < self.num_patches:
-            raise ValueError(f"mask_ratio={self.mask_ratio} leaves {keep} of {self.num_patches} tokens visible; "
-                             "at least one must be visible and one masked")
+            raise ValueError(
+                f"mask_ratio={self.mask_ratio} leaves {keep} of {self.num_patches} tokens visible; "
+                "at least one must be visible and one masked"
+            )
         if self.pos_embed == "sincos" and self.embed_dim % 6:
-            raise ValueError(f"embed_dim={self.embed_dim} is not divisible by 6, which the 3D sin-cos "
-                             "position embedding needs; use a multiple of 6 or pos_embed='learned'")
+            raise ValueError(
+                f"embed_dim={self.embed_dim} is not divisible by 6, which the 3D sin-cos "
+                "position embedding needs; use a multiple of 6 or pos_embed='learned'"
+            )
         if self.decoder_embed_dim % 6:
-            raise ValueError(f"decoder_embed_dim={self.decoder_embed_dim} is not divisible by 6, which "
-                             "the decoder's 3D sin-cos position embedding needs")
+            raise ValueError(
+                f"decoder_embed_dim={self.decoder_embed_dim} is not divisible by 6, which "
+                "the decoder's 3D sin-cos position embedding needs"
+            )
         return self
 
     def encoder_fields(self) -> dict:
@@ -187,15 +201,43 @@ class UNETRConfig(EncoderConfig):
 
 
 PRESETS: dict[str, MAEConfig] = {
-    "vit-b16": MAEConfig(img_size=96, patch_size=16, embed_dim=768, depth=12, num_heads=12,
-                         decoder_embed_dim=384, decoder_num_heads=12),
-    "vit-l12": MAEConfig(img_size=96, patch_size=12, embed_dim=1536, depth=12, num_heads=16,
-                         decoder_embed_dim=528, decoder_num_heads=16),
-    "vit-l16": MAEConfig(img_size=96, patch_size=16, embed_dim=1536, depth=12, num_heads=16,
-                         decoder_embed_dim=528, decoder_num_heads=16),
+    "vit-b16": MAEConfig(
+        img_size=96,
+        patch_size=16,
+        embed_dim=768,
+        depth=12,
+        num_heads=12,
+        decoder_embed_dim=384,
+        decoder_num_heads=12,
+    ),
+    "vit-l12": MAEConfig(
+        img_size=96,
+        patch_size=12,
+        embed_dim=1536,
+        depth=12,
+        num_heads=16,
+        decoder_embed_dim=528,
+        decoder_num_heads=16,
+    ),
+    "vit-l16": MAEConfig(
+        img_size=96,
+        patch_size=16,
+        embed_dim=1536,
+        depth=12,
+        num_heads=16,
+        decoder_embed_dim=528,
+        decoder_num_heads=16,
+    ),
     # Trains on a laptop CPU in minutes: 48^3 crops, 216 tokens of 8^3, 96-d (the parity fixture's sizes).
-    "tiny": MAEConfig(img_size=48, patch_size=8, embed_dim=96, depth=12, num_heads=4,
-                      decoder_embed_dim=48, decoder_num_heads=4),
+    "tiny": MAEConfig(
+        img_size=48,
+        patch_size=8,
+        embed_dim=96,
+        depth=12,
+        num_heads=4,
+        decoder_embed_dim=48,
+        decoder_num_heads=4,
+    ),
 }
 
 

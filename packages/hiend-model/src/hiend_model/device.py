@@ -34,8 +34,9 @@ def resolve_device(name: str | None, local_rank: int = 0) -> Any:
         raise InputError(f"device {name!r}: expected {DEVICE_HELP}")
     if kind == "cuda":
         if not torch.cuda.is_available():
-            raise InputError(f"device {name!r}: CUDA is not available in this torch build or machine "
-                             "(use --device cpu)")
+            raise InputError(
+                f"device {name!r}: CUDA is not available in this torch build or machine (use --device cpu)"
+            )
         if index and int(index) >= torch.cuda.device_count():
             raise InputError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
         return torch.device(spec if index else f"cuda:{local_rank}")

@@ -45,8 +45,11 @@ Progress = Callable[[int, int], None]
 
 
 def gaussian_importance_map(
-    roi: Sequence[int], sigma_scale: float | Sequence[float] = 0.125, *,
-    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+    roi: Sequence[int],
+    sigma_scale: float | Sequence[float] = 0.125,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Per-voxel blending weights of one window, shape ``roi`` (no batch or channel axes).
 
@@ -84,8 +87,9 @@ def window_starts(size: int, roi: int, overlap: float) -> list[int]:
     return [i * step - max(i * step + roi - size, 0) for i in range(count)]
 
 
-def _check_args(image: torch.Tensor, roi: Sequence[int], overlap: float, sw_batch_size: int,
-                blend: str) -> tuple[int, int, int]:
+def _check_args(
+    image: torch.Tensor, roi: Sequence[int], overlap: float, sw_batch_size: int, blend: str
+) -> tuple[int, int, int]:
     if image.ndim not in (4, 5):
         raise InputError(f"image of shape {tuple(image.shape)} must be [C, X, Y, Z] or [B, C, X, Y, Z]")
     roi = tuple(int(r) for r in roi) if not isinstance(roi, int) else (int(roi),) * 3
@@ -191,16 +195,17 @@ def sliding_window_logits(
         weight_sum[tuple(slice(c, c + r) for c, r in zip(corner, roi, strict=False))] += weight_out
 
     output = None
-    buffer = torch.empty((min(sw_batch_size, len(windows)), channels, *roi), dtype=image.dtype,
-                         device=device)
+    buffer = torch.empty((min(sw_batch_size, len(windows)), channels, *roi), dtype=image.dtype, device=device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else None
     done = 0
     with torch.no_grad():
         for first in range(0, len(windows), sw_batch_size):
-            chunk = windows[first:first + sw_batch_size]
+            chunk = windows[first : first + sw_batch_size]
             x = buffer[: len(chunk)]
             for i, (b, corner) in enumerate(chunk):
-                x[i].copy_(image[(b, slice(None), *(slice(c, c + r) for c, r in zip(corner, roi, strict=False)))])
+                x[i].copy_(
+                    image[(b, slice(None), *(slice(c, c + r) for c, r in zip(corner, roi, strict=False)))]
+                )
             logits = None
             for axes in flips:
                 dims = [a + 2 for a in axes]
@@ -211,8 +216,10 @@ def sliding_window_logits(
                 else:
                     y = model(xin)
                 if tuple(y.shape[:1]) + tuple(y.shape[2:]) != (len(chunk), *roi):
-                    raise ValueError(f"model returned {tuple(y.shape)} for windows {tuple(xin.shape)}: "
-                                     "expected [N, K, *roi] logits")
+                    raise ValueError(
+                        f"model returned {tuple(y.shape)} for windows {tuple(xin.shape)}: "
+                        "expected [N, K, *roi] logits"
+                    )
                 y = y.float()
                 if dims:
                     y = torch.flip(y, dims)
@@ -224,22 +231,27 @@ def sliding_window_logits(
                 logits.div_(len(flips))
             logits = logits.to(out_device)
             if output is None:
-                output = torch.zeros((batch, logits.shape[1], *padded), dtype=torch.float32,
-                                     device=out_device)
+                output = torch.zeros(
+                    (batch, logits.shape[1], *padded), dtype=torch.float32, device=out_device
+                )
             for i, (b, corner) in enumerate(chunk):
-                region = output[(b, slice(None), *(slice(c, c + r) for c, r in zip(corner, roi, strict=False)))]
+                region = output[
+                    (b, slice(None), *(slice(c, c + r) for c, r in zip(corner, roi, strict=False)))
+                ]
                 region.addcmul_(logits[i], weight_out)
             del logits, y
 
     output.div_(weight_sum)
     if any(pad):
-        output = output[(slice(None), slice(None),
-                         *(slice(p // 2, p // 2 + s) for p, s in zip(pad, size, strict=False)))]
+        output = output[
+            (slice(None), slice(None), *(slice(p // 2, p // 2 + s) for p, s in zip(pad, size, strict=False)))
+        ]
     return output if batched else output[0]
 
 
-def argmax_labels(logits: torch.Tensor, dtype: np.dtype | type = np.uint8,
-                  max_chunk_bytes: int = 256 * 2**20) -> np.ndarray:
+def argmax_labels(
+    logits: torch.Tensor, dtype: np.dtype | type = np.uint8, max_chunk_bytes: int = 256 * 2**20
+) -> np.ndarray:
     """Class index per voxel of logits ``[K, X, Y, Z]`` -> numpy ``[X, Y, Z]`` of ``dtype``.
 
     Computed in slabs along X so the int64 temporary of ``torch.argmax`` stays under
@@ -255,7 +267,7 @@ def argmax_labels(logits: torch.Tensor, dtype: np.dtype | type = np.uint8,
     step = max(1, min(nx, max_chunk_bytes // (8 * plane)))
     out = np.empty(tuple(logits.shape[1:]), dtype=dtype)
     for i in range(0, nx, step):
-        out[i:i + step] = torch.argmax(logits[:, i:i + step], dim=0).cpu().numpy().astype(dtype)
+        out[i : i + step] = torch.argmax(logits[:, i : i + step], dim=0).cpu().numpy().astype(dtype)
     return out
 
 

@@ -25,8 +25,18 @@ from hiend_data.errors import InputError
 
 from .config import MAEConfig, UNETRConfig, validated
 
-__all__ = ["Kind", "MAE_KIND", "UNETR_KIND", "KINDS", "SOURCES", "get_kind", "lookup_kind", "kind_of",
-           "build_model", "build_empty"]
+__all__ = [
+    "Kind",
+    "MAE_KIND",
+    "UNETR_KIND",
+    "KINDS",
+    "SOURCES",
+    "get_kind",
+    "lookup_kind",
+    "kind_of",
+    "build_model",
+    "build_empty",
+]
 
 
 @dataclass(frozen=True)
@@ -78,8 +88,10 @@ def get_kind(name: str | Kind) -> Kind:
         return name
     kind = lookup_kind(name)
     if kind is None:
-        raise InputError(f"unknown model kind {name!r}; expected one of {', '.join(KINDS)} "
-                         f"(or {', '.join(a for k in KINDS.values() for a in k.aliases[1:])})")
+        raise InputError(
+            f"unknown model kind {name!r}; expected one of {', '.join(KINDS)} "
+            f"(or {', '.join(a for k in KINDS.values() for a in k.aliases[1:])})"
+        )
     return kind
 
 
@@ -95,7 +107,9 @@ def build_model(kind: str | Kind, config: dict[str, Any] | BaseModel) -> Any:
     """A freshly initialised model of ``kind`` from its config (fields or an instance; InputError if invalid)."""
     kind = get_kind(kind)
     if not isinstance(config, kind.config_class):
-        config = validated(kind.config_class, dict(config.model_dump() if isinstance(config, BaseModel) else config))
+        config = validated(
+            kind.config_class, dict(config.model_dump() if isinstance(config, BaseModel) else config)
+        )
     return kind.model_class(config)
 
 

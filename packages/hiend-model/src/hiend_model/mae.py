@@ -45,8 +45,9 @@ class CrossBlock(nn.Module):
     ``context`` [B, M, C] (projected encoder block output, not normed) gives keys and values.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, eps: float,
-                 backend: str) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, eps: float, backend: str
+    ) -> None:
         super().__init__()
         self.norm0 = nn.LayerNorm(dim, eps=eps)
         self.self_attn = Attention(dim, num_heads, qkv_bias=qkv_bias, backend=backend)
@@ -66,11 +67,18 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: MAEConfig) -> None:
         super().__init__()
-        dim, heads, eps, be = cfg.decoder_embed_dim, cfg.decoder_num_heads, cfg.layer_norm_eps, cfg.attn_backend
+        dim, heads, eps, be = (
+            cfg.decoder_embed_dim,
+            cfg.decoder_num_heads,
+            cfg.layer_norm_eps,
+            cfg.attn_backend,
+        )
         self.blocks = nn.ModuleList(
-            Block(dim, heads, cfg.mlp_ratio, cfg.qkv_bias, eps, 0.0, be) for _ in range(cfg.decoder_depth))
+            Block(dim, heads, cfg.mlp_ratio, cfg.qkv_bias, eps, 0.0, be) for _ in range(cfg.decoder_depth)
+        )
         self.cross_attention_blocks = nn.ModuleList(
-            CrossBlock(dim, heads, cfg.mlp_ratio, cfg.qkv_bias, eps, be) for _ in range(cfg.cross_depth))
+            CrossBlock(dim, heads, cfg.mlp_ratio, cfg.qkv_bias, eps, be) for _ in range(cfg.cross_depth)
+        )
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.head = nn.Linear(dim, cfg.patch_dim)
 
@@ -93,9 +101,15 @@ class MAEDecoder(nn.Module):
 
     def __init__(self, cfg: MAEConfig) -> None:
         super().__init__()
-        dim, heads, eps, be = cfg.decoder_embed_dim, cfg.decoder_num_heads, cfg.layer_norm_eps, cfg.attn_backend
+        dim, heads, eps, be = (
+            cfg.decoder_embed_dim,
+            cfg.decoder_num_heads,
+            cfg.layer_norm_eps,
+            cfg.attn_backend,
+        )
         self.blocks = nn.ModuleList(
-            Block(dim, heads, cfg.mlp_ratio, cfg.qkv_bias, eps, 0.0, be) for _ in range(cfg.decoder_depth))
+            Block(dim, heads, cfg.mlp_ratio, cfg.qkv_bias, eps, 0.0, be) for _ in range(cfg.decoder_depth)
+        )
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.head = nn.Linear(dim, cfg.patch_dim)
 
@@ -132,20 +146,32 @@ class HiEndMAE(nn.Module):
         self.grid = cfg.grid
         self.num_patches = cfg.num_patches
         self.encoder = ViTEncoder(
-            grid=cfg.grid, patch_dim=cfg.patch_dim, embed_dim=cfg.embed_dim, depth=cfg.depth,
-            num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, eps=cfg.layer_norm_eps,
-            drop_path=cfg.drop_path, pos_embed=cfg.pos_embed, cls_token=True,
-            grad_checkpointing=cfg.grad_checkpointing, backend=cfg.attn_backend)
+            grid=cfg.grid,
+            patch_dim=cfg.patch_dim,
+            embed_dim=cfg.embed_dim,
+            depth=cfg.depth,
+            num_heads=cfg.num_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            qkv_bias=cfg.qkv_bias,
+            eps=cfg.layer_norm_eps,
+            drop_path=cfg.drop_path,
+            pos_embed=cfg.pos_embed,
+            cls_token=True,
+            grad_checkpointing=cfg.grad_checkpointing,
+            backend=cfg.attn_backend,
+        )
         if cfg.decoder == "mae":
             # Plain MAE: the final normed output alone is projected to the decoder width.
             self.decoder_embed = nn.Linear(cfg.embed_dim, cfg.decoder_embed_dim)
         else:
             # 0..n-1 project the tapped block outputs (shallow to deep), n the final normed output.
             self.encoder_to_decoder = nn.ModuleList(
-                nn.Linear(cfg.embed_dim, cfg.decoder_embed_dim) for _ in range(len(cfg.tap_blocks) + 1))
+                nn.Linear(cfg.embed_dim, cfg.decoder_embed_dim) for _ in range(len(cfg.tap_blocks) + 1)
+            )
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_embed_dim))
-        self.register_buffer("decoder_pos_embed",
-                             sincos_pos_embed_3d(cfg.grid, cfg.decoder_embed_dim).unsqueeze(0))
+        self.register_buffer(
+            "decoder_pos_embed", sincos_pos_embed_3d(cfg.grid, cfg.decoder_embed_dim).unsqueeze(0)
+        )
         self.decoder = MAEDecoder(cfg) if cfg.decoder == "mae" else Decoder(cfg)
         self.reset_parameters()
 
@@ -172,8 +198,9 @@ class HiEndMAE(nn.Module):
         cfg = self.config
         check_images(images, cfg.in_chans, cfg.patch_size, cfg.img_size)
 
-    def random_masking(self, B: int, device: torch.device, noise: torch.Tensor | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def random_masking(
+        self, B: int, device: torch.device, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """noise [B, L] (U(0,1) if None) -> (ids_shuffle [B, L], ids_restore [B, L], keep)."""
         L = self.num_patches
         if noise is None:
@@ -185,8 +212,9 @@ class HiEndMAE(nn.Module):
         keep = int(L * (1 - self.config.mask_ratio))
         return ids_shuffle, ids_restore, keep
 
-    def forward_encoder(self, patches: torch.Tensor, ids_keep: torch.Tensor
-                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward_encoder(
+        self, patches: torch.Tensor, ids_keep: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Visible patches -> (final normed [B, 1+keep, D], tapped block outputs shallow to deep;
         plain MAE: no taps, an empty list)."""
         P = patches.shape[-1]
@@ -196,8 +224,9 @@ class HiEndMAE(nn.Module):
             return latent, []
         return latent, [outs[t] for t in self.config.tap_blocks]
 
-    def forward_decoder(self, latent: torch.Tensor, taps: list[torch.Tensor],
-                        ids_shuffle: torch.Tensor) -> torch.Tensor:
+    def forward_decoder(
+        self, latent: torch.Tensor, taps: list[torch.Tensor], ids_shuffle: torch.Tensor
+    ) -> torch.Tensor:
         """-> normed decoder tokens [B, 1+L, Dd] in shuffled order (class token, visible, masked)."""
         B, L = ids_shuffle.shape
         if self.config.decoder == "mae":
@@ -228,8 +257,8 @@ class HiEndMAE(nn.Module):
         feats = self.forward_decoder(latent, taps, ids_shuffle)  # [B, 1+L, Dd] shuffled
         # The head runs on the visible and the masked tokens separately: the loss only reaches the
         # masked ones, so backward skips the visible rows (same values as one head over all tokens).
-        out_masked = self.decoder.head(feats[:, 1 + keep:])  # [B, L-keep, P]
-        out_visible = self.decoder.head(feats[:, 1:1 + keep])  # [B, keep, P]
+        out_masked = self.decoder.head(feats[:, 1 + keep :])  # [B, L-keep, P]
+        out_visible = self.decoder.head(feats[:, 1 : 1 + keep])  # [B, keep, P]
         P = out_masked.shape[-1]
         # Loss on the masked tokens only (the shuffled tail), against their normalised patches.
         ids_masked = ids_shuffle[:, keep:]
@@ -249,8 +278,9 @@ class HiEndMAE(nn.Module):
         return pred * (std + 1e-6) + mean
 
     @torch.no_grad()
-    def reconstruct(self, images: torch.Tensor, output: MAEOutput, paste_visible: bool = True
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def reconstruct(
+        self, images: torch.Tensor, output: MAEOutput, paste_visible: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(masked input, reconstruction), both shaped like images [B, C, H, W, D].
 
         The masked input has masked patches set to 0. The reconstruction is the un-normalised head

@@ -86,11 +86,12 @@ def _kind_of(sd: StateDict) -> str:
 def _require_kind(sd: StateDict, kind: str) -> None:
     found = _kind_of(sd)
     if found != kind:
-        hint = {MAE_KIND.stage: "a pre-training checkpoint (load_official_pretrained, --from "
-                                f"{MAE_KIND.source})",
-                UNETR_KIND.stage: "a fine-tuned UNETR checkpoint (load_official_finetuned, --from "
-                                  f"{UNETR_KIND.source})",
-                "unknown": "not in either of the paper's layouts"}[found]
+        hint = {
+            MAE_KIND.stage: f"a pre-training checkpoint (load_official_pretrained, --from {MAE_KIND.source})",
+            UNETR_KIND.stage: "a fine-tuned UNETR checkpoint (load_official_finetuned, --from "
+            f"{UNETR_KIND.source})",
+            "unknown": "not in either of the paper's layouts",
+        }[found]
         raise InputError(f"expected the paper's {kind} layout but the checkpoint is {hint}")
 
 
@@ -109,8 +110,14 @@ def _get(sd: StateDict, key: str) -> torch.Tensor:
 def _img_from_rows(L: int, patch: int, key: str, img_size=None) -> tuple[int, int, int]:
     if img_size is not None:
         img = (img_size,) * 3 if isinstance(img_size, int) else tuple(img_size)
-        if len(img) != 3 or any(s % patch for s in img) or (img[0] // patch) * (img[1] // patch) * (img[2] // patch) != L:
-            raise InputError(f"img_size={img_size} does not give the {L} grid positions of {key} with patch {patch}")
+        if (
+            len(img) != 3
+            or any(s % patch for s in img)
+            or (img[0] // patch) * (img[1] // patch) * (img[2] // patch) != L
+        ):
+            raise InputError(
+                f"img_size={img_size} does not give the {L} grid positions of {key} with patch {patch}"
+            )
         return img
     g = round(L ** (1 / 3))
     if g**3 != L:
@@ -119,8 +126,13 @@ def _img_from_rows(L: int, patch: int, key: str, img_size=None) -> tuple[int, in
 
 
 # -- architecture inference ------------------------------------------------------------------------
-def infer_arch_from_state_dict(sd: StateDict | str | Path, kind: str, num_heads: int | None = None,
-                               decoder_num_heads: int | None = None, img_size=None) -> dict:
+def infer_arch_from_state_dict(
+    sd: StateDict | str | Path,
+    kind: str,
+    num_heads: int | None = None,
+    decoder_num_heads: int | None = None,
+    img_size=None,
+) -> dict:
     """Every architecture field the tensors reveal, for ``kind`` "pretrain" or "finetune".
 
     Head counts cannot be read off the tensors: they default to the released model's (16). Also
@@ -139,27 +151,37 @@ def infer_arch_from_state_dict(sd: StateDict | str | Path, kind: str, num_heads:
     if kind == "pretrain":
         w = _get(sd, "encoder.patch_embed.proj.weight")
         if w.ndim != 5:
-            raise InputError(f"encoder.patch_embed.proj.weight has shape {list(w.shape)}, expected [D, C, p, p, p]")
+            raise InputError(
+                f"encoder.patch_embed.proj.weight has shape {list(w.shape)}, expected [D, C, p, p, p]"
+            )
         D, C, p = w.shape[0], w.shape[1], w.shape[2]
         pe = _get(sd, "encoder_pos_embed")
         img = _img_from_rows(pe.shape[1], p, "encoder_pos_embed", img_size)
         depth = _count(sd, "encoder.blocks.")
         grid = tuple(s // p for s in img)
         sincos = D % 6 == 0 and torch.allclose(pe[0].float(), sincos_pos_embed_3d(grid, D), atol=1e-5)
-        arch.update(img_size=img, patch_size=p, in_chans=C, embed_dim=D, depth=depth,
-                    mlp_ratio=_get(sd, "encoder.blocks.0.mlp.fc1.weight").shape[0] / D,
-                    qkv_bias="encoder.blocks.0.attn.qkv.bias" in sd,
-                    pos_embed="sincos" if sincos else "learned",
-                    decoder_embed_dim=_get(sd, "mask_token").shape[-1],
-                    decoder_depth=_count(sd, "decoder.blocks."),
-                    cross_depth=_count(sd, "decoder.cross_attention_blocks."),
-                    num_heads=num_heads or RELEASED_PRETRAIN["num_heads"],
-                    decoder_num_heads=decoder_num_heads or RELEASED_PRETRAIN["decoder_num_heads"],
-                    layer_norm_eps=1e-6)
+        arch.update(
+            img_size=img,
+            patch_size=p,
+            in_chans=C,
+            embed_dim=D,
+            depth=depth,
+            mlp_ratio=_get(sd, "encoder.blocks.0.mlp.fc1.weight").shape[0] / D,
+            qkv_bias="encoder.blocks.0.attn.qkv.bias" in sd,
+            pos_embed="sincos" if sincos else "learned",
+            decoder_embed_dim=_get(sd, "mask_token").shape[-1],
+            decoder_depth=_count(sd, "decoder.blocks."),
+            cross_depth=_count(sd, "decoder.cross_attention_blocks."),
+            num_heads=num_heads or RELEASED_PRETRAIN["num_heads"],
+            decoder_num_heads=decoder_num_heads or RELEASED_PRETRAIN["decoder_num_heads"],
+            layer_norm_eps=1e-6,
+        )
         n_proj = _count(sd, "encoder_to_decoder.")
         if n_proj != arch["cross_depth"] + 1:
-            raise InputError(f"checkpoint has {n_proj} encoder_to_decoder projections for "
-                             f"{arch['cross_depth']} cross-attention blocks (expected one more)")
+            raise InputError(
+                f"checkpoint has {n_proj} encoder_to_decoder projections for "
+                f"{arch['cross_depth']} cross-attention blocks (expected one more)"
+            )
     else:
         pe = _get(sd, "vit.patch_embedding.position_embeddings")
         D = pe.shape[-1]
@@ -171,13 +193,19 @@ def infer_arch_from_state_dict(sd: StateDict | str | Path, kind: str, num_heads:
         else:
             p = _get(sd, "vit.patch_embedding.patch_embeddings.weight").shape[-1]
         img = _img_from_rows(pe.shape[1], p, "vit.patch_embedding.position_embeddings", img_size)
-        arch.update(img_size=img, patch_size=p, in_chans=C, embed_dim=D,
-                    depth=_count(sd, "vit.blocks."),
-                    mlp_ratio=_get(sd, "vit.blocks.0.mlp.linear1.weight").shape[0] / D,
-                    qkv_bias="vit.blocks.0.attn.qkv.bias" in sd,
-                    num_heads=num_heads or RELEASED_FINETUNE["num_heads"],
-                    num_classes=_get(sd, "out.conv.conv.weight").shape[0], feature_size=F_,
-                    layer_norm_eps=1e-5)
+        arch.update(
+            img_size=img,
+            patch_size=p,
+            in_chans=C,
+            embed_dim=D,
+            depth=_count(sd, "vit.blocks."),
+            mlp_ratio=_get(sd, "vit.blocks.0.mlp.linear1.weight").shape[0] / D,
+            qkv_bias="vit.blocks.0.attn.qkv.bias" in sd,
+            num_heads=num_heads or RELEASED_FINETUNE["num_heads"],
+            num_classes=_get(sd, "out.conv.conv.weight").shape[0],
+            feature_size=F_,
+            layer_norm_eps=1e-5,
+        )
     arch["tap_blocks"] = default_taps(arch["depth"])  # not revealed by the tensors
     return arch
 
@@ -189,16 +217,21 @@ def _mismatch_with_released(inferred: dict, released: dict, what: str) -> None:
             continue
         ref = released[key]
         if (tuple(ref) if isinstance(ref, (list, tuple)) else ref) != (
-                tuple(value) if isinstance(value, (list, tuple)) else value):
+            tuple(value) if isinstance(value, (list, tuple)) else value
+        ):
             diffs.append(f"{key} {value} (released {ref})")
     if diffs:
-        raise InputError(f"checkpoint is not the released {what}: " + ", ".join(diffs)
-                         + "; pass its architecture (e.g. num_heads=...) to infer the rest from the tensors")
+        raise InputError(
+            f"checkpoint is not the released {what}: "
+            + ", ".join(diffs)
+            + "; pass its architecture (e.g. num_heads=...) to infer the rest from the tensors"
+        )
 
 
 def _resolve_arch(sd: StateDict, kind: str, arch: dict) -> dict:
-    inferred = infer_arch_from_state_dict(sd, kind, arch.get("num_heads"), arch.get("decoder_num_heads"),
-                                          arch.get("img_size"))
+    inferred = infer_arch_from_state_dict(
+        sd, kind, arch.get("num_heads"), arch.get("decoder_num_heads"), arch.get("img_size")
+    )
     if not arch:
         released = RELEASED_PRETRAIN if kind == "pretrain" else RELEASED_FINETUNE
         _mismatch_with_released(inferred, released, "ViT-L/12" if kind == "pretrain" else "ViT-L/12 UNETR")
@@ -237,8 +270,10 @@ def load_official_pretrained(path_or_state_dict: str | Path | dict, **arch: obje
     the tensors reveal is checked against it; with it, unspecified sizes come from the tensors.
     """
     if arch.get("decoder", "hiend") != "hiend":
-        raise InputError(f"decoder={arch['decoder']!r}: the paper's pre-training layout holds the Hi-End-MAE "
-                         "decoder only (decoder='hiend')")
+        raise InputError(
+            f"decoder={arch['decoder']!r}: the paper's pre-training layout holds the Hi-End-MAE "
+            "decoder only (decoder='hiend')"
+        )
     sd = read_state_dict(path_or_state_dict)
     _require_kind(sd, "pretrain")
     unetr_only = set(UNETRConfig.model_fields) - set(MAEConfig.model_fields)
@@ -256,8 +291,10 @@ def export_official_pretrained(mae, wrap: bool = False) -> dict:
     """
     cfg = mae.config
     if cfg.decoder != "hiend":
-        raise InputError(f"cannot export a decoder={cfg.decoder!r} model to the paper's pre-training layout, "
-                         "which holds the Hi-End-MAE decoder only; save it with hiend_model.save_checkpoint")
+        raise InputError(
+            f"cannot export a decoder={cfg.decoder!r} model to the paper's pre-training layout, "
+            "which holds the Hi-End-MAE decoder only; save it with hiend_model.save_checkpoint"
+        )
     out = {}
     for key, value in mae.state_dict().items():
         value = value.detach().clone()
@@ -271,18 +308,22 @@ def export_official_pretrained(mae, wrap: bool = False) -> dict:
 
 
 # -- fine-tuned (MONAI) layout ----------------------------------------------------------------------
-_VIT_TO_OURS = [(r"^vit\.patch_embedding\.position_embeddings$", "encoder.pos_embed"),
-                (r"^vit\.patch_embedding\.patch_embeddings\.1\.", "encoder.patch_embed.proj."),
-                (r"^vit\.blocks\.(\d+)\.mlp\.linear1\.", r"encoder.blocks.\1.mlp.fc1."),
-                (r"^vit\.blocks\.(\d+)\.mlp\.linear2\.", r"encoder.blocks.\1.mlp.fc2."),
-                (r"^vit\.blocks\.(\d+)\.attn\.out_proj\.", r"encoder.blocks.\1.attn.proj."),
-                (r"^vit\.", "encoder.")]
-_OURS_TO_VIT = [(r"^encoder\.pos_embed$", "vit.patch_embedding.position_embeddings"),
-                (r"^encoder\.patch_embed\.proj\.", "vit.patch_embedding.patch_embeddings.1."),
-                (r"^encoder\.blocks\.(\d+)\.mlp\.fc1\.", r"vit.blocks.\1.mlp.linear1."),
-                (r"^encoder\.blocks\.(\d+)\.mlp\.fc2\.", r"vit.blocks.\1.mlp.linear2."),
-                (r"^encoder\.blocks\.(\d+)\.attn\.proj\.", r"vit.blocks.\1.attn.out_proj."),
-                (r"^encoder\.", "vit.")]
+_VIT_TO_OURS = [
+    (r"^vit\.patch_embedding\.position_embeddings$", "encoder.pos_embed"),
+    (r"^vit\.patch_embedding\.patch_embeddings\.1\.", "encoder.patch_embed.proj."),
+    (r"^vit\.blocks\.(\d+)\.mlp\.linear1\.", r"encoder.blocks.\1.mlp.fc1."),
+    (r"^vit\.blocks\.(\d+)\.mlp\.linear2\.", r"encoder.blocks.\1.mlp.fc2."),
+    (r"^vit\.blocks\.(\d+)\.attn\.out_proj\.", r"encoder.blocks.\1.attn.proj."),
+    (r"^vit\.", "encoder."),
+]
+_OURS_TO_VIT = [
+    (r"^encoder\.pos_embed$", "vit.patch_embedding.position_embeddings"),
+    (r"^encoder\.patch_embed\.proj\.", "vit.patch_embedding.patch_embeddings.1."),
+    (r"^encoder\.blocks\.(\d+)\.mlp\.fc1\.", r"vit.blocks.\1.mlp.linear1."),
+    (r"^encoder\.blocks\.(\d+)\.mlp\.fc2\.", r"vit.blocks.\1.mlp.linear2."),
+    (r"^encoder\.blocks\.(\d+)\.attn\.proj\.", r"vit.blocks.\1.attn.out_proj."),
+    (r"^encoder\.", "vit."),
+]
 
 
 def _sub_first(key: str, rules: list[tuple[str, str]]) -> str:
@@ -301,7 +342,9 @@ def finetuned_to_ours(sd: StateDict) -> StateDict:
             continue
         if key.startswith("vit."):
             if key == "vit.patch_embedding.patch_embeddings.weight" and value.ndim == 5:  # 'conv' projection
-                out["encoder.patch_embed.proj.weight"] = value.permute(0, 2, 3, 4, 1).reshape(value.shape[0], -1)
+                out["encoder.patch_embed.proj.weight"] = value.permute(0, 2, 3, 4, 1).reshape(
+                    value.shape[0], -1
+                )
                 continue
             if key == "vit.patch_embedding.patch_embeddings.bias":
                 out["encoder.patch_embed.proj.bias"] = value
@@ -333,7 +376,7 @@ def export_official_finetuned(unetr, wrap: bool = False, norm_cross_attn: bool =
         if not key.startswith("decoder2.conv3d."):
             key = re.sub(r"\.(weight|bias)$", r".conv.\1", key)
         if key.startswith("encoder1."):
-            key = "encoder1.layer." + key[len("encoder1."):]
+            key = "encoder1.layer." + key[len("encoder1.") :]
         out[key] = value
     if norm_cross_attn:
         D = unetr.config.embed_dim
@@ -358,8 +401,10 @@ def load_official_finetuned(path_or_state_dict: str | Path | dict, **arch: objec
     model = UNETR(cfg)
     has_t = "decoder2.transp_conv.conv.weight" in sd
     if has_t != (cfg.final_upsample == "transpose"):
-        raise InputError(f"checkpoint's last up-stage is {'a transposed conv' if has_t else 'resize + conv'} "
-                         f"but patch_size={cfg.patch_size} implies {cfg.final_upsample}")
+        raise InputError(
+            f"checkpoint's last up-stage is {'a transposed conv' if has_t else 'resize + conv'} "
+            f"but patch_size={cfg.patch_size} implies {cfg.final_upsample}"
+        )
     load_into(model, {k: v.float() for k, v in finetuned_to_ours(sd).items()})
     return model.eval()
 
@@ -373,8 +418,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def convert_official(src: str | os.PathLike[str], dst: str | os.PathLike[str], source: str,
-                     num_heads: int | None = None, decoder_num_heads: int | None = None) -> Path:
+def convert_official(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    source: str,
+    num_heads: int | None = None,
+    decoder_num_heads: int | None = None,
+) -> Path:
     """The paper's ``.pth`` -> a hiend checkpoint with the paper's plan; sizes inferred from the tensors.
 
     ``source``: the layout of ``src``, ``"official-pretrain"`` or ``"official-finetune"`` (any name of
@@ -386,7 +436,9 @@ def convert_official(src: str | os.PathLike[str], dst: str | os.PathLike[str], s
         raise FileNotFoundError(2, "No such file or directory", str(src))
     kind = get_kind(source)
     sd = read_state_dict(src)
-    arch = infer_arch_from_state_dict(sd, kind.stage, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
+    arch = infer_arch_from_state_dict(
+        sd, kind.stage, num_heads=num_heads, decoder_num_heads=decoder_num_heads
+    )
     if kind is MAE_KIND:
         model = load_official_pretrained(sd, **arch)
     else:
@@ -405,8 +457,10 @@ def load_pretrained_mae(source: str | os.PathLike[str] | dict, **arch: object) -
     """
     if isinstance(source, (str, os.PathLike)) and Path(source).suffix == ".safetensors":
         if arch:
-            raise InputError(f"{source}: a hiend checkpoint holds its architecture; "
-                             f"{', '.join(sorted(arch))} apply to the paper's .pth only")
+            raise InputError(
+                f"{source}: a hiend checkpoint holds its architecture; "
+                f"{', '.join(sorted(arch))} apply to the paper's .pth only"
+            )
         mae, _ = load_checkpoint(source, expected_kind=MAE_KIND.name)
         return mae
     if isinstance(source, (str, os.PathLike, dict)):
@@ -414,8 +468,14 @@ def load_pretrained_mae(source: str | os.PathLike[str] | dict, **arch: object) -
     raise InputError(f"expected a checkpoint path or the paper's state dict, got {type(source).__name__}")
 
 
-def load_unetr_init(source: str | os.PathLike[str] | dict | HiEndMAE, num_classes: int,
-                    feature_size: int = 16, *, arch: dict | None = None, **overrides: object) -> UNETR:
+def load_unetr_init(
+    source: str | os.PathLike[str] | dict | HiEndMAE,
+    num_classes: int,
+    feature_size: int = 16,
+    *,
+    arch: dict | None = None,
+    **overrides: object,
+) -> UNETR:
     """A UNETR whose encoder comes from a pre-training model: :meth:`UNETR.from_mae` of
     :func:`load_pretrained_mae` (``source`` may also be a HiEndMAE).
 
@@ -427,7 +487,16 @@ def load_unetr_init(source: str | os.PathLike[str] | dict | HiEndMAE, num_classe
     return UNETR.from_mae(mae, num_classes=num_classes, feature_size=feature_size, **overrides)
 
 
-__all__ = ["load_official_pretrained", "load_official_finetuned", "export_official_pretrained",
-           "export_official_finetuned", "infer_arch_from_state_dict", "read_state_dict", "convert_official",
-           "load_pretrained_mae", "load_unetr_init",
-           "RELEASED_PRETRAIN", "RELEASED_FINETUNE"]
+__all__ = [
+    "load_official_pretrained",
+    "load_official_finetuned",
+    "export_official_pretrained",
+    "export_official_finetuned",
+    "infer_arch_from_state_dict",
+    "read_state_dict",
+    "convert_official",
+    "load_pretrained_mae",
+    "load_unetr_init",
+    "RELEASED_PRETRAIN",
+    "RELEASED_FINETUNE",
+]

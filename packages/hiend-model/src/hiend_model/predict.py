@@ -30,7 +30,6 @@ from hiend_data.naming import ChannelGroup, group_channels, is_image
 from .checkpoint import load_checkpoint, read_checkpoint_info
 from .device import resolve_device
 from .inference import argmax_labels, label_dtype, sliding_window_logits
-from .kinds import UNETR_KIND
 
 #: One scan to segment: output name (``{name}.nii.gz``) and its channel files in channel order
 #: (:func:`hiend_data.naming.group_channels`' groups).
@@ -66,8 +65,10 @@ def collect_cases(inputs: Sequence[str | os.PathLike[str]]) -> list[ScanCase]:
     seen: dict[str, ScanCase] = {}
     for case in cases:
         if case.name in seen:
-            raise InputError(f"{case.files[0]} and {seen[case.name].files[0]} would both be written as "
-                             f"{case.name}.nii.gz: segment them into different output folders")
+            raise InputError(
+                f"{case.files[0]} and {seen[case.name].files[0]} would both be written as "
+                f"{case.name}.nii.gz: segment them into different output folders"
+            )
         seen[case.name] = case
     return cases
 
@@ -99,8 +100,10 @@ def split_checkpoint_args(args: Sequence[str | os.PathLike[str]]) -> tuple[list[
         raise InputError(f"{ckpts[-1]}: no input scans given after the checkpoint(s)")
     for p in inputs:
         if p.name.lower().endswith(CHECKPOINT_SUFFIX):
-            raise InputError(f"{p}: a checkpoint after the first input {inputs[0]}; name every ensemble "
-                             "checkpoint before the inputs")
+            raise InputError(
+                f"{p}: a checkpoint after the first input {inputs[0]}; name every ensemble "
+                "checkpoint before the inputs"
+            )
     return ckpts, inputs
 
 
@@ -127,8 +130,11 @@ def plan_differences(a: Any, b: Any) -> list[str]:
 
 
 def _member_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    return [f"{key} {a.get(key)} vs {b.get(key)}" for key in ("num_classes", "in_chans")
-            if a.get(key) != b.get(key)]
+    return [
+        f"{key} {a.get(key)} vs {b.get(key)}"
+        for key in ("num_classes", "in_chans")
+        if a.get(key) != b.get(key)
+    ]
 
 
 def check_ensemble(infos: Sequence[Any]) -> None:
@@ -139,8 +145,10 @@ def check_ensemble(infos: Sequence[Any]) -> None:
     """
     for info in infos:
         if info.plan is None:
-            raise InputError(f"{info.path}: checkpoint has no preprocessing plan; re-save it with "
-                             "save_checkpoint(..., plan=Plan(...))")
+            raise InputError(
+                f"{info.path}: checkpoint has no preprocessing plan; re-save it with "
+                "save_checkpoint(..., plan=Plan(...))"
+            )
     first = infos[0]
     for other in infos[1:]:
         diffs = _member_differences(first.config, other.config) + plan_differences(first.plan, other.plan)
@@ -190,17 +198,18 @@ def _softmax_into(logits: Any, total: Any = None, max_chunk_bytes: int = 256 * 2
     plane = max(int(logits[:, 0].numel()), 1)
     step = max(1, min(logits.shape[1], max_chunk_bytes // (4 * plane)))
     for i in range(0, logits.shape[1], step):
-        p = torch.softmax(logits[:, i:i + step], dim=0)
+        p = torch.softmax(logits[:, i : i + step], dim=0)
         if total is None:
-            logits[:, i:i + step] = p
+            logits[:, i : i + step] = p
         else:
-            total[:, i:i + step] += p
+            total[:, i : i + step] += p
         del p
     return logits if total is None else total
 
 
-def _ensemble_progress(progress: Callable[[int, int], None] | None, member: int, members: int,
-                       offset: list[int]) -> Callable[[int, int], None] | None:
+def _ensemble_progress(
+    progress: Callable[[int, int], None] | None, member: int, members: int, offset: list[int]
+) -> Callable[[int, int], None] | None:
     """Windows done over all members (the remaining members assumed to need as many windows)."""
     if progress is None or members == 1:
         return progress
@@ -243,12 +252,22 @@ def ensemble_probabilities(
     total = None
     offset = [0]
     for m, model in enumerate(members):
-        logits = sliding_window_logits(model, image, _model_roi(model, plan), overlap, sw_batch_size,
-                                       tta=tta, device=device, out_device="cpu", amp=amp,
-                                       progress=_ensemble_progress(progress, m, len(members), offset))
+        logits = sliding_window_logits(
+            model,
+            image,
+            _model_roi(model, plan),
+            overlap,
+            sw_batch_size,
+            tta=tta,
+            device=device,
+            out_device="cpu",
+            amp=amp,
+            progress=_ensemble_progress(progress, m, len(members), offset),
+        )
         if total is not None and logits.shape != total.shape:
-            raise InputError(f"ensemble member {m + 1} returned {logits.shape[0]} classes, member 1 "
-                             f"{total.shape[0]}")
+            raise InputError(
+                f"ensemble member {m + 1} returned {logits.shape[0]} classes, member 1 {total.shape[0]}"
+            )
         total = _softmax_into(logits, total)
         del logits
     if len(members) > 1:
@@ -299,12 +318,30 @@ def predict_ensemble(
     image, pre = _preprocessed(volume, plan, _in_chans(members[0]))
     if len(members) == 1:  # argmax of the logits: the single-model path, voxel for voxel
         model = members[0]
-        scores = sliding_window_logits(model, image, _model_roi(model, plan), overlap, sw_batch_size,
-                                       tta=tta, device=device, out_device="cpu", progress=progress, amp=amp)
+        scores = sliding_window_logits(
+            model,
+            image,
+            _model_roi(model, plan),
+            overlap,
+            sw_batch_size,
+            tta=tta,
+            device=device,
+            out_device="cpu",
+            progress=progress,
+            amp=amp,
+        )
     else:
-        scores = ensemble_probabilities(members, image, plan, overlap=overlap, tta=tta,
-                                        sw_batch_size=sw_batch_size, device=device, amp=amp,
-                                        progress=progress)
+        scores = ensemble_probabilities(
+            members,
+            image,
+            plan,
+            overlap=overlap,
+            tta=tta,
+            sw_batch_size=sw_batch_size,
+            device=device,
+            amp=amp,
+            progress=progress,
+        )
     del image
     dtype = label_dtype(_num_classes(members[0]) or scores.shape[0])
     labels = argmax_labels(scores, dtype)
@@ -340,8 +377,17 @@ def predict_volume(
     Returns:
         ``[X, Y, Z]`` class indices (uint8 up to 256 classes, else uint16) of ``volume``'s shape.
     """
-    return predict_ensemble([model], volume, plan, overlap=overlap, tta=tta, sw_batch_size=sw_batch_size,
-                            device=device, amp=amp, progress=progress)
+    return predict_ensemble(
+        [model],
+        volume,
+        plan,
+        overlap=overlap,
+        tta=tta,
+        sw_batch_size=sw_batch_size,
+        device=device,
+        amp=amp,
+        progress=progress,
+    )
 
 
 def _check_inputs(cases: list[ScanCase], in_chans: int | None, out_dir: Path) -> None:
@@ -354,8 +400,9 @@ def _check_inputs(cases: list[ScanCase], in_chans: int | None, out_dir: Path) ->
         vol = load_volume(list(case.files))
         channels = 1 if vol.array.ndim == 3 else vol.array.shape[0]
         if in_chans is not None and channels != in_chans:
-            raise InputError(f"{case.files[0]}: case {case.name!r} has {channels} channel(s), the model "
-                             f"takes {in_chans}")
+            raise InputError(
+                f"{case.files[0]}: case {case.name!r} has {channels} channel(s), the model takes {in_chans}"
+            )
         del vol
 
 
@@ -403,8 +450,14 @@ def predict_files(
 
     what = f" ({len(models)} models)" if len(models) > 1 else ""
     written: list[Path] = []
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   console=Console(stderr=True), disable=not progress)
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not progress,
+    )
     with bar:
         for i, case in enumerate(cases, 1):
             label = f"[{i}/{len(cases)}] {case.name}"
@@ -415,9 +468,17 @@ def predict_files(
 
             volume = load_volume(list(case.files))
             bar.update(task, description=f"{label}: preprocessing")
-            labels = predict_ensemble(models, volume, plan, overlap=overlap, tta=tta,
-                                      sw_batch_size=sw_batch_size, device=device, amp=amp,
-                                      progress=step if progress else None)
+            labels = predict_ensemble(
+                models,
+                volume,
+                plan,
+                overlap=overlap,
+                tta=tta,
+                sw_batch_size=sw_batch_size,
+                device=device,
+                amp=amp,
+                progress=step if progress else None,
+            )
             bar.update(task, description=f"{label}: writing")
             path = save_volume(out_dir / f"{case.name}.nii.gz", labels, like=volume)
             written.append(Path(path))

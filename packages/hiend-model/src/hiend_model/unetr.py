@@ -113,10 +113,20 @@ class UNETR(nn.Module):
         h, f = cfg.embed_dim, cfg.feature_size
         self.grid = cfg.grid
         self.encoder = ViTEncoder(
-            grid=cfg.grid, patch_dim=cfg.patch_dim, embed_dim=h, depth=cfg.depth, num_heads=cfg.num_heads,
-            mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, eps=cfg.layer_norm_eps, drop_path=cfg.drop_path,
-            pos_embed="learned", cls_token=False, grad_checkpointing=cfg.grad_checkpointing,
-            backend=cfg.attn_backend)
+            grid=cfg.grid,
+            patch_dim=cfg.patch_dim,
+            embed_dim=h,
+            depth=cfg.depth,
+            num_heads=cfg.num_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            qkv_bias=cfg.qkv_bias,
+            eps=cfg.layer_norm_eps,
+            drop_path=cfg.drop_path,
+            pos_embed="learned",
+            cls_token=False,
+            grad_checkpointing=cfg.grad_checkpointing,
+            backend=cfg.attn_backend,
+        )
         init_weights(self.encoder)
         nn.init.normal_(self.encoder.pos_embed, std=0.02)
         self.encoder1 = ResBlock(cfg.in_chans, f)
@@ -137,8 +147,13 @@ class UNETR(nn.Module):
     def check_images(self, images: torch.Tensor) -> None:
         """InputError unless images is finite [B, in_chans, *img_size]."""
         cfg = self.config
-        check_images(images, cfg.in_chans, cfg.patch_size, cfg.img_size,
-                     hint="; segment larger volumes with sliding-window inference")
+        check_images(
+            images,
+            cfg.in_chans,
+            cfg.patch_size,
+            cfg.img_size,
+            hint="; segment larger volumes with sliding-window inference",
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images [B, C, H, W, D] -> logits [B, num_classes, H, W, D]."""
@@ -166,11 +181,18 @@ class UNETR(nn.Module):
         :func:`hiend_model.official.load_unetr_init`.
         """
         if not isinstance(mae, HiEndMAE):
-            hint = (" (load a checkpoint with hiend_model.official.load_unetr_init)"
-                    if isinstance(mae, (str, os.PathLike, dict)) else "")
+            hint = (
+                " (load a checkpoint with hiend_model.official.load_unetr_init)"
+                if isinstance(mae, (str, os.PathLike, dict))
+                else ""
+            )
             raise InputError(f"from_mae needs a HiEndMAE, got {type(mae).__name__}{hint}")
-        fields = {**mae.config.encoder_fields(), "num_classes": num_classes, "feature_size": feature_size,
-                  **overrides}
+        fields = {
+            **mae.config.encoder_fields(),
+            "num_classes": num_classes,
+            "feature_size": feature_size,
+            **overrides,
+        }
         model = cls(validated(UNETRConfig, fields))
         state = {k: v for k, v in mae.encoder.state_dict().items() if k != "cls_token"}
         model.encoder.load_state_dict(state, strict=True)

@@ -18,8 +18,9 @@ from hiend_data.errors import InputError
 from .attention import Attention
 
 
-def check_images(images: torch.Tensor, in_chans: int, patch_size: int, img_size: tuple[int, ...],
-                 hint: str = "") -> None:
+def check_images(
+    images: torch.Tensor, in_chans: int, patch_size: int, img_size: tuple[int, ...], hint: str = ""
+) -> None:
     """InputError unless ``images`` is a finite [B, in_chans, *img_size] tensor (sizes divisible by the
     patch). ``hint`` is appended to the size-mismatch message."""
     if images.ndim != 5:
@@ -30,7 +31,9 @@ def check_images(images: torch.Tensor, in_chans: int, patch_size: int, img_size:
     if any(s % patch_size for s in size):
         raise InputError(f"images spatial size {size} is not divisible by patch_size={patch_size}")
     if size != tuple(img_size):
-        raise InputError(f"images spatial size {size} differs from the model's img_size {tuple(img_size)}{hint}")
+        raise InputError(
+            f"images spatial size {size} differs from the model's img_size {tuple(img_size)}{hint}"
+        )
     if not torch.isfinite(images).all():
         raise InputError("images contain NaN or infinite values")
 
@@ -113,8 +116,16 @@ class DropPath(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)). [B, N, C] -> [B, N, C]."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 eps: float = 1e-6, drop_path: float = 0.0, backend: str = "auto") -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        eps: float = 1e-6,
+        drop_path: float = 0.0,
+        backend: str = "auto",
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, backend=backend)
@@ -134,10 +145,23 @@ class ViTEncoder(nn.Module):
     for ``"sincos"`` and a parameter (init N(0, 0.02)) for ``"learned"``.
     """
 
-    def __init__(self, *, grid: tuple[int, int, int], patch_dim: int, embed_dim: int, depth: int,
-                 num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, eps: float = 1e-6,
-                 drop_path: float = 0.0, pos_embed: str = "sincos", cls_token: bool = True,
-                 grad_checkpointing: bool = False, backend: str = "auto") -> None:
+    def __init__(
+        self,
+        *,
+        grid: tuple[int, int, int],
+        patch_dim: int,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        eps: float = 1e-6,
+        drop_path: float = 0.0,
+        pos_embed: str = "sincos",
+        cls_token: bool = True,
+        grad_checkpointing: bool = False,
+        backend: str = "auto",
+    ) -> None:
         super().__init__()
         self.grid = tuple(grid)
         self.embed_dim = embed_dim
@@ -154,7 +178,8 @@ class ViTEncoder(nn.Module):
         # stochastic depth rising linearly to drop_path (plain Python: works under torch.device("meta"))
         rates = [drop_path * i / (depth - 1) for i in range(depth)] if depth > 1 else [drop_path] * depth
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, eps, rates[i], backend) for i in range(depth))
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, eps, rates[i], backend) for i in range(depth)
+        )
         self.norm = nn.LayerNorm(embed_dim, eps=eps)
 
     def embed(self, patches: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -178,8 +203,9 @@ class ViTEncoder(nn.Module):
             outs.append(x)
         return self.norm(x), outs
 
-    def forward(self, patches: torch.Tensor, ids: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(
+        self, patches: torch.Tensor, ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Patches [B, N, P] (grid positions ``ids`` or all) -> (normed output, block outputs)."""
         return self.run_blocks(self.embed(patches, ids))
 

@@ -19,11 +19,17 @@ import typer
 
 from hiend_data.errors import InputError, cli_errors
 
-app = typer.Typer(name="hiend-train", no_args_is_help=True, add_completion=False,
-                  help="Hi-End-MAE pre-training and UNETR fine-tuning loops (DDP via torchrun).")
+app = typer.Typer(
+    name="hiend-train",
+    no_args_is_help=True,
+    add_completion=False,
+    help="Hi-End-MAE pre-training and UNETR fine-tuning loops (DDP via torchrun).",
+)
 
-_SET_HELP = ("Any config field as FIELD=VALUE (VALUE read as JSON when it parses, else text); "
-             "model.FIELD / sampler.FIELD set model or sampler overrides. Repeatable.")
+_SET_HELP = (
+    "Any config field as FIELD=VALUE (VALUE read as JSON when it parses, else text); "
+    "model.FIELD / sampler.FIELD set model or sampler overrides. Repeatable."
+)
 
 
 @app.callback()
@@ -89,8 +95,17 @@ def _execute(kind: str, cfg: Any, resume: bool) -> None:
         raise typer.Exit(1) from None
     if result.env.main:
         last = result.fit.last
-        typer.echo(json.dumps({"out": str(result.out), "epochs": result.fit.epochs, "steps": result.fit.steps,
-                               "loss": last.get("loss"), "best_score": result.fit.best}))
+        typer.echo(
+            json.dumps(
+                {
+                    "out": str(result.out),
+                    "epochs": result.fit.epochs,
+                    "steps": result.fit.steps,
+                    "loss": last.get("loss"),
+                    "best_score": result.fit.best,
+                }
+            )
+        )
 
 
 _CONFIG = typer.Argument(None, help="Config file (.toml or .json) with any of the config fields.")
@@ -117,66 +132,154 @@ _SET = typer.Option([], "--set", help=_SET_HELP)
 
 @app.command()
 def pretrain(
-    config: Path | None = _CONFIG, cache: Path | None = _CACHE, out: Path | None = _OUT,
-    preset: str | None = _PRESET, epochs: int | None = _EPOCHS, batch_size: int | None = _BATCH,
-    num_samples: int | None = _SAMPLES, workers: int | None = _WORKERS, seed: int | None = _SEED,
-    device: str | None = _DEVICE, precision: str | None = _PRECISION, grad_accum: int | None = _ACCUM,
-    lr: float | None = _LR, warmup_epochs: float | None = _WARMUP, val_every: int | None = _VAL_EVERY,
-    val_fraction: float | None = _VAL_FRACTION, stop_after: int | None = _STOP,
-    preview_every: int | None = typer.Option(None, "--preview-every", min=0,
-                                             help="Reconstruction PNG every N epochs (0: never)."),
-    resume: bool = _RESUME, quiet: bool = _QUIET, set_: list[str] = _SET,
+    config: Path | None = _CONFIG,
+    cache: Path | None = _CACHE,
+    out: Path | None = _OUT,
+    preset: str | None = _PRESET,
+    epochs: int | None = _EPOCHS,
+    batch_size: int | None = _BATCH,
+    num_samples: int | None = _SAMPLES,
+    workers: int | None = _WORKERS,
+    seed: int | None = _SEED,
+    device: str | None = _DEVICE,
+    precision: str | None = _PRECISION,
+    grad_accum: int | None = _ACCUM,
+    lr: float | None = _LR,
+    warmup_epochs: float | None = _WARMUP,
+    val_every: int | None = _VAL_EVERY,
+    val_fraction: float | None = _VAL_FRACTION,
+    stop_after: int | None = _STOP,
+    preview_every: int | None = typer.Option(
+        None, "--preview-every", min=0, help="Reconstruction PNG every N epochs (0: never)."
+    ),
+    resume: bool = _RESUME,
+    quiet: bool = _QUIET,
+    set_: list[str] = _SET,
 ) -> None:
     """Pre-train a Hi-End-MAE on a cache (the paper's recipe unless told otherwise)."""
-    flags = dict(cache=cache, out=out, preset=preset, epochs=epochs, batch_size=batch_size,
-                 num_samples=num_samples, workers=workers, seed=seed, device=device, precision=precision,
-                 grad_accum=grad_accum, lr=lr, warmup_epochs=warmup_epochs, val_every=val_every,
-                 val_fraction=val_fraction, stop_after=stop_after, preview_every=preview_every,
-                 progress=False if quiet else None)
+    flags = dict(
+        cache=cache,
+        out=out,
+        preset=preset,
+        epochs=epochs,
+        batch_size=batch_size,
+        num_samples=num_samples,
+        workers=workers,
+        seed=seed,
+        device=device,
+        precision=precision,
+        grad_accum=grad_accum,
+        lr=lr,
+        warmup_epochs=warmup_epochs,
+        val_every=val_every,
+        val_fraction=val_fraction,
+        stop_after=stop_after,
+        preview_every=preview_every,
+        progress=False if quiet else None,
+    )
     with cli_errors():
         _execute("pretrain", _resolve("pretrain", config, flags, set_, resume), resume)
 
 
 @app.command()
 def finetune(
-    config: Path | None = _CONFIG, cache: Path | None = _CACHE, out: Path | None = _OUT,
-    init: Path | None = typer.Option(None, "--init", help="hiend mae/unetr .safetensors or the paper's "
-                                     "pre-training .pth (without it: a random --preset encoder)."),
-    preset: str | None = _PRESET, num_classes: int | None = typer.Option(
-        None, "--num-classes", help="Classes with background (default: 1 + the cache's largest label)."),
+    config: Path | None = _CONFIG,
+    cache: Path | None = _CACHE,
+    out: Path | None = _OUT,
+    init: Path | None = typer.Option(
+        None,
+        "--init",
+        help="hiend mae/unetr .safetensors or the paper's "
+        "pre-training .pth (without it: a random --preset encoder).",
+    ),
+    preset: str | None = _PRESET,
+    num_classes: int | None = typer.Option(
+        None, "--num-classes", help="Classes with background (default: 1 + the cache's largest label)."
+    ),
     feature_size: int | None = typer.Option(None, "--feature-size", min=1, help="UNETR feature size."),
     class_weights: str | None = typer.Option(
-        None, "--class-weights", help="Cross-entropy class weights: none (the paper's loss) or inverse_sqrt "
-        "(1/sqrt of each class's voxel share in the training cases; a list via --set class_weights=[...])."),
-    epochs: int | None = _EPOCHS, batch_size: int | None = _BATCH, num_samples: int | None = _SAMPLES,
-    workers: int | None = _WORKERS, seed: int | None = _SEED, device: str | None = _DEVICE,
-    precision: str | None = _PRECISION, grad_accum: int | None = _ACCUM, lr: float | None = _LR,
-    warmup_epochs: float | None = _WARMUP, val_every: int | None = _VAL_EVERY,
-    val_fraction: float | None = _VAL_FRACTION, stop_after: int | None = _STOP,
+        None,
+        "--class-weights",
+        help="Cross-entropy class weights: none (the paper's loss) or inverse_sqrt "
+        "(1/sqrt of each class's voxel share in the training cases; a list via --set class_weights=[...]).",
+    ),
+    epochs: int | None = _EPOCHS,
+    batch_size: int | None = _BATCH,
+    num_samples: int | None = _SAMPLES,
+    workers: int | None = _WORKERS,
+    seed: int | None = _SEED,
+    device: str | None = _DEVICE,
+    precision: str | None = _PRECISION,
+    grad_accum: int | None = _ACCUM,
+    lr: float | None = _LR,
+    warmup_epochs: float | None = _WARMUP,
+    val_every: int | None = _VAL_EVERY,
+    val_fraction: float | None = _VAL_FRACTION,
+    stop_after: int | None = _STOP,
     train_cases: int | None = typer.Option(
-        None, "--train-cases", help="Train on N of the training split's cases (seeded, nested in N; "
-        "the validation cases stay the same)."),
-    fold: int | None = typer.Option(None, "--fold", help="k-fold: validate on fold k (0-based), train on "
-                                    "the others (with --folds; replaces --val-fraction)."),
+        None,
+        "--train-cases",
+        help="Train on N of the training split's cases (seeded, nested in N; "
+        "the validation cases stay the same).",
+    ),
+    fold: int | None = typer.Option(
+        None,
+        "--fold",
+        help="k-fold: validate on fold k (0-based), train on "
+        "the others (with --folds; replaces --val-fraction).",
+    ),
     folds: int | None = typer.Option(None, "--folds", help="k-fold: number of seeded folds K."),
     layer_decay: float | None = typer.Option(
-        None, "--layer-decay", help="Layer-wise lr decay in (0, 1]: encoder block i gets lr x decay^(depth - i), "
-        "patch and position embedding decay^(depth + 1), decoder lr."),
+        None,
+        "--layer-decay",
+        help="Layer-wise lr decay in (0, 1]: encoder block i gets lr x decay^(depth - i), "
+        "patch and position embedding decay^(depth + 1), decoder lr.",
+    ),
     encoder_lr_scale: float | None = typer.Option(
-        None, "--encoder-lr-scale", help="Multiplier on the encoder's learning rate (with --layer-decay: both)."),
+        None,
+        "--encoder-lr-scale",
+        help="Multiplier on the encoder's learning rate (with --layer-decay: both).",
+    ),
     freeze_encoder: bool | None = typer.Option(
-        None, "--freeze-encoder", help="Keep the ViT encoder's weights fixed; train the decoder only.",
-        show_default=False),
-    resume: bool = _RESUME, quiet: bool = _QUIET, set_: list[str] = _SET,
+        None,
+        "--freeze-encoder",
+        help="Keep the ViT encoder's weights fixed; train the decoder only.",
+        show_default=False,
+    ),
+    resume: bool = _RESUME,
+    quiet: bool = _QUIET,
+    set_: list[str] = _SET,
 ) -> None:
     """Fine-tune a UNETR (Dice + CE) on a labelled cache; best.safetensors by validation Dice."""
-    flags = dict(cache=cache, out=out, init=init, preset=preset, num_classes=num_classes,
-                 feature_size=feature_size, class_weights=class_weights, epochs=epochs, batch_size=batch_size, num_samples=num_samples,
-                 workers=workers, seed=seed, device=device, precision=precision, grad_accum=grad_accum, lr=lr,
-                 warmup_epochs=warmup_epochs, val_every=val_every, val_fraction=val_fraction,
-                 stop_after=stop_after, train_cases=train_cases, fold=fold, folds=folds, layer_decay=layer_decay,
-                 encoder_lr_scale=encoder_lr_scale, freeze_encoder=freeze_encoder,
-                 progress=False if quiet else None)
+    flags = dict(
+        cache=cache,
+        out=out,
+        init=init,
+        preset=preset,
+        num_classes=num_classes,
+        feature_size=feature_size,
+        class_weights=class_weights,
+        epochs=epochs,
+        batch_size=batch_size,
+        num_samples=num_samples,
+        workers=workers,
+        seed=seed,
+        device=device,
+        precision=precision,
+        grad_accum=grad_accum,
+        lr=lr,
+        warmup_epochs=warmup_epochs,
+        val_every=val_every,
+        val_fraction=val_fraction,
+        stop_after=stop_after,
+        train_cases=train_cases,
+        fold=fold,
+        folds=folds,
+        layer_decay=layer_decay,
+        encoder_lr_scale=encoder_lr_scale,
+        freeze_encoder=freeze_encoder,
+        progress=False if quiet else None,
+    )
     with cli_errors():
         _execute("finetune", _resolve("finetune", config, flags, set_, resume), resume)
 

@@ -23,8 +23,9 @@ from hiend_data.errors import InputError, from_validation_error
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 #: fields that may change between a run and its ``--resume`` (they do not change what is computed)
-RUNTIME_FIELDS = frozenset({"out", "cache", "workers", "stop_after", "progress", "log_every", "device",
-                            "preview_every"})
+RUNTIME_FIELDS = frozenset(
+    {"out", "cache", "workers", "stop_after", "progress", "log_every", "device", "preview_every"}
+)
 
 
 class TrainConfig(BaseModel):
@@ -43,7 +44,9 @@ class TrainConfig(BaseModel):
     workers: int = Field(4, ge=0, description="DataLoader worker processes per training process")
     seed: int = 0
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:N")
-    precision: Precision = Field("auto", description="auto: bf16 on CUDA (fp16 where bf16 is missing), fp32 on CPU")
+    precision: Precision = Field(
+        "auto", description="auto: bf16 on CUDA (fp16 where bf16 is missing), fp32 on CPU"
+    )
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     lr: float = Field(1e-4, gt=0)
     min_lr: float = Field(0.0, ge=0, description="end of the cosine")
@@ -84,7 +87,9 @@ class FinetuneConfig(TrainConfig):
     4 crops per volume, sliding-window validation (overlap 0.5) by mean foreground Dice."""
 
     kind: Literal["finetune"] = "finetune"
-    init: Path | None = Field(None, description="hiend mae/unetr .safetensors or the paper's pre-training .pth")
+    init: Path | None = Field(
+        None, description="hiend mae/unetr .safetensors or the paper's pre-training .pth"
+    )
     num_classes: int | None = Field(None, ge=2, description="None: 1 + the largest label in the cache")
     feature_size: int = Field(16, ge=1)
     num_samples: int = Field(4, ge=1)
@@ -98,18 +103,35 @@ class FinetuneConfig(TrainConfig):
     dice_weight: float = Field(1.0, ge=0)
     ce_weight: float = Field(1.0, ge=0)
     class_weights: Literal["none", "inverse_sqrt"] | list[float] = Field(
-        "none", description="cross-entropy class weights: none (the paper's loss), inverse_sqrt (1/sqrt of "
-        "each class's voxel share in the training cases, mean 1) or one weight per class")
-    train_cases: int | None = Field(None, ge=1, description="train on N of the training split's cases "
-                                    "(seeded, nested in N; validation unchanged); None: all")
-    fold: int | None = Field(None, ge=0, description="k-fold: validate on fold k (0-based) of `folds`, "
-                             "train on the rest (instead of val_fraction)")
+        "none",
+        description="cross-entropy class weights: none (the paper's loss), inverse_sqrt (1/sqrt of "
+        "each class's voxel share in the training cases, mean 1) or one weight per class",
+    )
+    train_cases: int | None = Field(
+        None,
+        ge=1,
+        description="train on N of the training split's cases "
+        "(seeded, nested in N; validation unchanged); None: all",
+    )
+    fold: int | None = Field(
+        None,
+        ge=0,
+        description="k-fold: validate on fold k (0-based) of `folds`, "
+        "train on the rest (instead of val_fraction)",
+    )
     folds: int | None = Field(None, ge=2, description="k-fold: number of seeded folds K (with `fold`)")
-    layer_decay: float | None = Field(None, gt=0, le=1, description="layer-wise lr decay of the encoder: "
-                                      "block i gets lr x decay^(depth - i), patch/position embedding "
-                                      "decay^(depth + 1), decoder 1")
+    layer_decay: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="layer-wise lr decay of the encoder: "
+        "block i gets lr x decay^(depth - i), patch/position embedding "
+        "decay^(depth + 1), decoder 1",
+    )
     encoder_lr_scale: float = Field(1.0, gt=0, description="multiplier on every encoder parameter's lr")
-    freeze_encoder: bool = Field(False, description="keep the ViT encoder's weights fixed (train the decoder)")
+    freeze_encoder: bool = Field(
+        False, description="keep the ViT encoder's weights fixed (train the decoder)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -119,8 +141,10 @@ class FinetuneConfig(TrainConfig):
         if isinstance(data, dict) and data.get("fold") is not None:
             given = data.get("val_fraction")
             if given is not None and given != 0:
-                raise ValueError(f"fold={data['fold']} and val_fraction={given}: with k-fold the fold is the "
-                                 "validation set; leave val_fraction out (or 0)")
+                raise ValueError(
+                    f"fold={data['fold']} and val_fraction={given}: with k-fold the fold is the "
+                    "validation set; leave val_fraction out (or 0)"
+                )
             data = {**data, "val_fraction": 0.0}
         return data
 
@@ -131,8 +155,9 @@ class FinetuneConfig(TrainConfig):
         if self.fold is not None and self.folds is not None and self.fold >= self.folds:
             raise ValueError(f"fold={self.fold}: folds are numbered 0 to {self.folds - 1}")
         if self.freeze_encoder and (self.layer_decay is not None or self.encoder_lr_scale != 1.0):
-            raise ValueError("freeze_encoder: the frozen encoder has no learning rate; drop layer_decay / "
-                             "encoder_lr_scale")
+            raise ValueError(
+                "freeze_encoder: the frozen encoder has no learning rate; drop layer_decay / encoder_lr_scale"
+            )
         return self
 
 
@@ -180,8 +205,12 @@ def make_config(cls: type[TrainConfig], *layers: dict[str, Any], source: str = "
         raise from_validation_error(exc, str(source), cls.model_fields) from None
 
 
-def load_config(cls: type[TrainConfig], path: str | os.PathLike[str] | None = None,
-                overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> TrainConfig:
+def load_config(
+    cls: type[TrainConfig],
+    path: str | os.PathLike[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
+) -> TrainConfig:
     """defaults < ``base`` (e.g. a resumed run's config.json) < the file at ``path`` < ``overrides``."""
     file_fields = read_config_file(path) if path is not None else {}
     source = str(path) if path is not None else "config"

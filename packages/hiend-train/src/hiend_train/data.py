@@ -17,7 +17,7 @@ def open_cache(path: str | os.PathLike[str] | None) -> Any:
     from hiend_data.cache import Cache
 
     if path is None:
-        raise InputError("no cache given (--cache DIR, or cache = \"DIR\" in the config file)")
+        raise InputError('no cache given (--cache DIR, or cache = "DIR" in the config file)')
     path = Path(path)
     if not path.is_dir():
         raise InputError(f"{path}: cache folder not found (make one with `hiend-data preprocess SRC {path}`)")
@@ -41,8 +41,14 @@ def split_cases(names: list[str], val_fraction: float, seed: int) -> tuple[list[
     return [index[c.case_id] for c in train], [index[c.case_id] for c in val]
 
 
-def few_shot_split(names: list[str], val_fraction: float, seed: int, train_cases: int | None = None,
-                   fold: int | None = None, folds: int | None = None) -> tuple[list[int], list[int]]:
+def few_shot_split(
+    names: list[str],
+    val_fraction: float,
+    seed: int,
+    train_cases: int | None = None,
+    fold: int | None = None,
+    folds: int | None = None,
+) -> tuple[list[int], list[int]]:
     """The fine-tuning split: (train indices, validation indices) into ``names``.
 
     Validation: fold ``fold`` (0-based) of :func:`hiend_data.discovery.kfold` with ``folds`` folds when
@@ -75,8 +81,10 @@ def few_shot_split(names: list[str], val_fraction: float, seed: int, train_cases
         return train, val
     if not 1 <= train_cases <= len(train):
         where = f"fold {fold} of {folds}" if fold is not None else f"val_fraction {val_fraction}"
-        raise InputError(f"train_cases={train_cases}: the training split has {len(train)} cases "
-                         f"({len(names)} in the cache, {len(val)} held out for validation by {where})")
+        raise InputError(
+            f"train_cases={train_cases}: the training split has {len(train)} cases "
+            f"({len(names)} in the cache, {len(val)} held out for validation by {where})"
+        )
     ordered = sorted(train, key=lambda i: names[i])
     # a stream of its own (not the split's): the same seed permutes the training names independently
     perm = np.random.default_rng([seed, 1]).permutation(len(ordered))
@@ -84,8 +92,9 @@ def few_shot_split(names: list[str], val_fraction: float, seed: int, train_cases
     return [i for i in train if i in chosen], val
 
 
-def make_loader(cache: Any, sampler_cfg: Any, indices: list[int], batch_size: int, workers: int, seed: int,
-                env: DistEnv) -> tuple[Any, Any, Any]:
+def make_loader(
+    cache: Any, sampler_cfg: Any, indices: list[int], batch_size: int, workers: int, seed: int, env: DistEnv
+) -> tuple[Any, Any, Any]:
     """-> (CropDataset over the whole cache, DistributedSampler over ``indices``, DataLoader).
 
     A batch is ``batch_size`` volumes of this process's share of the cases (shuffled per epoch by
@@ -99,11 +108,20 @@ def make_loader(cache: Any, sampler_cfg: Any, indices: list[int], batch_size: in
 
     dataset = CropDataset(cache.root, sampler_cfg, seed=seed)
     subset = Subset(dataset, indices)
-    sampler = DistributedSampler(subset, num_replicas=env.world, rank=env.rank, shuffle=True, seed=seed,
-                                 drop_last=False)
+    sampler = DistributedSampler(
+        subset, num_replicas=env.world, rank=env.rank, shuffle=True, seed=seed, drop_last=False
+    )
     cuda = env.device is not None and env.device.type == "cuda"
-    loader = DataLoader(subset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                        collate_fn=collate_crops, pin_memory=cuda, persistent_workers=workers > 0,
-                        prefetch_factor=2 if workers > 0 else None, drop_last=False,
-                        generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(
+        subset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_crops,
+        pin_memory=cuda,
+        persistent_workers=workers > 0,
+        prefetch_factor=2 if workers > 0 else None,
+        drop_last=False,
+        generator=torch.Generator().manual_seed(seed),
+    )
     return dataset, sampler, loader

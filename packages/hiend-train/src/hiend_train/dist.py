@@ -51,14 +51,18 @@ def setup(device: str) -> DistEnv:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
     if world > 1 and dev.type == "mps":
-        raise InputError(f"device {device!r}: {world} processes (WORLD_SIZE={world}) cannot train on Apple's MPS "
-                         "backend, which torch.distributed does not support; run one process on mps, or use "
-                         "--device cpu (gloo) or cuda (NCCL) under torchrun")
+        raise InputError(
+            f"device {device!r}: {world} processes (WORLD_SIZE={world}) cannot train on Apple's MPS "
+            "backend, which torch.distributed does not support; run one process on mps, or use "
+            "--device cpu (gloo) or cuda (NCCL) under torchrun"
+        )
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
-                                **({"device_id": dev} if dev.type == "cuda" else {}))
+        dist.init_process_group(
+            backend="nccl" if dev.type == "cuda" else "gloo",
+            **({"device_id": dev} if dev.type == "cuda" else {}),
+        )
     return DistEnv(rank=rank, world=world, local_rank=local_rank, device=dev)
 
 

@@ -51,8 +51,9 @@ def build_model(cfg: FinetuneConfig, num_classes: int) -> Any:
     pre-training .pth -> new decoder) or, without init, a randomly initialised ``preset`` encoder."""
     overrides = dict(cfg.model)
     if cfg.init is None:
-        return UNETR.from_mae(build(cfg.preset, **overrides), num_classes=num_classes,
-                              feature_size=cfg.feature_size)
+        return UNETR.from_mae(
+            build(cfg.preset, **overrides), num_classes=num_classes, feature_size=cfg.feature_size
+        )
     init = Path(cfg.init)
     if not init.is_file():
         raise InputError(f"{init}: init checkpoint not found")
@@ -60,24 +61,31 @@ def build_model(cfg: FinetuneConfig, num_classes: int) -> Any:
     allowed = INIT_MODEL_FIELDS | (OFFICIAL_ARCH_FIELDS if official else frozenset())
     sizes = sorted(set(overrides) - allowed)
     if sizes:
-        raise InputError(f"model.{sizes[0]}: with init the model's sizes come from {init}; only "
-                         f"{', '.join(sorted(allowed))} may be set")
+        raise InputError(
+            f"model.{sizes[0]}: with init the model's sizes come from {init}; only "
+            f"{', '.join(sorted(allowed))} may be set"
+        )
     if official:  # the paper's .pth: head counts are not in the tensors (default: the released ViT-L/12)
         arch = {k: v for k, v in overrides.items() if k in OFFICIAL_ARCH_FIELDS}
         runtime = {k: v for k, v in overrides.items() if k in INIT_MODEL_FIELDS}
-        return load_unetr_init(init, num_classes=num_classes, feature_size=cfg.feature_size, arch=arch,
-                               **runtime)
+        return load_unetr_init(
+            init, num_classes=num_classes, feature_size=cfg.feature_size, arch=arch, **runtime
+        )
     info = read_checkpoint_info(init)
     if info.kind == UNETR_KIND.name:
         model, _ = load_checkpoint(init, expected_kind=UNETR_KIND.name, config_overrides=overrides or None)
         if model.config.num_classes != num_classes:
-            raise InputError(f"{init}: a UNETR with {model.config.num_classes} classes, the cache needs "
-                             f"{num_classes} (set num_classes, or initialise from a pre-training checkpoint)")
+            raise InputError(
+                f"{init}: a UNETR with {model.config.num_classes} classes, the cache needs "
+                f"{num_classes} (set num_classes, or initialise from a pre-training checkpoint)"
+            )
         return model
     try:
         return load_unetr_init(init, num_classes=num_classes, feature_size=cfg.feature_size, **overrides)
     except RuntimeError as exc:  # load_state_dict size mismatches from overrides that change sizes
-        raise InputError(f"{init}: cannot build the UNETR encoder from it ({str(exc).splitlines()[0]})") from None
+        raise InputError(
+            f"{init}: cannot build the UNETR encoder from it ({str(exc).splitlines()[0]})"
+        ) from None
 
 
 def training_class_counts(cache: Any, indices: list[int], num_classes: int) -> list[int]:
@@ -89,15 +97,19 @@ def training_class_counts(cache: Any, indices: list[int], num_classes: int) -> l
         total = int(np.prod(case.shape))
         for value, n in zip(case.classes, case.meta.get("class_counts", []), strict=True):
             if value >= num_classes:
-                raise InputError(f"{cache.root}: case {case.name!r} has label {value}, above num_classes - 1 = "
-                                 f"{num_classes - 1}")
+                raise InputError(
+                    f"{cache.root}: case {case.name!r} has label {value}, above num_classes - 1 = "
+                    f"{num_classes - 1}"
+                )
             counts[value] += int(n)
             total -= int(n)
         counts[0] += total
     return counts
 
 
-def class_weights_for(cfg: FinetuneConfig, cache: Any, indices: list[int], num_classes: int) -> torch.Tensor | None:
+def class_weights_for(
+    cfg: FinetuneConfig, cache: Any, indices: list[int], num_classes: int
+) -> torch.Tensor | None:
     """The cross-entropy weights of ``cfg.class_weights`` ([K] float32, or None for "none")."""
     spec = cfg.class_weights
     if spec == "none":
@@ -105,8 +117,10 @@ def class_weights_for(cfg: FinetuneConfig, cache: Any, indices: list[int], num_c
     if spec == "inverse_sqrt":
         return inverse_sqrt_weights(training_class_counts(cache, indices, num_classes)).float()
     if len(spec) != num_classes or any(not math.isfinite(w) or w < 0 for w in spec) or sum(spec) <= 0:
-        raise InputError(f"class_weights={spec}: expected {num_classes} finite weights >= 0 (one per class, "
-                         "background first) with a positive sum")
+        raise InputError(
+            f"class_weights={spec}: expected {num_classes} finite weights >= 0 (one per class, "
+            "background first) with a positive sum"
+        )
     return torch.tensor(spec, dtype=torch.float32)
 
 
@@ -121,12 +135,19 @@ def validate(ctx: Context, model: Any, roi: tuple[int, ...], num_classes: int) -
     sums = torch.zeros(2, num_classes - 1, dtype=torch.float64, device=env.device)
     was_training = model.training
     model.eval()
-    for idx in ctx.val_idx[env.rank::env.world]:
+    for idx in ctx.val_idx[env.rank :: env.world]:
         case = ctx.cache.case(idx)
         image = torch.from_numpy(np.array(case.image, dtype=np.float32))  # a writable copy
-        logits = sliding_window_logits(model, image, roi=roi, overlap=cfg.sw_overlap, sw_batch_size=cfg.sw_batch,
-                                       device=env.device, out_device="cpu",
-                                       amp=ctx.precision != "fp32" and env.device.type == "cuda")
+        logits = sliding_window_logits(
+            model,
+            image,
+            roi=roi,
+            overlap=cfg.sw_overlap,
+            sw_batch_size=cfg.sw_batch,
+            device=env.device,
+            out_device="cpu",
+            amp=ctx.precision != "fp32" and env.device.type == "cuda",
+        )
         dice, scored = dice_counts(logits.argmax(0), torch.from_numpy(np.array(case.label)), num_classes)
         sums[0] += dice.to(env.device)
         sums[1] += scored.to(env.device)
@@ -153,8 +174,9 @@ def build_task(ctx: Context) -> Task:
         lr_scales = layer_lr_scales(model, cfg.layer_decay, cfg.encoder_lr_scale)
     roi = tuple(model.config.img_size)
     sampler_cfg = SamplerConfig.finetune(**{"crop_size": roi, "num_samples": cfg.num_samples, **cfg.sampler})
-    dataset, sampler, loader = make_loader(ctx.cache, sampler_cfg, ctx.train_idx, cfg.batch_size, cfg.workers,
-                                           cfg.seed, env)
+    dataset, sampler, loader = make_loader(
+        ctx.cache, sampler_cfg, ctx.train_idx, cfg.batch_size, cfg.workers, cfg.seed, env
+    )
     weights = class_weights_for(cfg, ctx.cache, ctx.train_idx, num_classes)
     if weights is not None:
         weights = weights.to(env.device)
@@ -177,11 +199,22 @@ def build_task(ctx: Context) -> Task:
         return out
 
     plan = ctx.cache.plan.model_copy(update={"crop_size": roi})
-    return Task(kind="finetune", model=model, ddp_model=wrap_ddp(model, env), loss_fn=loss_fn, loader=loader,
-                sampler=sampler, dataset=dataset, plan=plan, on_epoch_end=on_epoch_end,
-                extra={"init": str(cfg.init) if cfg.init else None,
-                       "class_weights": None if weights is None else [round(float(w), 6) for w in weights]},
-                lr_scales=lr_scales)
+    return Task(
+        kind="finetune",
+        model=model,
+        ddp_model=wrap_ddp(model, env),
+        loss_fn=loss_fn,
+        loader=loader,
+        sampler=sampler,
+        dataset=dataset,
+        plan=plan,
+        on_epoch_end=on_epoch_end,
+        extra={
+            "init": str(cfg.init) if cfg.init else None,
+            "class_weights": None if weights is None else [round(float(w), 6) for w in weights],
+        },
+        lr_scales=lr_scales,
+    )
 
 
 def run(cfg: FinetuneConfig, resume: bool = False) -> RunResult:

@@ -103,9 +103,19 @@ def optimizer_steps_per_epoch(n_batches: int, grad_accum: int) -> int:
     return max(1, math.ceil(n_batches / grad_accum))
 
 
-def train_one_epoch(task: Task, optimizer: Any, scaler: Any, cfg: TrainConfig, env: DistEnv, run: RunDir,
-                    epoch: int, step: int, precision: str, progress: Progress | None = None,
-                    events: EventSink | None = None) -> tuple[int, dict[str, Any]]:
+def train_one_epoch(
+    task: Task,
+    optimizer: Any,
+    scaler: Any,
+    cfg: TrainConfig,
+    env: DistEnv,
+    run: RunDir,
+    epoch: int,
+    step: int,
+    precision: str,
+    progress: Progress | None = None,
+    events: EventSink | None = None,
+) -> tuple[int, dict[str, Any]]:
     """One pass over ``task.loader``; returns (global optimizer step after it, epoch record).
 
     Learning rate per optimizer step from :func:`~hiend_train.optim.lr_at`. Loss and metrics are
@@ -133,9 +143,11 @@ def train_one_epoch(task: Task, optimizer: Any, scaler: Any, cfg: TrainConfig, e
         """Bring a running sum to the host (the only synchronisation points) and check the loss."""
         values = (acc / max(n, 1)).tolist()
         if not math.isfinite(values[0]):
-            raise NonFiniteLoss(f"non-finite loss ({values[0]}) at epoch {epoch + 1} by step {step} (lr {lr:.3g}): "
-                                "lower lr, raise warmup_epochs, set clip_grad, or use bf16 / fp32 instead of "
-                                f"fp16; the last checkpoint in {run.root} is from before this epoch")
+            raise NonFiniteLoss(
+                f"non-finite loss ({values[0]}) at epoch {epoch + 1} by step {step} (lr {lr:.3g}): "
+                "lower lr, raise warmup_epochs, set clip_grad, or use bf16 / fp32 instead of "
+                f"fp16; the last checkpoint in {run.root} is from before this epoch"
+            )
         return dict(zip(names, values, strict=True))
 
     for i, batch in enumerate(task.loader):
@@ -164,9 +176,15 @@ def train_one_epoch(task: Task, optimizer: Any, scaler: Any, cfg: TrainConfig, e
             step += 1
         # loss and metrics stay on the device (no host sync per step), averaged over processes
         names = names or ["loss", *metrics]
-        stats = torch.stack([loss.detach().float().reshape(()),
-                             *(torch.as_tensor(v, dtype=torch.float32, device=loss.device).reshape(())
-                               for v in metrics.values())]).double()
+        stats = torch.stack(
+            [
+                loss.detach().float().reshape(()),
+                *(
+                    torch.as_tensor(v, dtype=torch.float32, device=loss.device).reshape(())
+                    for v in metrics.values()
+                ),
+            ]
+        ).double()
         all_sum(env, stats)
         stats /= env.world
         sums = stats.clone() if sums is None else sums + stats
@@ -178,16 +196,29 @@ def train_one_epoch(task: Task, optimizer: Any, scaler: Any, cfg: TrainConfig, e
         if last_micro and step % cfg.log_every == 0:
             values = host_mean(window, n_window)
             now = time.perf_counter()
-            events.emit("step", epoch=epoch + 1, step=step, lr=lr, **values,
-                        crops_per_s=crops_window / max(now - t_window, 1e-9))
+            events.emit(
+                "step",
+                epoch=epoch + 1,
+                step=step,
+                lr=lr,
+                **values,
+                crops_per_s=crops_window / max(now - t_window, 1e-9),
+            )
             window, n_window, crops_window, t_window = None, 0, 0, now
             progress.update(bar, description=f"epoch {epoch + 1}/{cfg.epochs} loss {values['loss']:.4f}")
         progress.update(bar, advance=1)
     progress.remove_task(bar)
     values = host_mean(sums, n_micro) if sums is not None else {}
     seconds = time.perf_counter() - t0
-    record = {"event": "epoch", "epoch": epoch + 1, "step": step, "lr": lr, **values,
-              "crops_per_s": crops / max(seconds, 1e-9), "seconds": seconds}
+    record = {
+        "event": "epoch",
+        "epoch": epoch + 1,
+        "step": step,
+        "lr": lr,
+        **values,
+        "crops_per_s": crops / max(seconds, 1e-9),
+        "seconds": seconds,
+    }
     return step, record
 
 
@@ -195,17 +226,30 @@ def progress_bar(enabled: bool) -> Progress:
     """The run's rich progress bar and its console, on stderr (stdout is for results: the command's
     last line is a JSON summary). ``enabled=False`` (``progress = false``, ``--quiet``, ranks other than
     0) is rich's ``disable=``, and a quiet console: the same calls, nothing drawn or printed."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    transient=True, disable=not enabled, console=Console(stderr=True, quiet=not enabled))
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+        disable=not enabled,
+        console=Console(stderr=True, quiet=not enabled),
+    )
 
 
 def save_weights(task: Task, path: Any, epoch: int, step: int, extra: dict[str, Any] | None = None) -> None:
     """The model as a hiend checkpoint with the task's plan and where in the run it was saved."""
     from hiend_model.checkpoint import save_checkpoint
 
-    save_checkpoint(path, task.model, plan=task.plan,
-                    extra={"hiend_train": {"kind": task.kind, "epoch": epoch, "step": step, **(extra or {})},
-                           **task.extra})
+    save_checkpoint(
+        path,
+        task.model,
+        plan=task.plan,
+        extra={
+            "hiend_train": {"kind": task.kind, "epoch": epoch, "step": step, **(extra or {})},
+            **task.extra,
+        },
+    )
 
 
 def _resume(task: Task, optimizer: Any, scaler: Any, run: RunDir) -> tuple[int, int, float | None]:
@@ -219,8 +263,10 @@ def _resume(task: Task, optimizer: Any, scaler: Any, run: RunDir) -> tuple[int, 
     info = read_checkpoint_info(run.last)
     saved_epoch = (info.extra or {}).get("hiend_train", {}).get("epoch")
     if saved_epoch != state["epoch"]:
-        raise InputError(f"{run.root}: last.safetensors (epoch {saved_epoch}) and state.pt (epoch "
-                         f"{state['epoch']}) disagree; the run was interrupted while saving")
+        raise InputError(
+            f"{run.root}: last.safetensors (epoch {saved_epoch}) and state.pt (epoch "
+            f"{state['epoch']}) disagree; the run was interrupted while saving"
+        )
     weights = load_file(str(run.last), device=str(next(task.model.parameters()).device))
     task.model.load_state_dict(weights, strict=True)
     optimizer.load_state_dict(state["optimizer"])
@@ -230,8 +276,17 @@ def _resume(task: Task, optimizer: Any, scaler: Any, run: RunDir) -> tuple[int, 
     return int(state["epoch"]), int(state["step"]), state.get("best")
 
 
-def fit(task: Task, optimizer: Any, scaler: Any, cfg: TrainConfig, env: DistEnv, run: RunDir,
-        precision: str, resume: bool = False, events: EventSink | None = None) -> FitResult:
+def fit(
+    task: Task,
+    optimizer: Any,
+    scaler: Any,
+    cfg: TrainConfig,
+    env: DistEnv,
+    run: RunDir,
+    precision: str,
+    resume: bool = False,
+    events: EventSink | None = None,
+) -> FitResult:
     """Train ``task`` for the epochs of ``cfg`` (from where state.pt left off with ``resume``);
     ``step`` and ``epoch`` events go to ``events`` (default ``run.events``: log.jsonl)."""
     events = run.events if events is None else events
@@ -244,8 +299,9 @@ def fit(task: Task, optimizer: Any, scaler: Any, cfg: TrainConfig, env: DistEnv,
             torch.manual_seed(epoch_seed(cfg.seed, epoch, env.rank))
             task.sampler.set_epoch(epoch)
             task.dataset.set_epoch(epoch)
-            step, record = train_one_epoch(task, optimizer, scaler, cfg, env, run, epoch, step, precision, progress,
-                                           events)
+            step, record = train_one_epoch(
+                task, optimizer, scaler, cfg, env, run, epoch, step, precision, progress, events
+            )
             if task.on_epoch_end is not None:
                 record.update(task.on_epoch_end(epoch))
             score = record.pop("score", None)
@@ -258,9 +314,16 @@ def fit(task: Task, optimizer: Any, scaler: Any, cfg: TrainConfig, env: DistEnv,
             if done % cfg.save_every == 0 or done == end:
                 if env.main:
                     save_weights(task, run.last, done, step)
-                    run.save_state({"epoch": done, "step": step, "optimizer": optimizer.state_dict(),
-                                    "scaler": scaler.state_dict() if scaler is not None else {},
-                                    "rng": rng_state(), "best": best})
+                    run.save_state(
+                        {
+                            "epoch": done,
+                            "step": step,
+                            "optimizer": optimizer.state_dict(),
+                            "scaler": scaler.state_dict() if scaler is not None else {},
+                            "rng": rng_state(),
+                            "best": best,
+                        }
+                    )
             events.emit(**record)
             history.append(record)
             last = record
@@ -269,6 +332,11 @@ def fit(task: Task, optimizer: Any, scaler: Any, cfg: TrainConfig, env: DistEnv,
 
 
 def _summary(record: dict[str, Any]) -> str:
-    keys = [k for k in record if k not in ("event", "seconds", "best_score") and isinstance(record[k], (int, float))]
-    return "  ".join(f"{k} {record[k]:.4g}" if isinstance(record[k], float) else f"{k} {record[k]}" for k in keys)
-
+    keys = [
+        k
+        for k in record
+        if k not in ("event", "seconds", "best_score") and isinstance(record[k], (int, float))
+    ]
+    return "  ".join(
+        f"{k} {record[k]:.4g}" if isinstance(record[k], float) else f"{k} {record[k]}" for k in keys
+    )

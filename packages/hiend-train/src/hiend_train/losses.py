@@ -23,8 +23,13 @@ def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor, smooth: float = 1
     return (1.0 - (2.0 * inter + smooth) / (denom + smooth)).mean()
 
 
-def dice_ce_loss(logits: torch.Tensor, labels: torch.Tensor, dice_weight: float = 1.0,
-                 ce_weight: float = 1.0, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+def dice_ce_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    dice_weight: float = 1.0,
+    ce_weight: float = 1.0,
+    class_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``dice_weight`` * soft Dice loss + ``ce_weight`` * cross-entropy (both in float32).
 
     ``class_weights`` [K]: the cross-entropy becomes PyTorch's weighted one (sum over voxels of

@@ -25,8 +25,9 @@ def decays(name: str, ndim: int) -> bool:
     return ndim >= 2 and not name.endswith(".bias") and last not in NO_DECAY_NAMES
 
 
-def param_groups(named: Iterable[tuple[str, Any]], weight_decay: float,
-                 lr_scales: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
+def param_groups(
+    named: Iterable[tuple[str, Any]], weight_decay: float, lr_scales: Mapping[str, float] | None = None
+) -> list[dict[str, Any]]:
     """``model.named_parameters()`` -> AdamW groups: ``{"params", "weight_decay", "names"}``.
 
     Frozen parameters (``requires_grad=False``) are left out. Without ``lr_scales``: two groups, group
@@ -45,15 +46,19 @@ def param_groups(named: Iterable[tuple[str, Any]], weight_decay: float,
             else:
                 no_decay.append(p)
                 no_decay_names.append(name)
-        return [{"params": decay, "weight_decay": weight_decay, "names": decay_names},
-                {"params": no_decay, "weight_decay": 0.0, "names": no_decay_names}]
+        return [
+            {"params": decay, "weight_decay": weight_decay, "names": decay_names},
+            {"params": no_decay, "weight_decay": 0.0, "names": no_decay_names},
+        ]
     groups: dict[tuple[float, bool], dict[str, Any]] = {}
     for name, p in named:
         if not p.requires_grad:
             continue
         scale, decay_it = float(lr_scales.get(name, 1.0)), decays(name, p.ndim)
-        group = groups.setdefault((scale, decay_it), {"params": [], "weight_decay": weight_decay if decay_it else 0.0,
-                                                      "names": [], "lr_scale": scale})
+        group = groups.setdefault(
+            (scale, decay_it),
+            {"params": [], "weight_decay": weight_decay if decay_it else 0.0, "names": [], "lr_scale": scale},
+        )
         group["params"].append(p)
         group["names"].append(name)
     return list(groups.values())
@@ -71,7 +76,9 @@ def encoder_depth(name: str, num_blocks: int) -> int:
     return 0
 
 
-def layer_lr_scales(model: Any, layer_decay: float | None = None, encoder_lr_scale: float = 1.0) -> dict[str, float]:
+def layer_lr_scales(
+    model: Any, layer_decay: float | None = None, encoder_lr_scale: float = 1.0
+) -> dict[str, float]:
     """Learning-rate multiplier of every parameter of ``model`` (a network whose ViT is ``model.encoder``
     with ``.blocks``, such as the UNETR), by ``model.named_parameters()`` name.
 
@@ -90,13 +97,22 @@ def layer_lr_scales(model: Any, layer_decay: float | None = None, encoder_lr_sca
         if id(p) not in local:
             out[name] = 1.0
             continue
-        decay = 1.0 if layer_decay is None else layer_decay ** (depth_max - encoder_depth(local[id(p)], depth_max - 1))
+        decay = (
+            1.0
+            if layer_decay is None
+            else layer_decay ** (depth_max - encoder_depth(local[id(p)], depth_max - 1))
+        )
         out[name] = encoder_lr_scale * decay
     return out
 
 
-def build_optimizer(model: Any, lr: float, weight_decay: float, betas: tuple[float, float],
-                    lr_scales: Mapping[str, float] | None = None) -> Any:
+def build_optimizer(
+    model: Any,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    lr_scales: Mapping[str, float] | None = None,
+) -> Any:
     """AdamW over :func:`param_groups` of ``model`` (the unwrapped module, so names have no ``module.``).
 
     ``lr_scales`` (e.g. from :func:`layer_lr_scales`): each group starts at ``lr x lr_scale`` and keeps
@@ -104,8 +120,10 @@ def build_optimizer(model: Any, lr: float, weight_decay: float, betas: tuple[flo
     """
     import torch
 
-    groups = [{k: v for k, v in g.items() if k != "names"}
-              for g in param_groups(model.named_parameters(), weight_decay, lr_scales)]
+    groups = [
+        {k: v for k, v in g.items() if k != "names"}
+        for g in param_groups(model.named_parameters(), weight_decay, lr_scales)
+    ]
     for g in groups:
         if "lr_scale" in g:
             g["lr"] = lr * g["lr_scale"]

@@ -78,8 +78,9 @@ class _GradRecorder:
             p.grad = None
 
 
-def step_gradients(model: torch.nn.Module, loss_fn: LossFn, batch: dict[str, Any], device: str | torch.device,
-                   precision: str) -> tuple[float, dict[str, torch.Tensor]]:
+def step_gradients(
+    model: torch.nn.Module, loss_fn: LossFn, batch: dict[str, Any], device: str | torch.device, precision: str
+) -> tuple[float, dict[str, torch.Tensor]]:
     """(loss, {parameter name: gradient, float32 on the CPU}) of one training step of a copy of
     ``model`` on ``device`` under ``precision`` (``fp32``, ``bf16``, ``fp16``), through the loop."""
     device = torch.device(device)
@@ -87,16 +88,36 @@ def step_gradients(model: torch.nn.Module, loss_fn: LossFn, batch: dict[str, Any
     named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
     optimizer = _GradRecorder(named)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    cfg = TrainConfig(epochs=1, warmup_epochs=0, lr=1.0, log_every=1 << 30, progress=False, device=str(device))
-    task = Task(kind="parity", model=net, ddp_model=net, loss_fn=loss_fn, loader=[batch], sampler=None,
-                dataset=None, plan=None)
+    cfg = TrainConfig(
+        epochs=1, warmup_epochs=0, lr=1.0, log_every=1 << 30, progress=False, device=str(device)
+    )
+    task = Task(
+        kind="parity",
+        model=net,
+        ddp_model=net,
+        loss_fn=loss_fn,
+        loader=[batch],
+        sampler=None,
+        dataset=None,
+        plan=None,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         run = RunDir(tmp, writer=False)
         # fp16: a step whose scaled gradients overflow is skipped and the scale halved, as in a run
         for _ in range(1 if scaler is None else 32):
             optimizer.grads = {}
-            _, record = train_one_epoch(task, optimizer, scaler, cfg, DistEnv(device=device), run, epoch=0, step=0,
-                                        precision=precision, events=MultiSink())
+            _, record = train_one_epoch(
+                task,
+                optimizer,
+                scaler,
+                cfg,
+                DistEnv(device=device),
+                run,
+                epoch=0,
+                step=0,
+                precision=precision,
+                events=MultiSink(),
+            )
             if optimizer.grads:
                 break
     if len(optimizer.grads) != len(named):
@@ -126,14 +147,24 @@ class StepParity:
     def summary(self) -> dict[str, Any]:
         """The numbers as a JSON-friendly dict (without the per-tensor ones)."""
         tol = TOLERANCES[self.precision]
-        return {"precision": self.precision, "device": self.device, "loss": self.loss, "loss_ref": self.loss_ref,
-                "loss_rel": self.loss_rel, "grad_rel": self.grad_rel, "worst_tensor": self.worst,
-                "worst_tensor_rel": self.worst_rel,
-                "tol_loss_rel": tol.loss_rel, "tol_grad_rel": tol.grad_rel, "within": self.within()}
+        return {
+            "precision": self.precision,
+            "device": self.device,
+            "loss": self.loss,
+            "loss_ref": self.loss_ref,
+            "loss_rel": self.loss_rel,
+            "grad_rel": self.grad_rel,
+            "worst_tensor": self.worst,
+            "worst_tensor_rel": self.worst_rel,
+            "tol_loss_rel": tol.loss_rel,
+            "tol_grad_rel": tol.grad_rel,
+            "within": self.within(),
+        }
 
 
-def compare_to_reference(model: torch.nn.Module, loss_fn: LossFn, batch: dict[str, Any],
-                         device: str | torch.device, precision: str) -> StepParity:
+def compare_to_reference(
+    model: torch.nn.Module, loss_fn: LossFn, batch: dict[str, Any], device: str | torch.device, precision: str
+) -> StepParity:
     """One step of ``model`` (its current weights) on ``batch`` on ``device`` under ``precision``,
     against the same step on the CPU in fp32."""
     loss_ref, ref = step_gradients(model, loss_fn, batch, "cpu", "fp32")
@@ -146,10 +177,17 @@ def compare_to_reference(model: torch.nn.Module, loss_fn: LossFn, batch: dict[st
         per_tensor[name] = _rel(diff, scale)
         diff_sq, ref_sq = diff_sq + diff**2, ref_sq + scale**2
     worst = max(per_tensor, key=per_tensor.__getitem__)
-    return StepParity(precision=precision, device=str(device), loss=loss, loss_ref=loss_ref,
-                      loss_rel=abs(loss - loss_ref) / max(abs(loss_ref), 1e-12),
-                      grad_rel=_rel(math.sqrt(diff_sq), math.sqrt(ref_sq)), worst=worst,
-                      worst_rel=per_tensor[worst], per_tensor=per_tensor)
+    return StepParity(
+        precision=precision,
+        device=str(device),
+        loss=loss,
+        loss_ref=loss_ref,
+        loss_rel=abs(loss - loss_ref) / max(abs(loss_ref), 1e-12),
+        grad_rel=_rel(math.sqrt(diff_sq), math.sqrt(ref_sq)),
+        worst=worst,
+        worst_rel=per_tensor[worst],
+        per_tensor=per_tensor,
+    )
 
 
 def _rel(diff: float, scale: float) -> float:
@@ -157,8 +195,9 @@ def _rel(diff: float, scale: float) -> float:
 
 
 #: the tiny model of the parity checks (the tests' TINY_MODEL)
-TINY: dict[str, Any] = dict(img_size=32, patch_size=8, embed_dim=48, depth=4, num_heads=4, decoder_embed_dim=24,
-                            decoder_num_heads=4)
+TINY: dict[str, Any] = dict(
+    img_size=32, patch_size=8, embed_dim=48, depth=4, num_heads=4, decoder_embed_dim=24, decoder_num_heads=4
+)
 
 
 def _smooth(generator: torch.Generator, shape: tuple[int, ...], size: int) -> torch.Tensor:
@@ -167,8 +206,9 @@ def _smooth(generator: torch.Generator, shape: tuple[int, ...], size: int) -> to
     return F.interpolate(coarse, size=(size, size, size), mode="trilinear", align_corners=False)
 
 
-def tiny_case(kind: str, seed: int = 0, batch: int = 4, num_classes: int = 4) -> tuple[torch.nn.Module, LossFn,
-                                                                                        dict[str, Any]]:
+def tiny_case(
+    kind: str, seed: int = 0, batch: int = 4, num_classes: int = 4
+) -> tuple[torch.nn.Module, LossFn, dict[str, Any]]:
     """(model, loss_fn, batch) of a ``pretrain`` (Hi-End-MAE, masked-patch loss with fixed noise) or
     ``finetune`` (UNETR, the Dice + CE loss of fine-tuning) step of the tiny model on seeded crops."""
     g = torch.Generator().manual_seed(seed)

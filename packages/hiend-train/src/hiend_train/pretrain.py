@@ -46,7 +46,7 @@ def fixed_batch(dataset: Any, index: int, seed: int, num_patches: int) -> tuple[
 def validation_loss(ctx: Context, model: Any, dataset: Any) -> float | None:
     """Mean masked-patch loss over the validation cases' fixed crops and noise (all ranks), or None."""
     env = ctx.env
-    mine = ctx.val_idx[env.rank::env.world]
+    mine = ctx.val_idx[env.rank :: env.world]
     total = torch.zeros(2, dtype=torch.float64, device=env.device)
     was_training = model.training
     model.eval()
@@ -72,8 +72,9 @@ def build_task(ctx: Context) -> Task:
     model = HiEndMAE(resolve_config(cfg.preset, **cfg.model)).to(env.device)
     crop = tuple(model.config.img_size)
     sampler_cfg = SamplerConfig.pretrain(**{"crop_size": crop, "num_samples": cfg.num_samples, **cfg.sampler})
-    dataset, sampler, loader = make_loader(ctx.cache, sampler_cfg, ctx.train_idx, cfg.batch_size, cfg.workers,
-                                           cfg.seed, env)
+    dataset, sampler, loader = make_loader(
+        ctx.cache, sampler_cfg, ctx.train_idx, cfg.batch_size, cfg.workers, cfg.seed, env
+    )
     warned: list[bool] = []
 
     def on_epoch_end(epoch: int) -> dict[str, Any]:
@@ -87,19 +88,37 @@ def build_task(ctx: Context) -> Task:
         if env.main and cfg.preview_every and (done % cfg.preview_every == 0 or last):
             images, noise = fixed_batch(dataset, ctx.train_idx[0], cfg.seed, model.num_patches)
             path = ctx.run.previews / f"epoch_{done:04d}.png"
-            written = write_preview(model, images[:1].to(env.device), noise[:1].to(env.device), path,
-                                    title=f"epoch {done}")
+            written = write_preview(
+                model, images[:1].to(env.device), noise[:1].to(env.device), path, title=f"epoch {done}"
+            )
             if written is None and not warned:
                 warned.append(True)
-                ctx.run.log({"event": "warning", "message": "matplotlib is not installed (pip install "
-                             "'hiend-train[preview]'): reconstruction previews are skipped"})
-                print("note: matplotlib is not installed (pip install 'hiend-train[preview]'); "
-                      "skipping reconstruction previews", file=sys.stderr)
+                ctx.run.log(
+                    {
+                        "event": "warning",
+                        "message": "matplotlib is not installed (pip install "
+                        "'hiend-train[preview]'): reconstruction previews are skipped",
+                    }
+                )
+                print(
+                    "note: matplotlib is not installed (pip install 'hiend-train[preview]'); "
+                    "skipping reconstruction previews",
+                    file=sys.stderr,
+                )
         return out
 
     plan = ctx.cache.plan.model_copy(update={"crop_size": crop})
-    return Task(kind="pretrain", model=model, ddp_model=wrap_ddp(model, env), loss_fn=_loss, loader=loader,
-                sampler=sampler, dataset=dataset, plan=plan, on_epoch_end=on_epoch_end)
+    return Task(
+        kind="pretrain",
+        model=model,
+        ddp_model=wrap_ddp(model, env),
+        loss_fn=_loss,
+        loader=loader,
+        sampler=sampler,
+        dataset=dataset,
+        plan=plan,
+        on_epoch_end=on_epoch_end,
+    )
 
 
 def run(cfg: PretrainConfig, resume: bool = False) -> RunResult:

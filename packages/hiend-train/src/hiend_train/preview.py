@@ -28,8 +28,9 @@ def preview_slices(model: Any, images: torch.Tensor, noise: torch.Tensor) -> tup
     return pick[0], pick[1], pick[2], float(out.loss)
 
 
-def write_preview(model: Any, images: torch.Tensor, noise: torch.Tensor, path: str | Path,
-                  title: str = "") -> Path | None:
+def write_preview(
+    model: Any, images: torch.Tensor, noise: torch.Tensor, path: str | Path, title: str = ""
+) -> Path | None:
     """Write the three slices side by side to ``path`` (PNG, atomically: whole or not at all, parent folders
     created); None when matplotlib is missing."""
     try:
@@ -43,7 +44,9 @@ def write_preview(model: Any, images: torch.Tensor, noise: torch.Tensor, path: s
     path = Path(path)
     fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
     lo, hi = float(image.min()), float(image.max())
-    for ax, arr, name in zip(axes, (image, masked, recon), ("input", "masked input", "reconstruction"), strict=True):
+    for ax, arr, name in zip(
+        axes, (image, masked, recon), ("input", "masked input", "reconstruction"), strict=True
+    ):
         ax.imshow(arr.T, cmap="gray", origin="lower", vmin=lo, vmax=hi if hi > lo else lo + 1)
         ax.set_title(name)
         ax.axis("off")

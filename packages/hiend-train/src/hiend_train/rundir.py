@@ -56,7 +56,9 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def _defaults(cls: type[TrainConfig]) -> dict[str, Any]:
     from pydantic_core import to_jsonable_python
 
-    return {k: to_jsonable_python(f.get_default(call_default_factory=True)) for k, f in cls.model_fields.items()}
+    return {
+        k: to_jsonable_python(f.get_default(call_default_factory=True)) for k, f in cls.model_fields.items()
+    }
 
 
 class RunDir:
@@ -109,27 +111,34 @@ class RunDir:
             saved = {**_defaults(type(cfg)), **saved}
         if resume:
             if saved is None or not self.state_path.is_file():
-                raise InputError(f"{self.root}: nothing to resume (no config.json and state.pt; "
-                                 "start without --resume)")
+                raise InputError(
+                    f"{self.root}: nothing to resume (no config.json and state.pt; start without --resume)"
+                )
             old = {k: v for k, v in saved.items() if k not in RUNTIME_FIELDS}
             diff = _differences(old, cfg.identity())
             if diff:
-                raise InputError(f"{self.root}: --resume with a different config ({', '.join(diff)} changed); "
-                                 "resume with the run's own config or start a new --out")
+                raise InputError(
+                    f"{self.root}: --resume with a different config ({', '.join(diff)} changed); "
+                    "resume with the run's own config or start a new --out"
+                )
             before = self.saved_split()
             if split is not None and before is not None:
                 changed = [k for k in ("train", "val") if sorted(before.get(k, [])) != sorted(split[k])]
                 if changed:
-                    raise InputError(f"{self.root}: --resume on other cases (the cache gives {len(split['train'])} "
-                                     f"train / {len(split['val'])} val cases, the run had "
-                                     f"{len(before.get('train', []))} / {len(before.get('val', []))}; "
-                                     f"{' and '.join(changed)} differ); resume with the run's cache")
+                    raise InputError(
+                        f"{self.root}: --resume on other cases (the cache gives {len(split['train'])} "
+                        f"train / {len(split['val'])} val cases, the run had "
+                        f"{len(before.get('train', []))} / {len(before.get('val', []))}; "
+                        f"{' and '.join(changed)} differ); resume with the run's cache"
+                    )
             return
         if saved is not None:
             diff = _differences(saved, cfg.model_dump(mode="json"))
             what = f"a different config ({', '.join(diff)} differ)" if diff else "the same config"
-            raise InputError(f"{self.root}: already holds a run with {what}; pass --resume to continue it "
-                             "or choose another --out (nothing is overwritten)")
+            raise InputError(
+                f"{self.root}: already holds a run with {what}; pass --resume to continue it "
+                "or choose another --out (nothing is overwritten)"
+            )
 
     def start(self, cfg: TrainConfig, resume: bool, split: dict[str, list[str]] | None = None) -> None:
         """Create the folder, write config.json (with ``split``) and split.json (fresh runs) and start
@@ -143,7 +152,11 @@ class RunDir:
             record = fields if split is None else {**fields, "split": split}
             atomic_text(self.config_path, json.dumps(record, indent=2) + "\n")
             if split is not None:
-                how = {k: fields[k] for k in ("seed", "val_fraction", "fold", "folds", "train_cases") if k in fields}
+                how = {
+                    k: fields[k]
+                    for k in ("seed", "val_fraction", "fold", "folds", "train_cases")
+                    if k in fields
+                }
                 atomic_text(self.split_path, json.dumps({**how, **split}, indent=2) + "\n")
             atomic_text(self.log_path, "")
 
@@ -174,11 +187,15 @@ class RunDir:
         try:
             state = torch.load(self.state_path, map_location=map_location, weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input
-            raise InputError(f"{self.state_path}: not a readable training state ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+            raise InputError(
+                f"{self.state_path}: not a readable training state ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''})"
+            ) from None
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise InputError(f"{self.state_path}: not a hiend-train state file (format "
-                             f"{state.get('format') if isinstance(state, dict) else None!r})")
+            raise InputError(
+                f"{self.state_path}: not a hiend-train state file (format "
+                f"{state.get('format') if isinstance(state, dict) else None!r})"
+            )
         return state
 
 

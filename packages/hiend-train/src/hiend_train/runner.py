@@ -51,11 +51,12 @@ class RunResult:
     env: DistEnv
 
 
-def _check_run_dir(cfg: TrainConfig, resume: bool, env: DistEnv, split: dict[str, list[str]] | None = None
-                   ) -> RunDir:
+def _check_run_dir(
+    cfg: TrainConfig, resume: bool, env: DistEnv, split: dict[str, list[str]] | None = None
+) -> RunDir:
     """Rank 0 checks RUN; every rank raises the same InputError (no rank is left waiting)."""
     if cfg.out is None:
-        raise InputError("no run folder given (--out RUN, or out = \"RUN\" in the config file)")
+        raise InputError('no run folder given (--out RUN, or out = "RUN" in the config file)')
     run = RunDir(cfg.out, writer=env.main)
     error = None
     if env.main:
@@ -86,24 +87,48 @@ def execute(cfg: TrainConfig, resume: bool, build: Callable[[Context], Task]) ->
         split = {"train": [cache.cases[i] for i in train_idx], "val": [cache.cases[i] for i in val_idx]}
         run = _check_run_dir(cfg, resume, env, split)
         events = event_sink(cfg, env, run)
-        ctx = Context(cfg=cfg, env=env, precision=precision, cache=cache, run=run, train_idx=train_idx,
-                      val_idx=val_idx, resume=resume, events=events)
+        ctx = Context(
+            cfg=cfg,
+            env=env,
+            precision=precision,
+            cache=cache,
+            run=run,
+            train_idx=train_idx,
+            val_idx=val_idx,
+            resume=resume,
+            events=events,
+        )
         torch.manual_seed(cfg.seed)  # the model's initial weights: identical on every rank
         task = build(ctx)
         optimizer = build_optimizer(task.model, cfg.lr, cfg.weight_decay, cfg.betas, lr_scales=task.lr_scales)
         scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         run.start(cfg, resume, split)
         events.emit("start", resume=resume)
-        events.emit("setup", kind=task.kind, world=env.world, device=str(env.device), precision=precision,
-                    train_cases=len(train_idx), val_cases=len(val_idx), train_case_names=split["train"],
-                    val_case_names=split["val"], steps_per_epoch=len(task.loader),
-                    crops_per_step=cfg.batch_size * cfg.num_samples * env.world,
-                    model=task.model.config.model_dump(mode="json"),
-                    parameters=sum(p.numel() for p in task.model.parameters()),
-                    trainable_parameters=sum(p.numel() for g in optimizer.param_groups for p in g["params"]),
-                    lr_groups=[{"lr_scale": g.get("lr_scale", 1.0), "weight_decay": g["weight_decay"],
-                                "tensors": len(g["params"])} for g in optimizer.param_groups],
-                    **({"class_weights": task.extra["class_weights"]} if task.extra.get("class_weights") else {}))
+        events.emit(
+            "setup",
+            kind=task.kind,
+            world=env.world,
+            device=str(env.device),
+            precision=precision,
+            train_cases=len(train_idx),
+            val_cases=len(val_idx),
+            train_case_names=split["train"],
+            val_case_names=split["val"],
+            steps_per_epoch=len(task.loader),
+            crops_per_step=cfg.batch_size * cfg.num_samples * env.world,
+            model=task.model.config.model_dump(mode="json"),
+            parameters=sum(p.numel() for p in task.model.parameters()),
+            trainable_parameters=sum(p.numel() for g in optimizer.param_groups for p in g["params"]),
+            lr_groups=[
+                {
+                    "lr_scale": g.get("lr_scale", 1.0),
+                    "weight_decay": g["weight_decay"],
+                    "tensors": len(g["params"]),
+                }
+                for g in optimizer.param_groups
+            ],
+            **({"class_weights": task.extra["class_weights"]} if task.extra.get("class_weights") else {}),
+        )
         result = fit(task, optimizer, scaler, cfg, env, run, precision, resume=resume, events=events)
         events.emit("end", epochs=result.epochs, steps=result.steps, best=result.best)
         return RunResult(out=run.root, fit=result, model=task.model, env=env)
@@ -118,8 +143,14 @@ def execute(cfg: TrainConfig, resume: bool, build: Callable[[Context], Task]) ->
 def case_split(cfg: TrainConfig, names: list[str]) -> tuple[list[int], list[int]]:
     """(train, validation) indices into the cache's case ``names`` for ``cfg``: the seeded split
     (:func:`~hiend_train.data.few_shot_split`; fine-tuning adds k-fold and ``train_cases``)."""
-    return few_shot_split(names, cfg.val_fraction, cfg.seed, train_cases=getattr(cfg, "train_cases", None),
-                          fold=getattr(cfg, "fold", None), folds=getattr(cfg, "folds", None))
+    return few_shot_split(
+        names,
+        cfg.val_fraction,
+        cfg.seed,
+        train_cases=getattr(cfg, "train_cases", None),
+        fold=getattr(cfg, "fold", None),
+        folds=getattr(cfg, "folds", None),
+    )
 
 
 def wrap_ddp(model: Any, env: DistEnv) -> Any:

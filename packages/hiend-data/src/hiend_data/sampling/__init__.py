@@ -44,7 +44,6 @@ from __future__ import annotations
 from .arrays import ArrayCache, ArrayCase
 from .config import SamplerConfig
 from .crops import PlannedCrop, crop_box
-from .crops import copy_view as _copy_view  # the name tools/bench/crop_copy.py imports
 from .sampler import CropSampler
 
 __all__ = ["ArrayCache", "ArrayCase", "CropSampler", "PlannedCrop", "SamplerConfig", "crop_box"]

@@ -17,7 +17,8 @@ class SamplerConfig(BaseModel):
     pos: float = Field(6.0, ge=0, description="weight of foreground-centred crops")
     neg: float = Field(2.0, ge=0, description="weight of background-centred crops")
     centres: Literal["image", "label"] = Field(
-        "image", description="foreground = image[0] > 0 ('image', pre-training) or label > 0 ('label')")
+        "image", description="foreground = image[0] > 0 ('image', pre-training) or label > 0 ('label')"
+    )
     flip_prob: float = Field(0.5, ge=0, le=1, description="per axis")
     flip_axes: tuple[int, ...] = (0, 1, 2)
     rot90_prob: float = Field(0.3, ge=0, le=1)
@@ -28,10 +29,13 @@ class SamplerConfig(BaseModel):
     shift_prob: float = Field(0.1, ge=0, le=1)
     shift_range: float = Field(0.1, ge=0, description="image + u, u ~ U(-r, r)")
     image_threshold: float | None = Field(
-        None, description="with centres='label': centres (labelled and background) also need image[0] > this")
+        None, description="with centres='label': centres (labelled and background) also need image[0] > this"
+    )
     class_balanced: bool = Field(
-        False, description="with centres='label': a foreground-centred crop picks one of the case's classes "
-        "uniformly, then a voxel of that class (small organs as often as large ones)")
+        False,
+        description="with centres='label': a foreground-centred crop picks one of the case's classes "
+        "uniformly, then a voxel of that class (small organs as often as large ones)",
+    )
     pad_value: float = 0.0
 
     @model_validator(mode="after")
@@ -48,10 +52,14 @@ class SamplerConfig(BaseModel):
         if a == b or a not in (0, 1, 2) or b not in (0, 1, 2):
             raise ValueError(f"rot90_axes must be two distinct spatial axes 0..2, got {self.rot90_axes}")
         if self.image_threshold is not None and self.centres != "label":
-            raise ValueError("image_threshold only applies with centres='label' (the image is the label otherwise)")
+            raise ValueError(
+                "image_threshold only applies with centres='label' (the image is the label otherwise)"
+            )
         if self.rot90_prob > 0 and self.crop_size[a] != self.crop_size[b]:
-            raise ValueError(f"rot90 needs equal crop sizes along rot90_axes {self.rot90_axes} so that "
-                             f"every crop has the same shape, got crop_size {self.crop_size}")
+            raise ValueError(
+                f"rot90 needs equal crop sizes along rot90_axes {self.rot90_axes} so that "
+                f"every crop has the same shape, got crop_size {self.crop_size}"
+            )
         return self
 
     @property
@@ -70,7 +78,14 @@ class SamplerConfig(BaseModel):
         """The paper's fine-tuning recipe: 4 crops of 96^3, pos 1 : neg 1 on labelled vs background
         voxels inside the body (image > 0: MONAI's ``image_key``/``image_threshold=0`` of the paper's
         fine-tuning code), flips and rot90 p 0.2, intensity scale and shift p 0.1 (+-0.1)."""
-        base: dict[str, Any] = dict(num_samples=4, pos=1.0, neg=1.0, centres="label", image_threshold=0.0,
-                                    flip_prob=0.2, rot90_prob=0.2)
+        base: dict[str, Any] = dict(
+            num_samples=4,
+            pos=1.0,
+            neg=1.0,
+            centres="label",
+            image_threshold=0.0,
+            flip_prob=0.2,
+            rot90_prob=0.2,
+        )
         base.update(overrides)
         return cls(**base)

@@ -30,8 +30,9 @@ class PlannedCrop:
     aug: AugmentParams
 
 
-def crop_box(centre: tuple[int, ...], shape: tuple[int, ...], size: tuple[int, ...]
-             ) -> tuple[tuple[slice, ...], tuple[slice, ...], bool]:
+def crop_box(
+    centre: tuple[int, ...], shape: tuple[int, ...], size: tuple[int, ...]
+) -> tuple[tuple[slice, ...], tuple[slice, ...], bool]:
     """Source and destination slices of a crop of ``size`` around ``centre`` in a volume of ``shape``.
 
     Returns (source slices into the volume, destination slices into the crop, whether padding is
@@ -52,8 +53,16 @@ def crop_box(centre: tuple[int, ...], shape: tuple[int, ...], size: tuple[int, .
     return tuple(src), tuple(dst), padded
 
 
-def copy_view(volume: np.ndarray, out: np.ndarray, src: tuple[slice, ...], rev: frozenset[int], swap: bool,
-              aug: AugmentParams, channel_first: bool, intensity: bool) -> None:
+def copy_view(
+    volume: np.ndarray,
+    out: np.ndarray,
+    src: tuple[slice, ...],
+    rev: frozenset[int],
+    swap: bool,
+    aug: AugmentParams,
+    channel_first: bool,
+    intensity: bool,
+) -> None:
     """``out = augment(volume[src])`` in one pass: flips and rot90 folded into the source slicing
     (reversed slices + one transpose, see :func:`~hiend_data.augment.view_plan`), scale/shift fused
     into the copy when ``intensity`` and they fire. ``out`` is written in order (a reversed innermost
@@ -64,8 +73,9 @@ def copy_view(volume: np.ndarray, out: np.ndarray, src: tuple[slice, ...], rev: 
     per source plane, so the copy then runs in chunks of ``CHUNK`` source planes instead (the same
     operations per element, hence the same bits; ``tools/bench/crop_copy.py``).
     """
-    sl = tuple(slice(s.stop - 1, s.start - 1 if s.start else None, -1) if i in rev else s
-               for i, s in enumerate(src))
+    sl = tuple(
+        slice(s.stop - 1, s.start - 1 if s.start else None, -1) if i in rev else s for i, s in enumerate(src)
+    )
     view = volume[(slice(None), *sl)] if channel_first else volume[sl]
     scale = np.float32(aug.scale) if intensity and aug.scale is not None else None
     shift = np.float32(aug.shift) if intensity and aug.shift is not None else None
@@ -99,8 +109,15 @@ def fused_copy(view: np.ndarray, out: np.ndarray, scale: np.float32 | None, shif
         np.copyto(out, view, casting="same_kind")
 
 
-def copy_padded(volume: np.ndarray, out: np.ndarray, src: tuple[slice, ...], dst: tuple[slice, ...],
-                pad_value: float, aug: AugmentParams, channel_first: bool) -> None:
+def copy_padded(
+    volume: np.ndarray,
+    out: np.ndarray,
+    src: tuple[slice, ...],
+    dst: tuple[slice, ...],
+    pad_value: float,
+    aug: AugmentParams,
+    channel_first: bool,
+) -> None:
     """Padded crop (volume smaller than the crop along some axis): fill, then write the region through
     the inverse augmentation view of ``out`` so that ``out`` ends up augmented."""
     lead = (slice(None),) if channel_first else ()

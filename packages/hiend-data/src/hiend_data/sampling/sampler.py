@@ -29,8 +29,14 @@ class CropSampler:
         of it (saves the page faults of a fresh 28 MB allocation per volume). Not thread-safe.
     """
 
-    def __init__(self, cache: Any, cfg: SamplerConfig | None = None, seed: int = 0, max_open: int = 16,
-                 reuse_buffers: bool = True) -> None:
+    def __init__(
+        self,
+        cache: Any,
+        cfg: SamplerConfig | None = None,
+        seed: int = 0,
+        max_open: int = 16,
+        reuse_buffers: bool = True,
+    ) -> None:
         self.cache = cache
         self.cfg = cfg if cfg is not None else SamplerConfig.pretrain()
         self.seed = int(seed)
@@ -68,7 +74,9 @@ class CropSampler:
         opened = self._opened.get(name)
         if opened is None:
             if name not in self._names:
-                raise InputError(f"no case {name!r} to sample from (the cache has {len(self.case_names)} cases)")
+                raise InputError(
+                    f"no case {name!r} to sample from (the cache has {len(self.case_names)} cases)"
+                )
             opened = OpenedCase(self.cache.case(name), self.cfg.centres, self.cfg.image_threshold)
             self._opened[name] = opened
             while len(self._opened) > self.max_open:
@@ -96,8 +104,16 @@ class CropSampler:
         crops = []
         for i in range(cfg.num_samples):
             src, dst, padded = crop_box(centres[i], st.shape, cfg.crop_size)
-            crops.append(PlannedCrop(tuple(int(c) for c in centres[i]), bool(fg[i]), src, dst, padded,
-                                     params_from_uniforms(cfg, u[i, 1:])))
+            crops.append(
+                PlannedCrop(
+                    tuple(int(c) for c in centres[i]),
+                    bool(fg[i]),
+                    src,
+                    dst,
+                    padded,
+                    params_from_uniforms(cfg, u[i, 1:]),
+                )
+            )
         return crops
 
     def fill(self, case: str | int, crops: list[PlannedCrop]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -122,14 +138,16 @@ class CropSampler:
                     copy_view(st.label, labels[i], crop.source, rev, swap, aug, False, False)
         return images, labels
 
-    def sample_batch(self, case: str | int, rng: np.random.Generator | None = None
-                     ) -> tuple[np.ndarray, np.ndarray | None]:
+    def sample_batch(
+        self, case: str | int, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """All crops of one case stacked: image ``float32 [N, C, *crop_size]``, label ``[N, *crop_size]``
         or None (:meth:`plan`, then :meth:`fill`)."""
         return self.fill(case, self.plan(case, rng))
 
-    def sample(self, case: str | int, rng: np.random.Generator | None = None
-               ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    def sample(
+        self, case: str | int, rng: np.random.Generator | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """``num_samples`` crops of one case: a list of (image ``float32 [C, *crop_size]`` C-contiguous,
         label ``[*crop_size]`` or None), views of the stacked buffers of :meth:`sample_batch`."""
         images, labels = self.sample_batch(case, rng)
