@@ -1,6 +1,6 @@
 """PyTorch adapter (``pip install hiend-data[torch]``): the crop sampler as a map-style Dataset.
 
-The only module of hiend-data that imports torch.
+With :mod:`hiend_data.torch_augment` (the recipe on the GPU), the only modules of hiend-data that import torch.
 
 Item ``i`` is every crop of case ``i`` (``cfg.num_samples`` of them), drawn from the stream
 ``SeedSequence(seed, spawn_key=(epoch, i))``: what an item holds depends only on (seed, epoch, i),
