@@ -112,6 +112,26 @@ def test_convert_pretrained(tmp_path: Path, tiny):
     assert info.plan == Plan.paper() and info.config["decoder_num_heads"] == 2
 
 
+def test_convert_never_replaces_its_source_or_an_existing_file_unasked(tmp_path: Path, tiny):
+    pth = tmp_path / "paper_mae.pth"
+    torch.save(export_official_pretrained(tiny.mae(seed=5), wrap=True), pth)
+    source = pth.read_bytes()
+    args = ("--from", "official-pretrain", "--num-heads", 2, "--decoder-num-heads", 2)
+    _one_line_error(run("convert", pth, pth, *args), "paper_mae.pth", "is the source checkpoint itself")
+    _one_line_error(
+        run("convert", pth, tmp_path / "." / "paper_mae.pth", *args, "--overwrite"), "source checkpoint"
+    )
+    assert pth.read_bytes() == source
+    _one_line_error(run("convert", pth, tmp_path, *args), "is a folder")
+    dst = tmp_path / "old.safetensors"
+    dst.write_bytes(b"previous")
+    _one_line_error(run("convert", pth, dst, *args), "old.safetensors", "exists", "--overwrite")
+    assert dst.read_bytes() == b"previous"
+    assert run("convert", pth, dst, *args, "--overwrite").exit_code == 0
+    assert load_checkpoint(dst, expected_kind="mae")[1].extra["converted_from"] == str(pth)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.safetensors", "paper_mae.pth"]
+
+
 def _one_line_error(r, *fragments: str) -> None:
     assert r.exit_code == 2, (r.exit_code, r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()

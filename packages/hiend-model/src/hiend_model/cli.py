@@ -144,12 +144,13 @@ def convert(
     decoder_num_heads: int = typer.Option(
         None, "--decoder-num-heads", min=1, help="Decoder heads of a pre-training checkpoint (default 16)."
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace DST if it exists (never SRC itself)."),
 ) -> None:
     """Convert the paper's checkpoint to ours; every size except head counts comes from the tensors."""
     with cli_errors():
         from .official import convert_official
 
-        path = convert_official(src, dst, source.value, num_heads, decoder_num_heads)
+        path = convert_official(src, dst, source.value, num_heads, decoder_num_heads, overwrite=overwrite)
         typer.echo(str(path))
 
 

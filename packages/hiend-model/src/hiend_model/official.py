@@ -424,16 +424,25 @@ def convert_official(
     source: str,
     num_heads: int | None = None,
     decoder_num_heads: int | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """The paper's ``.pth`` -> a hiend checkpoint with the paper's plan; sizes inferred from the tensors.
 
     ``source``: the layout of ``src``, ``"official-pretrain"`` or ``"official-finetune"`` (any name of
     :mod:`hiend_model.kinds`). Head counts are not in the tensors (default: the released 16). The
     output's ``extra`` is ``{"converted_from", "source_format", "source_sha256"}``. Returns ``dst``.
+    ``dst`` must not be ``src`` (the same file by any path) or a folder, and an existing ``dst`` is
+    replaced only with ``overwrite`` (InputError otherwise, before anything is read or written).
     """
-    src = Path(src)
+    src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise FileNotFoundError(2, "No such file or directory", str(src))
+    if dst.exists() and dst.is_dir():
+        raise InputError(f"{dst}: is a folder; give the output checkpoint's file name (.safetensors)")
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise InputError(f"{dst}: is the source checkpoint itself; choose another output file")
+    if dst.exists() and not overwrite:
+        raise InputError(f"{dst}: exists; choose another output file or pass --overwrite")
     kind = get_kind(source)
     sd = read_state_dict(src)
     arch = infer_arch_from_state_dict(
