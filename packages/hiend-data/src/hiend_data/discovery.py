@@ -37,8 +37,10 @@ from .naming import (
     case_name,
     channel_file,
     group_channels,
+    check_unique,
     image_suffix,
     is_image,
+    safe_case_name,
     split_channel,
     strip_suffix,
 )
@@ -66,6 +68,11 @@ def discover(src: str | os.PathLike[str], include_test: bool = False) -> list[Ca
         cases = _from_folder(src)
     if not cases:
         raise InputError(f"{src}: no NIfTI cases found (.nii / .nii.gz)")
+    # case ids become file names in caches, predictions, reports: one gate (hiend_data.naming)
+    source = src / "dataset.json" if (src.is_dir() and (src / "dataset.json").exists()) else src
+    for c in cases:
+        safe_case_name(c.case_id, source)
+    check_unique([c.case_id for c in cases], source)
     ids = [c.case_id for c in cases]
     dup = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
     if dup:
@@ -144,6 +151,7 @@ def _from_nnunet(root: Path, include_test: bool) -> list[Case]:
         label = root / "labelsTr" / f"{case.case_id}{ending}"
         if not label.exists():
             raise InputError(f"{label}: label file missing for training case {case.case_id!r}")
+        _inside(root, str(label.relative_to(root)), "label")
         labelled.append(Case(case.case_id, case.images, label))
     if include_test and (root / "imagesTs").is_dir():
         labelled += _scan_channels(root / "imagesTs", ending, n_chan, djson)
@@ -162,6 +170,7 @@ def _scan_channels(folder: Path, ending: str, n_chan: int, djson: Path) -> list[
     for f in sorted(folder.iterdir()):
         if image_suffix(f) != ending or f.name.startswith("."):
             continue
+        _inside(djson.parent, str(f.relative_to(djson.parent)), "image")  # a symlink out is refused
         split = split_channel(strip_suffix(f) or "")
         if split is None:
             raise InputError(f"{f}: not named {{case}}_XXXX{ending} (nnU-Net channel suffix missing)")

@@ -16,13 +16,22 @@ in one folder; a label or a prediction is ``{case}{ext}``. hiend reads it like t
   missing file (a case is never silently split or cut short). A ``_dddd`` file without a ``_0000``
   sibling is a one-channel case named in full (``x_0001``), and so is any other image file.
 
-Torch-free and numpy-free (``pathlib`` and ``re`` only).
+**Case names become file names** (in the cache, ``predict --out``, ``score`` reports, run folders), and
+they come from untrusted text: dataset.json keys, manifest lines, file names. :func:`safe_case_name`
+is the one gate: a name with a path separator, ``..``, an absolute path, a leading dot, NUL or other
+control characters, or an empty name is an :class:`InputError` naming the source; :func:`check_unique`
+refuses names that differ only in case or Unicode normalisation (one file on macOS and Windows
+filesystems); :func:`path_inside` joins a checked name to a folder and verifies the resolved path stays
+in it (a symlinked subfolder cannot redirect a write).
+
+Torch-free and numpy-free (``pathlib``, ``re`` and ``unicodedata`` only).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,3 +192,65 @@ def channel_siblings(path: str | os.PathLike[str]) -> list[Path]:
             siblings.append(f)
     group = [g for g in group_channels(siblings) if path in g.files]
     return list(group[0].files) if group else [path]
+
+
+#: the longest case name accepted (file systems allow 255 bytes; room for suffixes such as ``_seg.npy``)
+MAX_NAME_CHARS = 200
+
+
+def safe_case_name(name: object, source: str | os.PathLike[str] = "case name") -> str:
+    """``name`` if it can be used as one file name in any folder; InputError naming ``source`` if not.
+
+    Refused: a non-string or empty name, ``.`` / ``..`` or any leading dot (hidden files, ``..``
+    segments), ``/`` or ``\\`` anywhere (path separators on any OS), a drive or absolute path, NUL and
+    other control characters (C0, DEL, C1), and names longer than :data:`MAX_NAME_CHARS`.
+    """
+    if not isinstance(name, str):
+        raise InputError(f"{source}: case name {name!r} is not text")
+    why = None
+    if not name.strip():
+        why = "is empty"
+    elif name.startswith("."):
+        why = "starts with '.' (a hidden file, '.' or '..')"
+    elif "/" in name or "\\" in name or (os.sep in name) or (os.altsep and os.altsep in name):
+        why = "contains a path separator"
+    elif re.match(r"^[A-Za-z]:", name) or os.path.isabs(name):
+        why = "is an absolute path"
+    elif any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
+        why = "contains a control character"
+    elif len(name) > MAX_NAME_CHARS:
+        why = f"is longer than {MAX_NAME_CHARS} characters"
+    if why is not None:
+        raise InputError(f"{source}: case name {name!r} {why}; a case name must be one plain file name")
+    return name
+
+
+def _folded(name: str) -> str:
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def check_unique(names: Iterable[str], source: str | os.PathLike[str] = "case names") -> None:
+    """InputError naming ``source`` and both names if two differ only in letter case or Unicode
+    normalisation (``"Liver"`` / ``"liver"``; NFC / NFD forms): they would be one file on case-insensitive
+    or normalising file systems, and one would silently replace the other."""
+    seen: dict[str, str] = {}
+    for name in names:
+        key = _folded(name)
+        if key in seen and seen[key] != name:
+            raise InputError(
+                f"{source}: case names {seen[key]!r} and {name!r} differ only in letter case or Unicode form "
+                "(one file on many file systems)"
+            )
+        seen.setdefault(key, name)
+
+
+def path_inside(folder: str | os.PathLike[str], name: str, suffix: str = "") -> Path:
+    """``folder / (name + suffix)`` after :func:`safe_case_name`, checked to resolve inside ``folder``
+    (InputError naming the path otherwise, e.g. when an existing entry is a symlink leading out)."""
+    folder = Path(folder)
+    path = folder / (safe_case_name(name, folder) + suffix)
+    root = folder.resolve()
+    target = path.resolve()
+    if target != root and root not in target.parents:
+        raise InputError(f"{path}: resolves to {target}, outside {root}; refusing to write there")
+    return path
