@@ -3,13 +3,17 @@
 Every package raises :class:`InputError` (or a subclass) for bad input: a file that is not what it
 claims, a value out of range, geometry that disagrees. Its message is one line that names the file or
 value and says what is wrong. Command lines wrap their work in :func:`cli_errors`, which turns an
-``InputError`` into that line on stderr and exit code 2 (DESIGN.md, "Exit codes"); anything else is a
-bug and exits 1 with a traceback.
+``InputError`` into that line on stderr and exit code 2 (DESIGN.md, "Exit codes"). Output places the
+user chose that cannot be written (a read-only or full folder, a file where a folder is wanted, a
+missing file) are bad input too: the same one line naming the path and exit 2. Anything else is a bug
+and exits 1 with a traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -53,3 +57,35 @@ def cli_errors() -> Iterator[None]:
         name = exc.filename if exc.filename is not None else str(exc)
         print(f"error: {name}: no such file or directory", file=sys.stderr)
         raise typer.Exit(2) from None
+    except OSError as exc:
+        if not _users_fault(exc):
+            raise
+        name = exc.filename if exc.filename is not None else "output"
+        what = exc.strerror or os.strerror(exc.errno or 0) or type(exc).__name__
+        print(f"error: {name}: {what[:1].lower() + what[1:]}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
+#: errno values that describe the place the user pointed us at, not a bug
+USER_ERRNOS = frozenset(
+    getattr(errno, n)
+    for n in (
+        "EACCES",
+        "EPERM",
+        "EROFS",
+        "ENOSPC",
+        "EDQUOT",
+        "EFBIG",
+        "EEXIST",
+        "ENOTDIR",
+        "EISDIR",
+        "ENAMETOOLONG",
+    )
+    if hasattr(errno, n)
+)
+
+
+def _users_fault(exc: OSError) -> bool:
+    return isinstance(exc, (PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError)) or (
+        exc.errno in USER_ERRNOS
+    )

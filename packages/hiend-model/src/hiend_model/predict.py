@@ -25,7 +25,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hiend_data import load_volume, preprocess_case, restore_label, save_volume
 from hiend_data.errors import InputError
-from hiend_data.naming import ChannelGroup, group_channels, is_image
+from hiend_data.naming import (
+    ChannelGroup,
+    check_unique,
+    group_channels,
+    is_image,
+    path_inside,
+    safe_case_name,
+)
 
 from .checkpoint import load_checkpoint, read_checkpoint_info
 from .device import resolve_device
@@ -62,6 +69,9 @@ def collect_cases(inputs: Sequence[str | os.PathLike[str]]) -> list[ScanCase]:
         else:
             raise InputError(f"{path}: no such file or folder")
     cases = group_channels(files)  # the one case-naming rule (hiend_data.naming)
+    for case in cases:  # output names come from input file names: one plain file name each
+        safe_case_name(case.name, case.files[0])
+    check_unique([case.name for case in cases], "the inputs' output names")
     seen: dict[str, ScanCase] = {}
     for case in cases:
         if case.name in seen:
@@ -394,9 +404,10 @@ def _check_inputs(cases: list[ScanCase], in_chans: int | None, out_dir: Path) ->
     """Read every scan once (all of it: a truncated .gz only shows at the end) before writing anything."""
     inputs = {f.resolve() for case in cases for f in case.files}
     for case in cases:
-        target = (out_dir / f"{case.name}.nii.gz").resolve()
+        target = (out_dir / f"{safe_case_name(case.name, case.files[0])}.nii.gz").resolve()
         if target in inputs:
             raise InputError(f"{target}: the output would overwrite an input scan; choose another --out")
+        path_inside(out_dir, case.name, ".nii.gz")  # and no other symlink leads the write out of --out
         vol = load_volume(list(case.files))
         channels = 1 if vol.array.ndim == 3 else vol.array.shape[0]
         if in_chans is not None and channels != in_chans:

@@ -1,0 +1,92 @@
+"""Hostile output places (issue 11): an output that is a file, a folder under a file, a full disk.
+
+Every command reports them as one line naming the path, exit 2, no traceback, and leaves what was
+there before intact.
+"""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from hiend_data import Plan
+from hiend_data.cli import app as data_app
+from hiend_data.phantom import make_phantom_dataset
+from hiend_model.checkpoint import save_checkpoint
+from hiend_model.mae import build
+from hiend_model.unetr import UNETR
+
+BIN = Path(sys.executable).parent
+
+
+def run(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / str(args[0])), *map(str, args[1:])], capture_output=True, text=True, timeout=300
+    )
+
+
+def one_line_exit_2(proc, *fragments: str) -> str:
+    stderr = proc.stderr
+    code = proc.returncode if hasattr(proc, "returncode") else proc.exit_code
+    assert code == 2, (code, stderr[-2000:])
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("outputs") / "raw"
+    make_phantom_dataset(root, cases=2, seed=11, test_cases=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    mae = build("tiny", img_size=32, patch_size=16, embed_dim=24, depth=4, num_heads=2, decoder_embed_dim=24,
+                decoder_num_heads=2)  # fmt: skip
+    model = UNETR.from_mae(mae, num_classes=3, feature_size=4).eval()
+    plan = Plan(spacing=(6.0, 6.0, 6.0), crop_size=(32, 32, 32))
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "u.safetensors", model, plan=plan)
+
+
+def test_output_folders_that_are_files(phantom, ckpt, tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    one_line_exit_2(run("hiend-data", "preprocess", phantom, taken, "--spacing", "6"), "taken")
+    one_line_exit_2(run("hiend-data", "phantom", taken / "sub", "--cases", "1"), "taken")
+    one_line_exit_2(run("hiend-model", "predict", ckpt, phantom / "imagesTs", "--out", taken, "-q"), "taken")
+    ref = phantom / "labelsTs"
+    one_line_exit_2(run("hiend-eval", "score", ref, ref, "--out", taken), "taken")
+    assert taken.read_text() == "keep me"
+
+
+def test_a_full_disk_during_preprocess_keeps_the_earlier_cache(phantom, tmp_path, monkeypatch):
+    runner = CliRunner()
+    out = tmp_path / "cache"
+    first = runner.invoke(
+        data_app, ["preprocess", str(phantom), str(out), "--spacing", "6", "--workers", "0"]
+    )
+    assert first.exit_code == 0, first.output
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "x.npy"))
+
+    monkeypatch.setattr(np, "save", full)
+    r = runner.invoke(data_app, ["preprocess", str(phantom), str(out), "--spacing", "5", "--workers", "0"])
+    one_line_exit_2(r, "x.npy", "no space left on device")
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # no temporary file left behind; every file there is whole (the plan changed, so cases may be gone)
+    assert not [p for p in after if p.name.startswith(".")]
+    assert all(after[p] == before[p] for p in after if p in before and p.name != "plan.json")
