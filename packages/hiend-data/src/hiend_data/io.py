@@ -29,6 +29,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .errors import InputError
+from .limits import MAX_LABEL, check_volume_bytes
 from .naming import channel_siblings, image_suffix, is_image
 
 # deflate cannot compress better than about 1032:1, so a header claiming more bytes than that is a lie.
@@ -125,6 +126,8 @@ def _check_header(path: Path, img: Any, file_size: int) -> None:
     if abs(np.linalg.det(affine[:3, :3])) < 1e-12 or min(spacing_of(affine)) <= 0:
         raise InputError(f"{path}: singular affine in the header (axes collapse)")
     itemsize = np.dtype(img.get_data_dtype()).itemsize
+    # in memory: the stored type, or float32 when a scaling applies (before a single byte is inflated)
+    check_volume_bytes(shape, max(itemsize, 4), path, "header claims")
     needed = int(np.prod(shape, dtype=np.int64)) * itemsize + int(hdr.get("vox_offset", 0) or 0)
     _check_size(path, shape, needed, file_size)
 
@@ -257,30 +260,46 @@ def check_same_grid(ref: Volume, other: Volume, atol: float = 1e-4) -> None:
         raise InputError(f"{other.path}: affine differs from {ref.path} by up to {diff:.4g} mm")
 
 
-def as_label(vol: Volume) -> Volume:
-    """Check that ``vol`` is a label map (one channel, non-negative integers) and give it an integer dtype.
+def label_array(array: np.ndarray, path: object) -> np.ndarray:
+    """``array`` as a label map of the smallest unsigned type (uint8 / uint16), or InputError naming ``path``.
 
-    Float label maps whose values are all whole numbers are accepted and converted to the smallest
-    unsigned type that holds them; anything else raises :class:`InputError` naming the file.
+    A label map is one 3-D channel of whole numbers in ``0 .. MAX_LABEL`` (65535,
+    :data:`hiend_data.limits.MAX_LABEL`); float maps holding only such values are accepted. NaN,
+    infinity, fractions, negative values and values above the limit (which an integer cast would wrap
+    or a per-label count would have to allocate) are refused before any conversion. The one rule for
+    every reader of label maps (preprocessing, ``hiend-eval score``).
     """
-    arr = vol.array
-    if arr.ndim != 3:
-        raise InputError(f"{vol.path}: a label map must have one channel, found shape {arr.shape}")
-    if arr.dtype.kind == "f":
-        frac = int(np.count_nonzero(arr != np.round(arr)))
+    if array.ndim != 3:
+        raise InputError(f"{path}: a label map must have one channel, found shape {array.shape}")
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"{path}: not a label map: voxel type {array.dtype}")
+    if array.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise InputError(
+                f"{path}: label map has {bad} NaN or infinite values (labels are integers 0..{MAX_LABEL})"
+            )
+        frac = int(np.count_nonzero(array != np.round(array)))
         if frac:
             raise InputError(
-                f"{vol.path}: label map has {frac} non-integer values (labels must be non-negative integers)"
+                f"{path}: label map has {frac} non-integer values (labels must be non-negative integers)"
             )
-    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    lo, hi = (array.min().item(), array.max().item()) if array.size else (0, 0)
     if lo < 0:
         raise InputError(
-            f"{vol.path}: label map has negative values (min {lo:g}); labels must be non-negative integers"
+            f"{path}: label map has negative values (min {lo:g}); labels must be non-negative integers"
+        )
+    if hi > MAX_LABEL:
+        raise InputError(
+            f"{path}: label value {hi:g} is above {MAX_LABEL} (labels are class indices 0..{MAX_LABEL})"
         )
     dtype = smallest_label_dtype(int(hi))
-    if arr.dtype != dtype:
-        arr = arr.astype(dtype)
-    return Volume(array=arr, affine=vol.affine, path=vol.path, header=vol.header)
+    return array if array.dtype == dtype else array.astype(dtype)
+
+
+def as_label(vol: Volume) -> Volume:
+    """Check that ``vol`` is a label map (:func:`label_array`) and give it the smallest unsigned dtype."""
+    return Volume(array=label_array(vol.array, vol.path), affine=vol.affine, path=vol.path, header=vol.header)
 
 
 def smallest_label_dtype(max_value: int) -> np.dtype:

@@ -23,6 +23,7 @@ from . import geometry as geo
 from .errors import InputError
 from .intensity import ct_window, zscore
 from .io import Volume, as_label, check_same_grid, count_nonfinite, spacing_of
+from .limits import check_volume_bytes
 from .plan import Plan
 
 Int3 = tuple[int, int, int]
@@ -96,6 +97,13 @@ def preprocess_case(image: Volume, plan: Plan | None = None, label: Volume | Non
     arr = image.array if image.array.ndim == 4 else image.array[None]
     arr1 = geo.apply_ornt(arr, ornt)  # view
     shape2 = geo.target_shape(shape1, spacing_of(affine1), plan.spacing)
+    # the resampled float32 image, before it is allocated (an extreme spacing of the scan or the plan)
+    check_volume_bytes(
+        (arr.shape[0], *shape2),
+        4,
+        name,
+        f"resampling to {'x'.join(f'{v:g}' for v in plan.spacing)} mm gives",
+    )
     affine2 = geo.resample_affine(affine1, shape1, shape2)
 
     img = geo.resample_linear(arr1, shape2)  # float32 [C, *shape2]

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from hiend_data.errors import InputError
+from hiend_data.io import label_array
 from hiend_data.naming import case_name
 
 from .__about__ import __version__
@@ -164,20 +165,9 @@ def read_labels(dataset_json: Path) -> dict[int, str]:
 
 
 def _as_label_map(array: np.ndarray, path: Path) -> np.ndarray:
-    """Integer label map (smallest unsigned type) or InputError naming ``path``."""
-    if array.ndim != 3:
-        raise InputError(f"{path}: a label map must be one 3-D channel, found shape {array.shape}")
-    if array.dtype.kind == "f":
-        bad = int(np.count_nonzero(array != np.round(array)))
-        if bad:
-            raise InputError(f"{path}: not a label map: {bad} non-integer voxel values")
-    elif array.dtype.kind not in "iub":
-        raise InputError(f"{path}: not a label map: voxel type {array.dtype}")
-    lo, hi = (int(array.min()), int(array.max())) if array.size else (0, 0)
-    if lo < 0:
-        raise InputError(f"{path}: not a label map: negative value {lo}")
-    dtype = np.uint8 if hi < 2**8 else np.uint16 if hi < 2**16 else np.int32 if hi < 2**31 else np.int64
-    return array.astype(dtype, copy=False)
+    """Integer label map (smallest unsigned type) or InputError naming ``path``: hiend-data's one rule
+    (:func:`hiend_data.io.label_array`: whole numbers 0..65535, nothing that a cast would wrap)."""
+    return label_array(array, path)
 
 
 def _resample_nearest(
