@@ -23,7 +23,6 @@ naming is :mod:`hiend_data.naming`'s one rule.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import defaultdict
@@ -33,11 +32,12 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .jsonfile import read_json
 from .naming import (
     case_name,
     channel_file,
-    group_channels,
     check_unique,
+    group_channels,
     image_suffix,
     is_image,
     safe_case_name,
@@ -93,14 +93,7 @@ def _inside(root: Path, rel: str, what: str) -> Path:
 
 
 def _read_dataset_json(root: Path) -> dict:
-    path = root / "dataset.json"
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise InputError(f"{path}: expected a JSON object at the top level")
-    return meta
+    return read_json(root / "dataset.json", expect=dict)
 
 
 def _from_nnunet(root: Path, include_test: bool) -> list[Case]:

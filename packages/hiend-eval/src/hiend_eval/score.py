@@ -14,7 +14,6 @@ listed under ``missing_predictions``; a prediction without a reference is listed
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ import numpy as np
 
 from hiend_data.errors import InputError
 from hiend_data.io import label_array
+from hiend_data.jsonfile import read_json
 from hiend_data.naming import case_name
 
 from .__about__ import __version__
@@ -132,12 +132,7 @@ def read_labels(dataset_json: Path) -> dict[int, str]:
     Region-based labels (lists of values) are refused.
     """
     path = Path(dataset_json)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not a readable JSON file ({exc})") from None
+    data = read_json(path)
     labels = data.get("labels") if isinstance(data, dict) else None
     if not isinstance(labels, dict) or not labels:
         raise InputError(f"{path}: no 'labels' map (name -> value) in this dataset.json")

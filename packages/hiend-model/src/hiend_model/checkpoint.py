@@ -34,6 +34,7 @@ import hiend_data
 from hiend_data import Plan
 from hiend_data.atomic import atomic_path
 from hiend_data.errors import InputError, from_validation_error
+from hiend_data.jsonfile import parse_json
 
 from .__about__ import __version__
 from .kinds import KINDS, SOURCES, build_empty, get_kind, kind_of
@@ -178,10 +179,7 @@ def _parse_metadata(path: Path, metadata: dict[str, str] | None) -> CheckpointIn
     fields = {}
     for name in ("config", "plan", "versions", "extra"):
         raw = metadata.get(name, "null" if name == "plan" else "{}")
-        try:
-            fields[name] = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: metadata {name!r} is not valid JSON ({exc})") from None
+        fields[name] = parse_json(raw, f"{path}: metadata {name!r}")
     if not isinstance(fields["config"], dict) or not fields["config"]:
         raise InputError(f"{path}: metadata 'config' is missing or not a JSON object")
     plan = None
