@@ -6,10 +6,13 @@ One process, one thread (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``), t
   ``.pt`` tensor ``[1, X, Y, Z]``, then MONAI's RandCropByPosNegLabeld (96^3, pos 6, neg 2, 8 samples, the
   image as label) + RandFlipd on each axis (p 0.5) + RandRotate90d (p 0.3, max_k 3, axes (0, 1)) +
   RandScaleIntensityd (0.1, p 0.1) + RandShiftIntensityd (0.1, p 0.1).
-* ``hiend``: the preprocessed cache (memory-mapped ``.npy``) + ``CropSampler`` with
-  ``SamplerConfig.pretrain()`` (the same recipe), each crop a contiguous float32 ``[1, 96, 96, 96]``.
-* ``memcpy``: the ceiling: 8 copies per volume of a 96^3 region (uniform random position) into 8
-  contiguous float32 arrays held together, without drawing centres or augmenting.
+* ``hiend``: the preprocessed cache (memory-mapped ``.npy``, stored as ``--cache-dtype``: the plan's
+  default ``auto`` is uint8 for this window; ``float32`` gives the numbers recorded before compact
+  caches) + ``CropSampler`` with ``SamplerConfig.pretrain()`` (the same recipe), each crop a contiguous
+  float32 ``[1, 96, 96, 96]``.
+* ``memcpy``: the ceiling: 8 copies per volume of a 96^3 region (uniform random position) of the stored
+  array into 8 contiguous float32 arrays held together, without drawing centres, augmenting or
+  decoding.
 
 Volumes (both through ``preprocess_dataset`` with the paper's plan): ``big``, a 256 x 256 x 240 CT-like
 phantom (hiend_data.phantom at 1.5 mm), and ``abdomen``, the real
@@ -20,6 +23,7 @@ wall-clock second and per CPU second of the process (``cpu_*``: steadier when ot
 Prints one JSON line: per volume crops/s of each method and ``ratio`` = hiend / monai.
 
     OMP_NUM_THREADS=1 .venv/bin/python tools/bench/sampler_vs_monai.py [--seconds 4] [--rounds 3]
+        [--cache-dtype auto|uint8|int16|float16|float32]
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[2]
 REAL = ROOT.parent / "shared" / "data" / "ct" / "abdomen_ct_1.5mm_lps.nii.gz"
 
 
-def build_cache(folder: Path):
+def build_cache(folder: Path, cache_dtype: str = "auto"):
     """Our cache (``hiend-data preprocess`` with the paper's plan) of the two benchmark volumes.
 
     ``big``: a 256 x 256 x 240 CT-like phantom at 1.5 mm RAS, with one soft-tissue voxel in two opposite
@@ -63,7 +67,8 @@ def build_cache(folder: Path):
     hu[0, 0, 0] = hu[-1, -1, -1] = 40
     big = save_volume(folder / "raw" / "big_0000.nii.gz", hu, like=Volume(array=hu, affine=ph.affine))
     cases = [Case("big", [big]), Case("abdomen", [REAL])]
-    return preprocess_dataset(cases, folder / "cache", Plan.paper(), workers=0, progress=False)
+    plan = Plan(cache_dtype=cache_dtype)  # the paper's plan (Plan.paper() == Plan()), stored as asked
+    return preprocess_dataset(cases, folder / "cache", plan, workers=0, progress=False)
 
 
 def monai_pipeline():
@@ -106,6 +111,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--cache-dtype", default="auto", help="how the cache stores the image (Plan.cache_dtype)")
     args = ap.parse_args()
 
     import torch
@@ -117,7 +123,7 @@ def main() -> None:
     results: dict[str, dict[str, float | list[int]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        cache = build_cache(folder)
+        cache = build_cache(folder, args.cache_dtype)
         sampler = CropSampler(cache, SamplerConfig.pretrain(), seed=0)
         rng = sampler.rng(0)
         for name in ("big", "abdomen"):
@@ -179,6 +185,7 @@ def main() -> None:
                 "threads": 1,
                 "seconds": args.seconds,
                 "rounds": args.rounds,
+                "cache_dtype": cache.case(0).image_dtype,
                 "volumes": results,
             }
         )

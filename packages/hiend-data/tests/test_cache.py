@@ -42,14 +42,15 @@ def _mtimes(out):
 
 def test_cache_contents_match_preprocess_case(dataset, tmp_path):
     out = tmp_path / "cache"
-    cache = preprocess_dataset(dataset, out, Plan(), workers=0, progress=False)
-    assert cache.cases == ["case0", "case1", "case2"] and cache.plan == Plan()
-    assert Plan.from_json((out / "plan.json").read_text()) == Plan()
+    plan = Plan(cache_dtype="float32")  # the values themselves (compact dtypes: test_compact_cache.py)
+    cache = preprocess_dataset(dataset, out, plan, workers=0, progress=False)
+    assert cache.cases == ["case0", "case1", "case2"] and cache.plan == plan
+    assert Plan.from_json((out / "plan.json").read_text()) == plan
     for name in cache.cases:
         c = cache.case(name)
         img = load_volume(dataset / "imagesTr" / f"{name}_0000.nii.gz")
         lab = load_label(dataset / "labelsTr" / f"{name}.nii.gz", like=img)
-        pre = preprocess_case(img, Plan(), lab)
+        pre = preprocess_case(img, plan, lab)
         assert isinstance(c.image, np.memmap) and c.image.dtype == np.float32 and c.image.flags.c_contiguous
         np.testing.assert_array_equal(c.image, pre.image)
         np.testing.assert_array_equal(c.label, pre.label)
@@ -160,8 +161,13 @@ def test_open_refuses_non_cache(tmp_path):
 
 def test_memmap_reads_only_the_crop(dataset, tmp_path):
     cache = preprocess_dataset(dataset, tmp_path / "c", Plan(), workers=0, progress=False)
-    img = cache.case("case0").image
-    assert isinstance(img, np.memmap) and img.offset > 0 and str(img.filename).endswith("case0.npy")
+    img = cache.case("case0").stored  # the default plan's uint8 codes
+    assert (
+        img.dtype == np.uint8
+        and isinstance(img, np.memmap)
+        and img.offset > 0
+        and str(img.filename).endswith("case0.npy")
+    )
     crop = np.ascontiguousarray(img[:, 2:6, 3:7, 1:5])
     assert crop.shape == (1, 4, 4, 4) and not isinstance(crop, np.memmap)
 

@@ -21,6 +21,6 @@ def test_validation_error_becomes_one_line_naming_fields() -> None:
     assert "\n" not in text and text.startswith("plan.json: ")
     assert "spacing.2: Field required" in text and "modality: Input should be" in text
     assert (
-        "colour: unknown field (known: crop_size, crop_to_foreground, modality, orientation, spacing, window)"
+        "colour: unknown field (known: cache_dtype, crop_size, crop_to_foreground, modality, orientation, spacing, window)"
         in text
     )

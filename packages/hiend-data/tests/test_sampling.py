@@ -450,4 +450,5 @@ def test_real_scan_foreground_share(shared_data, tmp_path) -> None:
     assert abs(fg.mean() - 0.75) < 4 * np.sqrt(0.75 * 0.25 / 3000)
     for i in range(0, 3000, 97):
         ref, _ = augment(image[(slice(None), *recs[i].source)], None, recs[i].aug)
-        np.testing.assert_allclose(images[i], ref, rtol=1e-6, atol=0)
+        # the default cache stores uint8 codes: decoding is folded into the scale (an ulp apart)
+        np.testing.assert_allclose(images[i], ref, rtol=1e-6, atol=1e-6)

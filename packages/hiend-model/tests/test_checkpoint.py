@@ -177,7 +177,7 @@ def test_missing_and_unexpected_keys(tmp_path: Path, mae_ckpt: Path):
     ("change", "match"),
     [
         ({"kind": "vae"}, r"unknown checkpoint kind 'vae'"),
-        ({"config": "{not json"}, r"metadata 'config' is not valid JSON"),
+        ({"config": "{not json"}, r"metadata 'config': not valid JSON"),
         ({"config": "{}"}, r"metadata 'config' is missing"),
         ({"config": json.dumps({"embed_dim": 25, "num_heads": 2})}, r"invalid MAEConfig"),
         ({"plan": json.dumps({"spacing": [0, 1, 1]})}, r"metadata 'plan' is invalid: spacing"),

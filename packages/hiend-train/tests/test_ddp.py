@@ -97,7 +97,7 @@ def test_two_ranks_on_half_batches_match_one_process_on_the_global_batch(tiny, t
     batch_size 1 against world 1 with batch_size 2, the same global batch of 4 crops per micro-batch.
 
     Pre-training is not compared this way on purpose: its masking noise is seeded per rank
-    (``loop.epoch_seed``), so two ranks draw other masks than one process does.
+    (``loop.step_seed``), so two ranks draw other masks than one process does.
     """
     worker = Path(__file__).with_name("ddp_compare_worker.py")
     fields = dict(epochs=2, grad_accum=2, num_samples=2, val_fraction=0.0, warmup_epochs=0.5, lr=2e-3)

@@ -34,7 +34,9 @@ def bench_sampler(
     """Run the sampler for about ``seconds`` (after one warm-up volume) and report its speed.
 
     Returns ``crops_per_s``, ``crops``, ``volumes``, ``seconds`` (measured), ``crop_shape`` ``[C, X, Y, Z]``,
-    ``labelled``, ``cases`` (in the cache) and ``num_samples``.
+    ``labelled``, ``cases`` (in the cache), ``num_samples`` and ``cache_dtype`` (how the cases store
+    the image: ``"uint8"``, ``"int16"``, ``"float16"``, ``"float32"``, several joined by ``+``; crops are
+    float32 whatever it is).
     """
     if not seconds > 0:
         raise InputError(f"--seconds {seconds}: must be > 0")
@@ -58,7 +60,10 @@ def bench_sampler(
         elapsed = time.perf_counter() - t0
         if elapsed >= seconds:
             break
+    cases = [cache.case(n) for n in sampler.case_names]
+    stored = sorted({str(getattr(c, "image_dtype", None) or c.image.dtype) for c in cases})
     return {
+        "cache_dtype": "+".join(stored),
         "crops_per_s": round(crops / elapsed, 2),
         "crops": crops,
         "volumes": volumes,

@@ -3,7 +3,8 @@
 Layout of a cache folder ``OUT``::
 
     OUT/plan.json                  the Plan (its digest marks which cases are current)
-    OUT/cases/{case}.npy           image float32 [C, X, Y, Z], C-contiguous (memory-mapped on read)
+    OUT/cases/{case}.npy           image [C, X, Y, Z] as the plan's cache dtype (uint8 / int16 codes,
+                                   float16 or float32 values), C-contiguous (memory-mapped on read)
     OUT/cases/{case}_seg.npy       label [X, Y, Z] (uint8/uint16/int32), labelled cases only
     OUT/cases/{case}_fg.npy        int64 flat indices into X*Y*Z of foreground voxels (sorted)
     OUT/cases/{case}_cls.npy       int64 flat indices grouped by class (offsets in the metadata)
@@ -13,7 +14,15 @@ Each file is written with :mod:`hiend_data.atomic` (a temporary ``.{name}.{rando
 the same folder, fsync-ed, renamed into place, the folder fsync-ed); the metadata file is written last,
 so a case exists only once all of its arrays do. An interrupted run leaves complete cases and
 (ignored, removed by the next run) temporary files. Re-running skips cases whose metadata carries the
-current plan's digest and the same source files (size and modification time); others are recomputed.
+current plan's digest, its cache dtype and the same source files (size and modification time); others
+are recomputed.
+
+The image's storage (:mod:`hiend_data.storage`): ``Plan.resolved_cache_dtype`` (CT: uint8 codes by
+default, ``value = code * image_scale``), recorded per case as ``image_dtype`` and ``image_scale`` in
+its metadata. Metadata ``format`` 1 is a float32 image (caches written before compact dtypes, which
+have neither field); ``format`` 2 any dtype, so that readers that only know format 1 skip those cases
+instead of reading codes as values. :attr:`CachedCase.image` is always float32 values;
+:attr:`CachedCase.stored` and :attr:`CachedCase.image_scale` are what the sampler reads.
 """
 
 from __future__ import annotations
@@ -38,8 +47,12 @@ from .errors import InputError
 from .io import load_label, load_volume
 from .plan import Plan
 from .preprocess import PreprocessRecord, preprocess_case
+from .storage import decode, encode
 
-FORMAT = 1
+#: Metadata format written for compact images (format 1, a float32 image, is still written for float32)
+FORMAT = 2
+#: Metadata formats this version reads.
+READ_FORMATS = (1, 2)
 MAX_INDICES = 200_000  # per index list; larger lists are a uniform random subsample (sorted)
 #: Temporary files a crash can leave in ``OUT/cases``: :mod:`hiend_data.atomic`'s
 #: ``.{name}.{random}.tmp{suffix}``, and ``.{name}.tmp-{pid}`` from caches written before it.
@@ -102,11 +115,16 @@ def process_case(case: Case, out: str | os.PathLike[str], plan: Plan, max_indice
     pre = preprocess_case(image, plan, label)
     del image, label
     seed = _case_seed(case.case_id)
-    _atomic_npy(folder / f"{case.case_id}.npy", pre.image)
+    dtype = plan.resolved_cache_dtype
+    stored, scale = encode(pre.image, dtype, name=case.case_id)
+    _atomic_npy(folder / f"{case.case_id}.npy", stored)
+    del stored
     meta: dict[str, Any] = {
-        "format": FORMAT,
+        "format": 1 if dtype == "float32" else FORMAT,
         "case_id": case.case_id,
         "plan_digest": plan.digest(),
+        "image_dtype": dtype,
+        "image_scale": scale,
         "shape": list(pre.record.shape),
         "channels": int(pre.image.shape[0]),
         "labelled": pre.label is not None,
@@ -121,7 +139,7 @@ def process_case(case: Case, out: str | os.PathLike[str], plan: Plan, max_indice
             classes=classes, class_counts=counts, class_offsets=offsets, label_dtype=str(pre.label.dtype)
         )
     else:
-        fg = np.flatnonzero(pre.image[0].reshape(-1) > 0)
+        fg = np.flatnonzero(pre.image[0].reshape(-1) > 0)  # the same voxels as stored codes > 0
         meta.update(classes=[], class_counts=[], class_offsets=[0], label_dtype=None)
     meta.update(n_foreground=int(fg.size))
     _atomic_npy(folder / f"{case.case_id}_fg.npy", _subsample(fg, max_indices, seed))
@@ -130,15 +148,16 @@ def process_case(case: Case, out: str | os.PathLike[str], plan: Plan, max_indice
     return case.case_id
 
 
-def _is_current(case: Case, folder: Path, digest: str) -> bool:
+def _is_current(case: Case, folder: Path, digest: str, dtype: str) -> bool:
     meta_path = folder / f"{case.case_id}.json"
     if not meta_path.exists():
         return False
     try:
         meta = json.loads(meta_path.read_text())
         return (
-            meta.get("format") == FORMAT
+            meta.get("format") in READ_FORMATS
             and meta.get("plan_digest") == digest
+            and meta.get("image_dtype", "float32") == dtype
             and meta.get("sources") == _sources(case)
         )
     except (json.JSONDecodeError, OSError):
@@ -169,7 +188,8 @@ def preprocess_dataset(
 
     ``src`` is anything :func:`~hiend_data.discovery.discover` reads (nnU-Net v2 folder, folder of NIfTI,
     manifest) or a list of :class:`Case`. ``workers`` processes work in parallel (0 = in this process).
-    Cases already done under the same plan are skipped. The first bad case stops the run with its
+    Cases already done under the same plan (digest and cache dtype) are skipped; a changed
+    ``plan.cache_dtype`` rewrites every case. The first bad case stops the run with its
     :class:`InputError` (cases finished before it stay valid); with ``skip_bad=True`` bad cases are
     reported on stderr, left out, and the run goes on (for large unlabelled pools).
     """
@@ -183,7 +203,8 @@ def preprocess_dataset(
     _clean_temporaries(folder)
     write_bytes(out / "plan.json", (json.dumps(plan.model_dump(mode="json"), indent=1) + "\n").encode())
     digest = plan.digest()
-    todo = [c for c in cases if not _is_current(c, folder, digest)]
+    dtype = plan.resolved_cache_dtype
+    todo = [c for c in cases if not _is_current(c, folder, digest, dtype)]
     if todo:
         bad = _run(todo, out, plan, workers, max_indices, progress, len(cases) - len(todo), skip_bad)
         for msg in bad:
@@ -254,9 +275,13 @@ def _run(
 class CachedCase:
     """One preprocessed case of a :class:`Cache`; arrays are memory-mapped on first access.
 
-    image: float32 ``[C, X, Y, Z]``; label: integer ``[X, Y, Z]`` or None; foreground: int64 flat
-    indices into ``X*Y*Z`` (labelled: label > 0, else image[0] > 0; a uniform subsample when there are
-    more than the cache's cap); classes: foreground label values present (0 left out).
+    stored: the image as stored, ``[C, X, Y, Z]`` of :attr:`image_dtype` (memory-mapped), whose values
+    are ``stored * image_scale`` (``image_scale`` None: the stored numbers are the values); image:
+    those values as float32 ``[C, X, Y, Z]`` (the memory map itself for a float32 cache, else decoded
+    into memory: 4 bytes a voxel; the sampler reads ``stored`` instead); label: integer ``[X, Y, Z]``
+    or None; foreground: int64 flat indices into ``X*Y*Z`` (labelled: label > 0, else image[0] > 0;
+    a uniform subsample when there are more than the cache's cap); classes: foreground label values
+    present (0 left out).
     """
 
     name: str
@@ -270,8 +295,23 @@ class CachedCase:
         return self._arrays[suffix]
 
     @property
-    def image(self) -> np.ndarray:
+    def stored(self) -> np.ndarray:
         return self._npy("")
+
+    @property
+    def image_dtype(self) -> str:
+        """``"uint8"``, ``"int16"``, ``"float16"`` or ``"float32"`` (caches without the field: float32)."""
+        return str(self.meta.get("image_dtype", "float32"))
+
+    @property
+    def image_scale(self) -> float | None:
+        """Decode multiplier: value = stored code * image_scale (None: stored values are the values)."""
+        scale = self.meta.get("image_scale")
+        return None if scale is None else float(scale)
+
+    @property
+    def image(self) -> np.ndarray:
+        return decode(self.stored, self.image_scale)
 
     @property
     def label(self) -> np.ndarray | None:
@@ -339,7 +379,7 @@ class Cache:
             if f.name.startswith("."):
                 continue
             meta = json.loads(f.read_text())
-            if meta.get("format") == FORMAT and meta.get("plan_digest") == digest:
+            if meta.get("format") in READ_FORMATS and meta.get("plan_digest") == digest:
                 metas[meta["case_id"]] = meta
         return cls(root, plan, metas)
 

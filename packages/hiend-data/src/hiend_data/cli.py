@@ -58,17 +58,62 @@ def _describe(path: Path) -> dict[str, Any]:
     return info
 
 
+def _describe_cache(path: Path) -> dict[str, Any]:
+    """What ``inspect`` reports about a cache folder: its plan, cases and how the images are stored."""
+    import numpy as np
+
+    from .cache import Cache
+    from .storage import NUMPY_DTYPES
+
+    cache = Cache.open(path)
+    dtypes: dict[str, int] = {}
+    voxels = stored_bytes = 0
+    for name in cache.cases:
+        case = cache.case(name)
+        dtypes[case.image_dtype] = dtypes.get(case.image_dtype, 0) + 1
+        shape = case.shape
+        n = int(case.meta.get("channels", 1)) * shape[0] * shape[1] * shape[2]
+        voxels += n
+        stored_bytes += n * np.dtype(NUMPY_DTYPES[case.image_dtype]).itemsize
+    return {
+        "path": str(path),
+        "cache": True,
+        "plan": cache.plan.model_dump(mode="json"),
+        "plan_digest": cache.plan.digest(),
+        "cache_dtype": cache.plan.resolved_cache_dtype,
+        "cases": len(cache.cases),
+        "image_dtypes": dtypes,
+        "voxels": voxels,
+        "image_bytes": stored_bytes,
+        "bytes_per_voxel": round(stored_bytes / voxels, 3) if voxels else None,
+    }
+
+
 @app.command()
 def inspect(
-    path: Path = typer.Argument(..., help="A .nii or .nii.gz file."),
+    path: Path = typer.Argument(..., help="A .nii or .nii.gz file, or a cache folder."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
-    """Shape, spacing, orientation, dtype, intensity range and label values of a NIfTI file.
+    """Shape, spacing, orientation, dtype, intensity range and label values of a NIfTI file; for a
+    cache folder (``hiend-data preprocess``), its plan, cases and image storage dtype.
 
     Refuses (exit 2) files that are unreadable, truncated, 2-D/5-D, with NaN/inf voxels (saying how
     many) or with invalid spacing.
     """
     with cli_errors():
+        if path.is_dir():
+            info = _describe_cache(path)
+            if as_json:
+                print(json.dumps(info))
+                return
+            kinds = ", ".join(f"{n} {k}" for k, n in sorted(info["image_dtypes"].items())) or "none"
+            print(f"{info['path']} (cache, plan {info['plan_digest']})")
+            print(f"  cases        {info['cases']} (images stored as: {kinds})")
+            print(f"  cache dtype  {info['plan']['cache_dtype']} -> {info['cache_dtype']}")
+            print(
+                f"  images       {info['image_bytes'] / 2**20:.1f} MiB, {info['bytes_per_voxel']} bytes/voxel"
+            )
+            return
         info = _describe(path)
         if as_json:
             print(json.dumps(info))
@@ -121,6 +166,12 @@ def preprocess(
     modality: str = typer.Option("ct", "--modality", help="ct (window to [0,1]) or mri (z-score)."),
     include_test: bool = typer.Option(False, "--include-test", help="nnU-Net: also imagesTs (unlabelled)."),
     no_crop: bool = typer.Option(False, "--no-crop", help="Keep the whole volume (no foreground crop)."),
+    cache_dtype: str = typer.Option(
+        "auto",
+        "--cache-dtype",
+        help="How the image is stored: auto (CT: uint8 for windows up to 510 HU, else int16; MRI: "
+        "float32), uint8, int16, float16 or float32. Crops are float32 [0, 1] whatever it is.",
+    ),
     skip_bad: bool = typer.Option(
         False, "--skip-bad", help="Report bad cases and go on instead of stopping."
     ),
@@ -133,11 +184,17 @@ def preprocess(
         from pydantic import ValidationError
 
         from .cache import preprocess_dataset
-        from .plan import Plan
+        from .plan import CACHE_DTYPES, Plan
 
         if modality not in ("ct", "mri"):
             raise InputError(f"--modality {modality!r}: expected ct or mri")
-        fields: dict[str, Any] = {"modality": modality, "crop_to_foreground": not no_crop}
+        if cache_dtype not in CACHE_DTYPES:
+            raise InputError(f"--cache-dtype {cache_dtype!r}: expected one of {', '.join(CACHE_DTYPES)}")
+        fields: dict[str, Any] = {
+            "modality": modality,
+            "crop_to_foreground": not no_crop,
+            "cache_dtype": cache_dtype,
+        }
         if (sp := _parse_spacing(spacing)) is not None:
             fields["spacing"] = sp
         if window is not None:
@@ -150,7 +207,10 @@ def preprocess(
         cache = preprocess_dataset(
             src, out, plan, workers=workers, include_test=include_test, progress=progress, skip_bad=skip_bad
         )
-        print(f"{len(cache.cases)} cases in {out} ({time.perf_counter() - t0:.1f} s; plan {plan.digest()})")
+        print(
+            f"{len(cache.cases)} cases in {out} ({time.perf_counter() - t0:.1f} s; plan {plan.digest()}, "
+            f"image stored as {plan.resolved_cache_dtype})"
+        )
 
 
 _register_sampling(app)

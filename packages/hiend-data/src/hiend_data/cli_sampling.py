@@ -52,7 +52,8 @@ def register(app: typer.Typer) -> None:
             shape = "x".join(str(v) for v in result["crop_shape"])
             typer.echo(
                 f"{result['crops_per_s']:.1f} crops/s ({result['crops']} crops of {shape} float32"
-                f"{' + labels' if result['labelled'] else ''} from {result['volumes']} volumes in "
+                f"{' + labels' if result['labelled'] else ''} from {result['volumes']} volumes "
+                f"stored as {result['cache_dtype']} in "
                 f"{result['seconds']:.1f} s, {config} recipe, one thread)"
             )
             if as_json:

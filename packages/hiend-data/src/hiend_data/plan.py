@@ -14,6 +14,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 _AXES = {"R": "L", "L": "R", "A": "P", "P": "A", "S": "I", "I": "S"}
+#: The values of :attr:`Plan.cache_dtype`.
+CACHE_DTYPES = ("auto", "uint8", "int16", "float16", "float32")
+#: ``cache_dtype="auto"`` stores CT as uint8 when one of its 255 steps is at most this many HU (the
+#: rounding error is then at most half of it, 1 HU); wider windows are stored as int16.
+CT_STEP_TOLERANCE_HU = 2.0
 
 
 class Plan(BaseModel):
@@ -28,6 +33,19 @@ class Plan(BaseModel):
         crop_to_foreground: crop to the bounding box of the foreground (CT: voxels > 0 after scaling;
             MRI: non-zero voxels), labelled voxels always kept.
         crop_size: training crop size in voxels (used by the sampler and sliding-window inference).
+        cache_dtype: how a preprocessed cache stores the image (``hiend_data.cache``); the crops the
+            sampler returns are float32 values whatever it is. ``"uint8"`` (CT): the window in 255
+            steps, ``(high - low) / 255`` HU each (425/255 = 1.67 HU for the paper's window), read back
+            as ``code / 255``; ``"int16"`` (CT): the window in 32,767 steps (0.013 HU for the paper's);
+            ``"float16"`` / ``"float32"``: the values themselves (float16: 11 significant bits).
+            ``"auto"`` (default): the smallest exact to :data:`CT_STEP_TOLERANCE_HU`: CT as uint8
+            when a uint8 step is at most 2 HU (windows up to 510 HU wide: rounding error at most half
+            a step, 1 HU, a tenth of CT noise), else int16; MRI z-scores as float32. Rounding is to
+            the nearest step, except that values less than half a step above 0 (the window's low end)
+            are stored as the first step (error under one step), so that ``image > 0``, the
+            foreground the sampler centres crops on, is the same set of voxels in every dtype. See
+            :attr:`resolved_cache_dtype`. Not part of :meth:`digest` (a storage choice: each cached
+            case records its own dtype, and one stored otherwise is rewritten by the next preprocess).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -38,6 +56,7 @@ class Plan(BaseModel):
     window: tuple[float, float] = (-175.0, 250.0)
     crop_to_foreground: bool = True
     crop_size: tuple[int, int, int] = (96, 96, 96)
+    cache_dtype: Literal["auto", "uint8", "int16", "float16", "float32"] = "auto"
 
     @classmethod
     def paper(cls) -> Plan:
@@ -70,12 +89,36 @@ class Plan(BaseModel):
             raise ValueError(f"crop_size {value} must be >= 1 voxel per axis")
         return value
 
+    @field_validator("cache_dtype", mode="before")
+    @classmethod
+    def _check_cache_dtype(cls, value: object) -> object:
+        if value not in CACHE_DTYPES:
+            raise ValueError(f"{value!r} is not a cache dtype (choose one of {', '.join(CACHE_DTYPES)})")
+        return value
+
     @model_validator(mode="after")
     def _check_window(self) -> Plan:
         lo, hi = self.window
         if not lo < hi:
             raise ValueError(f"window {self.window}: low must be below high")
+        if self.modality == "mri" and self.cache_dtype in ("uint8", "int16"):
+            raise ValueError(
+                f"cache_dtype {self.cache_dtype!r} stores a CT window's [0, 1]; MRI z-scores need "
+                "float16 or float32"
+            )
         return self
+
+    @property
+    def resolved_cache_dtype(self) -> str:
+        """The dtype a cache stores the image in: :attr:`cache_dtype`, with ``"auto"`` resolved (CT:
+        ``"uint8"`` when ``(high - low) / 255 <= CT_STEP_TOLERANCE_HU``, else ``"int16"``; MRI:
+        ``"float32"``)."""
+        if self.cache_dtype != "auto":
+            return self.cache_dtype
+        if self.modality == "mri":
+            return "float32"
+        lo, hi = self.window
+        return "uint8" if (hi - lo) / 255 <= CT_STEP_TOLERANCE_HU else "int16"
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys) that :meth:`from_json` reads back."""
@@ -87,5 +130,10 @@ class Plan(BaseModel):
         return cls.model_validate_json(text)
 
     def digest(self) -> str:
-        """Short hash of the plan's content: caches use it to tell whether a case is up to date."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        """Short hash of what the plan computes: caches use it to tell whether a case is up to date.
+
+        Every field but ``cache_dtype`` (how the values are stored, which each cached case records
+        itself), so a plan's digest is the one it had before that field existed.
+        """
+        fields = self.model_dump(mode="json", exclude={"cache_dtype"})
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]

@@ -74,7 +74,9 @@ def _resolve(kind: str, config: Path | None, flags: dict[str, Any], sets: list[s
     out = overrides.get("out", file_fields.get("out"))
     if resume and config is None and out is not None:
         base = RunDir(out).saved_config() or {}
-        base.pop("stop_after", None)  # where the earlier invocation stopped is not where this one stops
+        # where the earlier invocation stopped is not where this one stops
+        base.pop("stop_after", None)
+        base.pop("stop_after_steps", None)
     from .config import make_config
 
     source = str(config) if config is not None else "command line"
@@ -125,6 +127,33 @@ _WARMUP = typer.Option(None, "--warmup-epochs", help="Linear warm-up epochs befo
 _VAL_EVERY = typer.Option(None, "--val-every", min=1, help="Validate every N epochs.")
 _VAL_FRACTION = typer.Option(None, "--val-fraction", help="Fraction of cases held out (seeded).")
 _STOP = typer.Option(None, "--stop-after", min=1, help="Stop after this epoch (continue with --resume).")
+_STOP_STEPS = typer.Option(
+    None,
+    "--stop-after-steps",
+    min=1,
+    help="Stop after this optimizer step, mid-epoch too (continue with --resume).",
+)
+_SAVE_STEPS = typer.Option(
+    None, "--save-every-steps", min=1, help="Also checkpoint every N optimizer steps (resumable mid-epoch)."
+)
+_SAVE_MINUTES = typer.Option(
+    None, "--save-every-minutes", help="Also checkpoint every M minutes of wall time (resumable mid-epoch)."
+)
+_KEEP_LAST = typer.Option(
+    None, "--keep-last", min=0, help="Periodic checkpoints kept in RUN/checkpoints (default 3)."
+)
+_TENSORBOARD = typer.Option(
+    None,
+    "--tensorboard",
+    help="Also write RUN/tb/ for TensorBoard (pip install 'hiend-train\\[tensorboard]').",
+    show_default=False,
+)
+_COMPILE = typer.Option(
+    None,
+    "--compile",
+    help="torch.compile the model (off by default; slow to compile on a CPU).",
+    show_default=False,
+)
 _RESUME = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped.")
 _QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 _SET = typer.Option([], "--set", help=_SET_HELP)
@@ -149,6 +178,12 @@ def pretrain(
     val_every: int | None = _VAL_EVERY,
     val_fraction: float | None = _VAL_FRACTION,
     stop_after: int | None = _STOP,
+    stop_after_steps: int | None = _STOP_STEPS,
+    save_every_steps: int | None = _SAVE_STEPS,
+    save_every_minutes: float | None = _SAVE_MINUTES,
+    keep_last: int | None = _KEEP_LAST,
+    tensorboard: bool | None = _TENSORBOARD,
+    compile_: bool | None = _COMPILE,
     preview_every: int | None = typer.Option(
         None, "--preview-every", min=0, help="Reconstruction PNG every N epochs (0: never)."
     ),
@@ -174,6 +209,12 @@ def pretrain(
         val_every=val_every,
         val_fraction=val_fraction,
         stop_after=stop_after,
+        stop_after_steps=stop_after_steps,
+        save_every_steps=save_every_steps,
+        save_every_minutes=save_every_minutes,
+        keep_last=keep_last,
+        tensorboard=tensorboard,
+        compile=compile_,
         preview_every=preview_every,
         progress=False if quiet else None,
     )
@@ -216,6 +257,12 @@ def finetune(
     val_every: int | None = _VAL_EVERY,
     val_fraction: float | None = _VAL_FRACTION,
     stop_after: int | None = _STOP,
+    stop_after_steps: int | None = _STOP_STEPS,
+    save_every_steps: int | None = _SAVE_STEPS,
+    save_every_minutes: float | None = _SAVE_MINUTES,
+    keep_last: int | None = _KEEP_LAST,
+    tensorboard: bool | None = _TENSORBOARD,
+    compile_: bool | None = _COMPILE,
     train_cases: int | None = typer.Option(
         None,
         "--train-cases",
@@ -272,6 +319,12 @@ def finetune(
         val_every=val_every,
         val_fraction=val_fraction,
         stop_after=stop_after,
+        stop_after_steps=stop_after_steps,
+        save_every_steps=save_every_steps,
+        save_every_minutes=save_every_minutes,
+        keep_last=keep_last,
+        tensorboard=tensorboard,
+        compile=compile_,
         train_cases=train_cases,
         fold=fold,
         folds=folds,

@@ -25,6 +25,7 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 #: fields that may change between a run and its ``--resume`` (they do not change what is computed)
 RUNTIME_FIELDS = frozenset(
     {"out", "cache", "workers", "stop_after", "progress", "log_every", "device", "preview_every"}
+    | {"stop_after_steps", "save_every_steps", "save_every_minutes", "keep_last", "tensorboard", "compile"}
 )
 
 
@@ -59,6 +60,25 @@ class TrainConfig(BaseModel):
     save_every: int = Field(1, ge=1, description="write last.safetensors + state.pt every N epochs")
     log_every: int = Field(10, ge=1, description="one log.jsonl line every N optimizer steps")
     stop_after: int | None = Field(None, ge=1, description="stop once this epoch is done (resume later)")
+    stop_after_steps: int | None = Field(
+        None, ge=1, description="stop once this optimizer step is done, mid-epoch too (resume later)"
+    )
+    save_every_steps: int | None = Field(
+        None, ge=1, description="also save every N optimizer steps, inside epochs too (resumable there)"
+    )
+    save_every_minutes: float | None = Field(
+        None, gt=0, description="also save every M minutes of wall time (rank 0's clock), inside epochs too"
+    )
+    keep_last: int = Field(
+        3, ge=0, description="periodic checkpoints kept as RUN/checkpoints/step_N.* (the newest K by step)"
+    )
+    tensorboard: bool = Field(
+        False, description="also write RUN/tb/ for TensorBoard (pip install 'hiend-train[tensorboard]')"
+    )
+    compile: bool = Field(
+        False,
+        description="wrap the model in torch.compile (off by default: compiling takes minutes on a CPU)",
+    )
     progress: bool = True
 
     @model_validator(mode="after")

@@ -3,9 +3,13 @@ and the DataLoader over crops."""
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from torch.utils.data import DistributedSampler
 
 from hiend_data.errors import InputError
 
@@ -25,6 +29,35 @@ def open_cache(path: str | os.PathLike[str] | None) -> Any:
     if not cache.cases:
         raise InputError(f"{path}: the cache holds no complete case")
     return cache
+
+
+class EpochSampler(DistributedSampler):
+    """torch's DistributedSampler (this process's share of the cases, shuffled by (seed, epoch)) whose
+    epoch can begin part-way, for a run resumed from a checkpoint inside an epoch.
+
+    ``set_start(k)`` after ``set_epoch(epoch)``: the next pass yields the epoch's order without its
+    first ``k`` indices (micro-batches done x batch size), so the skipped cases are never loaded; the
+    order itself depends only on (seed, epoch), and the crops of a case only on (seed, epoch, case), so
+    the batches that follow are those an uninterrupted run draws. ``set_epoch`` starts at 0 again.
+    ``len()`` stays the whole epoch's count: the schedule counts whole epochs.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.start = 0
+
+    def set_start(self, start: int) -> None:
+        """Begin the next pass at index ``start`` of this epoch's order (0 <= start <= len)."""
+        if not 0 <= start <= self.num_samples:
+            raise ValueError(f"start={start}: this epoch has {self.num_samples} indices on this process")
+        self.start = int(start)
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.start, None)
 
 
 def split_cases(names: list[str], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -95,20 +128,20 @@ def few_shot_split(
 def make_loader(
     cache: Any, sampler_cfg: Any, indices: list[int], batch_size: int, workers: int, seed: int, env: DistEnv
 ) -> tuple[Any, Any, Any]:
-    """-> (CropDataset over the whole cache, DistributedSampler over ``indices``, DataLoader).
+    """-> (CropDataset over the whole cache, :class:`EpochSampler` over ``indices``, DataLoader).
 
     A batch is ``batch_size`` volumes of this process's share of the cases (shuffled per epoch by
     ``sampler.set_epoch``), each giving ``sampler_cfg.num_samples`` crops: ``batch["image"]``
     ``[batch_size * num_samples, C, *crop]``. Crops depend only on (seed, epoch, case index).
     """
     import torch
-    from torch.utils.data import DataLoader, DistributedSampler, Subset
+    from torch.utils.data import DataLoader, Subset
 
     from hiend_data.torch import CropDataset, collate_crops
 
     dataset = CropDataset(cache.root, sampler_cfg, seed=seed)
     subset = Subset(dataset, indices)
-    sampler = DistributedSampler(
+    sampler = EpochSampler(
         subset, num_replicas=env.world, rank=env.rank, shuffle=True, seed=seed, drop_last=False
     )
     cuda = env.device is not None and env.device.type == "cuda"

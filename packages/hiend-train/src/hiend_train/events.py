@@ -5,7 +5,9 @@ An event is a name and its fields: ``start`` (``resume``), ``setup`` (what the r
 means since the previous step line), ``epoch``, ``warning``, ``end`` (README, "Outputs of a run").
 The training loop (:mod:`hiend_train.loop`) and its setup (:mod:`hiend_train.runner`) call
 :meth:`EventSink.emit` and nothing else; :func:`hiend_train.runner.event_sink` decides, in one
-place, which sinks a run has: today a :class:`MultiSink` holding the run folder's :class:`JsonlSink`.
+place, which sinks a run has: a :class:`MultiSink` holding the run folder's :class:`JsonlSink` and,
+with ``tensorboard = true``, a :class:`TensorBoardSink` (RUN/tb/). log.jsonl is the source of truth;
+other sinks are views of the same events.
 
 To add a sink, write a class with ``emit(event, **fields)`` and ``close()`` (no base class needed: the
 protocol is structural) and add it to the :class:`MultiSink` that :func:`hiend_train.runner.event_sink`
@@ -17,12 +19,16 @@ count). ``close()`` is called once, when the run ends or fails.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["EventSink", "JsonlSink", "MultiSink"]
+from hiend_data.errors import InputError
+
+__all__ = ["EventSink", "JsonlSink", "MultiSink", "TensorBoardSink"]
 
 
 @runtime_checkable
@@ -84,3 +90,98 @@ class MultiSink:
                 error = error or exc
         if error is not None:
             raise error
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class TensorBoardSink:
+    """TensorBoard event files in ``logdir`` (RUN/tb/): a view of the run's events for
+    ``tensorboard --logdir RUN/tb``; log.jsonl stays the source of truth.
+
+    What is written, at the global step = the optimizer step of the event:
+
+    - ``step`` lines: ``train/loss``, ``train/lr``, ``train/grad_norm``, ``train/crops_per_s`` and any
+      other metric of the line (fine-tuning: ``train/dice``);
+    - ``epoch`` records: ``epoch/loss``, ``epoch/lr``, ``epoch/grad_norm``, ``epoch/crops_per_s``,
+      ``epoch/seconds`` ...; validation: ``val/loss`` (``val_loss``), ``val/dice`` (``val_dice``),
+      ``val/dice_per_class/K`` (foreground class K), ``val/best_score``;
+    - ``preview`` events (pre-training): the PNG at ``path`` as the image ``preview`` (read with
+      matplotlib, which wrote it);
+    - ``resume``: TensorBoard hides what the interrupted run wrote after the resumed step
+      (SummaryWriter's ``purge_step``), so curves do not fold back on themselves.
+
+    Scalars are stored as float32 (TensorBoard's simple values). Needs the ``tensorboard`` package
+    (``pip install 'hiend-train[tensorboard]'``): the constructor raises a one-line InputError without
+    it (on every rank). ``enabled=False`` (ranks other than 0) writes nothing. The writer, and the
+    folder, are created by the first event that writes something; event files are flushed at every
+    ``epoch`` record and at :meth:`close`.
+    """
+
+    def __init__(self, logdir: str | os.PathLike[str], enabled: bool = True) -> None:
+        try:  # optional: the tensorboard extra
+            with warnings.catch_warnings():  # torch's own deprecations, raised while importing it
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise InputError(
+                f"tensorboard = true ({logdir}): the tensorboard package is not installed "
+                "(pip install 'hiend-train[tensorboard]')"
+            ) from None
+        self._writer_cls = SummaryWriter
+        self.logdir = Path(logdir)
+        self.enabled = enabled
+        self._writer: Any = None
+        self._purge_step: int | None = None
+
+    @property
+    def writer(self) -> Any:
+        """The SummaryWriter (created on first use)."""
+        if self._writer is None:
+            self._writer = self._writer_cls(log_dir=str(self.logdir), purge_step=self._purge_step)
+        return self._writer
+
+    def emit(self, event: str, **fields: Any) -> None:
+        if not self.enabled:
+            return
+        if event == "resume":
+            self._purge_step = int(fields.get("step", 0)) + 1
+        elif event in ("step", "epoch"):
+            self._scalars("train" if event == "step" else "epoch", fields)
+            if event == "epoch":
+                self.writer.flush()
+        elif event == "preview" and fields.get("path"):
+            self._image("preview", fields["path"], int(fields.get("step", 0)))
+
+    def _scalars(self, prefix: str, fields: dict[str, Any]) -> None:
+        step = int(fields.get("step", 0))
+        for key, value in fields.items():
+            if key in ("epoch", "step"):
+                continue
+            if key.startswith("val_"):
+                tag = f"val/{key[4:]}"
+            elif key == "best_score":
+                tag = "val/best_score"
+            else:
+                tag = f"{prefix}/{key}"
+            if _number(value):
+                self.writer.add_scalar(tag, float(value), step)
+            elif isinstance(value, list):
+                for k, v in enumerate(value, start=1):  # per foreground class
+                    if _number(v) and not math.isnan(v):
+                        self.writer.add_scalar(f"{tag}/{k}", float(v), step)
+
+    def _image(self, tag: str, path: str | os.PathLike[str], step: int) -> None:
+        try:
+            from matplotlib.image import imread
+        except ImportError:  # the PNG was written with matplotlib: cannot happen in a run
+            return
+        image = imread(str(path))  # [H, W, 3 or 4], float in [0, 1]
+        self.writer.add_image(tag, image[..., :3], step, dataformats="HWC")
+
+    def close(self) -> None:
+        """Flush and close the event file (if anything was written)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

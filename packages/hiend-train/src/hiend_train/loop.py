@@ -1,19 +1,23 @@
 """The training loop shared by pre-training and fine-tuning, apart from their setup.
 
 :func:`train_one_epoch` runs one pass over the loader (autocast, gradient accumulation, DDP no_sync,
-per-iteration learning rate, a non-finite loss stops the run); :func:`fit` runs the epochs around it:
-resume, per-epoch seeding, validation hooks, checkpoints and training state, events. Both report
-through an :class:`~hiend_train.events.EventSink` (default: the run folder's log.jsonl) and draw one
-rich progress bar, switched off by ``disable=`` where it is not wanted.
+per-iteration learning rate, per-step seeding, the gradient norm, a non-finite loss stops the run,
+periodic checkpoints between optimizer steps); :func:`fit` runs the epochs around it: resume (from an
+epoch end or from a step inside an epoch), validation hooks, checkpoints and training state
+(:class:`Checkpointer`), events. Both report through an :class:`~hiend_train.events.EventSink`
+(default: the run folder's log.jsonl) and draw one rich progress bar with the run's ETA, switched off
+by ``disable=`` where it is not wanted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,11 +25,16 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from hiend_data.errors import InputError
+
 from .config import TrainConfig
 from .dist import DistEnv, all_sum
 from .events import EventSink
 from .optim import lr_at, set_lr
 from .rundir import RunDir, rng_state, set_rng_state
+
+#: the clock of ``save_every_minutes`` (seconds; a module attribute, so that tests can replace it)
+clock: Callable[[], float] = time.monotonic
 
 #: loss_fn(model, batch) -> (scalar loss, {metric: scalar tensor or float}); ``model`` is the
 #: (DDP-wrapped) network; metrics are averaged like the loss (keep them tensors: no host sync)
@@ -62,19 +71,19 @@ class Task:
 
 @dataclass
 class FitResult:
-    """What a run did: epochs done, optimizer steps, the last epoch's log record, the best score."""
+    """What a run did: epochs done, optimizer steps, the last epoch's log record, the best score;
+    ``stopped``: ``stop_after_steps`` ended it (possibly inside an epoch; ``--resume`` continues)."""
 
     epochs: int
     steps: int
     last: dict[str, Any]
     best: float | None
     history: list[dict[str, Any]]
+    stopped: bool = False
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` -> ``bf16`` on CUDA (``fp16`` where the GPU lacks bf16), ``fp32`` on CPU."""
-    from hiend_data.errors import InputError
-
     if precision == "auto":
         if device.type != "cuda":
             return "fp32"
@@ -93,14 +102,125 @@ def autocast(precision: str, device: torch.device) -> Any:
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """The torch seed of (run seed, epoch, rank): masking noise and drop-path depend on nothing else,
-    so a resumed run draws exactly what an uninterrupted one would."""
+    """The torch seed of (run seed, epoch, rank), set at every epoch start (before anything else of
+    the epoch draws; each optimizer step then sets its own, :func:`step_seed`)."""
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The torch seed set before optimizer step ``step`` (steps done so far in the run) on ``rank``:
+    the masking noise and drop-path of a step depend on nothing else, so a run resumed from any step
+    boundary, inside an epoch too, draws exactly what an uninterrupted one would, whatever was drawn
+    before (and no rank's generator state needs saving)."""
+    return int(np.random.SeedSequence([seed, step, rank, 1]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def unwrap(model: Any) -> Any:
+    """The module under a ``torch.compile`` wrapper (``_orig_mod``), else ``model``: what checkpoints
+    save and load, so that their keys carry no ``_orig_mod.`` prefix."""
+    return getattr(model, "_orig_mod", model)
+
+
+def grad_norm(parameters: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The total L2 norm of the parameters' gradients, as ``clip_grad_norm_`` computes it: a 0-d
+    tensor on their device (no host synchronisation); 0 when no parameter has a gradient."""
+    grads = [p.grad.detach() for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+    if total_norm is not None:
+        return total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+class _Meter:
+    """Running sums on the device (read on the host only at log lines, epoch ends and saves):
+    ``[loss, *metrics]`` (float64) over micro-batches, the total gradient norm over optimizer steps."""
+
+    def __init__(self) -> None:
+        self.sums: torch.Tensor | None = None
+        self.n = 0
+        self.grad: torch.Tensor | None = None
+        self.n_grad = 0
+
+    def add(self, stats: torch.Tensor) -> None:
+        self.sums = stats.clone() if self.sums is None else self.sums + stats
+        self.n += 1
+
+    def add_grad(self, norm: torch.Tensor) -> None:
+        norm = norm.detach().double().reshape(())
+        self.grad = norm.clone() if self.grad is None else self.grad + norm
+        self.n_grad += 1
+
+    def state(self) -> dict[str, Any]:
+        """The sums as plain numbers (a host synchronisation), for state.pt: exact (float64)."""
+        return {
+            "sums": None if self.sums is None else self.sums.tolist(),
+            "n": self.n,
+            "grad": None if self.grad is None else float(self.grad),
+            "n_grad": self.n_grad,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None, device: Any) -> _Meter:
+        """What :meth:`state` returned, back on ``device`` (None or {}: empty)."""
+        meter = cls()
+        if state:
+            if state.get("sums") is not None:
+                meter.sums = torch.tensor(state["sums"], dtype=torch.float64, device=device)
+            if state.get("grad") is not None:
+                meter.grad = torch.tensor(state["grad"], dtype=torch.float64, device=device)
+            meter.n, meter.n_grad = int(state.get("n", 0)), int(state.get("n_grad", 0))
+        return meter
+
+
+def format_duration(seconds: float | None) -> str:
+    """``H:MM:SS`` (hours unbounded), or ``-:--:--`` when not known yet."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-:--:--"
+    s = max(0, int(round(seconds)))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class RunEta:
+    """Time left in the run: the wall time per micro-batch since this invocation started (validation,
+    previews and checkpoints included) times the micro-batches still to do (``remaining`` at the
+    start: every epoch left, up to ``stop_after`` / ``stop_after_steps`` where set)."""
+
+    def __init__(self, remaining: int) -> None:
+        self.remaining = max(int(remaining), 0)
+        self.done = 0
+        self.t0 = time.perf_counter()
+
+    def advance(self) -> None:
+        """One micro-batch done."""
+        self.done += 1
+
+    def seconds(self) -> float | None:
+        """Seconds left (None before the first micro-batch)."""
+        if self.done == 0:
+            return None
+        rate = (time.perf_counter() - self.t0) / self.done
+        return rate * max(self.remaining - self.done, 0)
+
+    def text(self) -> str:
+        return f"run ETA {format_duration(self.seconds())}"
 
 
 def optimizer_steps_per_epoch(n_batches: int, grad_accum: int) -> int:
     """Optimizer steps in an epoch of ``n_batches`` micro-batches (the last step may take fewer)."""
     return max(1, math.ceil(n_batches / grad_accum))
+
+
+def _batches(task: Task, start: int) -> Iterator[tuple[int, Any]]:
+    """(micro-batch index in the epoch, batch) from micro-batch ``start`` on. With a sampler that can
+    start part-way (:class:`hiend_train.data.EpochSampler`: ``set_start``) the first ``start``
+    micro-batches are never loaded; with another one they are loaded and dropped (the same batches
+    either way: crops depend only on (seed, epoch, case), not on what was drawn before)."""
+    if start and hasattr(task.sampler, "set_start"):
+        task.sampler.set_start(start * task.loader.batch_size)
+        return enumerate(task.loader, start)
+    return itertools.islice(enumerate(task.loader), start, None)
 
 
 def train_one_epoch(
@@ -115,46 +235,73 @@ def train_one_epoch(
     precision: str,
     progress: Progress | None = None,
     events: EventSink | None = None,
+    start: int = 0,
+    resumed: dict[str, Any] | None = None,
+    saver: Checkpointer | None = None,
+    eta: RunEta | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """One pass over ``task.loader``; returns (global optimizer step after it, epoch record).
 
-    Learning rate per optimizer step from :func:`~hiend_train.optim.lr_at`. Loss and metrics are
-    averaged over processes on the device and reach the host only at ``step`` events (every
-    ``log_every`` optimizer steps, to ``events``; default ``run.events``, log.jsonl) and at the end of
-    the epoch: that is where a non-finite loss stops the run, on every rank at once, before anything is
-    saved. ``progress``: the bar of :func:`progress_bar` (None: one that draws nothing).
+    Learning rate per optimizer step from :func:`~hiend_train.optim.lr_at`; the torch seed of each
+    optimizer step from :func:`step_seed`. Loss, metrics and the gradient norm (``grad_norm``: the
+    total L2 norm of each optimizer step's gradients, unscaled, before clipping) are averaged over
+    processes on the device and reach the host only at ``step`` events (every ``log_every`` optimizer
+    steps, to ``events``; default ``run.events``, log.jsonl), at the end of the epoch and at saves:
+    that is where a non-finite loss stops the run, on every rank at once, before anything is saved.
+    ``progress``: the bar of :func:`progress_bar` (None: one that draws nothing); ``eta``: the run's.
+
+    Inside an epoch: ``start`` micro-batches of it are done already (a resumed run; see
+    :func:`_batches`) and ``resumed`` holds the running sums saved with them, so the step and epoch
+    lines equal an uninterrupted run's. ``saver`` writes the periodic checkpoints between optimizer
+    steps (one due after the epoch's last step is left to the epoch end: ``saver.pending``) and stops
+    at ``cfg.stop_after_steps``: the record is then ``{"event": "stop", "epoch", "batch", "step"}``
+    (``batch``: micro-batches of the epoch done).
     """
     events = run.events if events is None else events
     progress = progress_bar(False) if progress is None else progress
+    eta = RunEta(0) if eta is None else eta
     n_batches = len(task.loader)
     per_epoch = optimizer_steps_per_epoch(n_batches, cfg.grad_accum)
-    total, warmup = cfg.epochs * per_epoch, cfg.warmup_epochs * per_epoch
+    total_steps, warmup = cfg.epochs * per_epoch, cfg.warmup_epochs * per_epoch
     device = env.device
     model = task.ddp_model
     model.train()
-    names: list[str] = []
-    sums = window = None  # running sums on the device: [loss, *metrics], summed over micro-batches
-    n_micro = n_window = crops = crops_window = 0
+    resumed = resumed or {}
+    names: list[str] = list(resumed.get("names", []))
+    so_far = _Meter.from_state(resumed.get("epoch"), device)  # the epoch so far
+    window = _Meter.from_state(resumed.get("window"), device)  # since the previous step line
+    crops = crops_window = 0  # in this pass, for crops/s
     t0 = t_window = time.perf_counter()
-    lr = lr_at(step, cfg.lr, warmup, total, cfg.min_lr)
-    bar = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=n_batches)
+    lr = lr_at(step, cfg.lr, warmup, total_steps, cfg.min_lr)
+    bar = progress.add_task(
+        f"epoch {epoch + 1}/{cfg.epochs}", total=n_batches, completed=start, eta=eta.text()
+    )
 
-    def host_mean(acc: torch.Tensor, n: int) -> dict[str, float]:
-        """Bring a running sum to the host (the only synchronisation points) and check the loss."""
-        values = (acc / max(n, 1)).tolist()
+    def host_mean(meter: _Meter) -> dict[str, float]:
+        """Bring running sums to the host (the only synchronisation points) and check the loss."""
+        if meter.sums is None:
+            return {}
+        parts = [meter.sums / max(meter.n, 1)]
+        if meter.grad is not None:
+            parts.append((meter.grad / max(meter.n_grad, 1)).reshape(1))
+        values = torch.cat(parts).tolist()
         if not math.isfinite(values[0]):
             raise NonFiniteLoss(
                 f"non-finite loss ({values[0]}) at epoch {epoch + 1} by step {step} (lr {lr:.3g}): "
                 "lower lr, raise warmup_epochs, set clip_grad, or use bf16 / fp32 instead of "
-                f"fp16; the last checkpoint in {run.root} is from before this epoch"
+                f"fp16; the checkpoints in {run.root} are from before it"
             )
-        return dict(zip(names, values, strict=True))
+        out = dict(zip(names, values[: len(names)], strict=True))
+        if meter.grad is not None:
+            out["grad_norm"] = values[-1]
+        return out
 
-    for i, batch in enumerate(task.loader):
+    for i, batch in _batches(task, start):
         micro = i % cfg.grad_accum
         last_micro = micro == cfg.grad_accum - 1 or i == n_batches - 1
         if micro == 0:
-            lr = lr_at(step, cfg.lr, warmup, total, cfg.min_lr)
+            torch.manual_seed(step_seed(cfg.seed, step, env.rank))
+            lr = lr_at(step, cfg.lr, warmup, total_steps, cfg.min_lr)
             set_lr(optimizer, lr)
         sync = env.distributed and not last_micro
         with model.no_sync() if sync else contextlib.nullcontext():
@@ -162,11 +309,14 @@ def train_one_epoch(
                 loss, metrics = task.loss_fn(model, batch)
             scaled = loss / cfg.grad_accum
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        norm = None
         if last_micro:
+            if scaler is not None:
+                scaler.unscale_(optimizer)  # the norm (and clipping) of the true gradients
             if cfg.clip_grad is not None:
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(task.model.parameters(), cfg.clip_grad)
+                norm = torch.nn.utils.clip_grad_norm_(task.model.parameters(), cfg.clip_grad)
+            else:
+                norm = grad_norm(task.model.parameters())
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
@@ -187,14 +337,15 @@ def train_one_epoch(
         ).double()
         all_sum(env, stats)
         stats /= env.world
-        sums = stats.clone() if sums is None else sums + stats
-        window = stats.clone() if window is None else window + stats
-        n_micro += 1
-        n_window += 1
+        so_far.add(stats)
+        window.add(stats)
+        if norm is not None:  # DDP averaged the gradients already: the same norm on every rank
+            so_far.add_grad(norm)
+            window.add_grad(norm)
         crops += int(batch["image"].shape[0]) * env.world
         crops_window += int(batch["image"].shape[0]) * env.world
         if last_micro and step % cfg.log_every == 0:
-            values = host_mean(window, n_window)
+            values = host_mean(window)
             now = time.perf_counter()
             events.emit(
                 "step",
@@ -204,11 +355,32 @@ def train_one_epoch(
                 **values,
                 crops_per_s=crops_window / max(now - t_window, 1e-9),
             )
-            window, n_window, crops_window, t_window = None, 0, 0, now
+            window, crops_window, t_window = _Meter(), 0, now
             progress.update(bar, description=f"epoch {epoch + 1}/{cfg.epochs} loss {values['loss']:.4f}")
-        progress.update(bar, advance=1)
+        eta.advance()
+        progress.update(bar, advance=1, eta=eta.text())
+        if saver is not None and last_micro:
+            if i == n_batches - 1:  # the epoch end saves (fit)
+                saver.pending = saver.pending or saver.due(step)
+                continue
+            stop = cfg.stop_after_steps is not None and step >= cfg.stop_after_steps
+            if stop:
+                host_mean(so_far)  # on every rank: nothing non-finite is saved
+            periodic = saver.due(step)
+            if stop or periodic:
+                saver.save(
+                    epoch,
+                    i + 1,
+                    step,
+                    names=names,
+                    meters={"epoch": so_far, "window": window},
+                    periodic=periodic,
+                )
+            if stop:
+                progress.remove_task(bar)
+                return step, {"event": "stop", "epoch": epoch + 1, "batch": i + 1, "step": step}
     progress.remove_task(bar)
-    values = host_mean(sums, n_micro) if sums is not None else {}
+    values = host_mean(so_far)
     seconds = time.perf_counter() - t0
     record = {
         "event": "epoch",
@@ -224,13 +396,16 @@ def train_one_epoch(
 
 def progress_bar(enabled: bool) -> Progress:
     """The run's rich progress bar and its console, on stderr (stdout is for results: the command's
-    last line is a JSON summary). ``enabled=False`` (``progress = false``, ``--quiet``, ranks other than
-    0) is rich's ``disable=``, and a quiet console: the same calls, nothing drawn or printed."""
+    last line is a JSON summary): the epoch's micro-batches, its elapsed time and the whole run's ETA
+    (:class:`RunEta`, the task field ``eta``). ``enabled=False`` (``progress = false``, ``--quiet``,
+    ranks other than 0) is rich's ``disable=``, and a quiet console: the same calls, nothing drawn or
+    printed."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("{task.fields[eta]}"),
         transient=True,
         disable=not enabled,
         console=Console(stderr=True, quiet=not enabled),
@@ -238,12 +413,13 @@ def progress_bar(enabled: bool) -> Progress:
 
 
 def save_weights(task: Task, path: Any, epoch: int, step: int, extra: dict[str, Any] | None = None) -> None:
-    """The model as a hiend checkpoint with the task's plan and where in the run it was saved."""
+    """``task.model`` (unwrapped from ``torch.compile`` where it is wrapped: the module's own keys) as a
+    hiend checkpoint with the task's plan and where in the run it was saved."""
     from hiend_model.checkpoint import save_checkpoint
 
     save_checkpoint(
         path,
-        task.model,
+        unwrap(task.model),
         plan=task.plan,
         extra={
             "hiend_train": {"kind": task.kind, "epoch": epoch, "step": step, **(extra or {})},
@@ -252,28 +428,162 @@ def save_weights(task: Task, path: Any, epoch: int, step: int, extra: dict[str, 
     )
 
 
-def _resume(task: Task, optimizer: Any, scaler: Any, run: RunDir) -> tuple[int, int, float | None]:
-    """Load last.safetensors and state.pt; returns (epochs done, optimizer steps, best score)."""
+class Checkpointer:
+    """The run's checkpoints: last.safetensors + state.pt (rank 0 writes) at epoch ends (every
+    ``save_every`` epochs and the last), every ``save_every_steps`` optimizer steps and every
+    ``save_every_minutes`` (periodic: inside epochs too, and each also kept as
+    ``RUN/checkpoints/step_NNNNNNNN.*``, the newest ``keep_last``), and where ``stop_after_steps``
+    stops the run.
+
+    A checkpoint is taken between optimizer steps (no gradient being accumulated). state.pt holds the
+    optimizer, the grad scaler, ``epoch`` (epochs done), ``batch`` (micro-batches done of the next
+    epoch; 0 at an epoch end), ``step`` (optimizer steps done), the best score, torch's RNG states and,
+    inside an epoch, ``running``: the epoch's running sums (names, ``epoch``, ``window``). The torch
+    seed of each step comes from (seed, step, rank) (:func:`step_seed`) and the data order and crops
+    from (seed, epoch, case), so nothing else is needed to continue exactly.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        optimizer: Any,
+        scaler: Any,
+        cfg: TrainConfig,
+        env: DistEnv,
+        run: RunDir,
+        best: float | None = None,
+    ) -> None:
+        self.task, self.optimizer, self.scaler = task, optimizer, scaler
+        self.cfg, self.env, self.run = cfg, env, run
+        #: the best score so far (kept in state.pt)
+        self.best = best
+        #: a periodic save fell due after an epoch's last step: the epoch end takes it
+        self.pending = False
+        self.last_save = clock()
+
+    def due(self, step: int) -> bool:
+        """Is a periodic save due after optimizer step ``step``? By steps every rank agrees; by
+        minutes only rank 0's clock counts (saving involves no other rank)."""
+        cfg = self.cfg
+        if cfg.save_every_steps is not None and step % cfg.save_every_steps == 0:
+            return True
+        return (
+            cfg.save_every_minutes is not None
+            and self.env.main
+            and clock() - self.last_save >= 60.0 * cfg.save_every_minutes
+        )
+
+    def save(
+        self,
+        epoch: int,
+        batch: int,
+        step: int,
+        names: list[str] | None = None,
+        meters: dict[str, _Meter] | None = None,
+        periodic: bool = False,
+    ) -> bool:
+        """Write the checkpoint after ``epoch`` epochs, ``batch`` micro-batches of the next and
+        ``step`` optimizer steps (``meters``: the running sums inside an epoch); ``periodic`` keeps a
+        step-named copy and prunes to ``keep_last``. Returns whether this rank wrote (rank 0, and,
+        inside an epoch, only with a finite loss so far: a periodic save skipped for a non-finite
+        loss is followed by the NonFiniteLoss of the next log line or the epoch end)."""
+        self.last_save = clock()
+        self.pending = False
+        if not self.env.main:
+            return False
+        running: dict[str, Any] = {}
+        if meters:
+            running = {"names": list(names or []), **{k: m.state() for k, m in meters.items()}}
+            sums = running["epoch"]["sums"]
+            if sums is not None and not math.isfinite(sums[0]):
+                return False
+        save_weights(self.task, self.run.last, epoch, step, {"batch": batch})
+        self.run.save_state(
+            {
+                "epoch": epoch,
+                "batch": batch,
+                "step": step,
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+                "rng": rng_state(),
+                "best": self.best,
+                "running": running,
+            }
+        )
+        if periodic:
+            self.run.keep_periodic(step, self.cfg.keep_last)
+        return True
+
+
+@dataclass
+class ResumePoint:
+    """Where a resumed run continues: ``epoch`` epochs and ``batch`` micro-batches of the next done,
+    ``step`` optimizer steps; the best score, the running sums inside the epoch, the checkpoint used."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    best: float | None = None
+    running: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str = ""
+
+
+def _resume(task: Task, optimizer: Any, scaler: Any, run: RunDir) -> tuple[ResumePoint, list[str]]:
+    """Load the newest consistent checkpoint: last.safetensors + state.pt, else (a run stopped
+    between writing the two) the newest periodic one whose files agree. Returns it and why newer
+    ones were passed over (InputError when none agrees)."""
     from safetensors.torch import load_file
 
-    from hiend_data.errors import InputError
     from hiend_model.checkpoint import read_checkpoint_info
 
-    state = run.load_state()
-    info = read_checkpoint_info(run.last)
-    saved_epoch = (info.extra or {}).get("hiend_train", {}).get("epoch")
-    if saved_epoch != state["epoch"]:
-        raise InputError(
-            f"{run.root}: last.safetensors (epoch {saved_epoch}) and state.pt (epoch "
-            f"{state['epoch']}) disagree; the run was interrupted while saving"
+    passed: list[str] = []
+    for weights, state_path in run.resume_candidates():
+        if not (weights.is_file() and state_path.is_file()):
+            continue
+        state = run.load_state(path=state_path)
+        saved = (read_checkpoint_info(weights).extra or {}).get("hiend_train", {})
+        at = (saved.get("epoch"), saved.get("batch", 0), saved.get("step"))
+        want = (state["epoch"], state.get("batch", 0), state["step"])
+        if at != want:
+            passed.append(
+                f"{_rel(weights, run.root)} (epoch {at[0]}, batch {at[1]}, step {at[2]}) and "
+                f"{_rel(state_path, run.root)} (epoch {want[0]}, batch {want[1]}, step {want[2]}) disagree"
+            )
+            continue
+        model = unwrap(task.model)
+        model.load_state_dict(
+            load_file(str(weights), device=str(next(model.parameters()).device)), strict=True
         )
-    weights = load_file(str(run.last), device=str(next(task.model.parameters()).device))
-    task.model.load_state_dict(weights, strict=True)
-    optimizer.load_state_dict(state["optimizer"])
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
-    return int(state["epoch"]), int(state["step"]), state.get("best")
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        point = ResumePoint(
+            epoch=int(state["epoch"]),
+            batch=int(state.get("batch", 0)),
+            step=int(state["step"]),
+            best=state.get("best"),
+            running=state.get("running") or {},
+            checkpoint=_rel(weights, run.root),
+        )
+        return point, passed
+    raise InputError(
+        f"{run.root}: no checkpoint to resume from ({'; '.join(passed) or 'no weights and state'}); "
+        "the run was interrupted while saving"
+    )
+
+
+def _rel(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def _remaining(cfg: TrainConfig, point: ResumePoint, end: int, n_batches: int) -> int:
+    """Micro-batches this invocation will run: the epochs up to ``end`` from ``point``, up to
+    ``stop_after_steps`` where set."""
+    left = max(end - point.epoch, 0) * n_batches - point.batch
+    if cfg.stop_after_steps is not None:
+        left = min(left, max(cfg.stop_after_steps - point.step, 0) * cfg.grad_accum)
+    return left
 
 
 def fit(
@@ -287,21 +597,57 @@ def fit(
     resume: bool = False,
     events: EventSink | None = None,
 ) -> FitResult:
-    """Train ``task`` for the epochs of ``cfg`` (from where state.pt left off with ``resume``);
-    ``step`` and ``epoch`` events go to ``events`` (default ``run.events``: log.jsonl)."""
+    """Train ``task`` for the epochs of ``cfg`` (with ``resume``: from the newest checkpoint, at an
+    epoch end or between two steps inside an epoch); ``resume``, ``step``, ``epoch`` and ``stop``
+    events go to ``events`` (default ``run.events``: log.jsonl)."""
     events = run.events if events is None else events
-    start, step, best = _resume(task, optimizer, scaler, run) if resume else (0, 0, None)
+    point = ResumePoint()
+    if resume:
+        point, passed = _resume(task, optimizer, scaler, run)
+        for why in passed:
+            events.emit(
+                "warning", message=f"{why} (interrupted while saving): resuming from an older checkpoint"
+            )
+        events.emit(
+            "resume", epoch=point.epoch, batch=point.batch, step=point.step, checkpoint=point.checkpoint
+        )
+    start, step, best = point.epoch, point.step, point.best
+    saver = Checkpointer(task, optimizer, scaler, cfg, env, run, best)
     history: list[dict[str, Any]] = []
     last: dict[str, Any] = {}
     end = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
+    eta = RunEta(_remaining(cfg, point, end, len(task.loader)))
+    epochs_done, stopped = start, False
     with progress_bar(cfg.progress and env.main) as progress:
         for epoch in range(start, end):
+            if cfg.stop_after_steps is not None and step >= cfg.stop_after_steps:
+                stopped = True
+                break
             torch.manual_seed(epoch_seed(cfg.seed, epoch, env.rank))
             task.sampler.set_epoch(epoch)
             task.dataset.set_epoch(epoch)
+            skip = point.batch if epoch == start else 0
             step, record = train_one_epoch(
-                task, optimizer, scaler, cfg, env, run, epoch, step, precision, progress, events
+                task,
+                optimizer,
+                scaler,
+                cfg,
+                env,
+                run,
+                epoch,
+                step,
+                precision,
+                progress,
+                events,
+                start=skip,
+                resumed=point.running if skip else None,
+                saver=saver,
+                eta=eta,
             )
+            if record["event"] == "stop":
+                events.emit(**record)
+                stopped = True
+                break
             if task.on_epoch_end is not None:
                 record.update(task.on_epoch_end(epoch))
             score = record.pop("score", None)
@@ -310,25 +656,21 @@ def fit(
                 best = score
                 if env.main:
                     save_weights(task, run.best, done, step, {"score": score})
-            record["best_score"] = best
-            if done % cfg.save_every == 0 or done == end:
-                if env.main:
-                    save_weights(task, run.last, done, step)
-                    run.save_state(
-                        {
-                            "epoch": done,
-                            "step": step,
-                            "optimizer": optimizer.state_dict(),
-                            "scaler": scaler.state_dict() if scaler is not None else {},
-                            "rng": rng_state(),
-                            "best": best,
-                        }
-                    )
+            record["best_score"] = saver.best = best
+            stop = cfg.stop_after_steps is not None and step >= cfg.stop_after_steps
+            periodic = saver.pending
+            if done % cfg.save_every == 0 or done == end or stop or periodic:
+                saver.save(done, 0, step, periodic=periodic)
             events.emit(**record)
             history.append(record)
             last = record
+            epochs_done = done
             progress.console.print(_summary(record))
-    return FitResult(epochs=max(end, start), steps=step, last=last, best=best, history=history)
+            if stop and done < end:
+                events.emit("stop", epoch=done, batch=0, step=step)
+                stopped = True
+                break
+    return FitResult(epochs=epochs_done, steps=step, last=last, best=best, history=history, stopped=stopped)
 
 
 def _summary(record: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ import torch
 from .config import PretrainConfig
 from .data import make_loader
 from .dist import all_sum
-from .loop import Task, autocast
+from .loop import Task, autocast, optimizer_steps_per_epoch
 from .preview import write_preview
 from .runner import Context, RunResult, execute, wrap_ddp
 
@@ -91,6 +91,9 @@ def build_task(ctx: Context) -> Task:
             written = write_preview(
                 model, images[:1].to(env.device), noise[:1].to(env.device), path, title=f"epoch {done}"
             )
+            if written is not None:  # for the sinks (TensorBoard shows it as an image)
+                steps = done * optimizer_steps_per_epoch(len(loader), cfg.grad_accum)
+                ctx.events.emit("preview", epoch=done, step=steps, path=str(written))
             if written is None and not warned:
                 warned.append(True)
                 ctx.run.log(

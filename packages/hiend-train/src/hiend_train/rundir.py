@@ -7,8 +7,11 @@
     RUN/log.jsonl           one JSON object per line: {"event": "step" | "epoch" | "val" | ..., ...}
     RUN/last.safetensors    model weights (hiend checkpoint with the cache's plan), after each save
     RUN/best.safetensors    fine-tuning: the weights with the best validation Dice so far
-    RUN/state.pt            training state: optimizer, grad scaler, epoch, step, RNG states, best score
+    RUN/state.pt            training state: optimizer, grad scaler, epoch, batch, step, RNG states, best score
+    RUN/checkpoints/        periodic checkpoints (``save_every_steps`` / ``save_every_minutes``):
+                            step_NNNNNNNN.safetensors + step_NNNNNNNN.pt, the newest ``keep_last``
     RUN/previews/           pre-training reconstructions (PNG, with the ``preview`` extra)
+    RUN/tb/                 TensorBoard event files (``tensorboard = true``)
 
 Every file is written under a temporary name in ``RUN``, fsync-ed and renamed (:mod:`hiend_data.atomic`). ``state.pt`` is read with
 ``torch.load(weights_only=True)``: it holds only tensors, numbers, strings, lists and dicts.
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,6 +79,8 @@ class RunDir:
         self.best = self.root / "best.safetensors"
         self.state_path = self.root / "state.pt"
         self.previews = self.root / "previews"
+        self.checkpoints = self.root / "checkpoints"
+        self.tb = self.root / "tb"
         #: log.jsonl as an event sink (writes only on the writer rank); the loop gets it through
         #: :func:`hiend_train.runner.event_sink`
         self.events = JsonlSink(self.log_path, enabled=writer)
@@ -180,23 +187,82 @@ class RunDir:
 
         _atomic_write(self.state_path, lambda tmp: torch.save({"format": STATE_FORMAT, **state}, tmp))
 
-    def load_state(self, map_location: Any = "cpu") -> dict[str, Any]:
-        """state.pt, read with ``torch.load(weights_only=True)``."""
+    def load_state(
+        self, map_location: Any = "cpu", path: str | os.PathLike[str] | None = None
+    ) -> dict[str, Any]:
+        """state.pt (or the state file at ``path``), read with ``torch.load(weights_only=True)``."""
         import torch
 
+        path = self.state_path if path is None else Path(path)
         try:
-            state = torch.load(self.state_path, map_location=map_location, weights_only=True)
+            state = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input
             raise InputError(
-                f"{self.state_path}: not a readable training state ({type(exc).__name__}: "
+                f"{path}: not a readable training state ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''})"
             ) from None
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise InputError(
-                f"{self.state_path}: not a hiend-train state file (format "
+                f"{path}: not a hiend-train state file (format "
                 f"{state.get('format') if isinstance(state, dict) else None!r})"
             )
         return state
+
+    # -- periodic checkpoints ------------------------------------------------------------------------
+    def periodic(self) -> list[tuple[int, Path, Path]]:
+        """The periodic checkpoints in RUN/checkpoints as (step, weights, state), oldest first (a step
+        counts once both of its files are there)."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = []
+        for path in self.checkpoints.glob("step_*.safetensors"):
+            match = _PERIODIC.fullmatch(path.name)
+            state = path.with_suffix(".pt")
+            if match and state.is_file():
+                found.append((int(match.group(1)), path, state))
+        return sorted(found)
+
+    def keep_periodic(self, step: int, keep: int) -> None:
+        """Keep last.safetensors + state.pt (just written at optimizer step ``step``) as
+        RUN/checkpoints/step_NNNNNNNN.safetensors / .pt, then delete all but the newest ``keep`` steps.
+
+        The copies are hard links where the filesystem has them (no bytes written: the next save
+        replaces last.safetensors by a new file, the link keeps the old one), else atomic copies.
+        """
+        if not self.writer:
+            return
+        if keep > 0:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            name = f"step_{step:08d}"
+            for src, dst in (
+                (self.last, self.checkpoints / f"{name}.safetensors"),
+                (self.state_path, self.checkpoints / f"{name}.pt"),
+            ):
+                _link_or_copy(src, dst)
+        kept = self.periodic()
+        for _, weights, state in kept[: max(len(kept) - keep, 0)]:
+            state.unlink(missing_ok=True)  # the state first: a step without it no longer counts
+            weights.unlink(missing_ok=True)
+
+    def resume_candidates(self) -> list[tuple[Path, Path]]:
+        """(weights, state) pairs to resume from, in order of preference: last.safetensors + state.pt,
+        then the periodic checkpoints, newest first (for a run stopped between writing the two files)."""
+        pairs = [(self.last, self.state_path)]
+        return pairs + [(w, s) for _, w, s in reversed(self.periodic())]
+
+
+_PERIODIC = re.compile(r"step_(\d+)\.safetensors")
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` becomes ``src``'s content atomically: a hard link under a temporary name renamed over
+    ``dst``, or (no hard links on this filesystem) an atomic copy."""
+    with atomic_path(dst, mkdir=False) as tmp:
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
 
 
 def rng_state() -> dict[str, Any]:

@@ -19,7 +19,7 @@ from hiend_data.errors import InputError
 from .config import TrainConfig
 from .data import few_shot_split, open_cache
 from .dist import DistEnv, broadcast_object, setup, teardown
-from .events import EventSink, MultiSink
+from .events import EventSink, MultiSink, TensorBoardSink
 from .loop import FitResult, Task, fit, resolve_precision
 from .optim import build_optimizer
 from .rundir import RunDir
@@ -71,9 +71,20 @@ def _check_run_dir(
 
 
 def event_sink(cfg: TrainConfig, env: DistEnv, run: RunDir) -> MultiSink:
-    """Where the run's events go: log.jsonl (rank 0 writes). A new sink (TensorBoard, say) is added
-    here, ``MultiSink(run.events, TensorBoardSink(...))``, and then gets every event of the run."""
-    return MultiSink(run.events)
+    """Where the run's events go: log.jsonl, and RUN/tb/ with ``tensorboard = true`` (rank 0 writes
+    both). A new sink is added here and then gets every event of the run."""
+    sink = MultiSink(run.events)
+    if cfg.tensorboard:
+        sink.add(TensorBoardSink(run.tb, enabled=env.main))
+    return sink
+
+
+def compile_model(task: Task, cfg: TrainConfig) -> None:
+    """With ``compile = true``, the model the loss calls becomes ``torch.compile`` of it (of the DDP
+    wrapper under DDP, as PyTorch advises); ``task.model`` stays the plain module, which checkpoints,
+    validation and previews use. Compilation happens at the first step (minutes on a CPU)."""
+    if cfg.compile:
+        task.ddp_model = torch.compile(task.ddp_model)
 
 
 def execute(cfg: TrainConfig, resume: bool, build: Callable[[Context], Task]) -> RunResult:
@@ -100,6 +111,7 @@ def execute(cfg: TrainConfig, resume: bool, build: Callable[[Context], Task]) ->
         )
         torch.manual_seed(cfg.seed)  # the model's initial weights: identical on every rank
         task = build(ctx)
+        compile_model(task, cfg)
         optimizer = build_optimizer(task.model, cfg.lr, cfg.weight_decay, cfg.betas, lr_scales=task.lr_scales)
         scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         run.start(cfg, resume, split)
@@ -116,6 +128,7 @@ def execute(cfg: TrainConfig, resume: bool, build: Callable[[Context], Task]) ->
             val_case_names=split["val"],
             steps_per_epoch=len(task.loader),
             crops_per_step=cfg.batch_size * cfg.num_samples * env.world,
+            compile=cfg.compile,
             model=task.model.config.model_dump(mode="json"),
             parameters=sum(p.numel() for p in task.model.parameters()),
             trainable_parameters=sum(p.numel() for g in optimizer.param_groups for p in g["params"]),

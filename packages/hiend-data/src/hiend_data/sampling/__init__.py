@@ -27,7 +27,9 @@ that kind (MONAI's ``RandCropByPosNegLabeld``; for unlabelled data the image its
   foreground mean) in the image and 0 (background) in the label.
 * Augmentation (:mod:`hiend_data.augment`) is applied identically to image and label. The crop is read
   from the memmap as a view and copied exactly once into the output buffer, through a flipped/rotated
-  view of that buffer; intensity scale and shift run in place.
+  view of that buffer; the decode of a compact cache (uint8 / int16 codes, :mod:`hiend_data.storage`)
+  and the intensity scale and shift are fused into that copy. Centres are drawn on the stored codes,
+  which are > 0 exactly where the values are: a compact cache draws the float32 cache's crops.
 
 Output: image ``float32 [C, *crop_size]`` C-contiguous, label ``[*crop_size]`` of the cache's integer
 dtype (or None). Randomness only comes from the ``rng`` passed in; :meth:`CropSampler.rng` gives

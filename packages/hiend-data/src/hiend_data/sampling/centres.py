@@ -27,11 +27,19 @@ class OpenedCase:
     case: a cached case (or :class:`~hiend_data.sampling.arrays.ArrayCase`); centres: ``"image"``
     (foreground = image[0] > 0) or ``"label"`` (label > 0); image_threshold: with it, both kinds also
     need ``image[0] > image_threshold`` (MONAI's ``image_threshold``).
+
+    A case with ``stored`` (a compact cache's codes) is read through it: ``image`` is then the stored
+    array and ``decode`` its code -> value multiplier (else None). Codes are > 0 exactly where the
+    values are (:mod:`hiend_data.storage`), so the kinds, and every draw, are those of the float32
+    values; ``image_threshold`` is compared in code units (``threshold / decode``).
     """
 
     def __init__(self, case: Any, centres: str, image_threshold: float | None = None) -> None:
         self.case = case
-        image = case.image
+        stored = getattr(case, "stored", None)
+        image = case.image if stored is None else stored
+        #: code -> value multiplier of ``image`` (None: it holds the values)
+        self.decode: float | None = None if stored is None else getattr(case, "image_scale", None)
         if image.ndim == 3:
             image = image[None]
         # Plain ndarray views of the memmaps: indexing an np.memmap subclass costs microseconds each.
@@ -48,7 +56,11 @@ class OpenedCase:
         self.flat = self.source.reshape(-1)  # a view: the cache's arrays are C-contiguous
         # MONAI's image_threshold: both kinds of centre also need image[0] > threshold.
         self.gate = None if image_threshold is None else self.image[0].reshape(-1)
-        self.threshold = image_threshold
+        self.threshold = (
+            image_threshold
+            if image_threshold is None or self.decode is None
+            else image_threshold / self.decode
+        )
         self.centres = centres
         #: kinds (True: foreground) that rejection found rare here: drawn from their index list instead
         self.rare: set[bool] = set()

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..augment import N_UNIFORMS, apply_intensity, params_from_uniforms, view_plan
+from ..augment import N_UNIFORMS, params_from_uniforms, view_plan
 from ..errors import InputError
 from .buffers import BufferPool
 from .centres import OpenedCase
@@ -20,7 +20,9 @@ class CropSampler:
     """Draws augmented crops from a cache (:class:`hiend_data.cache.Cache` or :class:`ArrayCache`).
 
     cache: has ``cases`` (list of names) and ``case(name)`` returning an object with ``image``
-        ``[C, X, Y, Z]`` float (memmap), ``label`` ``[X, Y, Z]`` ints or None and ``foreground``.
+        ``[C, X, Y, Z]`` float (memmap), ``label`` ``[X, Y, Z]`` ints or None and ``foreground``; a
+        compact case (:class:`~hiend_data.cache.CachedCase`) is read through ``stored`` (codes) and
+        ``image_scale`` instead, decoded in the copy.
     cfg: :class:`SamplerConfig` (default: the pre-training recipe).
     seed: root of every stream from :meth:`rng`; also seeds the default stream used when
         :meth:`sample` is called without ``rng``.
@@ -127,13 +129,14 @@ class CropSampler:
         for i, crop in enumerate(crops):
             aug = crop.aug
             if crop.padded:
-                copy_padded(st.image, images[i], crop.source, crop.dest, cfg.pad_value, aug, True)
-                apply_intensity(images[i], aug)
+                copy_padded(
+                    st.image, images[i], crop.source, crop.dest, cfg.pad_value, aug, True, True, st.decode
+                )
                 if labels is not None:
                     copy_padded(st.label, labels[i], crop.source, crop.dest, 0, aug, False)
             else:
                 rev, swap = view_plan(aug)
-                copy_view(st.image, images[i], crop.source, rev, swap, aug, True, True)
+                copy_view(st.image, images[i], crop.source, rev, swap, aug, True, True, st.decode)
                 if labels is not None:
                     copy_view(st.label, labels[i], crop.source, rev, swap, aug, False, False)
         return images, labels
