@@ -26,6 +26,7 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 RUNTIME_FIELDS = frozenset(
     {"out", "cache", "workers", "stop_after", "progress", "log_every", "device", "preview_every"}
     | {"stop_after_steps", "save_every_steps", "save_every_minutes", "keep_last", "tensorboard", "compile"}
+    | {"prefetch"}
 )
 
 
@@ -43,6 +44,12 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(2, ge=1, description="volumes per step and process")
     num_samples: int = Field(8, ge=1, description="crops per volume")
     workers: int = Field(4, ge=0, description="DataLoader worker processes per training process")
+    prefetch: int = Field(2, ge=1, description="batches each DataLoader worker prepares ahead")
+    augment_on: Literal["cpu", "gpu"] = Field(
+        "cpu",
+        description="where the crop augmentation runs: cpu (in the DataLoader workers) or gpu (workers only "
+        "crop; flips, rot90 and intensity on the device, same distribution)",
+    )
     seed: int = 0
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:N")
     precision: Precision = Field(

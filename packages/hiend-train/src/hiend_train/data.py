@@ -9,9 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import DistributedSampler
 
 from hiend_data.errors import InputError
+from hiend_data.torch_augment import NO_AUGMENT, augment_batch
 
 from .dist import DistEnv
 
@@ -125,14 +127,50 @@ def few_shot_split(
     return [i for i in train if i in chosen], val
 
 
+def split_augmentation(sampler_cfg: Any, augment_on: str) -> tuple[Any, Any]:
+    """``(the DataLoader's SamplerConfig, the SamplerConfig to apply on the device or None)``.
+
+    ``augment_on="cpu"``: the workers do everything (``(sampler_cfg, None)``). ``"gpu"``: the workers only
+    crop (flips, rot90, scale and shift switched off) and :func:`hiend_data.torch_augment.augment_batch`
+    applies ``sampler_cfg``'s recipe to each batch on the device (:func:`device_augment`).
+    """
+    if augment_on == "cpu":
+        return sampler_cfg, None
+    if augment_on != "gpu":
+        raise InputError(f"augment_on={augment_on!r}: expected 'cpu' or 'gpu'")
+    return sampler_cfg.model_copy(update=NO_AUGMENT), sampler_cfg
+
+
+def device_augment(
+    aug_cfg: Any, images: torch.Tensor, labels: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The crops of one batch, already on the device, augmented as ``aug_cfg`` says (None: unchanged).
+
+    Draws from the device's default generator, which the loop seeds before every optimizer step from
+    (seed, step, rank): a run is reproducible and resumes exactly with device augmentation too.
+    """
+    if aug_cfg is None:
+        return images, labels
+    return augment_batch(images, labels, aug_cfg)
+
+
 def make_loader(
-    cache: Any, sampler_cfg: Any, indices: list[int], batch_size: int, workers: int, seed: int, env: DistEnv
+    cache: Any,
+    sampler_cfg: Any,
+    indices: list[int],
+    batch_size: int,
+    workers: int,
+    seed: int,
+    env: DistEnv,
+    prefetch: int = 2,
 ) -> tuple[Any, Any, Any]:
     """-> (CropDataset over the whole cache, :class:`EpochSampler` over ``indices``, DataLoader).
 
     A batch is ``batch_size`` volumes of this process's share of the cases (shuffled per epoch by
     ``sampler.set_epoch``), each giving ``sampler_cfg.num_samples`` crops: ``batch["image"]``
     ``[batch_size * num_samples, C, *crop]``. Crops depend only on (seed, epoch, case index).
+    On CUDA the batches are pinned (for non-blocking copies); ``workers`` processes stay alive across
+    epochs and each prepares ``prefetch`` batches ahead.
     """
     import torch
     from torch.utils.data import DataLoader, Subset
@@ -153,7 +191,7 @@ def make_loader(
         collate_fn=collate_crops,
         pin_memory=cuda,
         persistent_workers=workers > 0,
-        prefetch_factor=2 if workers > 0 else None,
+        prefetch_factor=prefetch if workers > 0 else None,
         drop_last=False,
         generator=torch.Generator().manual_seed(seed),
     )

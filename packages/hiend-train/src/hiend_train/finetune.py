@@ -21,7 +21,7 @@ from hiend_model.official import load_unetr_init
 from hiend_model.unetr import UNETR
 
 from .config import FinetuneConfig
-from .data import make_loader
+from .data import device_augment, make_loader, split_augmentation
 from .dist import all_sum
 from .loop import Task
 from .losses import dice_ce_loss, dice_counts, inverse_sqrt_weights, mean_dice
@@ -174,16 +174,28 @@ def build_task(ctx: Context) -> Task:
         lr_scales = layer_lr_scales(model, cfg.layer_decay, cfg.encoder_lr_scale)
     roi = tuple(model.config.img_size)
     sampler_cfg = SamplerConfig.finetune(**{"crop_size": roi, "num_samples": cfg.num_samples, **cfg.sampler})
+    loader_cfg, aug_cfg = split_augmentation(sampler_cfg, cfg.augment_on)
     dataset, sampler, loader = make_loader(
-        ctx.cache, sampler_cfg, ctx.train_idx, cfg.batch_size, cfg.workers, cfg.seed, env
+        ctx.cache,
+        loader_cfg,
+        ctx.train_idx,
+        cfg.batch_size,
+        cfg.workers,
+        cfg.seed,
+        env,
+        prefetch=cfg.prefetch,
     )
     weights = class_weights_for(cfg, ctx.cache, ctx.train_idx, num_classes)
     if weights is not None:
         weights = weights.to(env.device)
 
     def loss_fn(net: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        images = batch["image"].to(env.device, non_blocking=True)
-        labels = batch["label"].to(env.device, non_blocking=True).long()
+        images, labels = device_augment(
+            aug_cfg,
+            batch["image"].to(env.device, non_blocking=True),
+            batch["label"].to(env.device, non_blocking=True),
+        )
+        labels = labels.long()
         logits = net(images)
         loss = dice_ce_loss(logits, labels, cfg.dice_weight, cfg.ce_weight, weights)
         dice = mean_dice(logits.detach(), labels).nan_to_num(nan=1.0)  # no foreground in either: agreement

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .config import PretrainConfig
-from .data import make_loader
+from .data import device_augment, make_loader, split_augmentation
 from .dist import all_sum
 from .loop import Task, autocast, optimizer_steps_per_epoch
 from .preview import write_preview
@@ -22,10 +22,19 @@ from .runner import Context, RunResult, execute, wrap_ddp
 FIXED_EPOCH = 1 << 30
 
 
-def _loss(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-    device = next(iter(_params(model))).device
-    images = batch["image"].to(device, non_blocking=True)
-    return model(images).loss, {}
+def make_loss(aug_cfg: Any = None):
+    """The masked-patch loss of a batch; with ``aug_cfg`` the crops are augmented on the device first
+    (``augment_on="gpu"``, :func:`hiend_train.data.device_augment`)."""
+
+    def loss(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        device = next(iter(_params(model))).device
+        images, _ = device_augment(aug_cfg, batch["image"].to(device, non_blocking=True))
+        return model(images).loss, {}
+
+    return loss
+
+
+_loss = make_loss()
 
 
 def _params(model: Any) -> Any:
@@ -72,8 +81,16 @@ def build_task(ctx: Context) -> Task:
     model = HiEndMAE(resolve_config(cfg.preset, **cfg.model)).to(env.device)
     crop = tuple(model.config.img_size)
     sampler_cfg = SamplerConfig.pretrain(**{"crop_size": crop, "num_samples": cfg.num_samples, **cfg.sampler})
+    loader_cfg, aug_cfg = split_augmentation(sampler_cfg, cfg.augment_on)
     dataset, sampler, loader = make_loader(
-        ctx.cache, sampler_cfg, ctx.train_idx, cfg.batch_size, cfg.workers, cfg.seed, env
+        ctx.cache,
+        loader_cfg,
+        ctx.train_idx,
+        cfg.batch_size,
+        cfg.workers,
+        cfg.seed,
+        env,
+        prefetch=cfg.prefetch,
     )
     warned: list[bool] = []
 
@@ -115,7 +132,7 @@ def build_task(ctx: Context) -> Task:
         kind="pretrain",
         model=model,
         ddp_model=wrap_ddp(model, env),
-        loss_fn=_loss,
+        loss_fn=make_loss(aug_cfg),
         loader=loader,
         sampler=sampler,
         dataset=dataset,
