@@ -15,6 +15,11 @@ What it measures (each number printed as it is made, all of them written to ``--
    ``vit-l12`` at 96^3 for a few batch sizes and both attention backends: crops/s and model FLOP
    utilisation (FLOPs counted with ``torch.utils.flop_counter`` on one step; peak = the dense bf16
    rate given by ``--peak-tflops``, 989 for an H100/H200 SXM by the datasheet).
+4. With ``--loop`` (issue 9): the end-to-end pre-training loop (phantom cache as uint8, ``--loop-workers``
+   DataLoader workers, prefetch 4) against the model step alone, vit-b16 at 128 crops a step and
+   vit-l12 at 64, with the recipe on the CPU workers, on the GPU (``augment_on="gpu"``) and with
+   ``torch.compile``; peak GPU memory of the loop. Goal: loop >= 0.95 of model-only. Needs hiend-train
+   and its dependencies (pydantic, nibabel, scipy, rich, typer) importable: carry their wheels.
 """
 
 from __future__ import annotations
@@ -199,6 +204,34 @@ def check_pretrain(
     results["pretrain_bf16"] = rows
 
 
+#: issue 9: (preset, volumes per step, crops per volume) of the end-to-end loop check
+LOOP_CASES = [("vit-b16", 16, 8), ("vit-l12", 8, 8)]
+
+
+def check_loop(results: dict, workers: int, cases: int) -> None:
+    """The whole pre-training loop (uint8 cache, ``workers`` DataLoader workers) vs the model step alone,
+    per preset (vit-b16 at 128 crops a step, vit-l12 at 64), with the recipe on the CPU workers and on
+    the GPU, and with torch.compile (``tools/bench/train_throughput.py`` in a subprocess each)."""
+    import subprocess
+
+    bench = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench", "train_throughput.py")
+    rows = []
+    for preset, volumes, crops in LOOP_CASES:
+        for extra in ([], ["--augment-on", "gpu"], ["--compile"]):
+            cmd = [sys.executable, bench, "--device", "cuda", "--preset", preset, "--cases", str(cases),
+                   "--spacing", "1.5", "--batch-size", str(volumes), "--num-samples", str(crops),
+                   "--workers", str(workers), "--prefetch", "4", "--epochs", "3", *extra]  # fmt: skip
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+            row = {"preset": preset, "options": " ".join(extra) or "cpu augmentation"}
+            try:
+                row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+            except (IndexError, json.JSONDecodeError):
+                row["error"] = (proc.stderr or proc.stdout)[-400:]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    results["loop_vs_model"] = rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -210,6 +243,13 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--skip-attention", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=989.0)
+    parser.add_argument(
+        "--loop", action="store_true", help="also the end-to-end loop vs model-only (issue 9)"
+    )
+    parser.add_argument("--loop-workers", type=int, default=12, help="DataLoader workers of the loop check")
+    parser.add_argument(
+        "--loop-cases", type=int, default=32, help="phantom volumes in the loop check's cache"
+    )
     args = parser.parse_args()
 
     import torch
@@ -236,6 +276,7 @@ def main() -> int:
                 args.steps,
             ),
         ),
+        *([("loop", lambda: check_loop(results, args.loop_workers, args.loop_cases))] if args.loop else []),
     ]:
         try:
             fn()

@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 
 
-def model_only(preset: str, crops: int, steps: int, device: str, precision: str) -> float:
+def model_only(
+    preset: str, crops: int, steps: int, device: str, precision: str, compiled: bool = False
+) -> float:
     """Crops per second of forward + backward + AdamW on a fixed batch of ``crops`` crops."""
     import torch
 
@@ -35,6 +37,8 @@ def model_only(preset: str, crops: int, steps: int, device: str, precision: str)
     torch.manual_seed(0)
     model = build(preset).to(dev).train()
     opt = build_optimizer(model, 1e-4, 0.05, (0.9, 0.95))
+    if compiled:
+        model = torch.compile(model)
     x = torch.rand(crops, model.config.in_chans, *model.config.img_size, device=dev)
     times = []
     for i in range(steps + 2):
@@ -68,6 +72,14 @@ def main() -> int:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--cache", type=Path, default=None, help="use this cache instead of phantoms")
     parser.add_argument(
+        "--cache-dtype", default="auto", help="phantom cache dtype: auto (uint8 for CT), float32, ..."
+    )
+    parser.add_argument("--augment-on", default="cpu", choices=["cpu", "gpu"], help="where the recipe runs")
+    parser.add_argument("--prefetch", type=int, default=2, help="batches per DataLoader worker ahead")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (loop and model-only)"
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -97,7 +109,7 @@ def main() -> int:
             preprocess_dataset(
                 tmp / "raw",
                 cache,
-                Plan(spacing=(args.spacing,) * 3),
+                Plan(spacing=(args.spacing,) * 3, cache_dtype=args.cache_dtype),
                 workers=min(2, os.cpu_count() or 1),
                 progress=False,
             )
@@ -115,6 +127,9 @@ def main() -> int:
             progress=False,
             warmup_epochs=1,
             log_every=1000,
+            augment_on=args.augment_on,
+            prefetch=args.prefetch,
+            compile=args.compile,
         )
         result = pretrain.run(cfg)
         epochs = result.fit.history[1:] or result.fit.history
@@ -122,7 +137,10 @@ def main() -> int:
         loop = crops / sum(r["seconds"] for r in epochs)
         steps = result.fit.history[0]["step"]  # optimizer steps per epoch
     precision = resolve_precision(args.precision, torch.device(args.device))
-    alone = model_only(args.preset, args.batch_size * args.num_samples, max(steps, 5), args.device, precision)
+    peak_loop = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None
+    alone = model_only(
+        args.preset, args.batch_size * args.num_samples, max(steps, 5), args.device, precision, args.compile
+    )
     print(
         json.dumps(
             {
@@ -132,6 +150,11 @@ def main() -> int:
                 "precision": precision,
                 "crops_per_step": args.batch_size * args.num_samples,
                 "workers": args.workers,
+                "cache_dtype": args.cache_dtype,
+                "augment_on": args.augment_on,
+                "prefetch": args.prefetch,
+                "compile": args.compile,
+                "peak_gib_loop": None if peak_loop is None else round(peak_loop, 2),
                 "torch_threads": torch.get_num_threads(),
                 "loop_crops_per_s": round(loop, 2),
                 "model_only_crops_per_s": round(alone, 2),
