@@ -27,13 +27,14 @@ instead of reading codes as values. :attr:`CachedCase.image` is always float32 v
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import sys
 import zlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,9 +46,15 @@ from .atomic import atomic_open, write_bytes
 from .discovery import Case, discover
 from .errors import InputError
 from .io import load_label, load_volume
+from .naming import path_inside
 from .plan import Plan
 from .preprocess import PreprocessRecord, preprocess_case
 from .storage import decode, encode
+
+try:  # POSIX; elsewhere (Windows) a cache has no writer lock
+    import fcntl
+except ImportError:  # pragma: no cover - not on Linux or macOS
+    fcntl = None  # type: ignore[assignment]
 
 #: Metadata format written for compact images (format 1, a float32 image, is still written for float32)
 FORMAT = 2
@@ -107,7 +114,8 @@ def _case_seed(case_id: str) -> int:
 def process_case(case: Case, out: str | os.PathLike[str], plan: Plan, max_indices: int = MAX_INDICES) -> str:
     """Preprocess one case into the cache folder ``out`` (arrays first, metadata last). Returns its id."""
     folder = Path(out) / "cases"
-    meta_path = folder / f"{case.case_id}.json"
+    # every file of the case: a checked name that stays inside the cache (hiend_data.naming)
+    meta_path = path_inside(folder, case.case_id, ".json")
     if meta_path.exists():
         meta_path.unlink()  # from here on the case is incomplete until the new metadata lands
     image = load_volume(case.images)
@@ -117,7 +125,7 @@ def process_case(case: Case, out: str | os.PathLike[str], plan: Plan, max_indice
     seed = _case_seed(case.case_id)
     dtype = plan.resolved_cache_dtype
     stored, scale = encode(pre.image, dtype, name=case.case_id)
-    _atomic_npy(folder / f"{case.case_id}.npy", stored)
+    _atomic_npy(path_inside(folder, case.case_id, ".npy"), stored)
     del stored
     meta: dict[str, Any] = {
         "format": 1 if dtype == "float32" else FORMAT,
@@ -131,10 +139,10 @@ def process_case(case: Case, out: str | os.PathLike[str], plan: Plan, max_indice
         "sources": _sources(case),
     }
     if pre.label is not None:
-        _atomic_npy(folder / f"{case.case_id}_seg.npy", pre.label)
+        _atomic_npy(path_inside(folder, case.case_id, "_seg.npy"), pre.label)
         fg = np.flatnonzero(pre.label.reshape(-1) > 0)
         classes, counts, offsets, cls_idx = _class_lists(pre.label, max_indices, seed)
-        _atomic_npy(folder / f"{case.case_id}_cls.npy", cls_idx)
+        _atomic_npy(path_inside(folder, case.case_id, "_cls.npy"), cls_idx)
         meta.update(
             classes=classes, class_counts=counts, class_offsets=offsets, label_dtype=str(pre.label.dtype)
         )
@@ -142,7 +150,7 @@ def process_case(case: Case, out: str | os.PathLike[str], plan: Plan, max_indice
         fg = np.flatnonzero(pre.image[0].reshape(-1) > 0)  # the same voxels as stored codes > 0
         meta.update(classes=[], class_counts=[], class_offsets=[0], label_dtype=None)
     meta.update(n_foreground=int(fg.size))
-    _atomic_npy(folder / f"{case.case_id}_fg.npy", _subsample(fg, max_indices, seed))
+    _atomic_npy(path_inside(folder, case.case_id, "_fg.npy"), _subsample(fg, max_indices, seed))
     meta["record"] = pre.record.model_dump(mode="json")
     write_bytes(meta_path, json.dumps(meta, indent=1).encode())
     return case.case_id
@@ -200,16 +208,47 @@ def preprocess_dataset(
         raise InputError(f"{out}: exists and is not a folder")
     folder = out / "cases"
     folder.mkdir(parents=True, exist_ok=True)
-    _clean_temporaries(folder)
-    write_bytes(out / "plan.json", (json.dumps(plan.model_dump(mode="json"), indent=1) + "\n").encode())
-    digest = plan.digest()
-    dtype = plan.resolved_cache_dtype
-    todo = [c for c in cases if not _is_current(c, folder, digest, dtype)]
-    if todo:
-        bad = _run(todo, out, plan, workers, max_indices, progress, len(cases) - len(todo), skip_bad)
-        for msg in bad:
-            print(f"warning: skipped {msg}", file=sys.stderr)
+    with _writer_lock(out):  # one writer per cache: a second preprocess is refused, not interleaved
+        _clean_temporaries(folder)
+        write_bytes(out / "plan.json", (json.dumps(plan.model_dump(mode="json"), indent=1) + "\n").encode())
+        digest = plan.digest()
+        dtype = plan.resolved_cache_dtype
+        todo = [c for c in cases if not _is_current(c, folder, digest, dtype)]
+        if todo:
+            bad = _run(todo, out, plan, workers, max_indices, progress, len(cases) - len(todo), skip_bad)
+            for msg in bad:
+                print(f"warning: skipped {msg}", file=sys.stderr)
     return Cache.open(out)
+
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def _writer_lock(out: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``out/.lock`` while a preprocess writes the cache; InputError naming the
+    cache if another process holds it (two writers would delete each other's temporary files and
+    interleave a case's arrays). The lock goes with the process (crash or kill -9 included)."""
+    if fcntl is None:  # pragma: no cover - no flock on this platform
+        yield
+        return
+    fh = open(out / LOCK_NAME, "a+")  # noqa: SIM115 - held for the whole block
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise InputError(
+                f"{out}: another preprocess is writing this cache ({holder}); wait for it or use another folder"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        yield
+    finally:
+        fh.close()
 
 
 def _run(
