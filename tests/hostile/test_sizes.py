@@ -111,7 +111,11 @@ def test_label_values_beyond_65535_are_refused_by_preprocess_and_score(
         f"label value {shown} is above 65535",
     )
     # the cache holds completed cases only (a cache is incremental): none here, and no temporary file
-    assert not [p for p in (tmp_path / "cache").rglob("*") if p.suffix == ".npy" or p.name.startswith(".")]
+    assert not [
+        p
+        for p in (tmp_path / "cache").rglob("*")
+        if p.suffix == ".npy" or (p.name.startswith(".") and p.name != ".lock")
+    ]
     # scored as a prediction against the true labels: refused, never "foreground Dice 1.0"
     ref = phantom / "labelsTr"
     one_line_exit_2(
@@ -132,5 +136,9 @@ def test_an_extreme_spacing_is_refused_before_resampling(phantom, tmp_path):
         run("hiend-data", "preprocess", phantom, tmp_path / "cache", "--spacing", "0.01"), "0.01x0.01x0.01 mm"
     )
     assert "voxels" in line and "HIEND_MAX_VOLUME_BYTES" in line
-    assert not [p for p in (tmp_path / "cache").rglob("*") if p.suffix == ".npy" or p.name.startswith(".")]
+    assert not [
+        p
+        for p in (tmp_path / "cache").rglob("*")
+        if p.suffix == ".npy" or (p.name.startswith(".") and p.name != ".lock")
+    ]
     assert json.loads((phantom / "dataset.json").read_text())  # the input is untouched

@@ -65,11 +65,13 @@ def test_pretraining_loss_falls_and_the_run_folder_is_complete(tiny):
     # the resolved config, every field included, and the case split it gave
     saved = json.loads(run.config_path.read_text())
     split = saved.pop("split")
+    trained_on = saved.pop("trained_on")  # what --resume compares the cache against
     assert saved == cfg.model_dump(mode="json") and saved["betas"] == [0.9, 0.95]
     from hiend_data.cache import Cache
     from hiend_train.data import split_cases
 
     names = Cache.open(cfg.cache).cases
+    assert trained_on["plan_digest"] == Cache.open(cfg.cache).plan.digest() and trained_on["cases"] == 6
     train, val = split_cases(names, cfg.val_fraction, cfg.seed)
     assert split == {"train": [names[i] for i in train], "val": [names[i] for i in val]} and len(val) == 1
     assert run.saved_config() == saved and run.saved_split() == split

@@ -5,7 +5,8 @@
 
 Config precedence: defaults < CONFIG (.toml / .json) < flags. ``--resume`` without CONFIG continues
 from ``RUN/config.json``. Under torchrun every process runs the same command (DDP).
-Exit codes: 0 success, 2 bad input (one line on stderr naming the file or value), 1 anything else.
+Exit codes: 0 success, 2 bad input (one line on stderr naming the file or value), 130 interrupted by
+SIGINT (one line; the last checkpoint stays intact, ``--resume`` continues from it), 1 anything else.
 """
 
 from __future__ import annotations
@@ -37,9 +38,15 @@ def _root() -> None:
     """Hi-End-MAE pre-training and UNETR fine-tuning loops (DDP via torchrun)."""
 
 
-def parse_sets(items: list[str]) -> dict[str, Any]:
-    """``["epochs=5", "model.depth=4", "betas=[0.9,0.99]"]`` -> nested dict of overrides."""
+def parse_sets(items: list[str], origins: dict[str, str] | None = None) -> dict[str, Any]:
+    """``["epochs=5", "model.depth=4", "betas=[0.9,0.99]"]`` -> nested dict of overrides.
+
+    One field set twice (``lr=1`` and ``lr=2``, or ``model={...}`` and ``model.depth=4``) is an
+    InputError naming it and both items. ``origins``, when given, receives each key (``"lr"``,
+    ``"model.depth"``) with the item that set it.
+    """
     out: dict[str, Any] = {}
+    seen: dict[str, str] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         key = key.strip()
@@ -47,40 +54,94 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
             raise InputError(f"--set {item!r}: expected FIELD=VALUE")
         try:
             value = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             value = raw
         head, dot, sub = key.partition(".")
+        if dot and head not in ("model", "sampler"):
+            raise InputError(f"--set {item!r}: only model.FIELD and sampler.FIELD take a dotted name")
+        clash = next(
+            (k for k in seen if k == key or k == head or k.startswith(f"{key}.")),
+            None,
+        )
+        if clash is not None:
+            raise InputError(
+                f"{max(key, clash, key=len)}: given twice (--set {seen[clash]} and --set {item})"
+            )
+        seen[key] = item
         if dot:
-            if head not in ("model", "sampler"):
-                raise InputError(f"--set {item!r}: only model.FIELD and sampler.FIELD take a dotted name")
             out.setdefault(head, {})[sub] = value
         else:
             out[key] = value
+    if origins is not None:
+        origins.update(seen)
     return out
 
 
+#: command-line options whose name is not ``--`` + the field with dashes
+_OPTION_NAMES = {"progress": "--quiet", "compile": "--compile"}
+
+
+def _flag_text(field: str, value: Any) -> str:
+    """How the option that set ``field`` to ``value`` reads on the command line (``--lr 0.001``)."""
+    name = _OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
+    return name if isinstance(value, bool) else f"{name} {value}"
+
+
 def _resolve(kind: str, config: Path | None, flags: dict[str, Any], sets: list[str], resume: bool) -> Any:
-    from .config import FinetuneConfig, PretrainConfig, read_config_file
+    """The run's config: defaults < ``RUN/config.json`` (``--resume`` without CONFIG) < CONFIG < flags
+    and ``--set``. A field given by a flag and a ``--set``, or by two ``--set``, is an InputError; a
+    value a later layer replaces is validated all the same (:func:`hiend_train.config.make_config`)."""
+    from .config import FinetuneConfig, PretrainConfig, make_config, read_config_file
     from .rundir import RunDir
 
     cls = PretrainConfig if kind == "pretrain" else FinetuneConfig
     file_fields = read_config_file(config) if config is not None else {}
-    extra = parse_sets(sets)
+    origins: dict[str, str] = {}
+    extra = parse_sets(sets, origins)
+    given = {k: v for k, v in flags.items() if v is not None}
+    for name, value in given.items():
+        clash = next((k for k in origins if k == name or k.startswith(f"{name}.")), None)
+        if clash is not None:
+            raise InputError(f"{name}: given twice ({_flag_text(name, value)} and --set {origins[clash]})")
     for sub in ("model", "sampler"):  # dotted --set entries add to the file's tables
-        if sub in extra and isinstance(file_fields.get(sub), dict):
+        if sub in extra and isinstance(file_fields.get(sub), dict) and isinstance(extra[sub], dict):
             extra[sub] = {**file_fields[sub], **extra[sub]}
-    overrides = {**extra, **{k: v for k, v in flags.items() if v is not None}}
+    overrides = {**extra, **given}
     base: dict[str, Any] = {}
     out = overrides.get("out", file_fields.get("out"))
+    saved = "config.json"
     if resume and config is None and out is not None:
-        base = RunDir(out).saved_config() or {}
+        run = RunDir(out)
+        saved = str(run.config_path)
+        base = run.saved_config() or {}
         # where the earlier invocation stopped is not where this one stops
         base.pop("stop_after", None)
         base.pop("stop_after_steps", None)
-    from .config import make_config
-
     source = str(config) if config is not None else "command line"
-    return make_config(cls, base, file_fields, overrides, source=source)
+    nulls = [k for k, v in extra.items() if v is None]  # --set FIELD=null: None, not "not given"
+    return make_config(
+        cls, base, file_fields, overrides, source=source, sources=(saved, source, "command line"), nulls=nulls
+    )
+
+
+#: exit code of a run stopped by SIGINT (128 + the signal's number, as shells report it)
+INTERRUPTED = 130
+
+
+def _interrupted(cfg: Any) -> str:
+    """The line for a run stopped by SIGINT: what is on disk and how to go on."""
+    from .rundir import RunDir
+
+    if cfg.out is None:
+        return "interrupted (SIGINT)"
+    run = RunDir(cfg.out)
+    if not run.has_checkpoint():
+        return (
+            f"{run.root}: interrupted (SIGINT) before the first checkpoint; start it again without --resume"
+        )
+    at = run.last_saved() or {}
+    where = f" (epoch {at.get('epoch')}, batch {at.get('batch', 0)}, step {at.get('step')})" if at else ""
+    return f"{run.root}: interrupted (SIGINT); the last checkpoint{where} is intact: continue with --resume"
 
 
 def _execute(kind: str, cfg: Any, resume: bool) -> None:
@@ -95,6 +156,9 @@ def _execute(kind: str, cfg: Any, resume: bool) -> None:
     except NonFiniteLoss as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:  # SIGINT (Ctrl-C): one line, exit 130, the last checkpoint as it was
+        print(f"error: {_interrupted(cfg)}", file=sys.stderr)
+        raise typer.Exit(INTERRUPTED) from None
     if result.env.main:
         last = result.fit.last
         typer.echo(

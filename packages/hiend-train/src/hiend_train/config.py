@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from hiend_data.errors import InputError, from_validation_error
+from hiend_data.sampling import SamplerConfig
+from hiend_model.config import MAEConfig
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -188,8 +191,24 @@ class FinetuneConfig(TrainConfig):
         return self
 
 
+def _unique_keys(path: Path) -> Any:
+    """A ``json.loads`` ``object_pairs_hook`` that refuses a key given twice in one object (json keeps
+    the last one silently; TOML parsers refuse it themselves)."""
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise InputError(f"{path}: {key}: given twice ({out[key]!r} and {value!r})")
+            out[key] = value
+        return out
+
+    return hook
+
+
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A ``.toml`` or ``.json`` file -> dict of config fields (InputError naming the file otherwise)."""
+    """A ``.toml`` or ``.json`` file -> dict of config fields (InputError naming the file otherwise;
+    a JSON key given twice in one object is an error, as TOML has it)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: config file not found")
@@ -202,26 +221,81 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
                 import tomli as tomllib  # type: ignore[no-redef]
             data = tomllib.loads(path.read_text())
         elif suffix == ".json":
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(), object_pairs_hook=_unique_keys(path))
         else:
             raise InputError(f"{path}: config files are .toml or .json, got {suffix or 'no suffix'!r}")
     except InputError:
         raise
     except (ValueError, UnicodeDecodeError) as exc:  # TOMLDecodeError and JSONDecodeError are ValueErrors
         raise InputError(f"{path}: not valid {suffix[1:].upper()} ({exc})") from None
+    except RecursionError:
+        raise InputError(f"{path}: not valid {suffix[1:].upper()} (nested too deeply)") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a table of config fields, got {type(data).__name__}")
     return data
 
 
-def make_config(cls: type[TrainConfig], *layers: dict[str, Any], source: str = "config") -> TrainConfig:
+#: the tables of a config and the model whose fields their entries are
+TABLES: dict[str, type[BaseModel]] = {"model": MAEConfig, "sampler": SamplerConfig}
+
+
+def check_value(cls: type[BaseModel], name: str, value: Any, where: str) -> None:
+    """InputError ``where: message`` unless ``value`` is valid for the field ``name`` of ``cls`` on its
+    own (its type and bounds; checks across fields belong to the whole config). Unknown names are left
+    to the whole config, which reports them with the known ones."""
+    field = cls.model_fields.get(name)
+    if field is None:
+        return
+    try:
+        TypeAdapter(Annotated[field.annotation, field]).validate_python(value)
+    except ValidationError as exc:
+        raise from_validation_error(exc, where) from None
+
+
+def check_shadowed(
+    cls: type[TrainConfig], earlier: dict[str, Any], later: dict[str, Any], source: str
+) -> None:
+    """Validate each value of ``earlier`` (from ``source``) that ``later`` replaces, field by field, so
+    that no value given is dropped unchecked: a config file's ``lr = "banana"`` under ``--lr 1e-3`` is
+    an error naming the file and the field. Entries of the ``model`` and ``sampler`` tables are checked
+    against :class:`~hiend_model.config.MAEConfig` / :class:`~hiend_data.sampling.SamplerConfig`."""
+    for key, value in earlier.items():
+        if value is None or key not in later or later[key] == value:
+            continue
+        new = later[key]
+        if key in TABLES and isinstance(value, dict) and isinstance(new, dict):
+            for sub, sub_value in value.items():
+                if new.get(sub, ...) != sub_value:
+                    check_value(TABLES[key], sub, sub_value, f"{source}: {key}.{sub}")
+        else:
+            check_value(cls, key, value, f"{source}: {key}")
+
+
+def make_config(
+    cls: type[TrainConfig],
+    *layers: dict[str, Any],
+    source: str = "config",
+    sources: Sequence[str] | None = None,
+    nulls: Iterable[str] = (),
+) -> TrainConfig:
     """Merge ``layers`` (later wins; ``None`` values are skipped) and validate into ``cls``.
 
-    ``source`` names where the fields came from in the one-line InputError.
+    ``source`` names where the fields came from in the one-line InputError; ``sources`` (one per
+    layer) names each layer for a value that a later layer replaces: such a value is validated on its
+    own all the same (:func:`check_shadowed`). ``nulls``: fields set to None explicitly (``--set
+    clip_grad=null``), over every layer (and validated: ``lr`` cannot be None).
     """
+    nulls = set(nulls)
+    names = list(sources) if sources is not None else [source] * len(layers)
+    for i, layer in enumerate(layers[:-1]):
+        after: dict[str, Any] = dict.fromkeys(nulls)
+        for other in layers[i + 1 :]:
+            after.update({k: v for k, v in other.items() if v is not None})
+        check_shadowed(cls, layer, after, names[i])
     fields: dict[str, Any] = {}
     for layer in layers:
         fields.update({k: v for k, v in layer.items() if v is not None})
+    fields.update(dict.fromkeys(nulls))
     kind = fields.get("kind")
     expected = cls.model_fields["kind"].default if "kind" in cls.model_fields else None
     if kind is not None and expected is not None and kind != expected:
@@ -241,4 +315,6 @@ def load_config(
     """defaults < ``base`` (e.g. a resumed run's config.json) < the file at ``path`` < ``overrides``."""
     file_fields = read_config_file(path) if path is not None else {}
     source = str(path) if path is not None else "config"
-    return make_config(cls, base or {}, file_fields, overrides or {}, source=source)
+    return make_config(
+        cls, base or {}, file_fields, overrides or {}, source=source, sources=("base", source, "overrides")
+    )

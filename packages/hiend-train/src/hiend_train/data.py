@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
 
+from hiend_data.cache import Cache
 from hiend_data.errors import InputError
+from hiend_data.torch import CropDataset, collate_crops
 from hiend_data.torch_augment import NO_AUGMENT, augment_batch
 
 from .dist import DistEnv
@@ -20,8 +23,6 @@ from .dist import DistEnv
 
 def open_cache(path: str | os.PathLike[str] | None) -> Any:
     """The hiend-data cache at ``path`` (InputError when missing, not a cache, or empty)."""
-    from hiend_data.cache import Cache
-
     if path is None:
         raise InputError('no cache given (--cache DIR, or cache = "DIR" in the config file)')
     path = Path(path)
@@ -31,6 +32,73 @@ def open_cache(path: str | os.PathLike[str] | None) -> Any:
     if not cache.cases:
         raise InputError(f"{path}: the cache holds no complete case")
     return cache
+
+
+def case_file(root: str | os.PathLike[str], name: str) -> Path:
+    """The image file of case ``name`` in the cache at ``root`` (named in error messages)."""
+    return Path(root) / "cases" / f"{name}.npy"
+
+
+def nonfinite_message(root: str | os.PathLike[str] | None, names: Sequence[str], where: str) -> str:
+    """The one line for cases ``names`` of the cache at ``root`` whose image holds NaN or infinite
+    values, met in ``where`` (``"epoch 3"``, ``"validation"``)."""
+    files = ", ".join(f"{n!r} ({case_file(root, n)})" if root is not None else repr(n) for n in names)
+    what, verb = ("case", "holds") if len(names) == 1 else ("cases", "hold")
+    return (
+        f"{root if root is not None else 'training data'}: {what} {files} {verb} NaN or infinite values "
+        f"(crops of {where}); preprocess the scan again (hiend-data preprocess) or remove it from the cache"
+    )
+
+
+def case_error(root: str | os.PathLike[str], name: str, error: Exception, where: str) -> str:
+    """The one line for an InputError ``error`` raised while cropping case ``name`` of the cache at
+    ``root`` (the sampler's messages name no case): the NaN message when the case's image is not
+    finite (read only now, on the error path), else the error with the case and its file."""
+    try:
+        image = Cache.open(root).case(name).image
+        finite = bool(np.isfinite(image).all())
+    except (InputError, OSError, ValueError):
+        finite = True
+    if not finite:
+        return nonfinite_message(root, [name], where)
+    return f"{root}: case {name!r} ({case_file(root, name)}): {error}"
+
+
+class NamedCases(Dataset):
+    """A :class:`hiend_data.torch.CropDataset` whose InputErrors name the case and the cache.
+
+    ``dataset[i]`` as the CropDataset gives it; an InputError while cropping case i (e.g. "cannot
+    sample from an empty volume" for an image that is NaN throughout) becomes one line naming the
+    cache, the case and its file (:func:`case_error`). In a DataLoader worker the line travels to the
+    main process as an item ``{"error": line}`` (a worker's exception would arrive wrapped in its
+    traceback), which :func:`collate_checked` passes on and the training loop raises.
+    """
+
+    def __init__(self, dataset: CropDataset, root: str | os.PathLike[str]) -> None:
+        self.dataset = dataset
+        self.root = Path(root)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            return self.dataset[index]
+        except InputError as exc:
+            where = f"epoch {self.dataset.epoch + 1}"
+            message = case_error(self.root, self.dataset.case_names[int(index)], exc, where)
+            if torch.utils.data.get_worker_info() is not None:
+                return {"error": message}
+            raise InputError(message) from None
+
+
+def collate_checked(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """:func:`hiend_data.torch.collate_crops`, or ``{"error": line}`` when an item is an error of
+    :class:`NamedCases` (raised as an InputError by the training loop)."""
+    for item in items:
+        if "error" in item:
+            return {"error": item["error"]}
+    return collate_crops(items)
 
 
 class EpochSampler(DistributedSampler):
@@ -168,17 +236,16 @@ def make_loader(
 
     A batch is ``batch_size`` volumes of this process's share of the cases (shuffled per epoch by
     ``sampler.set_epoch``), each giving ``sampler_cfg.num_samples`` crops: ``batch["image"]``
-    ``[batch_size * num_samples, C, *crop]``. Crops depend only on (seed, epoch, case index).
+    ``[batch_size * num_samples, C, *crop]``. Crops depend only on (seed, epoch, case index). An
+    InputError while cropping a case names it (:class:`NamedCases`; in a worker the batch is
+    ``{"error": line}``, which the training loop raises).
     On CUDA the batches are pinned (for non-blocking copies); ``workers`` processes stay alive across
     epochs and each prepares ``prefetch`` batches ahead.
     """
-    import torch
     from torch.utils.data import DataLoader, Subset
 
-    from hiend_data.torch import CropDataset, collate_crops
-
     dataset = CropDataset(cache.root, sampler_cfg, seed=seed)
-    subset = Subset(dataset, indices)
+    subset = Subset(NamedCases(dataset, cache.root), indices)
     sampler = EpochSampler(
         subset, num_replicas=env.world, rank=env.rank, shuffle=True, seed=seed, drop_last=False
     )
@@ -188,7 +255,7 @@ def make_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=collate_crops,
+        collate_fn=collate_checked,
         pin_memory=cuda,
         persistent_workers=workers > 0,
         prefetch_factor=prefetch if workers > 0 else None,

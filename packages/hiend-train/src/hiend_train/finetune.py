@@ -23,21 +23,47 @@ from hiend_model.unetr import UNETR
 from .config import FinetuneConfig
 from .data import device_augment, make_loader, split_augmentation
 from .dist import all_sum
-from .loop import Task
+from .loop import Task, naming_bad_cases
 from .losses import dice_ce_loss, dice_counts, inverse_sqrt_weights, mean_dice
 from .runner import Context, RunResult, execute, wrap_ddp
 
 
+def largest_label(cache: Any) -> tuple[int, str | None]:
+    """(the largest label value in the cache, a case holding it) from the cases' metadata (nothing is
+    read from the label maps); InputError for an unlabelled case."""
+    top, where = 0, None
+    for name in cache.cases:
+        case = cache.case(name)
+        if case.label is None:
+            raise InputError(
+                f"{cache.root}: case {case.name!r} has no label; fine-tuning needs a labelled cache"
+            )
+        if case.classes and max(case.classes) > top:
+            top, where = max(case.classes), case.name
+    return top, where
+
+
 def cache_num_classes(cache: Any) -> int:
     """1 + the largest label value in the cache (InputError for an unlabelled cache)."""
-    labelled = [cache.case(c) for c in cache.cases]
-    if any(c.label is None for c in labelled):
-        bad = next(c for c in labelled if c.label is None)
-        raise InputError(f"{cache.root}: case {bad.name!r} has no label; fine-tuning needs a labelled cache")
-    top = max((max(c.classes) for c in labelled if c.classes), default=0)
+    top, _ = largest_label(cache)
     if top < 1:
         raise InputError(f"{cache.root}: no case has a foreground label")
     return top + 1
+
+
+def check_num_classes(cfg: FinetuneConfig, cache: Any) -> int:
+    """The run's class count: ``cfg.num_classes``, or 1 + the cache's largest label; InputError
+    (before anything is written) when ``num_classes`` leaves out a label of the cache."""
+    needed = cache_num_classes(cache)
+    if cfg.num_classes is None:
+        return needed
+    if cfg.num_classes < needed:
+        top, where = largest_label(cache)
+        raise InputError(
+            f"num_classes={cfg.num_classes}: the cache {cache.root} has label {top} (case {where!r}); "
+            f"num_classes must be at least {needed} (background included)"
+        )
+    return cfg.num_classes
 
 
 #: model fields that may be set when the weights come from an init checkpoint
@@ -138,16 +164,17 @@ def validate(ctx: Context, model: Any, roi: tuple[int, ...], num_classes: int) -
     for idx in ctx.val_idx[env.rank :: env.world]:
         case = ctx.cache.case(idx)
         image = torch.from_numpy(np.array(case.image, dtype=np.float32))  # a writable copy
-        logits = sliding_window_logits(
-            model,
-            image,
-            roi=roi,
-            overlap=cfg.sw_overlap,
-            sw_batch_size=cfg.sw_batch,
-            device=env.device,
-            out_device="cpu",
-            amp=ctx.precision != "fp32" and env.device.type == "cuda",
-        )
+        with naming_bad_cases(image[None], [case.name], ctx.cache, "validation"):
+            logits = sliding_window_logits(
+                model,
+                image,
+                roi=roi,
+                overlap=cfg.sw_overlap,
+                sw_batch_size=cfg.sw_batch,
+                device=env.device,
+                out_device="cpu",
+                amp=ctx.precision != "fp32" and env.device.type == "cuda",
+            )
         dice, scored = dice_counts(logits.argmax(0), torch.from_numpy(np.array(case.label)), num_classes)
         sums[0] += dice.to(env.device)
         sums[1] += scored.to(env.device)
@@ -163,7 +190,7 @@ def build_task(ctx: Context) -> Task:
     """The UNETR, its Dice + CE loss and the labelled crops of this process."""
     cfg: FinetuneConfig = ctx.cfg  # type: ignore[assignment]
     env = ctx.env
-    num_classes = cfg.num_classes or cache_num_classes(ctx.cache)
+    num_classes = check_num_classes(cfg, ctx.cache)
     model = build_model(cfg, num_classes).to(env.device).train()
     if cfg.freeze_encoder:  # before DDP and the optimizer: neither sees the encoder's parameters
         model.encoder.requires_grad_(False)
@@ -226,6 +253,7 @@ def build_task(ctx: Context) -> Task:
             "class_weights": None if weights is None else [round(float(w), 6) for w in weights],
         },
         lr_scales=lr_scales,
+        cache=ctx.cache,
     )
 
 

@@ -15,7 +15,7 @@ import contextlib
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from hiend_data.errors import InputError
 
 from .config import TrainConfig
+from .data import nonfinite_message
 from .dist import DistEnv, all_sum
 from .events import EventSink
 from .optim import lr_at, set_lr
@@ -53,7 +54,8 @@ class Task:
     model); loader / sampler: the training DataLoader and its DistributedSampler; dataset: the
     CropDataset (``set_epoch``); plan: saved in every checkpoint; on_epoch_end(epoch) -> metrics to log
     (validation, previews), with ``"score"`` (higher is better) to keep ``best.safetensors``; lr_scales:
-    per-parameter learning-rate multipliers for :func:`~hiend_train.optim.build_optimizer` (None: all 1).
+    per-parameter learning-rate multipliers for :func:`~hiend_train.optim.build_optimizer` (None: all 1);
+    cache: the :class:`hiend_data.cache.Cache` the crops come from (named in errors about its data).
     """
 
     kind: str
@@ -67,6 +69,7 @@ class Task:
     on_epoch_end: Callable[[int], dict[str, Any]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     lr_scales: dict[str, float] | None = None
+    cache: Any = None
 
 
 @dataclass
@@ -113,6 +116,30 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     boundary, inside an epoch too, draws exactly what an uninterrupted one would, whatever was drawn
     before (and no rank's generator state needs saving)."""
     return int(np.random.SeedSequence([seed, step, rank, 1]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def nonfinite_cases(images: torch.Tensor, names: Sequence[str]) -> list[str]:
+    """The names of the crops of ``images`` ``[N, ...]`` that hold NaN or infinite values (each name
+    once, in order; ``names[i]`` names crop i, as in a batch of :func:`hiend_data.torch.collate_crops`)."""
+    if images.numel() == 0 or not images.is_floating_point():
+        return []
+    bad = (~torch.isfinite(images.detach().reshape(images.shape[0], -1)).all(dim=1)).nonzero().flatten()
+    return list(dict.fromkeys(names[i] if i < len(names) else f"crop {i}" for i in bad.tolist()))
+
+
+@contextlib.contextmanager
+def naming_bad_cases(images: torch.Tensor, names: Sequence[str], cache: Any, where: str) -> Iterator[None]:
+    """Around a model call on crops ``images`` of the cases ``names``: the model's InputError about
+    non-finite images ("images contain NaN or infinite values", which names no file) becomes one line
+    naming the cache, the case(s) and their image file (:func:`hiend_train.data.nonfinite_message`).
+    Nothing is checked until the model has refused the batch (the model checks every batch anyway)."""
+    try:
+        yield
+    except InputError:
+        bad = nonfinite_cases(images, names)
+        if not bad:
+            raise
+        raise InputError(nonfinite_message(None if cache is None else cache.root, bad, where)) from None
 
 
 def unwrap(model: Any) -> Any:
@@ -297,6 +324,8 @@ def train_one_epoch(
         return out
 
     for i, batch in _batches(task, start):
+        if "error" in batch:  # a case a DataLoader worker could not crop (hiend_train.data.NamedCases)
+            raise InputError(batch["error"])
         micro = i % cfg.grad_accum
         last_micro = micro == cfg.grad_accum - 1 or i == n_batches - 1
         if micro == 0:
@@ -305,7 +334,10 @@ def train_one_epoch(
             set_lr(optimizer, lr)
         sync = env.distributed and not last_micro
         with model.no_sync() if sync else contextlib.nullcontext():
-            with autocast(precision, device):
+            with (
+                autocast(precision, device),
+                naming_bad_cases(batch["image"], batch.get("case", []), task.cache, f"epoch {epoch + 1}"),
+            ):
                 loss, metrics = task.loss_fn(model, batch)
             scaled = loss / cfg.grad_accum
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
@@ -435,7 +467,9 @@ class Checkpointer:
     ``RUN/checkpoints/step_NNNNNNNN.*``, the newest ``keep_last``), and where ``stop_after_steps``
     stops the run.
 
-    A checkpoint is taken between optimizer steps (no gradient being accumulated). state.pt holds the
+    A checkpoint is taken between optimizer steps (no gradient being accumulated), in three atomic
+    steps (:meth:`RunDir.stage_state`, the weights, :meth:`RunDir.commit_state`) so that a save stopped
+    anywhere leaves a pair of files that agree (:mod:`hiend_train.rundir`). state.pt holds the
     optimizer, the grad scaler, ``epoch`` (epochs done), ``batch`` (micro-batches done of the next
     epoch; 0 at an epoch end), ``step`` (optimizer steps done), the best score, torch's RNG states and,
     inside an epoch, ``running``: the epoch's running sums (names, ``epoch``, ``window``). The torch
@@ -497,8 +531,8 @@ class Checkpointer:
             sums = running["epoch"]["sums"]
             if sums is not None and not math.isfinite(sums[0]):
                 return False
-        save_weights(self.task, self.run.last, epoch, step, {"batch": batch})
-        self.run.save_state(
+        # three atomic steps, so that a save stopped anywhere leaves a consistent pair (rundir's docs)
+        staged = self.run.stage_state(
             {
                 "epoch": epoch,
                 "batch": batch,
@@ -510,6 +544,8 @@ class Checkpointer:
                 "running": running,
             }
         )
+        save_weights(self.task, self.run.last, epoch, step, {"batch": batch})
+        self.run.commit_state(staged)
         if periodic:
             self.run.keep_periodic(step, self.cfg.keep_last)
         return True
@@ -526,12 +562,13 @@ class ResumePoint:
     best: float | None = None
     running: dict[str, Any] = field(default_factory=dict)
     checkpoint: str = ""
+    state: str = ""
 
 
 def _resume(task: Task, optimizer: Any, scaler: Any, run: RunDir) -> tuple[ResumePoint, list[str]]:
     """Load the newest consistent checkpoint: last.safetensors + state.pt, else (a run stopped
-    between writing the two) the newest periodic one whose files agree. Returns it and why newer
-    ones were passed over (InputError when none agrees)."""
+    while saving) last.safetensors + its staged state, else the newest periodic one whose files
+    agree. Returns it and why newer ones were passed over (InputError when none agrees)."""
     from safetensors.torch import load_file
 
     from hiend_model.checkpoint import read_checkpoint_info
@@ -565,6 +602,7 @@ def _resume(task: Task, optimizer: Any, scaler: Any, run: RunDir) -> tuple[Resum
             best=state.get("best"),
             running=state.get("running") or {},
             checkpoint=_rel(weights, run.root),
+            state=_rel(state_path, run.root),
         )
         return point, passed
     raise InputError(
@@ -606,7 +644,9 @@ def fit(
         point, passed = _resume(task, optimizer, scaler, run)
         for why in passed:
             events.emit(
-                "warning", message=f"{why} (interrupted while saving): resuming from an older checkpoint"
+                "warning",
+                message=f"{why} (interrupted while saving): resuming from {point.checkpoint} + {point.state} "
+                f"(epoch {point.epoch}, batch {point.batch}, step {point.step})",
             )
         events.emit(
             "resume", epoch=point.epoch, batch=point.batch, step=point.step, checkpoint=point.checkpoint

@@ -11,10 +11,12 @@ from typing import Any
 
 import torch
 
+from hiend_data.errors import InputError
+
 from .config import PretrainConfig
-from .data import device_augment, make_loader, split_augmentation
+from .data import case_error, device_augment, make_loader, split_augmentation
 from .dist import all_sum
-from .loop import Task, autocast, optimizer_steps_per_epoch
+from .loop import Task, autocast, naming_bad_cases, optimizer_steps_per_epoch
 from .preview import write_preview
 from .runner import Context, RunResult, execute, wrap_ddp
 
@@ -60,8 +62,13 @@ def validation_loss(ctx: Context, model: Any, dataset: Any) -> float | None:
     was_training = model.training
     model.eval()
     for idx in mine:
-        images, noise = fixed_batch(dataset, idx, ctx.cfg.seed, model.num_patches)
-        with autocast(ctx.precision, env.device):
+        name = ctx.cache.cases[idx]
+        try:
+            images, noise = fixed_batch(dataset, idx, ctx.cfg.seed, model.num_patches)
+        except InputError as exc:  # the sampler's message names no case
+            raise InputError(case_error(ctx.cache.root, name, exc, "validation")) from None
+        names = [name] * images.shape[0]
+        with autocast(ctx.precision, env.device), naming_bad_cases(images, names, ctx.cache, "validation"):
             loss = model(images.to(env.device), noise.to(env.device)).loss
         total[0] += float(loss) * images.shape[0]
         total[1] += images.shape[0]
@@ -138,6 +145,7 @@ def build_task(ctx: Context) -> Task:
         dataset=dataset,
         plan=plan,
         on_epoch_end=on_epoch_end,
+        cache=ctx.cache,
     )
 
 

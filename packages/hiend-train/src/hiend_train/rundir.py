@@ -2,12 +2,14 @@
 
 ::
 
-    RUN/config.json         the resolved config (every field, defaults included) and ``split``
+    RUN/config.json         the resolved config (every field, defaults included), ``split`` and
+                            ``trained_on`` (the cache: its path, plan digest and case names' digest)
     RUN/split.json          the case names trained on and validated on (and what chose them)
     RUN/log.jsonl           one JSON object per line: {"event": "step" | "epoch" | "val" | ..., ...}
     RUN/last.safetensors    model weights (hiend checkpoint with the cache's plan), after each save
     RUN/best.safetensors    fine-tuning: the weights with the best validation Dice so far
     RUN/state.pt            training state: optimizer, grad scaler, epoch, batch, step, RNG states, best score
+    RUN/state_NNNNNNNN.pt   a save in progress (step N): written first, renamed to state.pt last
     RUN/checkpoints/        periodic checkpoints (``save_every_steps`` / ``save_every_minutes``):
                             step_NNNNNNNN.safetensors + step_NNNNNNNN.pt, the newest ``keep_last``
     RUN/previews/           pre-training reconstructions (PNG, with the ``preview`` extra)
@@ -15,10 +17,18 @@
 
 Every file is written under a temporary name in ``RUN``, fsync-ed and renamed (:mod:`hiend_data.atomic`). ``state.pt`` is read with
 ``torch.load(weights_only=True)``: it holds only tensors, numbers, strings, lists and dicts.
+
+A checkpoint is two files, so it is saved in three atomic steps (:meth:`RunDir.stage_state`, the
+weights, :meth:`RunDir.commit_state`): the state goes to ``state_NNNNNNNN.pt`` (named by its optimizer
+step), then ``last.safetensors`` is replaced, then ``state_NNNNNNNN.pt`` is renamed over ``state.pt``.
+Stopped anywhere (kill -9, SIGINT, a full disk), the folder holds a consistent pair: before the
+weights, last.safetensors + state.pt (the previous save); after them, last.safetensors +
+state_NNNNNNNN.pt, which :meth:`RunDir.resume_candidates` offers right after the pair.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -27,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hiend_data.atomic import atomic_path, write_text
+from hiend_data.atomic import atomic_path, fsync_dir, write_text
 from hiend_data.errors import InputError
 
 from .config import RUNTIME_FIELDS, TrainConfig
@@ -49,8 +59,29 @@ def atomic_text(path: Path, text: str) -> None:
     write_text(path, text)
 
 
-#: entries of config.json that are not config fields: what the run resolved from them (the case split)
-RESOLVED_KEYS = ("split",)
+#: entries of config.json that are not config fields: what the run resolved from them (the case split,
+#: the cache it was trained on)
+RESOLVED_KEYS = ("split", "trained_on")
+
+
+def cache_identity(cache: Any) -> dict[str, Any]:
+    """What a run records of the cache it trains on (config.json's ``trained_on``) and ``--resume``
+    compares: its path (for messages only: a moved cache is the same cache), the plan's digest and
+    the number and digest (sha256 of the sorted names, one a line) of its case names."""
+    names = sorted(cache.cases)
+    return {
+        "cache": str(cache.root),
+        "plan_digest": cache.plan.digest(),
+        "cases": len(names),
+        "cases_digest": hashlib.sha256("\n".join(names).encode()).hexdigest(),
+    }
+
+
+def _cache_text(identity: dict[str, Any]) -> str:
+    return (
+        f"{identity.get('cache')} (plan {str(identity.get('plan_digest'))[:12]}, "
+        f"{identity.get('cases')} cases)"
+    )
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -107,20 +138,66 @@ class RunDir:
         split = None if data is None else data.get("split")
         return split if isinstance(split, dict) else None
 
-    def check(self, cfg: TrainConfig, resume: bool, split: dict[str, list[str]] | None = None) -> None:
-        """InputError unless ``cfg`` may run here: a fresh run needs a folder without an earlier run;
-        ``resume`` needs one with state.pt whose config computes the same thing (runtime fields such as
-        workers or stop_after may differ) and, given ``split``, trains and validates on the same cases."""
+    def saved_trained_on(self) -> dict[str, Any] | None:
+        """config.json's ``trained_on`` (:func:`cache_identity`; None: none, or an older run)."""
+        data = self._saved()
+        found = None if data is None else data.get("trained_on")
+        return found if isinstance(found, dict) else None
+
+    def has_checkpoint(self) -> bool:
+        """Has a run here saved anything to resume from: last.safetensors, state.pt or a periodic
+        checkpoint? (A staged ``state_N.pt`` without weights, best.safetensors, previews and TensorBoard
+        files alone do not count: a run stopped before its first save.)"""
+        return self.last.exists() or self.state_path.exists() or bool(self.periodic())
+
+    def last_saved(self) -> dict[str, Any] | None:
+        """Where last.safetensors was saved (``epoch``, ``batch``, ``step`` of its metadata), or None
+        when there is none or it cannot be read."""
+        from hiend_model.checkpoint import read_checkpoint_info
+
+        if not self.last.is_file():
+            return None
+        try:
+            saved = (read_checkpoint_info(self.last).extra or {}).get("hiend_train")
+        except Exception:  # noqa: BLE001 - for a message only
+            return None
+        return saved if isinstance(saved, dict) else None
+
+    def _never_saved(self, saved: dict[str, Any] | None) -> bool:
+        """config.json of a hiend run that stopped before its first checkpoint (killed or failed after
+        setup): a fresh start may reuse the folder."""
+        return (
+            saved is not None
+            and saved.get("kind") in ("pretrain", "finetune")
+            and self.log_path.is_file()
+            and not self.has_checkpoint()
+        )
+
+    def check(
+        self,
+        cfg: TrainConfig,
+        resume: bool,
+        split: dict[str, list[str]] | None = None,
+        trained_on: dict[str, Any] | None = None,
+    ) -> None:
+        """InputError unless ``cfg`` may run here: a fresh run needs a folder without an earlier run (or
+        one whose run never saved a checkpoint: it is started again from scratch); ``resume`` needs one
+        with a checkpoint whose config computes the same thing (runtime fields such as workers or
+        stop_after may differ), given ``trained_on`` (:func:`cache_identity`), a cache with the same
+        plan and case names, and, given ``split``, the same training and validation cases."""
         if self.root.exists() and not self.root.is_dir():
             raise InputError(f"{self.root}: exists and is not a folder")
         saved = self.saved_config()
         if saved is not None:  # a field newer than the run: the run had its default
             saved = {**_defaults(type(cfg)), **saved}
         if resume:
-            if saved is None or not self.state_path.is_file():
-                raise InputError(
-                    f"{self.root}: nothing to resume (no config.json and state.pt; start without --resume)"
+            if saved is None or not self.has_checkpoint():
+                why = (
+                    "the run there stopped before its first checkpoint; start it again without --resume"
+                    if self._never_saved(saved)
+                    else "no config.json and state.pt; start without --resume"
                 )
+                raise InputError(f"{self.root}: nothing to resume ({why})")
             old = {k: v for k, v in saved.items() if k not in RUNTIME_FIELDS}
             diff = _differences(old, cfg.identity())
             if diff:
@@ -128,6 +205,19 @@ class RunDir:
                     f"{self.root}: --resume with a different config ({', '.join(diff)} changed); "
                     "resume with the run's own config or start a new --out"
                 )
+            was = self.saved_trained_on()
+            if trained_on is not None and was is not None:
+                changed = [
+                    what
+                    for what, key in (("plan", "plan_digest"), ("case names", "cases_digest"))
+                    if was.get(key) != trained_on.get(key)
+                ]
+                if changed:
+                    raise InputError(
+                        f"{self.root}: --resume on another cache: {_cache_text(trained_on)} is not "
+                        f"{_cache_text(was)}, which the run was trained on ({' and '.join(changed)} "
+                        "differ); resume with the run's cache (it may have moved)"
+                    )
             before = self.saved_split()
             if split is not None and before is not None:
                 changed = [k for k in ("train", "val") if sorted(before.get(k, [])) != sorted(split[k])]
@@ -139,7 +229,7 @@ class RunDir:
                         f"{' and '.join(changed)} differ); resume with the run's cache"
                     )
             return
-        if saved is not None:
+        if saved is not None and not self._never_saved(saved):
             diff = _differences(saved, cfg.model_dump(mode="json"))
             what = f"a different config ({', '.join(diff)} differ)" if diff else "the same config"
             raise InputError(
@@ -147,16 +237,32 @@ class RunDir:
                 "or choose another --out (nothing is overwritten)"
             )
 
-    def start(self, cfg: TrainConfig, resume: bool, split: dict[str, list[str]] | None = None) -> None:
-        """Create the folder, write config.json (with ``split``) and split.json (fresh runs) and start
-        (empty) or continue log.jsonl. The ``start`` event is the caller's to emit
+    def start(
+        self,
+        cfg: TrainConfig,
+        resume: bool,
+        split: dict[str, list[str]] | None = None,
+        trained_on: dict[str, Any] | None = None,
+    ) -> None:
+        """Create the folder, write config.json (with ``split`` and ``trained_on``) and split.json (fresh
+        runs) and start (empty) or continue log.jsonl. A fresh run in the folder of a run that never
+        saved a checkpoint (:meth:`check` allows it) first removes what that run left: its staged state,
+        best.safetensors, previews and TensorBoard files. The ``start`` event is the caller's to emit
         (:func:`hiend_train.runner.execute`), through its sinks."""
         if not self.writer:
             return
         self.root.mkdir(parents=True, exist_ok=True)
         if not resume:
+            if self._never_saved(self.saved_config()):
+                for path in (self.best, *self.staged_states()):
+                    path.unlink(missing_ok=True)
+                for folder in (self.previews, self.tb, self.checkpoints):
+                    if folder.is_dir():
+                        shutil.rmtree(folder)
             fields = cfg.model_dump(mode="json")
             record = fields if split is None else {**fields, "split": split}
+            if trained_on is not None:
+                record["trained_on"] = trained_on
             atomic_text(self.config_path, json.dumps(record, indent=2) + "\n")
             if split is not None:
                 how = {
@@ -180,12 +286,40 @@ class RunDir:
 
     # -- training state ------------------------------------------------------------------------------
     def save_state(self, state: dict[str, Any]) -> None:
-        """``torch.save`` ``state`` (plain containers and tensors only) to state.pt, atomically."""
+        """``torch.save`` ``state`` (plain containers and tensors only) to state.pt, atomically. (The
+        loop saves in two steps, :meth:`stage_state` and :meth:`commit_state`, around the weights.)"""
         if not self.writer:
             return
+        self.commit_state(self.stage_state(state))
+
+    def staged_state_path(self, step: int) -> Path:
+        """Where :meth:`stage_state` writes the state of optimizer step ``step``."""
+        return self.root / f"state_{step:08d}.pt"
+
+    def staged_states(self) -> list[Path]:
+        """Staged states left by saves that did not finish (``state_NNNNNNNN.pt``), newest step first."""
+        found = [p for p in self.root.glob("state_*.pt") if _STAGED.fullmatch(p.name)]
+        return sorted(found, reverse=True)
+
+    def stage_state(self, state: dict[str, Any]) -> Path:
+        """First step of a save: ``state`` (with its ``step``) to ``state_NNNNNNNN.pt``, atomically;
+        state.pt is untouched. Returns the path for :meth:`commit_state`."""
         import torch
 
-        _atomic_write(self.state_path, lambda tmp: torch.save({"format": STATE_FORMAT, **state}, tmp))
+        path = self.staged_state_path(int(state["step"]))
+        if self.writer:
+            _atomic_write(path, lambda tmp: torch.save({"format": STATE_FORMAT, **state}, tmp))
+        return path
+
+    def commit_state(self, staged: Path) -> None:
+        """Last step of a save, once the weights are in place: the staged state becomes state.pt (one
+        rename) and staged states of saves that never finished are removed."""
+        if not self.writer:
+            return
+        os.replace(staged, self.state_path)
+        fsync_dir(self.root)
+        for stale in self.staged_states():
+            stale.unlink(missing_ok=True)
 
     def load_state(
         self, map_location: Any = "cpu", path: str | os.PathLike[str] | None = None
@@ -246,12 +380,14 @@ class RunDir:
 
     def resume_candidates(self) -> list[tuple[Path, Path]]:
         """(weights, state) pairs to resume from, in order of preference: last.safetensors + state.pt,
-        then the periodic checkpoints, newest first (for a run stopped between writing the two files)."""
-        pairs = [(self.last, self.state_path)]
+        last.safetensors + a staged state (a save stopped after its weights, before its rename), then
+        the periodic checkpoints, newest first. The caller takes the first whose files agree."""
+        pairs = [(self.last, self.state_path)] + [(self.last, s) for s in self.staged_states()]
         return pairs + [(w, s) for _, w, s in reversed(self.periodic())]
 
 
 _PERIODIC = re.compile(r"step_(\d+)\.safetensors")
+_STAGED = re.compile(r"state_(\d+)\.pt")
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

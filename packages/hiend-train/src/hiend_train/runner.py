@@ -22,7 +22,7 @@ from .dist import DistEnv, broadcast_object, setup, teardown
 from .events import EventSink, MultiSink, TensorBoardSink
 from .loop import FitResult, Task, fit, resolve_precision
 from .optim import build_optimizer
-from .rundir import RunDir
+from .rundir import RunDir, cache_identity
 
 
 @dataclass
@@ -52,7 +52,11 @@ class RunResult:
 
 
 def _check_run_dir(
-    cfg: TrainConfig, resume: bool, env: DistEnv, split: dict[str, list[str]] | None = None
+    cfg: TrainConfig,
+    resume: bool,
+    env: DistEnv,
+    split: dict[str, list[str]] | None = None,
+    trained_on: dict[str, Any] | None = None,
 ) -> RunDir:
     """Rank 0 checks RUN; every rank raises the same InputError (no rank is left waiting)."""
     if cfg.out is None:
@@ -61,7 +65,7 @@ def _check_run_dir(
     error = None
     if env.main:
         try:
-            run.check(cfg, resume, split)
+            run.check(cfg, resume, split, trained_on)
         except InputError as exc:
             error = str(exc)
     error = broadcast_object(env, error)
@@ -88,7 +92,10 @@ def compile_model(task: Task, cfg: TrainConfig) -> None:
 
 
 def execute(cfg: TrainConfig, resume: bool, build: Callable[[Context], Task]) -> RunResult:
-    """Run ``cfg`` end to end: torchrun's process group when WORLD_SIZE > 1, then fit."""
+    """Run ``cfg`` end to end: torchrun's process group when WORLD_SIZE > 1, then fit.
+
+    Every check of the setup (cache, split, run folder, model, data, class counts, optimizer) comes
+    before the first file is written to the run folder (``RunDir.start``)."""
     env = setup(cfg.device)
     events: EventSink | None = None
     try:
@@ -96,7 +103,8 @@ def execute(cfg: TrainConfig, resume: bool, build: Callable[[Context], Task]) ->
         cache = open_cache(cfg.cache)
         train_idx, val_idx = case_split(cfg, cache.cases)
         split = {"train": [cache.cases[i] for i in train_idx], "val": [cache.cases[i] for i in val_idx]}
-        run = _check_run_dir(cfg, resume, env, split)
+        trained_on = cache_identity(cache)
+        run = _check_run_dir(cfg, resume, env, split, trained_on)
         events = event_sink(cfg, env, run)
         ctx = Context(
             cfg=cfg,
@@ -114,7 +122,7 @@ def execute(cfg: TrainConfig, resume: bool, build: Callable[[Context], Task]) ->
         compile_model(task, cfg)
         optimizer = build_optimizer(task.model, cfg.lr, cfg.weight_decay, cfg.betas, lr_scales=task.lr_scales)
         scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-        run.start(cfg, resume, split)
+        run.start(cfg, resume, split, trained_on)
         events.emit("start", resume=resume)
         events.emit(
             "setup",
