@@ -5,6 +5,7 @@ one line (exit 2 for the commands), leave the previous outputs byte-identical an
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,13 @@ from hiend_model.unetr import UNETR
 
 def _full(path):
     raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
+def _failing(code: int):
+    def fail(path):
+        raise OSError(code, os.strerror(code), str(path))
+
+    return fail
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -51,7 +59,18 @@ def setup(tmp_path_factory):
     return raw, ckpt, unetr
 
 
-def test_predict_and_score_on_a_full_disk_keep_the_previous_outputs(setup, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("code", "said"),
+    [
+        (errno.ENOSPC, "no space left on device"),
+        (errno.EROFS, "read-only file system"),
+        (errno.EACCES, "permission denied"),
+    ],
+)
+def test_predict_and_score_on_a_full_or_read_only_disk_keep_the_previous_outputs(
+    setup, tmp_path, monkeypatch, code, said
+):
+    # (a read-only folder cannot be made with chmod when the tests run as root: simulated at the flush)
     raw, ckpt, _ = setup
     runner = CliRunner()
     pred, score = tmp_path / "pred", tmp_path / "score"
@@ -62,11 +81,11 @@ def test_predict_and_score_on_a_full_disk_keep_the_previous_outputs(setup, tmp_p
     before_pred, before_score = _snapshot(pred), _snapshot(score)
     assert len(before_pred) == 2 and "summary.json" in before_score
 
-    monkeypatch.setattr(atomic, "_fsync_file", _full)
+    monkeypatch.setattr(atomic, "_fsync_file", _failing(code))
     r = runner.invoke(model_app, ["predict", str(ckpt), str(raw / "imagesTs"), "--out", str(pred), "-q"])
-    _one_line_2(r, "no space left on device")
+    _one_line_2(r, said)
     r = runner.invoke(eval_app, ["score", str(pred), str(raw / "labelsTs"), "--out", str(score)])
-    _one_line_2(r, "no space left on device")
+    _one_line_2(r, said)
     assert _snapshot(pred) == before_pred and _snapshot(score) == before_score  # whole, old, no temporaries
 
 
