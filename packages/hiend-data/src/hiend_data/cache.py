@@ -28,6 +28,7 @@ instead of reading codes as values. :attr:`CachedCase.image` is always float32 v
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -78,8 +79,15 @@ def _atomic_npy(path: Path, array: np.ndarray) -> None:
 def _sources(case: Case) -> list[dict[str, Any]]:
     out = []
     for f in [*case.images, *([case.label] if case.label else [])]:
-        st = Path(f).stat()
-        out.append({"path": str(Path(f).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+        f = Path(f)
+        if f.is_dir():  # a DICOM series folder: its files' total size and newest change
+            stats = [p.stat() for p in f.rglob("*") if p.is_file()]
+            size = sum(st.st_size for st in stats)
+            mtime = max((st.st_mtime_ns for st in stats), default=f.stat().st_mtime_ns)
+            out.append({"path": str(f.resolve()), "size": size, "mtime_ns": mtime, "files": len(stats)})
+            continue
+        st = f.stat()
+        out.append({"path": str(f.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
     return out
 
 
@@ -118,7 +126,7 @@ def process_case(case: Case, out: str | os.PathLike[str], plan: Plan, max_indice
     meta_path = path_inside(folder, case.case_id, ".json")
     if meta_path.exists():
         meta_path.unlink()  # from here on the case is incomplete until the new metadata lands
-    image = load_volume(case.images)
+    image = load_volume(case.images, series=case.series or None)
     label = load_label(case.label, like=image) if case.label is not None else None
     pre = preprocess_case(image, plan, label)
     del image, label
@@ -191,6 +199,7 @@ def preprocess_dataset(
     max_indices: int = MAX_INDICES,
     progress: bool = True,
     skip_bad: bool = False,
+    series: Sequence[str] = (),
 ) -> Cache:
     """Preprocess every case of ``src`` into the cache folder ``out`` and return the opened :class:`Cache`.
 
@@ -199,10 +208,14 @@ def preprocess_dataset(
     Cases already done under the same plan (digest and cache dtype) are skipped; a changed
     ``plan.cache_dtype`` rewrites every case. The first bad case stops the run with its
     :class:`InputError` (cases finished before it stay valid); with ``skip_bad=True`` bad cases are
-    reported on stderr, left out, and the run goes on (for large unlabelled pools).
+    reported on stderr, left out, and the run goes on (for large unlabelled pools). ``series``: the
+    SeriesInstanceUIDs to read from DICOM folders holding several series (each such folder must hold
+    exactly one of them).
     """
     plan = plan or Plan()
     cases = discover(src, include_test=include_test) if isinstance(src, str | os.PathLike) else list(src)
+    if series:
+        cases = [dataclasses.replace(c, series=tuple(series)) for c in cases]
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")

@@ -24,13 +24,13 @@ def _root() -> None:
     """CT/MRI volume I/O, preprocessing, cache and patch sampling."""
 
 
-def _describe(path: Path) -> dict[str, Any]:
-    """What ``inspect`` reports about one NIfTI file (loads it with every check)."""
+def _describe(path: Path, series: str | None = None) -> dict[str, Any]:
+    """What ``inspect`` reports about one NIfTI file or DICOM series (loads it with every check)."""
     import numpy as np
 
     from .io import load_volume
 
-    vol = load_volume(path)
+    vol = load_volume(path, series=series)
     arr = vol.array
     info: dict[str, Any] = {
         "path": str(path),
@@ -91,17 +91,27 @@ def _describe_cache(path: Path) -> dict[str, Any]:
 
 @app.command()
 def inspect(
-    path: Path = typer.Argument(..., help="A .nii or .nii.gz file, or a cache folder."),
+    path: Path = typer.Argument(
+        ...,
+        help="A .nii or .nii.gz file, a DICOM series (folder, .zip, multi-frame file), or a cache folder.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+    series: str | None = typer.Option(
+        None, "--series", metavar="UID", help="DICOM: the SeriesInstanceUID to read from a folder of several."
+    ),
 ) -> None:
-    """Shape, spacing, orientation, dtype, intensity range and label values of a NIfTI file; for a
-    cache folder (``hiend-data preprocess``), its plan, cases and image storage dtype.
+    """Shape, spacing, orientation, dtype, intensity range and label values of a NIfTI file or a DICOM
+    series (``hiend-data[dicom]``); for a cache folder (``hiend-data preprocess``), its plan, cases and
+    image storage dtype.
 
     Refuses (exit 2) files that are unreadable, truncated, 2-D/5-D, with NaN/inf voxels (saying how
-    many) or with invalid spacing.
+    many) or with invalid spacing, and DICOM folders with several series (unless --series), missing,
+    duplicate or unevenly spaced slices, gantry tilt or no image series.
     """
     with cli_errors():
-        if path.is_dir():
+        from .naming import is_dicom_source
+
+        if path.is_dir() and ((path / "plan.json").exists() or not is_dicom_source(path)):
             info = _describe_cache(path)
             if as_json:
                 print(json.dumps(info))
@@ -114,7 +124,7 @@ def inspect(
                 f"  images       {info['image_bytes'] / 2**20:.1f} MiB, {info['bytes_per_voxel']} bytes/voxel"
             )
             return
-        info = _describe(path)
+        info = _describe(path, series)
         if as_json:
             print(json.dumps(info))
             return
@@ -152,8 +162,8 @@ def _parse_spacing(text: str | None) -> tuple[float, float, float] | None:
 def preprocess(
     src: Path = typer.Argument(
         ...,
-        help="nnU-Net v2 dataset folder, folder of NIfTI files (recursive) "
-        "or manifest file (one 'image[,label]' per line).",
+        help="nnU-Net v2 dataset folder, folder of NIfTI files and/or DICOM series folders (recursive) "
+        "or manifest file (one 'image[,label]' per line; an image may be a DICOM series folder or .zip).",
     ),
     out: Path = typer.Argument(..., help="Cache folder to write (created; reruns skip finished cases)."),
     spacing: str | None = typer.Option(
@@ -176,6 +186,12 @@ def preprocess(
         False, "--skip-bad", help="Report bad cases and go on instead of stopping."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    series: list[str] | None = typer.Option(
+        None,
+        "--series",
+        metavar="UID",
+        help="DICOM: the SeriesInstanceUID to read where a case folder holds several (repeatable).",
+    ),
 ) -> None:
     """Preprocess a dataset into a cache (RAS, resample, intensity, foreground crop) for training."""
     with cli_errors():
@@ -205,7 +221,14 @@ def preprocess(
             raise from_validation_error(exc, "invalid plan") from None
         t0 = time.perf_counter()
         cache = preprocess_dataset(
-            src, out, plan, workers=workers, include_test=include_test, progress=progress, skip_bad=skip_bad
+            src,
+            out,
+            plan,
+            workers=workers,
+            include_test=include_test,
+            progress=progress,
+            skip_bad=skip_bad,
+            series=tuple(series or ()),
         )
         print(
             f"{len(cache.cases)} cases in {out} ({time.perf_counter() - t0:.1f} s; plan {plan.digest()}, "

@@ -37,8 +37,10 @@ from .naming import (
     case_name,
     channel_file,
     check_unique,
+    dicom_folders,
     group_channels,
     image_suffix,
+    is_dicom_source,
     is_image,
     safe_case_name,
     split_channel,
@@ -48,11 +50,14 @@ from .naming import (
 
 @dataclass(frozen=True)
 class Case:
-    """One case: ``case_id`` (unique within a dataset), ``images`` (channel files in order), ``label``."""
+    """One case: ``case_id`` (unique within a dataset), ``images`` (channel files in order, or one DICOM
+    series folder / zip), ``label``; ``series``: SeriesInstanceUIDs to pick from a DICOM folder holding
+    several (``preprocess --series``), empty for all other cases."""
 
     case_id: str
     images: list[Path]
     label: Path | None = None
+    series: tuple[str, ...] = ()
 
 
 def discover(src: str | os.PathLike[str], include_test: bool = False) -> list[Case]:
@@ -67,7 +72,7 @@ def discover(src: str | os.PathLike[str], include_test: bool = False) -> list[Ca
     else:
         cases = _from_folder(src)
     if not cases:
-        raise InputError(f"{src}: no NIfTI cases found (.nii / .nii.gz)")
+        raise InputError(f"{src}: no NIfTI cases found (.nii / .nii.gz) and no DICOM series folders")
     # case ids become file names in caches, predictions, reports: one gate (hiend_data.naming)
     source = src / "dataset.json" if (src.is_dir() and (src / "dataset.json").exists()) else src
     for c in cases:
@@ -226,8 +231,15 @@ def _from_folder(root: Path) -> list[Case]:
         if p.is_file() and is_image(p) and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
     groups = group_channels(files)  # gaps in a channel set raise InputError naming the missing file
-    ids = _unique_ids([(g.files[0].parent.relative_to(root), g.name) for g in groups], root)
-    return [Case(i, list(g.files)) for i, g in zip(ids, groups, strict=True)]
+    keys = [(g.files[0].parent.relative_to(root), g.name) for g in groups]
+    images = [list(g.files) for g in groups]
+    # every folder directly holding DICOM files is one case named by the folder (hiend_data.naming)
+    for folder in dicom_folders(root, skip=files):
+        rel = folder.relative_to(root)
+        keys.append((rel.parent, folder.name or folder.resolve().name))
+        images.append([folder])
+    ids = _unique_ids(keys, root)
+    return [Case(i, im) for i, im in zip(ids, images, strict=True)]
 
 
 def _from_manifest(path: Path) -> list[Case]:
@@ -249,15 +261,23 @@ def _from_manifest(path: Path) -> list[Case]:
         image = base / fields[0]
         label = base / fields[1] if len(fields) == 2 and fields[1] else None
         for f in [image, *([label] if label else [])]:
-            if not is_image(f):
-                raise InputError(f"{path}:{n}: {f.name!r} is not a NIfTI file name (.nii / .nii.gz)")
+            if not is_image(f) and not (f is image and f.exists() and is_dicom_source(f)):
+                raise InputError(
+                    f"{path}:{n}: {f.name!r} is not a NIfTI file name (.nii / .nii.gz)"
+                    + (" nor a DICOM series (folder, .zip or DICOM file)" if f is image else "")
+                )
             if not f.exists():
                 raise InputError(f"{path}:{n}: {f} does not exist")
         images.append(image)
         labels.append(label)
     rel = [Path(os.path.relpath(p, base)) for p in images]
-    ids = _unique_ids([(r.parent, case_name(r.name) or r.name) for r in rel], path)
+    ids = _unique_ids([(r.parent, case_name(r.name) or _dicom_name(r)) for r in rel], path)
     return [Case(i, [im], lab) for i, im, lab in zip(ids, images, labels, strict=True)]
+
+
+def _dicom_name(rel: Path) -> str:
+    """Case name of a DICOM manifest entry: the folder's name, a zip's or file's name without suffix."""
+    return rel.name if rel.suffix == "" else rel.stem
 
 
 # ------------------------------------------------------------------------------------------ splits

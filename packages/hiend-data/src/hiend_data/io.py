@@ -30,7 +30,7 @@ import numpy as np
 from .atomic import atomic_path
 from .errors import InputError
 from .limits import MAX_LABEL, check_volume_bytes
-from .naming import channel_siblings, image_suffix, is_image
+from .naming import channel_siblings, image_suffix, is_dicom_source, is_image
 
 # deflate cannot compress better than about 1032:1, so a header claiming more bytes than that is a lie.
 _MAX_DEFLATE_RATIO = 1100
@@ -214,8 +214,34 @@ def _check_finite(path: Path, array: np.ndarray) -> None:
         )
 
 
-def _load_one(path: Path) -> Volume:
-    img = _open_header(path)
+def _open_dicom(path: Path, series: str | Sequence[str] | None) -> Any:
+    """The DICOM scan at ``path`` as an in-memory nibabel image (:mod:`hiend_data.dicom`, imported
+    only here, so the ``[dicom]`` extra is needed only for DICOM input)."""
+    import importlib.util
+
+    missing = [m for m in ("pydicom", "dicom2nifti") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise InputError(
+            f"{path}: reading DICOM needs the optional extra ({', '.join(missing)} not installed): "
+            "pip install 'hiend-data[dicom]'"
+        )
+    from .dicom import read_dicom
+
+    img = read_dicom(path, series=series)
+    check_volume_bytes(img.shape, 4, path, "series holds")
+    return img
+
+
+def _load_one(path: Path, series: str | Sequence[str] | None = None) -> Volume:
+    if path.exists() and not is_image(path) and is_dicom_source(path):
+        img = _open_dicom(path, series)
+    elif path.is_dir():
+        raise InputError(
+            f"{path}: is a folder without DICOM files, expected a NIfTI file (.nii or .nii.gz) "
+            "or a DICOM series folder"
+        )
+    else:
+        img = _open_header(path)
     arr = _read_array(path, img)
     _check_finite(path, arr)
     if arr.ndim == 4:
@@ -223,8 +249,16 @@ def _load_one(path: Path) -> Volume:
     return Volume(array=arr, affine=np.asarray(img.affine, dtype=np.float64), path=path, header=img.header)
 
 
-def load_volume(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> Volume:
-    """Read a NIfTI volume, or a list of channel files (nnU-Net ``{case}_0000``, ``_0001``, ...).
+def load_volume(
+    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    series: str | Sequence[str] | None = None,
+) -> Volume:
+    """Read a NIfTI volume, a DICOM series, or a list of channel files (nnU-Net ``{case}_0000``, ...).
+
+    DICOM (the ``hiend-data[dicom]`` extra, :mod:`hiend_data.dicom`): a folder holding one series (found
+    recursively), a ``.zip`` of one, or a multi-frame file; ``series`` picks a SeriesInstanceUID when
+    the folder holds several (a list of UIDs: used only where a folder holds several series). The result is the same kind of
+    :class:`Volume` as for NIfTI (RAS+ affine, HU after rescale), ``path`` the folder.
 
     Returns a :class:`Volume` with ``array`` ``[X, Y, Z]`` for one channel, ``[C, X, Y, Z]`` for several
     (a 4-D file's last axis becomes C). A single path reads that one file. The channel files of a case,
@@ -234,13 +268,13 @@ def load_volume(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]])
     non-positive spacing, headers larger than their data and channels whose grids disagree.
     """
     if isinstance(path, str | os.PathLike):
-        return _load_one(Path(path))
+        return _load_one(Path(path), series)
     paths = [Path(p) for p in path]
     if not paths:
         raise InputError("load_volume: empty list of channel files")
     if len(paths) == 1:
-        return _load_one(paths[0])
-    vols = [_load_one(p) for p in paths]
+        return _load_one(paths[0], series)
+    vols = [_load_one(p, series) for p in paths]
     first = vols[0]
     for vol in vols:
         if vol.channels != 1:

@@ -7,6 +7,11 @@ in one folder; a label or a prediction is ``{case}{ext}``. hiend reads it like t
 
 * **extension**: one of :data:`IMAGE_SUFFIXES` (``.nii.gz``, ``.nii``); :func:`strip_suffix` gives the stem,
   or None for a name that is not an image file.
+* **DICOM** (read by :mod:`hiend_data.dicom`, the ``[dicom]`` extra): a file is DICOM by its content
+  (the ``DICM`` marker after the 128-byte preamble, :func:`is_dicom_file`), whatever its name; a scan
+  is a folder holding one series (:func:`is_dicom_source`), a ``.zip`` of one, or one multi-frame file.
+  In a folder of cases, every folder that directly holds DICOM files is one case named by the folder
+  (:func:`dicom_folders`).
 * **one file, by name alone** (:func:`case_name`): a trailing ``_0000`` is dropped (channel 0 names its
   case), any other name is the case: ``liver_003_0000.nii.gz`` -> ``liver_003``,
   ``liver_003.nii.gz`` -> ``liver_003``, ``x_0001.nii.gz`` -> ``x_0001``.
@@ -50,6 +55,10 @@ __all__ = [
     "channel_file",
     "group_channels",
     "channel_siblings",
+    "DICOM_SUFFIXES",
+    "is_dicom_file",
+    "is_dicom_source",
+    "dicom_folders",
 ]
 
 #: File endings hiend reads as images (longest first, so ``.nii.gz`` wins over a bare ``.gz``).
@@ -64,6 +73,51 @@ class ChannelGroup:
 
     name: str
     files: tuple[Path, ...]
+
+
+#: Zip archives of a DICOM series folder are read as that folder.
+DICOM_SUFFIXES: tuple[str, ...] = (".zip",)
+_DICOM_MAGIC_AT = 128
+
+
+def is_dicom_file(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a file whose bytes 128..131 are ``DICM`` (a DICOM Part 10 file)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(_DICOM_MAGIC_AT)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _visible_files(folder: Path) -> Iterable[Path]:
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts):
+            yield p
+
+
+def is_dicom_source(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is read as DICOM: a ``.zip``, a DICOM file (not a NIfTI name), or a folder
+    holding at least one DICOM file (searched recursively; stops at the first)."""
+    path = Path(path)
+    if path.is_dir():
+        return any(not is_image(f) and is_dicom_file(f) for f in _visible_files(path))
+    if is_image(path):
+        return False
+    return path.name.lower().endswith(DICOM_SUFFIXES) or is_dicom_file(path)
+
+
+def dicom_folders(root: str | os.PathLike[str], skip: Iterable[Path] = ()) -> list[Path]:
+    """Folders under ``root`` (itself included) that directly hold DICOM files, sorted; each is one
+    case. Hidden entries and the files in ``skip`` (already known images) are not opened."""
+    known = set(skip)
+    found: set[Path] = set()
+    for f in _visible_files(Path(root)):
+        if f.parent in found or f in known or is_image(f):
+            continue
+        if is_dicom_file(f):
+            found.add(f.parent)
+    return sorted(found)
 
 
 def image_suffix(name: str | os.PathLike[str]) -> str | None:
