@@ -28,7 +28,9 @@ from hiend_data.errors import InputError
 from hiend_data.naming import (
     ChannelGroup,
     check_unique,
+    dicom_folders,
     group_channels,
+    is_dicom_source,
     is_image,
     path_inside,
     safe_case_name,
@@ -44,31 +46,43 @@ ScanCase = ChannelGroup
 
 
 def collect_cases(inputs: Sequence[str | os.PathLike[str]]) -> list[ScanCase]:
-    """Scans named by files and folders (a folder's own ``.nii``/``.nii.gz`` files, not its subfolders).
+    """Scans named by files and folders: NIfTI files, a folder's own ``.nii``/``.nii.gz`` files (not its
+    subfolders), and DICOM series (``hiend-data[dicom]``).
 
     nnU-Net channel files ``{case}_0000``, ``{case}_0001``, ... in one folder form one scan named
     ``{case}``; a ``_dddd`` name without a ``_0000`` sibling is a scan of its own, named in full
-    (:mod:`hiend_data.naming`, the rule every hiend package uses).
-    Raises InputError for a missing path, a file that is not NIfTI, a folder without NIfTI files,
-    channels with gaps, and two scans that would be written to the same output name.
+    (:mod:`hiend_data.naming`, the rule every hiend package uses). DICOM: a folder that holds no NIfTI
+    files is searched for series folders (:func:`hiend_data.naming.dicom_folders`: each folder directly
+    holding DICOM files is one scan, named by the folder); a ``.zip`` of a series or a multi-frame DICOM
+    file is one scan named by its file name without the suffix.
+    Raises InputError for a missing path, a file that is neither, a folder with neither, channels with
+    gaps, and two scans that would be written to the same output name.
     """
     if not inputs:
         raise InputError("no input scans given")
     files: list[Path] = []
+    series: list[ScanCase] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             found = sorted(f for f in path.iterdir() if f.is_file() and is_image(f))
-            if not found:
-                raise InputError(f"{path}: folder holds no .nii/.nii.gz files")
-            files += found
+            if found:
+                files += found
+                continue
+            folders = dicom_folders(path)
+            if not folders:
+                raise InputError(f"{path}: folder holds no .nii/.nii.gz files and no DICOM series")
+            series += [ScanCase(f.name if f != path else path.resolve().name, (f,)) for f in folders]
         elif path.is_file():
-            if not is_image(path):
-                raise InputError(f"{path}: not a NIfTI file name (expected .nii or .nii.gz)")
-            files.append(path)
+            if is_image(path):
+                files.append(path)
+            elif is_dicom_source(path):
+                series.append(ScanCase(path.name.removesuffix(".zip").removesuffix(".dcm"), (path,)))
+            else:
+                raise InputError(f"{path}: not a NIfTI file name (expected .nii or .nii.gz) nor DICOM")
         else:
             raise InputError(f"{path}: no such file or folder")
-    cases = group_channels(files)  # the one case-naming rule (hiend_data.naming)
+    cases = group_channels(files) + series  # the one case-naming rule (hiend_data.naming)
     for case in cases:  # output names come from input file names: one plain file name each
         safe_case_name(case.name, case.files[0])
     check_unique([case.name for case in cases], "the inputs' output names")
