@@ -189,7 +189,8 @@ def test_a_run_killed_right_after_setup_can_be_started_again(cache, tmp_path):
 
 def test_sigint_mid_run_is_one_line_exit_130_and_resume_continues(cache, tmp_path):
     out = tmp_path / "run"
-    proc = _start(cache, out, "--epochs", "100", "--save-every-steps", "1", "--set", "log_every=1")
+    # epochs enough that only the signal ends the run (a fast machine finishes 100 before it arrives)
+    proc = _start(cache, out, "--epochs", "100000", "--save-every-steps", "1", "--set", "log_every=1")
     _wait_for(proc, out, lambda r: r["event"] == "step" and r["step"] >= 3)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
