@@ -156,9 +156,18 @@ def test_num_classes_below_the_largest_label_is_refused_before_writing(cache, tm
     assert not out.exists()
 
 
+def _interactive() -> None:
+    """In the child: Ctrl-C's default disposition. A test run started in the background (``cmd &``,
+    ``nohup``: as CI may start it) inherits SIGINT *ignored*, and Python then installs no handler, so
+    the run would never see the signal; a user's terminal delivers it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(cache: Path, out: Path, *extra: str) -> subprocess.Popen:
     cmd = [str(BIN / "hiend-train"), "pretrain", "--cache", str(cache), "--out", str(out), *PRE, *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_interactive
+    )
 
 
 def _wait_for(proc: subprocess.Popen, out: Path, test, seconds: float = 120.0) -> None:
