@@ -222,6 +222,18 @@ def device_augment(
     return augment_batch(images, labels, aug_cfg)
 
 
+def make_train_loader(
+    cfg: Any, cache: Any, indices: list[int], env: DistEnv, sampler_cfg: Any
+) -> tuple[Any, ...]:
+    """:func:`make_loader` with a run config's loader fields and its ``augment_on``:
+    ``(dataset, sampler, loader, device augmentation config or None)`` (:func:`split_augmentation`)."""
+    loader_cfg, aug_cfg = split_augmentation(sampler_cfg, cfg.augment_on)
+    dataset, sampler, loader = make_loader(
+        cache, loader_cfg, indices, cfg.batch_size, cfg.workers, cfg.seed, env, prefetch=cfg.prefetch
+    )
+    return dataset, sampler, loader, aug_cfg
+
+
 def make_loader(
     cache: Any,
     sampler_cfg: Any,

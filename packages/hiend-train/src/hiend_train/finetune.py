@@ -21,7 +21,7 @@ from hiend_model.official import load_unetr_init
 from hiend_model.unetr import UNETR
 
 from .config import FinetuneConfig
-from .data import device_augment, make_loader, split_augmentation
+from .data import device_augment, make_train_loader
 from .dist import all_sum
 from .loop import Task, naming_bad_cases
 from .losses import dice_ce_loss, dice_counts, inverse_sqrt_weights, mean_dice
@@ -201,17 +201,7 @@ def build_task(ctx: Context) -> Task:
         lr_scales = layer_lr_scales(model, cfg.layer_decay, cfg.encoder_lr_scale)
     roi = tuple(model.config.img_size)
     sampler_cfg = SamplerConfig.finetune(**{"crop_size": roi, "num_samples": cfg.num_samples, **cfg.sampler})
-    loader_cfg, aug_cfg = split_augmentation(sampler_cfg, cfg.augment_on)
-    dataset, sampler, loader = make_loader(
-        ctx.cache,
-        loader_cfg,
-        ctx.train_idx,
-        cfg.batch_size,
-        cfg.workers,
-        cfg.seed,
-        env,
-        prefetch=cfg.prefetch,
-    )
+    dataset, sampler, loader, aug_cfg = make_train_loader(cfg, ctx.cache, ctx.train_idx, env, sampler_cfg)
     weights = class_weights_for(cfg, ctx.cache, ctx.train_idx, num_classes)
     if weights is not None:
         weights = weights.to(env.device)

@@ -14,7 +14,7 @@ import torch
 from hiend_data.errors import InputError
 
 from .config import PretrainConfig
-from .data import case_error, device_augment, make_loader, split_augmentation
+from .data import case_error, device_augment, make_train_loader
 from .dist import all_sum
 from .loop import Task, autocast, naming_bad_cases, optimizer_steps_per_epoch
 from .preview import write_preview
@@ -88,17 +88,7 @@ def build_task(ctx: Context) -> Task:
     model = HiEndMAE(resolve_config(cfg.preset, **cfg.model)).to(env.device)
     crop = tuple(model.config.img_size)
     sampler_cfg = SamplerConfig.pretrain(**{"crop_size": crop, "num_samples": cfg.num_samples, **cfg.sampler})
-    loader_cfg, aug_cfg = split_augmentation(sampler_cfg, cfg.augment_on)
-    dataset, sampler, loader = make_loader(
-        ctx.cache,
-        loader_cfg,
-        ctx.train_idx,
-        cfg.batch_size,
-        cfg.workers,
-        cfg.seed,
-        env,
-        prefetch=cfg.prefetch,
-    )
+    dataset, sampler, loader, aug_cfg = make_train_loader(cfg, ctx.cache, ctx.train_idx, env, sampler_cfg)
     warned: list[bool] = []
 
     def on_epoch_end(epoch: int) -> dict[str, Any]:
