@@ -74,3 +74,153 @@ def test_predict_on_a_dicom_series_equals_predict_on_its_nifti(shared_data, ckpt
     assert got.shape == want.shape and len(np.unique(want)) > 1
     assert np.array_equal(got, want)
     assert (tmp_path / "from_dicom" / "patient_b.nii.gz").is_file()
+
+
+# ------------------------------------------------------------------ DICOM-SEG out (predict --format)
+
+ABDOMEN = "abdomen_ct_1.5mm_lps.nii.gz"
+NAMES = {"1": "liver", "2": "spleen"}
+
+
+@pytest.fixture(scope="module")
+def named_ckpt(ckpt, tmp_path_factory) -> Path:
+    """The same model with the label names a fine-tuned checkpoint carries (extra.labels)."""
+    from hiend_model.checkpoint import load_checkpoint
+
+    model, info = load_checkpoint(ckpt, expected_kind="unetr")
+    path = tmp_path_factory.mktemp("named") / "named.safetensors"
+    return save_checkpoint(path, model, plan=info.plan, extra={"labels": NAMES})
+
+
+@pytest.fixture(scope="module")
+def abdomen_series(shared_data, tmp_path_factory) -> Path:
+    img = nib.load(str(shared_data / "ct" / ABDOMEN))
+    hu, affine = np.asarray(img.dataobj), np.asarray(img.affine, dtype=np.float64)
+    return _dicom_helpers().write_series(hu, affine, tmp_path_factory.mktemp("dcm") / "abdomen", seed=3)
+
+
+def _one_line_exit_2(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_predict_dicom_seg_decodes_to_the_nifti_of_the_same_run(named_ckpt, abdomen_series, tmp_path):
+    import highdicom as hd
+    import pydicom
+
+    from hiend_data import load_volume
+    from hiend_data.dicom import series_headers
+    from hiend_data.dicom_seg import decode_on_source, segment_names
+    from hiend_data.geometry import place_on_grid
+
+    out = tmp_path / "out"
+    r = CliRunner().invoke(
+        app, ["predict", str(named_ckpt), str(abdomen_series), "--out", str(out), "--format", "both", "-q"]
+    )
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["abdomen.dcm", "abdomen.nii.gz"]
+    nifti = nib.load(str(out / "abdomen.nii.gz"))
+    want = np.asarray(nifti.dataobj)
+    assert set(np.unique(want)) == {0, 1, 2}  # every class present: every segment is exercised
+
+    # pydicom reads it; it is a SEG of the source series, whose frames reference its images
+    ds = pydicom.dcmread(out / "abdomen.dcm")
+    headers = series_headers(abdomen_series)
+    source_uids = {h.SOPInstanceUID for h in headers}
+    assert ds.Modality == "SEG" and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
+    assert ds.StudyInstanceUID == headers[0].StudyInstanceUID
+    assert ds.FrameOfReferenceUID == headers[0].FrameOfReferenceUID
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == headers[0].SeriesInstanceUID
+    referenced = {
+        item.ReferencedSOPInstanceUID
+        for frame in ds.PerFrameFunctionalGroupsSequence
+        for item in frame.DerivationImageSequence[0].SourceImageSequence
+    }
+    assert referenced and referenced <= source_uids
+    assert [(s.SegmentNumber, s.SegmentLabel) for s in ds.SegmentSequence] == [(1, "liver"), (2, "spleen")]
+    assert ds.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Liver"
+    assert segment_names(out / "abdomen.dcm") == {1: "liver", 2: "spleen"}
+
+    # highdicom decodes it onto the source series' grid: the NIfTI map, voxel for voxel
+    seg = hd.seg.segread(out / "abdomen.dcm")
+    assert seg.get_segment_numbers() == [1, 2]
+    source = load_volume(abdomen_series)
+    decoded = decode_on_source(out / "abdomen.dcm", headers, source.affine, source.shape)
+    np.testing.assert_allclose(nifti.affine, source.affine, atol=1e-4)
+    assert decoded.shape == want.shape and np.array_equal(decoded, want)
+
+    # read alone (no source): its grid is a block of the source's (slices in its own order): placed on
+    # the source grid without interpolation it is the same map again
+    alone = load_volume(out / "abdomen.dcm")
+    placed = place_on_grid(alone.array, alone.affine, want.shape, source.affine)
+    assert placed is not None and np.array_equal(placed, want)
+
+
+def test_seg_of_a_multiframe_source_round_trips(small_volume, tmp_path):
+    """A label map on an Enhanced CT (one multi-frame file) comes back through the frames it references."""
+    from hiend_data import load_volume
+    from hiend_data.dicom import series_headers
+    from hiend_data.dicom_seg import decode_on_source, write_seg
+
+    hu, affine = small_volume
+    path = _dicom_helpers().write_multiframe(hu, affine, tmp_path / "enhanced.dcm")
+    vol = load_volume(path)
+    labels = np.zeros(vol.shape, np.uint8)
+    labels[2:9, 3:7, 1:4] = 1
+    labels[10:, :2, 5:] = 3
+    headers = series_headers(path)
+    seg = write_seg(labels, vol.affine, headers, tmp_path / "seg.dcm", {1: "liver", 3: "aorta"})
+    decoded = decode_on_source(seg, headers, vol.affine, vol.shape)
+    assert np.array_equal(decoded, labels)
+
+
+@pytest.fixture(scope="module")
+def small_volume(shared_data) -> tuple[np.ndarray, np.ndarray]:
+    img = nib.load(str(shared_data / "ct" / SCAN))
+    hu = np.asarray(img.dataobj)[::4, ::4, ::3].astype(np.int16)
+    affine = np.asarray(img.affine, dtype=np.float64) @ np.diag([4.0, 4.0, 3.0, 1.0])
+    return hu, affine
+
+
+def test_dicom_seg_refusals_leave_nothing_written(
+    named_ckpt, shared_data, small_volume, tmp_path, monkeypatch
+):
+    runner = CliRunner()
+    nifti = shared_data / "ct" / SCAN
+    out = tmp_path / "out"
+
+    line = _one_line_exit_2(
+        runner.invoke(
+            app, ["predict", str(named_ckpt), str(nifti), "--out", str(out), "--format", "dicom-seg"]
+        )
+    )
+    assert str(nifti) in line and "needs DICOM input" in line
+    line = _one_line_exit_2(
+        runner.invoke(app, ["predict", str(named_ckpt), str(nifti), "--out", str(out), "--format", "dcm"])
+    )
+    assert "'dcm'" in line and "nifti, dicom-seg, both" in line
+
+    hu, affine = small_volume
+    series = _dicom_helpers().write_series(hu, affine, tmp_path / "s", seed=4)
+    bad = tmp_path / "dataset.json"
+    bad.write_text('{"labels": {"background": 0, "liver": 1, "tumour": 5}}')
+    line = _one_line_exit_2(
+        runner.invoke(app, ["predict", str(named_ckpt), str(series), "--out", str(out), "--labels", str(bad)])
+    )
+    assert str(bad) in line and "[5]" in line and "3 classes" in line
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "highdicom" else real_find_spec(name, *a),
+    )
+    line = _one_line_exit_2(
+        runner.invoke(
+            app, ["predict", str(named_ckpt), str(series), "--out", str(out), "--format", "dicom-seg"]
+        )
+    )
+    assert "pip install 'hiend-model[dicom]'" in line
+    assert not out.exists()

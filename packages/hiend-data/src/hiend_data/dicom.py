@@ -42,9 +42,11 @@ from .limits import max_volume_bytes
 
 INSTALL = "pip install 'hiend-data[dicom]'"
 
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+
 #: SOP classes that carry pixel data but are not a scan (hiend reads images, not these)
 _NOT_SCANS = {
-    "1.2.840.10008.5.1.4.1.1.66.4": "SEG",
+    SEG_SOP_CLASS: "SEG",
     "1.2.840.10008.5.1.4.1.1.481.2": "RTDOSE",
     "1.2.840.10008.1.3.10": "DICOMDIR",
 }
@@ -103,8 +105,9 @@ def _files(root: Path) -> list[Path]:
     )
 
 
-def _read_headers(where: Path, files: list[Path]) -> list[Any]:
-    """Every DICOM dataset among ``files`` (pixel data deferred); files that are not DICOM are skipped."""
+def _read_headers(where: Path, files: list[Path], headers_only: bool = False) -> list[Any]:
+    """Every DICOM dataset among ``files`` (pixel data deferred, or not read with ``headers_only``);
+    files that are not DICOM are skipped."""
     pydicom, _ = _require()
     from pydicom.errors import InvalidDicomError
 
@@ -113,7 +116,10 @@ def _read_headers(where: Path, files: list[Path]) -> list[Any]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(f, defer_size="4 KB")
+                if headers_only:
+                    ds = pydicom.dcmread(f, stop_before_pixels=True)
+                else:
+                    ds = pydicom.dcmread(f, defer_size="4 KB")
         except InvalidDicomError:
             continue  # not DICOM (no 'DICM' preamble): a README, a NIfTI, ...
         except Exception as exc:  # a file that says it is DICOM but does not parse
@@ -127,8 +133,12 @@ def _sop_class(ds: Any) -> str:
     return str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
 
 
-def _is_scan(ds: Any) -> bool:
-    return ("PixelData" in ds or "FloatPixelData" in ds) and _sop_class(ds) not in _NOT_SCANS
+def _is_scan(ds: Any, headers_only: bool = False) -> bool:
+    """An image (pixel data; read without it: rows and columns) that is not a SEG, RTDOSE, ..."""
+    pixels = (
+        ("Rows" in ds and "Columns" in ds) if headers_only else ("PixelData" in ds or "FloatPixelData" in ds)
+    )
+    return pixels and _sop_class(ds) not in _NOT_SCANS
 
 
 def _kind(ds: Any) -> str:
@@ -341,6 +351,68 @@ def _compact(img: Any) -> Any:
     return out
 
 
+@contextlib.contextmanager
+def _series(
+    path: Path, series: str | Sequence[str] | None, *, headers_only: bool = False
+) -> Iterator[tuple[list[Any], Any]]:
+    """The datasets of the one series at ``path`` that hiend reads, checked (everything in the module
+    docstring), as ``(datasets, multiframe dataset or None)``, while a zip's files still exist.
+
+    A lone DICOM Segmentation file (``path`` itself, not a folder) comes back as ``([seg], None)``.
+    ``headers_only``: the datasets are read without their pixel data (:func:`series_headers`).
+    """
+    _require()
+    if not path.exists():
+        raise FileNotFoundError(2, "no such file or directory", str(path))
+    with contextlib.ExitStack() as stack:
+        root = stack.enter_context(_unzipped(path)) if path.suffix.lower() == ".zip" else path
+        datasets = _read_headers(path, _files(root), headers_only)
+        if not datasets:
+            raise InputError(f"{path}: no DICOM files found")
+        if path.is_file() and len(datasets) == 1 and _sop_class(datasets[0]) == SEG_SOP_CLASS:
+            yield datasets, None
+            return
+        scans = [ds for ds in datasets if _is_scan(ds, headers_only)]
+        if not scans:
+            kinds: dict[str, int] = {}
+            for ds in datasets:
+                kinds[_kind(ds)] = kinds.get(_kind(ds), 0) + 1
+            found = ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items()))
+            hint = "; give a SEG file itself to read it as a label map" if "SEG" in kinds else ""
+            raise InputError(
+                f"{path}: only non-image DICOM objects ({found}); expected an image series{hint}"
+            )
+        chosen = _pick_series(path, scans, series)
+        multi = [ds for ds in chosen if _is_multiframe(ds)]
+        if multi and len(chosen) > 1:
+            raise InputError(
+                f"{path}: a series of {len(chosen)} files of which {len(multi)} multi-frame; "
+                "expected one multi-frame file or single-frame slices"
+            )
+        if not headers_only:
+            for ds in chosen:
+                _check_decoder(path, ds)
+        if not multi:
+            if len(chosen) == 1:
+                raise InputError(
+                    f"{path}: a single-slice DICOM image, not a volume (give the folder of its series)"
+                )
+            _check_positions(path, chosen)
+        yield chosen, (multi[0] if multi else None)
+
+
+def series_headers(path: str | os.PathLike[str], series: str | Sequence[str] | None = None) -> list[Any]:
+    """The pydicom datasets (no pixel data) of the series :func:`read_dicom` reads at ``path``: the
+    single-frame slices (in no particular order) or the one multi-frame file. What a DICOM Segmentation
+    of the scan references (:func:`hiend_data.dicom_seg.write_seg`). Same refusals as :func:`read_dicom`.
+    """
+    path = Path(path)
+    with _series(path, series, headers_only=True) as (chosen, multi):
+        if multi is None and len(chosen) == 1 and _sop_class(chosen[0]) == SEG_SOP_CLASS:
+            raise InputError(f"{path}: a DICOM Segmentation, not an image series")
+        return chosen
+
+
 def read_dicom(path: str | os.PathLike[str], series: str | Sequence[str] | None = None) -> Any:
     """The scan at ``path`` (a series folder, a ``.zip`` of one, or a multi-frame file) as an in-memory
     nibabel ``Nifti1Image`` (RAS+ affine, rescale applied). ``series``: a SeriesInstanceUID (that series
@@ -351,37 +423,12 @@ def read_dicom(path: str | os.PathLike[str], series: str | Sequence[str] | None 
     :class:`ImportError` (with the pip command) when the ``dicom`` extra is not installed.
     """
     path = Path(path)
-    _require()
-    if not path.exists():
-        raise FileNotFoundError(2, "no such file or directory", str(path))
-    with contextlib.ExitStack() as stack:
-        root = stack.enter_context(_unzipped(path)) if path.suffix.lower() == ".zip" else path
-        datasets = _read_headers(path, _files(root))
-        if not datasets:
-            raise InputError(f"{path}: no DICOM files found")
-        scans = [ds for ds in datasets if _is_scan(ds)]
-        if not scans:
-            kinds: dict[str, int] = {}
-            for ds in datasets:
-                kinds[_kind(ds)] = kinds.get(_kind(ds), 0) + 1
-            found = ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items()))
-            raise InputError(f"{path}: only non-image DICOM objects ({found}); expected an image series")
-        chosen = _pick_series(path, scans, series)
-        multi = [ds for ds in chosen if _is_multiframe(ds)]
-        if multi and len(chosen) > 1:
-            raise InputError(
-                f"{path}: a series of {len(chosen)} files of which {len(multi)} multi-frame; "
-                "expected one multi-frame file or single-frame slices"
-            )
-        for ds in chosen:
-            _check_decoder(path, ds)
-        scales = _prepare_multiframe(path, multi[0]) if multi else []
-        if not multi:
-            if len(chosen) == 1:
-                raise InputError(
-                    f"{path}: a single-slice DICOM image, not a volume (give the folder of its series)"
-                )
-            _check_positions(path, chosen)
+    with _series(path, series) as (chosen, multi):
+        if multi is None and len(chosen) == 1 and _sop_class(chosen[0]) == SEG_SOP_CLASS:
+            from .dicom_seg import read_seg
+
+            return read_seg(path, chosen[0])
+        scales = _prepare_multiframe(path, multi) if multi is not None else []
         img = _convert(path, chosen)
         if len(img.shape) != 3:
             raise InputError(f"{path}: {len(img.shape)}-D series {tuple(img.shape)}, expected a 3-D volume")

@@ -233,10 +233,12 @@ def _from_folder(root: Path) -> list[Case]:
     groups = group_channels(files)  # gaps in a channel set raise InputError naming the missing file
     keys = [(g.files[0].parent.relative_to(root), g.name) for g in groups]
     images = [list(g.files) for g in groups]
-    # every folder directly holding DICOM files is one case named by the folder (hiend_data.naming)
+    # every folder directly holding DICOM files is one case named by the folder, every .zip one named
+    # by the file without .zip (hiend_data.naming)
     for folder in dicom_folders(root, skip=files):
         rel = folder.relative_to(root)
-        keys.append((rel.parent, folder.name or folder.resolve().name))
+        name = folder.name[: -len(".zip")] if folder.is_file() else folder.name
+        keys.append((rel.parent, name or folder.resolve().name))
         images.append([folder])
     ids = _unique_ids(keys, root)
     return [Case(i, im) for i, im in zip(ids, images, strict=True)]

@@ -194,3 +194,54 @@ def crop_affine(affine: np.ndarray, start: tuple[int, int, int]) -> np.ndarray:
     out = np.array(affine, dtype=np.float64)
     out[:3, 3] = affine[:3, :3] @ np.asarray(start, dtype=np.float64) + affine[:3, 3]
     return out
+
+
+def place_on_grid(
+    array: np.ndarray,
+    affine: np.ndarray,
+    shape: tuple[int, ...],
+    target_affine: np.ndarray,
+    atol: float = 1e-3,
+) -> np.ndarray | None:
+    """``array`` (on ``affine``) copied onto the grid ``(shape, target_affine)`` when its voxels ARE
+    voxels of that grid (no interpolation), else None.
+
+    That is the case when ``inv(target_affine) @ affine`` is a signed permutation of the axes plus a
+    whole-voxel shift (within ``atol`` voxels): a sub-block of the target grid, stored in any axis
+    order and direction, e.g. a DICOM Segmentation spanning only the slices it labels. Target voxels
+    outside the block are 0; a nonzero voxel of ``array`` outside the target grid gives None.
+    Returns an array of ``shape`` and ``array``'s dtype.
+    """
+    m = np.linalg.solve(np.asarray(target_affine, dtype=np.float64), np.asarray(affine, dtype=np.float64))
+    rot, shift = m[:3, :3], m[:3, 3]
+    perm = np.round(rot)
+    if np.abs(rot - perm).max() > atol or np.abs(shift - np.round(shift)).max() > atol:
+        return None
+    if not (np.abs(perm).sum(axis=0) == 1).all() or not (np.abs(perm).sum(axis=1) == 1).all():
+        return None
+    shift = np.round(shift).astype(np.int64)
+    # target axis t takes source axis src[t], flipped when sign[t] < 0
+    src = [int(np.flatnonzero(perm[t])[0]) for t in range(3)]
+    sign = [int(perm[t, src[t]]) for t in range(3)]
+    moved = np.transpose(array, src)
+    starts = []
+    for t in range(3):
+        n = moved.shape[t]
+        if sign[t] < 0:
+            moved = np.flip(moved, axis=t)
+            starts.append(int(shift[t]) - (n - 1))  # source index n-1 lands at shift - (n - 1)
+        else:
+            starts.append(int(shift[t]))
+    out = np.zeros(tuple(shape), dtype=array.dtype)
+    src_sl, dst_sl = [], []
+    for t in range(3):
+        lo, hi = max(starts[t], 0), min(starts[t] + moved.shape[t], shape[t])
+        if hi <= lo:
+            return None if np.any(array) else out
+        dst_sl.append(slice(lo, hi))
+        src_sl.append(slice(lo - starts[t], hi - starts[t]))
+    inside = moved[tuple(src_sl)]
+    if np.count_nonzero(inside) != np.count_nonzero(moved):
+        return None  # labelled voxels outside the target grid
+    out[tuple(dst_sl)] = inside
+    return out

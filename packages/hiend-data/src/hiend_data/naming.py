@@ -59,6 +59,7 @@ __all__ = [
     "is_dicom_file",
     "is_dicom_source",
     "dicom_folders",
+    "is_dicom_zip",
 ]
 
 #: File endings hiend reads as images (longest first, so ``.nii.gz`` wins over a bare ``.gz``).
@@ -90,6 +91,26 @@ def is_dicom_file(path: str | os.PathLike[str]) -> bool:
         return False
 
 
+def is_dicom_zip(path: str | os.PathLike[str], look: int = 8) -> bool:
+    """True when ``path`` is a zip archive whose first DICOM-looking entry among its first ``look`` files
+    is a DICOM Part 10 file (only those entries' first 132 bytes are read)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            entries = [
+                i for i in zf.infolist() if not i.is_dir() and not i.filename.startswith((".", "__MACOSX"))
+            ]
+            for info in entries[:look]:
+                with zf.open(info) as fh:
+                    head = fh.read(_DICOM_MAGIC_AT + 4)
+                if head[_DICOM_MAGIC_AT:] == b"DICM":
+                    return True
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError):
+        return False
+    return False
+
+
 def _visible_files(folder: Path) -> Iterable[Path]:
     for p in sorted(folder.rglob("*")):
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts):
@@ -108,16 +129,21 @@ def is_dicom_source(path: str | os.PathLike[str]) -> bool:
 
 
 def dicom_folders(root: str | os.PathLike[str], skip: Iterable[Path] = ()) -> list[Path]:
-    """Folders under ``root`` (itself included) that directly hold DICOM files, sorted; each is one
-    case. Hidden entries and the files in ``skip`` (already known images) are not opened."""
+    """The DICOM cases under ``root``, sorted: folders (``root`` itself included) that directly hold
+    DICOM files, and ``.zip`` archives (a zipped series each) outside such folders. Hidden entries and
+    the files in ``skip`` (already known images) are not opened."""
     known = set(skip)
     found: set[Path] = set()
+    zips: list[Path] = []
     for f in _visible_files(Path(root)):
         if f.parent in found or f in known or is_image(f):
             continue
-        if is_dicom_file(f):
+        if f.name.lower().endswith(".zip"):
+            if is_dicom_zip(f):
+                zips.append(f)
+        elif is_dicom_file(f):
             found.add(f.parent)
-    return sorted(found)
+    return sorted(found | {z for z in zips if z.parent not in found})
 
 
 def image_suffix(name: str | os.PathLike[str]) -> str | None:

@@ -47,7 +47,10 @@ _PREDICT_HELP = (
     "The members' softmax probabilities are averaged, then argmaxed. They must agree on num_classes, "
     "in_chans and the plan's preprocessing (orientation, spacing, modality, CT window, "
     "crop_to_foreground); their window (crop) sizes may differ. One checkpoint is the plain "
-    "single-model prediction."
+    "single-model prediction.\n\n"
+    "DICOM: a folder of series folders (or .zip files) segments each series; --format dicom-seg writes "
+    "{case}.dcm, a DICOM Segmentation of the series (one segment per class, named from the "
+    "checkpoint's label names or --labels dataset.json) that PACS and viewers attach to the study."
 )
 
 
@@ -63,9 +66,24 @@ def predict(
         ...,
         metavar="[CKPT]... INPUT",
         help="NIfTI files and/or folders of them (nnU-Net {case}_0000 "
-        "channel files are grouped), after any further checkpoints.",
+        "channel files are grouped), DICOM series folders, zips and multi-frame files "
+        "(hiend-data[dicom]), after any further checkpoints.",
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: one {case}.nii.gz per scan."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output folder: {case}.nii.gz and/or {case}.dcm (DICOM-SEG) per scan."
+    ),
+    output_format: str = typer.Option(
+        "nifti",
+        "--format",
+        help="nifti: {case}.nii.gz; dicom-seg: {case}.dcm, a DICOM Segmentation referencing the input "
+        "series (DICOM input only; needs hiend-model[dicom]); both.",
+    ),
+    labels: Path = typer.Option(
+        None,
+        "--labels",
+        help="nnU-Net dataset.json naming the labels (the segments of a DICOM-SEG); default: the "
+        "names the checkpoint carries.",
+    ),
     device: str = typer.Option("cpu", help=f"Where the model runs: {DEVICE_HELP}."),
     overlap: float = typer.Option(0.5, min=0.0, max=0.99, help="Window overlap fraction."),
     tta: bool = typer.Option(False, "--tta", help="Average over the 8 axis-flip combinations (8x slower)."),
@@ -88,6 +106,8 @@ def predict(
             progress=not quiet,
             sw_batch_size=sw_batch,
             amp=amp,
+            output_format=output_format,
+            labels=labels,
         )
         for path in written:
             typer.echo(str(path))

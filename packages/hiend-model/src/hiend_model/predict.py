@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hiend_data import load_volume, preprocess_case, restore_label, save_volume
+from hiend_data.dicom import series_headers
 from hiend_data.errors import InputError
 from hiend_data.naming import (
     ChannelGroup,
@@ -36,6 +37,7 @@ from hiend_data.naming import (
     safe_case_name,
 )
 
+from .__about__ import __version__
 from .checkpoint import load_checkpoint, read_checkpoint_info
 from .device import resolve_device
 from .inference import argmax_labels, label_dtype, sliding_window_logits
@@ -43,6 +45,16 @@ from .inference import argmax_labels, label_dtype, sliding_window_logits
 #: One scan to segment: output name (``{name}.nii.gz``) and its channel files in channel order
 #: (:func:`hiend_data.naming.group_channels`' groups).
 ScanCase = ChannelGroup
+
+
+def _dicom_case_name(source: Path, root: Path | None) -> str:
+    """A series folder's name (``root`` itself: its resolved name), a zip's or file's without suffix."""
+    if source.is_dir():
+        return source.resolve().name if source == root else source.name
+    name = source.name
+    for suffix in (".zip", ".ZIP", ".dcm", ".DCM"):
+        name = name.removesuffix(suffix)
+    return name
 
 
 def collect_cases(inputs: Sequence[str | os.PathLike[str]]) -> list[ScanCase]:
@@ -53,8 +65,8 @@ def collect_cases(inputs: Sequence[str | os.PathLike[str]]) -> list[ScanCase]:
     ``{case}``; a ``_dddd`` name without a ``_0000`` sibling is a scan of its own, named in full
     (:mod:`hiend_data.naming`, the rule every hiend package uses). DICOM: a folder that holds no NIfTI
     files is searched for series folders (:func:`hiend_data.naming.dicom_folders`: each folder directly
-    holding DICOM files is one scan, named by the folder); a ``.zip`` of a series or a multi-frame DICOM
-    file is one scan named by its file name without the suffix.
+    holding DICOM files is one scan, named by the folder, and each ``.zip`` of a series one scan); a
+    ``.zip`` or a multi-frame DICOM file is one scan named by its file name without the suffix.
     Raises InputError for a missing path, a file that is neither, a folder with neither, channels with
     gaps, and two scans that would be written to the same output name.
     """
@@ -72,12 +84,12 @@ def collect_cases(inputs: Sequence[str | os.PathLike[str]]) -> list[ScanCase]:
             folders = dicom_folders(path)
             if not folders:
                 raise InputError(f"{path}: folder holds no .nii/.nii.gz files and no DICOM series")
-            series += [ScanCase(f.name if f != path else path.resolve().name, (f,)) for f in folders]
+            series += [ScanCase(_dicom_case_name(f, path), (f,)) for f in folders]
         elif path.is_file():
             if is_image(path):
                 files.append(path)
             elif is_dicom_source(path):
-                series.append(ScanCase(path.name.removesuffix(".zip").removesuffix(".dcm"), (path,)))
+                series.append(ScanCase(_dicom_case_name(path, None), (path,)))
             else:
                 raise InputError(f"{path}: not a NIfTI file name (expected .nii or .nii.gz) nor DICOM")
         else:
@@ -414,21 +426,77 @@ def predict_volume(
     )
 
 
-def _check_inputs(cases: list[ScanCase], in_chans: int | None, out_dir: Path) -> None:
-    """Read every scan once (all of it: a truncated .gz only shows at the end) before writing anything."""
+#: ``predict --format``: the label map as NIfTI, as a DICOM Segmentation of its source series, or both
+FORMATS = ("nifti", "dicom-seg", "both")
+SEG_SUFFIX = ".dcm"
+
+
+def _outputs(name: str, output_format: str) -> list[str]:
+    """The file names one scan writes: ``{name}.nii.gz`` and/or ``{name}.dcm`` (the SEG)."""
+    return [
+        name + s for s, f in ((".nii.gz", "nifti"), (SEG_SUFFIX, "dicom-seg")) if output_format in (f, "both")
+    ]
+
+
+def _check_inputs(
+    cases: list[ScanCase], in_chans: int | None, out_dir: Path, output_format: str = "nifti"
+) -> None:
+    """Read every scan once (all of it: a truncated .gz only shows at the end) before writing anything;
+    for DICOM-SEG output also the source series' headers (every scan must be DICOM)."""
     inputs = {f.resolve() for case in cases for f in case.files}
+    seg = output_format in ("dicom-seg", "both")
     for case in cases:
-        target = (out_dir / f"{safe_case_name(case.name, case.files[0])}.nii.gz").resolve()
-        if target in inputs:
-            raise InputError(f"{target}: the output would overwrite an input scan; choose another --out")
-        path_inside(out_dir, case.name, ".nii.gz")  # and no other symlink leads the write out of --out
+        for name in _outputs(safe_case_name(case.name, case.files[0]), output_format):
+            target = (out_dir / name).resolve()
+            if target in inputs:
+                raise InputError(f"{target}: the output would overwrite an input scan; choose another --out")
+            path_inside(out_dir, case.name, name[len(case.name) :])  # no symlink leads out of --out
+        if seg and (len(case.files) != 1 or not is_dicom_source(case.files[0])):
+            raise InputError(
+                f"{case.files[0]}: --format dicom-seg needs DICOM input (a Segmentation references its "
+                "source series); this scan is NIfTI: use --format nifti"
+            )
         vol = load_volume(list(case.files))
         channels = 1 if vol.array.ndim == 3 else vol.array.shape[0]
         if in_chans is not None and channels != in_chans:
             raise InputError(
                 f"{case.files[0]}: case {case.name!r} has {channels} channel(s), the model takes {in_chans}"
             )
+        if seg:
+            series_headers(case.files[0])
         del vol
+
+
+def _require_seg_writer() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("highdicom") is None:
+        raise InputError(
+            "--format dicom-seg needs highdicom (not installed): pip install 'hiend-model[dicom]'"
+        )
+
+
+def output_label_names(infos: Sequence[Any], labels: Any, num_classes: int) -> dict[int, str]:
+    """Label value -> name for the outputs: ``labels`` (a dataset.json path or a dict) if given, else the
+    first checkpoint's names (``hiend-train finetune`` stores the dataset's), else none (``{}``).
+
+    InputError when a name's value is not a class of the model (``>= num_classes``)."""
+    if labels is None:
+        names = next((i.label_names for i in infos if getattr(i, "label_names", None)), None) or {}
+        where = infos[0].path if infos else "the checkpoint"
+    elif isinstance(labels, (str, os.PathLike)):
+        from hiend_data.labels import read_label_names
+
+        names, where = read_label_names(Path(labels)), labels
+    else:
+        names, where = {int(k): str(v) for k, v in dict(labels).items()}, "label names"
+    too_big = sorted(v for v in names if v >= num_classes or v < 1)
+    if too_big:
+        raise InputError(
+            f"{where}: label value(s) {too_big} are not foreground classes of a model with {num_classes} "
+            f"classes (0..{num_classes - 1})"
+        )
+    return dict(sorted(names.items()))
 
 
 def _checkpoint_list(ckpt_path: Any) -> list[Path]:
@@ -450,6 +518,8 @@ def predict_files(
     progress: bool = True,
     sw_batch_size: int = 1,
     amp: bool = False,
+    output_format: str = "nifti",
+    labels: Any = None,
 ) -> list[Path]:
     """Segment scans with a UNETR checkpoint, or an ensemble; write ``{out_dir}/{case}.nii.gz`` per scan.
 
@@ -461,16 +531,30 @@ def predict_files(
     written, so a bad file stops the run with an InputError naming it and nothing half-done. Outputs
     lie on their input's own grid and affine; dtype uint8 up to 256 classes, else uint16. Returns the
     paths written, in input order. All members are held in memory (on ``device``) together.
+
+    ``output_format`` (:data:`FORMATS`): ``"nifti"``; ``"dicom-seg"``: ``{case}.dcm``, a DICOM
+    Segmentation referencing the input series (:func:`hiend_data.dicom_seg.write_seg`; every input
+    must be DICOM); ``"both"``. ``labels``: the segments' names, a dataset.json path or a ``{value:
+    name}`` dict; default: the checkpoint's (:func:`output_label_names`).
     """
+    if output_format not in FORMATS:
+        raise InputError(f"--format {output_format!r}: expected one of {', '.join(FORMATS)}")
+    seg = output_format in ("dicom-seg", "both")
+    if seg:
+        _require_seg_writer()
     paths = _checkpoint_list(ckpt_path)
     device = resolve_device(device)
     infos = [read_checkpoint_info(p, expected_kind="unetr") for p in paths]
     check_ensemble(infos)
+    num_classes = int(infos[0].config.get("num_classes", 2))
+    names = output_label_names(infos, labels, num_classes)
+    # every class is a segment (named or "label N"): the same segment numbers in every scan's SEG
+    seg_names = {v: names.get(v) or f"label {v}" for v in range(1, num_classes)}
     models = [load_checkpoint(p, expected_kind="unetr", map_location=device)[0] for p in paths]
     model, plan = models[0], infos[0].plan
     cases = collect_cases(inputs)
     out_dir = Path(out_dir)
-    _check_inputs(cases, model.config.in_chans, out_dir)
+    _check_inputs(cases, model.config.in_chans, out_dir, output_format)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     what = f" ({len(models)} models)" if len(models) > 1 else ""
@@ -493,7 +577,7 @@ def predict_files(
 
             volume = load_volume(list(case.files))
             bar.update(task, description=f"{label}: preprocessing")
-            labels = predict_ensemble(
+            labels_map = predict_ensemble(
                 models,
                 volume,
                 plan,
@@ -505,8 +589,24 @@ def predict_files(
                 progress=step if progress else None,
             )
             bar.update(task, description=f"{label}: writing")
-            path = save_volume(out_dir / f"{case.name}.nii.gz", labels, like=volume)
-            written.append(Path(path))
+            if output_format != "dicom-seg":
+                written.append(Path(save_volume(out_dir / f"{case.name}.nii.gz", labels_map, like=volume)))
+            if seg:
+                from hiend_data.dicom_seg import write_seg
+
+                written.append(
+                    write_seg(
+                        labels_map,
+                        volume.affine,
+                        series_headers(case.files[0]),
+                        out_dir / f"{case.name}{SEG_SUFFIX}",
+                        seg_names,
+                        software_version=f"hiend-model {__version__}",
+                        description="hiend-model predict",
+                        algorithm="hiend-model UNETR"
+                        + (f" ensemble of {len(models)}" if len(models) > 1 else ""),
+                    )
+                )
             bar.update(task, description=f"{label}: done")
-            del volume, labels
+            del volume, labels_map
     return written

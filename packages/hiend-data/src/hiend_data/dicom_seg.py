@@ -1,0 +1,381 @@
+"""DICOM Segmentation objects (SEG) out of and back into hiend label maps (the ``hiend-data[dicom]`` extra).
+
+**highdicom** (the ecosystem's SEG implementation, on pydicom) builds and parses the objects; this
+module only maps between hiend's grid and the source series' frames:
+
+* :func:`write_seg`: a label map on the grid :func:`hiend_data.load_volume` gave for a DICOM series ->
+  one BINARY Segmentation referencing that series and, frame by frame, the source images it segments;
+  one segment per foreground label (segment number = label value, labelled with its name); frames
+  without any voxel of a segment are left out (highdicom's ``omit_empty_frames``).
+* :func:`decode_on_source`: a SEG -> the label map on the source series' grid again, voxel for voxel,
+  through the frames' referenced source images (what :func:`write_seg` wrote, read back).
+* :func:`read_seg`: a SEG alone -> a label map on the SEG's own grid (the span of its frames along the
+  slice normal; the frames it leaves out are background): what ``load_volume`` returns for a SEG file,
+  so that ``hiend-eval score`` reads SEGs from any tool.
+
+Geometry: each source frame's pixel ``(row r, column c)`` lies at ``IPP + c * dc * F_row + r * dr *
+F_col`` (DICOM's ImagePositionPatient, ImageOrientationPatient ``F_row, F_col`` and PixelSpacing ``dr,
+dc``, LPS); hiend's affines are RAS+ (nibabel), so a frame's voxels on the hiend grid are
+``inv(affine) @ diag(-1, -1, 1) @ position``. The mapping must land on whole voxels (within
+:data:`VOXEL_TOL`) along the grid's axes, or the label map was not made on this series' grid.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_path
+from .errors import InputError
+
+#: How far (in voxels) a source frame's pixel may lie from the hiend grid's voxel centres
+VOXEL_TOL = 0.25
+#: RAS <-> LPS (its own inverse)
+LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: Type 2 attributes highdicom copies from the source images; scanners may leave them out
+_TYPE2_DEFAULTS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+SEG_SERIES_NUMBER_OFFSET = 1000  # the SEG's SeriesNumber: the source's + this (a common convention)
+
+
+def _require() -> Any:
+    try:
+        import highdicom
+    except ImportError as exc:
+        raise InputError(
+            f"DICOM Segmentation needs highdicom ({exc}): pip install 'hiend-data[dicom]'"
+        ) from None
+    return highdicom
+
+
+def _floats(values: Any) -> np.ndarray:
+    return np.asarray([float(v) for v in values], dtype=np.float64)
+
+
+def _first(ds: Any, sequence: str) -> Any:
+    item = ds.get(sequence)
+    return item[0] if item else None
+
+
+def frame_planes(datasets: Sequence[Any]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(position, orientation, spacing)`` of every source frame (LPS mm; orientation 6 values: the
+    row then the column direction; spacing ``[between rows, between columns]``), in ``datasets`` order
+    (single-frame slices), or frame order of one multi-frame file."""
+    if len(datasets) == 1 and "PerFrameFunctionalGroupsSequence" in datasets[0]:
+        ds = datasets[0]
+        shared = _first(ds, "SharedFunctionalGroupsSequence")
+        planes = []
+        for frame in ds.PerFrameFunctionalGroupsSequence:
+
+            def pick(seq: str, frame: Any = frame) -> Any:
+                got = _first(frame, seq)
+                return got if got is not None else (_first(shared, seq) if shared is not None else None)
+
+            pos, ori, mea = (
+                pick("PlanePositionSequence"),
+                pick("PlaneOrientationSequence"),
+                pick("PixelMeasuresSequence"),
+            )
+            if pos is None or ori is None or mea is None:
+                raise InputError(
+                    f"{ds.filename}: a frame without plane position, orientation or pixel spacing"
+                )
+            planes.append(
+                (
+                    _floats(pos.ImagePositionPatient),
+                    _floats(ori.ImageOrientationPatient),
+                    _floats(mea.PixelSpacing),
+                )
+            )
+        return planes
+    return [
+        (_floats(ds.ImagePositionPatient), _floats(ds.ImageOrientationPatient), _floats(ds.PixelSpacing))
+        for ds in datasets
+    ]
+
+
+def frame_voxels(
+    planes: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    affine: np.ndarray,
+    shape: Sequence[int],
+    rows: int,
+    columns: int,
+    where: object = "the source series",
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """For each frame, the hiend-grid voxel index arrays ``(i, j, k)``, each ``[rows, columns]``, of its
+    pixels: ``labels[i, j, k]`` is the frame. InputError naming ``where`` when a frame does not lie on
+    the grid (off the voxel centres, not along its axes, or outside it)."""
+    to_voxel = np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ LPS_FROM_RAS
+    out = []
+    r = np.arange(rows)[:, None]
+    c = np.arange(columns)[None, :]
+    for n, (pos, ori, spacing) in enumerate(planes):
+        corner = (to_voxel @ np.append(pos, 1.0))[:3]
+        step_c = to_voxel[:3, :3] @ (ori[:3] * spacing[1])  # one column to the right
+        step_r = to_voxel[:3, :3] @ (ori[3:] * spacing[0])  # one row down
+        ints = [np.round(v) for v in (corner, step_c, step_r)]
+        off = max(float(np.abs(v - i).max()) for v, i in zip((corner, step_c, step_r), ints, strict=True))
+        unit = all(int(np.abs(i).sum()) == 1 and float(np.abs(i).max()) == 1 for i in ints[1:])
+        if off > VOXEL_TOL or not unit:
+            raise InputError(
+                f"{where}: frame {n + 1} does not lie on the label map's grid (off by {off:.3g} voxels); "
+                "the label map was not made on this series"
+            )
+        o, dc, dr = (i.astype(np.int64) for i in ints)
+        idx = tuple(o[a] + r * dr[a] + c * dc[a] for a in range(3))
+        for a in range(3):
+            lo, hi = int(idx[a].min()), int(idx[a].max())
+            if lo < 0 or hi >= shape[a]:
+                raise InputError(
+                    f"{where}: frame {n + 1} reaches voxel {lo}..{hi} on axis {a} of a grid of {tuple(shape)}"
+                )
+        out.append(idx)
+    return out
+
+
+def _with_type2(datasets: Sequence[Any]) -> list[Any]:
+    """Copies of the headers with the Type 2 patient/study attributes highdicom copies present (empty
+    where the scanner left them out), pixel data dropped."""
+    import copy
+
+    out = []
+    for ds in datasets:
+        ds = copy.copy(ds)  # shallow: the attributes set below are this copy's only
+        for name in _TYPE2_DEFAULTS:
+            if name not in ds:
+                setattr(ds, name, "")
+        out.append(ds)
+    return out
+
+
+def _category_and_type(name: str) -> tuple[Any, Any]:
+    """SNOMED CT codes for a label name pydicom knows (``"liver"``, ``"spleen"``, ``"left kidney"``,
+    ``"kidney_left"``, ...): (Anatomical Structure, the organ); otherwise (Tissue, Tissue)."""
+    from pydicom.sr.codedict import codes
+
+    words = name.replace("_", " ").replace("-", " ").split()
+    candidates = ["".join(w.capitalize() for w in words)]
+    if len(words) == 2 and words[1].lower() in ("left", "right"):  # kidney_left -> LeftKidney
+        candidates.append(words[1].capitalize() + words[0].capitalize())
+    for key in candidates:
+        try:
+            code = getattr(codes.SCT, key)
+        except AttributeError:
+            continue
+        return codes.SCT.AnatomicalStructure, code
+    return codes.SCT.Tissue, codes.SCT.Tissue
+
+
+def _segment_names(names: Mapping[int, str] | None, top: int) -> dict[int, str]:
+    names = dict(names or {})
+    top = max([top, *names]) if names else top
+    return {v: str(names.get(v) or f"label {v}")[:64] for v in range(1, top + 1)}
+
+
+def write_seg(
+    labels: np.ndarray,
+    affine: np.ndarray,
+    source: Sequence[Any],
+    out: str | os.PathLike[str],
+    names: Mapping[int, str] | None = None,
+    *,
+    software_version: str = "",
+    description: str = "hiend segmentation",
+    algorithm: str = "hiend",
+) -> Path:
+    """Write ``labels`` as one DICOM Segmentation of the series ``source`` to ``out`` (atomically).
+
+    Args:
+        labels: ``[X, Y, Z]`` integer label map on the grid ``load_volume`` returned for the series.
+        affine: that grid's 4x4 RAS+ affine (mm).
+        source: the series' datasets (:func:`hiend_data.dicom.series_headers`; pixel data not needed).
+        names: label value -> name; segments ``1 .. max(label, name)`` are all described (a label
+            without a name is ``"label N"``); names are cut to DICOM's 64 characters.
+        software_version, description, algorithm: the SEG's SoftwareVersions, SeriesDescription and
+            the segments' algorithm name.
+
+    Returns ``out``. Raises InputError when the map is not on the series' grid, and for a label map
+    without any segment to describe (all background and no names).
+    """
+    hd = _require()
+    from pydicom.sr.codedict import codes
+
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise InputError(f"{out}: a DICOM Segmentation needs a 3-D label map, got shape {labels.shape}")
+    if labels.dtype.kind not in "ui":
+        raise InputError(f"{out}: label map of dtype {labels.dtype}, expected integers")
+    top = int(labels.max()) if labels.size else 0
+    segments = _segment_names(names, top)
+    if not segments:
+        raise InputError(f"{out}: nothing to write: the label map is all background and no labels are named")
+    datasets = list(source)
+    single = not (len(datasets) == 1 and "PerFrameFunctionalGroupsSequence" in datasets[0])
+    planes = frame_planes(datasets)
+    if single:  # frames in slice order: a SEG reads best in the order of the stack
+        normal = np.cross(planes[0][1][:3], planes[0][1][3:])
+        order = np.argsort([float(normal @ p[0]) for p in planes], kind="stable")
+        datasets = [datasets[i] for i in order]
+        planes = [planes[i] for i in order]
+    rows, columns = int(datasets[0].Rows), int(datasets[0].Columns)
+    where = getattr(datasets[0], "filename", None) or "the source series"
+    index = frame_voxels(planes, affine, labels.shape, rows, columns, where=Path(str(where)).parent)
+    dtype = np.uint8 if len(segments) < 256 else np.uint16
+    frames = np.stack([labels[idx] for idx in index]).astype(dtype, copy=False)
+    algo = hd.AlgorithmIdentificationSequence(
+        name=algorithm, version=software_version or "unknown", family=codes.DCM.ArtificialIntelligence
+    )
+    descriptions = []
+    for number, name in segments.items():
+        category, kind = _category_and_type(name)
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=name,
+                segmented_property_category=category,
+                segmented_property_type=kind,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algo,
+            )
+        )
+    first = datasets[0]
+    try:
+        series_number = int(first.get("SeriesNumber") or 0) + SEG_SERIES_NUMBER_OFFSET
+    except (TypeError, ValueError):
+        series_number = SEG_SERIES_NUMBER_OFFSET
+    import logging
+
+    quiet = logging.getLogger("highdicom")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "all frames empty: encoding all of them" is not the user's business
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=_with_type2(datasets),
+            pixel_array=frames,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(),
+            series_number=series_number,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="hiend",
+            manufacturer_model_name=algorithm,
+            software_versions=software_version or "unknown",
+            device_serial_number="0",
+            series_description=description[:64],
+            content_label="HIEND",
+            content_description=description[:64],
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise InputError(
+            f"{out}: cannot build the DICOM Segmentation ({type(exc).__name__}: {exc})"
+        ) from None
+    finally:
+        quiet.setLevel(level)
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        seg.save_as(tmp, enforce_file_format=True)
+    return out
+
+
+def _open_seg(path: Path) -> Any:
+    hd = _require()
+    try:
+        return hd.seg.segread(path)
+    except Exception as exc:  # noqa: BLE001 - anything highdicom cannot parse is a bad file here
+        raise InputError(f"{path}: not a readable DICOM Segmentation ({type(exc).__name__}: {exc})") from None
+
+
+def segment_names(path: str | os.PathLike[str]) -> dict[int, str]:
+    """Segment number -> SegmentLabel of the SEG at ``path``."""
+    seg = _open_seg(Path(path))
+    return {int(item.SegmentNumber): str(item.SegmentLabel) for item in seg.SegmentSequence}
+
+
+def _check_labelled(path: Path, seg: Any) -> None:
+    kind = str(seg.get("SegmentationType", ""))
+    if kind not in ("BINARY", "LABELMAP"):
+        raise InputError(
+            f"{path}: a {kind} DICOM Segmentation (probabilities); hiend reads BINARY and LABELMAP ones"
+        )
+
+
+def read_seg(path: str | os.PathLike[str], dataset: Any = None) -> Any:
+    """A SEG file as a nibabel image: ``[X, Y, Z]`` uint8/uint16 segment numbers (overlaps refused) on
+    the SEG's own grid (array axes: columns, rows, slices of its frames, in slice order; RAS+ affine).
+
+    The grid spans the SEG's frames along the slice normal only (frames left out in between are
+    background); ``hiend-eval score`` places it on the reference grid. ``dataset`` is unused (the file
+    is parsed by highdicom)."""
+    import nibabel as nib
+
+    del dataset
+    path = Path(path)
+    seg = _open_seg(path)
+    _check_labelled(path, seg)
+    try:
+        volume = seg.get_volume(combine_segments=True)
+    except (ValueError, RuntimeError) as exc:
+        raise InputError(
+            f"{path}: the Segmentation's frames do not form a regular volume ({exc}); "
+            "decode it against its source series instead"
+        ) from None
+    array = np.asarray(volume.array)  # [slice, row, column]
+    top = int(array.max()) if array.size else 0
+    array = np.ascontiguousarray(np.transpose(array, (2, 1, 0))).astype(
+        np.uint8 if top < 256 else np.uint16, copy=False
+    )
+    # highdicom's affine maps (slice, row, column) to LPS; hiend's array is (column, row, slice), RAS
+    swap = np.eye(4)[[2, 1, 0, 3]]
+    affine = LPS_FROM_RAS @ np.asarray(volume.affine, dtype=np.float64) @ swap
+    img = nib.Nifti1Image(array, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm", "sec")
+    return img
+
+
+def decode_on_source(
+    path: str | os.PathLike[str], source: Sequence[Any], affine: np.ndarray, shape: Sequence[int]
+) -> np.ndarray:
+    """The SEG at ``path`` as a label map ``[X, Y, Z]`` (segment numbers) on the grid of its source
+    series (``source``: :func:`hiend_data.dicom.series_headers`; ``affine``/``shape``: the grid
+    ``load_volume`` gives that series), through each frame's referenced source image (or frame)."""
+    path = Path(path)
+    seg = _open_seg(path)
+    _check_labelled(path, seg)
+    datasets = list(source)
+    planes = frame_planes(datasets)
+    rows, columns = int(datasets[0].Rows), int(datasets[0].Columns)
+    index = frame_voxels(planes, affine, shape, rows, columns, where=path)
+    try:
+        if len(datasets) == 1 and "PerFrameFunctionalGroupsSequence" in datasets[0]:
+            frames = seg.get_pixels_by_source_frame(
+                source_sop_instance_uid=datasets[0].SOPInstanceUID,
+                source_frame_numbers=list(range(1, len(planes) + 1)),
+                combine_segments=True,
+            )
+        else:
+            frames = seg.get_pixels_by_source_instance(
+                source_sop_instance_uids=[ds.SOPInstanceUID for ds in datasets], combine_segments=True
+            )
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise InputError(f"{path}: does not reference this series' images ({exc})") from None
+    top = int(frames.max()) if frames.size else 0
+    out = np.zeros(tuple(shape), dtype=np.uint8 if top < 256 else np.uint16)
+    for frame, idx in zip(frames, index, strict=True):
+        out[idx] = frame
+    return out
