@@ -224,3 +224,11 @@ def test_dicom_seg_refusals_leave_nothing_written(
     )
     assert "pip install 'hiend-model[dicom]'" in line
     assert not out.exists()
+
+
+def test_info_shows_the_label_names(named_ckpt, ckpt):
+    r = CliRunner().invoke(app, ["info", str(named_ckpt)])
+    assert r.exit_code == 0, r.output
+    assert "labels: 1 liver, 2 spleen" in r.stdout
+    r = CliRunner().invoke(app, ["info", str(ckpt)])
+    assert "labels: none" in r.stdout

@@ -501,3 +501,126 @@ def test_discovery_and_preprocess_of_series_folders(small, tmp_path):
     from hiend_data.cache import Cache
 
     assert sorted(Cache.open(out).cases) == ["ct", "patient2", "two"]
+
+
+# ------------------------------------------------------------------------ DICOM-SEG (dicom_seg)
+
+highdicom = pytest.importorskip("highdicom")
+
+
+@pytest.mark.parametrize("key", ["ras", "lps"])
+def test_seg_written_on_a_series_decodes_back_and_reads_alone(series, key, tmp_path):
+    """A label map on the grid of a real scan's series -> SEG -> the same map (through the source's
+    frames, and from the SEG alone placed back on the grid); frames without labels are left out."""
+    from hiend_data.dicom import series_headers
+    from hiend_data.dicom_seg import decode_on_source, segment_names, write_seg
+    from hiend_data.geometry import place_on_grid
+
+    vol = load_volume(series[key])
+    x, y, z = vol.shape
+    labels = np.zeros(vol.shape, np.uint8)
+    labels[x // 4 : x // 2, y // 3 : y // 2, z // 3 : z // 2] = 1  # a block in the middle slices
+    labels[x // 2 :, : y // 4, z // 2 : z // 2 + 2] = 4  # value 4: segments 2 and 3 named but empty
+    labels[0, 0, z // 3] = 2  # one voxel in a corner
+    headers = series_headers(series[key])
+    names = {1: "liver", 2: "spleen", 4: "kidney_left"}
+    out = write_seg(labels, vol.affine, headers, tmp_path / "seg.dcm", names, software_version="test")
+    ds = pydicom.dcmread(out)
+    assert ds.Modality == "SEG" and ds.SegmentationType == "BINARY"
+    assert ds.SeriesNumber == 1001 and ds.SeriesInstanceUID != headers[0].SeriesInstanceUID
+    # one frame per (slice, segment) holding that segment: 1 -> z//2 - z//3 slices, 2 -> 1, 4 -> 2
+    assert int(ds.NumberOfFrames) == (z // 2 - z // 3) + 1 + 2
+    assert segment_names(out) == {1: "liver", 2: "spleen", 3: "label 3", 4: "kidney_left"}
+    assert np.array_equal(decode_on_source(out, headers, vol.affine, vol.shape), labels)
+    alone = load_volume(out)
+    assert alone.shape[2] == z // 2 + 2 - z // 3  # the span of its frames only
+    assert alone.array.dtype == np.uint8
+    placed = place_on_grid(alone.array, alone.affine, vol.shape, vol.affine)
+    assert placed is not None and np.array_equal(placed, labels)
+
+
+def test_seg_refuses_a_label_map_off_the_series_grid(series, tmp_path):
+    from hiend_data.dicom import series_headers
+    from hiend_data.dicom_seg import write_seg
+
+    vol = load_volume(series["ras"])
+    labels = np.ones(vol.shape, np.uint8)
+    shifted = vol.affine.copy()
+    shifted[:3, 3] += vol.affine[:3, 0] * 0.5  # half a voxel along the first axis
+    with pytest.raises(InputError, match="does not lie on the label map's grid"):
+        write_seg(labels, shifted, series_headers(series["ras"]), tmp_path / "seg.dcm")
+    with pytest.raises(InputError, match="reaches voxel"):
+        write_seg(labels[:-3], vol.affine, series_headers(series["ras"]), tmp_path / "seg.dcm")
+    assert not (tmp_path / "seg.dcm").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_pydicom_real_seg_reads_as_a_label_map(tmp_path):
+    """pydicom's liver_1frame.dcm (a one-frame BINARY SEG made by another tool): its pixels, decoded
+    independently by pydicom, are hiend's label map (array axes column, row); a big-endian one and a
+    folder holding only a SEG are refused in one line."""
+    from pydicom.data import get_testdata_file
+
+    path = Path(get_testdata_file("liver_1frame.dcm"))
+    vol = load_volume(path)
+    pixels = pydicom.dcmread(path).pixel_array  # [rows, columns], 0/1
+    assert vol.shape == (pixels.shape[1], pixels.shape[0], 1)
+    assert np.array_equal(vol.array[:, :, 0], pixels.T) and int(vol.array.sum()) > 1000
+    spacing = [
+        float(v)
+        for v in pydicom.dcmread(path).SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+    ]
+    np.testing.assert_allclose(np.linalg.norm(vol.affine[:3, :2], axis=0), spacing[::-1], rtol=1e-6)
+    _refused(Path(get_testdata_file("liver_expb_1frame.dcm")), "not a readable DICOM Segmentation")
+    folder = tmp_path / "segs"
+    folder.mkdir()
+    shutil.copy(path, folder / "seg.dcm")
+    _refused(folder, "give a SEG file itself")
+
+
+def test_place_on_grid_exact_blocks_only():
+    from hiend_data.geometry import place_on_grid
+
+    rng = np.random.default_rng(0)
+    target = np.diag([0.8, 0.8, 2.0, 1.0])
+    target[:3, 3] = [-5, 7, 11]
+    full = np.zeros((9, 8, 7), np.uint8)
+    full[2:6, 1:5, 3:6] = rng.integers(0, 4, (4, 4, 3))
+    block = full[2:6, 1:5, 3:6]
+    corner = target @ [2, 1, 3, 1]
+    # the block stored with axes permuted and the slice axis reversed
+    stored = np.flip(np.transpose(block, (2, 0, 1)), axis=0)
+    aff = np.zeros((4, 4))
+    aff[:3, 0] = -target[:3, 2]  # stored axis 0: target axis 2, reversed
+    aff[:3, 1] = target[:3, 0]
+    aff[:3, 2] = target[:3, 1]
+    aff[:3, 3] = corner[:3] + target[:3, 2] * (block.shape[2] - 1)
+    aff[3, 3] = 1
+    assert np.array_equal(place_on_grid(stored, aff, full.shape, target), full)
+    assert np.array_equal(place_on_grid(full, target, full.shape, target), full)
+    half = target.copy()
+    half[:3, 3] += [0.4, 0, 0]  # half a voxel off
+    assert place_on_grid(full, half, full.shape, target) is None
+    scaled = target @ np.diag([2.0, 1, 1, 1])  # another spacing
+    assert place_on_grid(full, scaled, full.shape, target) is None
+    outside = target.copy()
+    outside[:3, 3] -= target[:3, 0] * 3  # three voxels before the grid: labelled voxels fall off it
+    assert place_on_grid(full, outside, full.shape, target) is None
+    assert place_on_grid(np.zeros_like(full), outside, full.shape, target).sum() == 0
+
+
+def test_zipped_series_in_a_folder_are_cases(small, tmp_path):
+    from hiend_data.naming import dicom_folders
+
+    hu, affine = small
+    root = tmp_path / "pool"
+    write_series(hu, affine, root / "plain")
+    packed = write_series(hu + 7, affine, tmp_path / "packed", seed=9)
+    with zipfile.ZipFile(root / "packed.zip", "w") as zf:
+        for f in packed.iterdir():
+            zf.write(f, f"packed/{f.name}")
+    with zipfile.ZipFile(root / "notes.zip", "w") as zf:  # not DICOM: not a case
+        zf.writestr("notes.txt", "hello")
+    assert [p.name for p in dicom_folders(root)] == ["packed.zip", "plain"]
+    cases = discover(root)
+    assert [c.case_id for c in cases] == ["packed", "plain"]
+    np.testing.assert_array_equal(load_volume(cases[0].images[0]).array, hu + 7)

@@ -146,6 +146,10 @@ def info(
         else:
             lines.append("plan:")
             lines += [f"  {k}: {_fmt(k, v)}" for k, v in s["plan"].items()]
+        if s.get("labels"):
+            lines.append("labels: " + ", ".join(f"{k} {v}" for k, v in s["labels"].items()))
+        else:
+            lines.append("labels: none (predict names segments 'label N'; give --labels dataset.json)")
         lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in s["versions"].items()))
         if s["extra"]:
             lines.append("provenance:")
