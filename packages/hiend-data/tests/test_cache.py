@@ -184,3 +184,74 @@ def test_skip_bad_goes_on(dataset, tmp_path, nii, capsys, workers):
     )
     assert cache.cases == ["case0", "case2"]
     assert "case1.nii.gz: label map has negative values" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ label names
+
+
+def test_label_names_from_the_dataset_json(dataset, tmp_path):
+    out = tmp_path / "cache"
+    cache = preprocess_dataset(dataset, out, Plan(), workers=0, progress=False)
+    assert json.loads((out / "labels.json").read_text()) == {"labels": {"1": "tissue", "2": "bone"}}
+    assert cache.label_names == {1: "tissue", 2: "bone"}
+    assert Cache.open(out).label_names == {1: "tissue", 2: "bone"}
+    # not part of the plan: the plan (and its digest, which marks cases current) is as it was
+    assert "labels" not in json.loads((out / "plan.json").read_text())
+    assert cache.plan.digest() == Plan().digest()
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".lock"]
+
+
+def test_label_names_given_override_and_reruns_keep_cases(dataset, tmp_path):
+    out = tmp_path / "cache"
+    preprocess_dataset(dataset, out, Plan(), workers=0, progress=False)
+    before = _mtimes(out)
+    cache = preprocess_dataset(
+        dataset, out, Plan(), workers=0, progress=False, labels={0: "bg", 2: "cortical bone", 1: "soft"}
+    )
+    assert cache.label_names == {1: "soft", 2: "cortical bone"} and list(cache.label_names) == [1, 2]
+    assert _mtimes(out) == before  # new names, same plan: no case is recomputed
+    assert json.loads((out / "labels.json").read_text())["labels"] == {"1": "soft", "2": "cortical bone"}
+    with pytest.raises(InputError, match="labels: label value -1 is not an integer >= 0"):
+        preprocess_dataset(dataset, out, Plan(), workers=0, progress=False, labels={-1: "x"})
+    with pytest.raises(InputError, match="labels: label 1 has name ''"):
+        preprocess_dataset(dataset, out, Plan(), workers=0, progress=False, labels={1: ""})
+    with pytest.raises(InputError, match="only background"):
+        preprocess_dataset(dataset, out, Plan(), workers=0, progress=False, labels={0: "bg"})
+
+
+def test_no_label_names_without_a_usable_dataset_json(dataset, tmp_path, nii, capsys):
+    pool = tmp_path / "pool"  # a plain folder: nothing names the labels
+    nii.write(pool / "s1.nii.gz", nii.tiny_ct(), np.diag([3.0, 3.0, 3.0, 1.0]))
+    cache = preprocess_dataset(pool, tmp_path / "c1", Plan(), workers=0, progress=False)
+    assert cache.label_names is None and not (tmp_path / "c1" / "labels.json").exists()
+    meta = json.loads((dataset / "dataset.json").read_text())
+    meta["labels"] = {"background": 0, "tissue": 1, "tissue_or_bone": [1, 2]}  # region-based: no names
+    (dataset / "dataset.json").write_text(json.dumps(meta))
+    cache = preprocess_dataset(dataset, tmp_path / "c2", Plan(), workers=0, progress=False)
+    assert len(cache.cases) == 3 and cache.label_names is None
+    assert not (tmp_path / "c2" / "labels.json").exists()
+    err = capsys.readouterr().err
+    assert "warning:" in err and "region-based labels are not supported" in err and "no label names" in err
+    del meta["labels"]  # no labels map at all: nothing to say
+    (dataset / "dataset.json").write_text(json.dumps(meta))
+    assert preprocess_dataset(dataset, tmp_path / "c3", Plan(), workers=0, progress=False).label_names is None
+    assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "what"),
+    [
+        ("{oops", "not valid JSON"),
+        ("[1]", "expected a JSON object"),
+        ('{"labels": {"0": "background"}}', "label key '0'"),
+        ('{"labels": {"1": 7}}', "label 1 has name 7"),
+        ('{"names": {}}', "label names must be an object"),
+    ],
+)
+def test_corrupt_labels_json_names_it(dataset, tmp_path, content, what):
+    out = tmp_path / "cache"
+    preprocess_dataset(dataset, out, Plan(), workers=0, progress=False)
+    (out / "labels.json").write_text(content)
+    with pytest.raises(InputError) as err:
+        Cache.open(out)
+    assert str(err.value).startswith(str(out / "labels.json")) and what in str(err.value)

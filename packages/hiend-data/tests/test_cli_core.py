@@ -103,3 +103,27 @@ def test_help_imports_nothing_heavy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_preprocess_labels_option_and_inspect(tmp_path, nii):
+    src = tmp_path / "pool"
+    ct = nii.tiny_ct()
+    nii.write(src / "images" / "s1.nii.gz", ct, np.diag([3.0, 3.0, 3.0, 1.0]))
+    nii.write(src / "labels" / "s1.nii.gz", nii.tiny_label(ct), np.diag([3.0, 3.0, 3.0, 1.0]))
+    (tmp_path / "manifest.txt").write_text(f"{src / 'images' / 's1.nii.gz'},{src / 'labels' / 's1.nii.gz'}\n")
+    djson = tmp_path / "dataset.json"
+    djson.write_text(json.dumps({"labels": {"0": "background", "1": "tissue", "2": "bone"}}))  # v1 form
+    out = tmp_path / "cache"
+    res = _run(
+        "preprocess", tmp_path / "manifest.txt", out, "--labels", djson, "--workers", "0", "--no-progress"
+    )
+    assert res.exit_code == 0, res.output
+    assert Cache.open(out).label_names == {1: "tissue", 2: "bone"}
+    info = json.loads(_run("inspect", out, "--json").stdout.strip().splitlines()[-1])
+    assert info["labels"] == {"1": "tissue", "2": "bone"}
+    text = _run("inspect", out)
+    assert text.exit_code == 0 and "labels       1 tissue, 2 bone" in text.stdout
+    djson.write_text(json.dumps({"labels": {"background": 0, "both": [1, 2]}}))
+    res = _run("preprocess", tmp_path / "manifest.txt", tmp_path / "c2", "--labels", djson, "--no-progress")
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert str(djson) in res.stderr and "region" in res.stderr and not (tmp_path / "c2").exists()

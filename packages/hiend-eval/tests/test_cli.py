@@ -354,3 +354,68 @@ def test_out_is_a_file(folders):
 def test_bad_tolerance(folders, tolerance):
     root, _, _ = folders
     _expect_error(root, [root / "pred", root / "ref", "--tolerance", tolerance], "--tolerance")
+
+
+def _hiend_checkpoint(path: Path, extra: dict, fmt: str = "hiend") -> Path:
+    """A file with a hiend checkpoint's metadata (written without torch: only the metadata is read)."""
+    from safetensors.numpy import save_file
+
+    metadata = {"format": fmt, "kind": "unetr", "config": "{}", "plan": "null", "extra": json.dumps(extra)}
+    save_file({"w": np.zeros(2, np.float32)}, str(path), metadata=metadata)
+    return path
+
+
+def test_labels_from_a_checkpoint_like_from_its_dataset_json(folders):
+    from hiend_data.labels import label_names_to_json, read_label_names
+
+    root, _, values = folders
+    names = label_names_to_json(read_label_names(root / "dataset.json"))  # as hiend-train stores them
+    ckpt = _hiend_checkpoint(root / "best.safetensors", {"hiend_train": {"epoch": 3}, "labels": names})
+    summaries = []
+    for source, out in ((root / "dataset.json", root / "out_json"), (ckpt, root / "out_ckpt")):
+        res = _invoke(
+            "score", root / "pred", root / "ref", "--out", out, "--labels", source, "--workers", "1"
+        )
+        assert res.exit_code == 0, res.stderr
+        summaries.append(json.loads((out / "summary.json").read_text()))
+    by_json, by_ckpt = summaries
+    assert by_ckpt["names"] == by_json["names"]
+    assert by_ckpt["names"]["3"] == "s3" and by_ckpt["names"]["250"] == "not_in_any_map"
+    assert list(by_ckpt["mean"]) == [str(v) for v in values] + ["foreground"]
+    assert by_ckpt["per_case"] == by_json["per_case"] and by_ckpt["mean"] == by_json["mean"]
+
+
+def test_checkpoint_without_label_names_is_refused(folders):
+    root, _, _ = folders
+    ckpt = _hiend_checkpoint(root / "pre.safetensors", {"hiend_train": {"epoch": 3}})
+    _expect_error(
+        root,
+        [root / "pred", root / "ref", "--labels", ckpt],
+        str(ckpt),
+        "carries no label names",
+        "dataset.json",
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (lambda p: _hiend_checkpoint(p, {"labels": {"1": "a"}}, fmt="other"), "not a hiend checkpoint"),
+        (lambda p: _hiend_checkpoint(p, {"labels": {"0": "background"}}), "extra.labels: label key '0'"),
+        (lambda p: p.write_bytes(b"\x00" * 20), "not a readable safetensors checkpoint"),
+    ],
+)
+def test_bad_checkpoint_as_labels(folders, make, needle):
+    root, _, _ = folders
+    ckpt = root / "x.safetensors"
+    make(ckpt)
+    _expect_error(root, [root / "pred", root / "ref", "--labels", ckpt], str(ckpt), needle)
+
+
+def test_read_label_source_dispatches_on_the_suffix(folders):
+    from hiend_eval.score import read_label_source, read_labels
+
+    root, _, _ = folders
+    ckpt = _hiend_checkpoint(root / "u.SAFETENSORS", {"labels": {"2": "spleen", "1": "liver"}})
+    assert read_label_source(ckpt) == {1: "liver", 2: "spleen"}
+    assert read_label_source(root / "dataset.json") == read_labels(root / "dataset.json")

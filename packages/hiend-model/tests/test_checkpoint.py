@@ -201,3 +201,39 @@ def test_failed_save_leaves_nothing(tmp_path: Path, mae_model):
 def test_tensor_shapes_from_header(mae_ckpt: Path, mae_model):
     shapes = tensor_shapes(mae_ckpt)
     assert shapes == {k: tuple(v.shape) for k, v in mae_model.state_dict().items()}
+
+
+def test_label_names_in_info_and_summary(tmp_path: Path, unetr_model, tiny):
+    from hiend_model.checkpoint import checkpoint_summary
+
+    labels = {"1": "liver", "2": "spleen"}
+    path = save_checkpoint(
+        tmp_path / "u.safetensors", unetr_model, plan=tiny.plan(), extra={"labels": labels}
+    )
+    info = read_checkpoint_info(path)
+    assert info.label_names == {1: "liver", 2: "spleen"}
+    summary = checkpoint_summary(path)
+    assert summary["labels"] == labels and summary["extra"]["labels"] == labels
+    assert json.loads(json.dumps(summary))["labels"] == labels
+    plain = save_checkpoint(tmp_path / "plain.safetensors", unetr_model, plan=tiny.plan())
+    assert read_checkpoint_info(plain).label_names is None and checkpoint_summary(plain)["labels"] is None
+
+
+@pytest.mark.parametrize(
+    ("labels", "what"),
+    [
+        ({"0": "background"}, "label key '0'"),
+        (["liver"], "must be an object"),
+        ({"1": ""}, "label 1 has name"),
+    ],
+)
+def test_bad_label_names_name_the_file(tmp_path: Path, unetr_model, labels, what):
+    from hiend_model.checkpoint import checkpoint_summary
+
+    path = save_checkpoint(tmp_path / "bad.safetensors", unetr_model, extra={"labels": labels})
+    info = read_checkpoint_info(path)  # the rest of the metadata stays readable
+    with pytest.raises(InputError) as err:
+        _ = info.label_names
+    assert str(err.value).startswith(f"{path}: metadata extra.labels: ") and what in str(err.value)
+    with pytest.raises(InputError, match="extra.labels"):
+        checkpoint_summary(path)

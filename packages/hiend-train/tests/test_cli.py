@@ -113,6 +113,16 @@ def test_help_does_not_import_torch():
             ["finetune", "--cache", "{cache}", "--out", "{tmp}/r", "--layer-decay", "1.5"],
             "layer_decay: Input should be less than or equal to 1",
         ),
+        (
+            {"ds.json": '{"labels": {"background": 0, "liver": 1, "tumour": 9}}'},
+            ["finetune", "--cache", "{cache}", "--out", "{tmp}/r", "--labels", "{tmp}/ds.json"],
+            "ds.json: names label 9 ('tumour') but the model has num_classes=7",
+        ),
+        (
+            {},
+            ["finetune", "--cache", "{cache}", "--out", "{tmp}/r", "--labels", "{tmp}/none.json"],
+            "none.json",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, phantom_cache, monkeypatch, files, args, message):

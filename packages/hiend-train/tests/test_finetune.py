@@ -103,3 +103,67 @@ def test_finetuning_from_the_papers_pretraining_file(tiny, tmp_path, shared_refe
     assert model.config.img_size == (48, 48, 48) and model.config.embed_dim == 96
     for k, v in mae.encoder.blocks.state_dict().items():
         torch.testing.assert_close(model.encoder.blocks.state_dict()[k], v, rtol=0, atol=1e-9)
+
+
+def _phantom_names() -> dict[int, str]:
+    from hiend_data.phantom import LABELS
+
+    return {value: name for name, value in LABELS.items() if value}
+
+
+def test_checkpoints_carry_the_datasets_label_names(tiny, tmp_path, phantom_cache):
+    import json
+
+    from hiend_data.cache import Cache
+    from hiend_model.checkpoint import checkpoint_summary, read_checkpoint_info
+
+    names = _phantom_names()
+    assert Cache.open(phantom_cache).label_names == names  # preprocess read the phantoms' dataset.json
+    cfg = tiny("finetune", epochs=1, batch_size=3, num_samples=1, warmup_epochs=0)
+    finetune.run(cfg)
+    last = RunDir(cfg.out).root / "last.safetensors"
+    info = read_checkpoint_info(last, expected_kind="unetr")
+    assert info.label_names == names and info.config["num_classes"] == 7
+    assert info.extra["labels"] == {
+        "1": "liver",
+        "2": "spleen",
+        "3": "kidney_right",
+        "4": "kidney_left",
+        "5": "spine",
+        "6": "lungs",
+    }
+    assert checkpoint_summary(last)["labels"] == info.extra["labels"]
+    # a dataset.json given in the config replaces the cache's names (v1 form; label 6 left unnamed)
+    djson = tmp_path / "dataset.json"
+    djson.write_text(json.dumps({"labels": {"0": "background", "1": "Liver", "5": "Spine"}}))
+    cfg2 = cfg.model_copy(update={"labels": djson, "out": tmp_path / "ft2"})
+    finetune.run(cfg2)
+    assert read_checkpoint_info(tmp_path / "ft2" / "last.safetensors").label_names == {1: "Liver", 5: "Spine"}
+
+
+def test_label_names_beyond_num_classes_are_refused(tiny, tmp_path, phantom_cache):
+    import json
+    import re
+    import types
+
+    names = _phantom_names()
+    cfg = tiny("finetune")
+    cache = types.SimpleNamespace(root=phantom_cache, label_names=names)
+    assert finetune.run_label_names(cfg, cache, 7) == names
+    with pytest.raises(InputError) as err:
+        finetune.run_label_names(cfg, cache, 6)
+    msg = str(err.value)
+    assert (
+        msg.startswith(f"{phantom_cache / 'labels.json'}: names label 6 ('lungs')") and "num_classes=6" in msg
+    )
+    assert finetune.run_label_names(cfg, types.SimpleNamespace(root=tmp_path, label_names=None), 7) is None
+    djson = tmp_path / "dataset.json"
+    djson.write_text(json.dumps({"labels": {"background": 0, "liver": 1, "tumour": 9}}))
+    cfg = tiny("finetune", labels=djson)
+    refused = rf"^{re.escape(str(djson))}: names label 9 \('tumour'\) but the model has num_classes=7"
+    with pytest.raises(InputError, match=refused):
+        finetune.run(cfg)
+    assert not cfg.out.exists()  # refused before the run folder is written
+    djson.write_text(json.dumps({"labels": {"background": 0, "both": [1, 2]}}))
+    with pytest.raises(InputError, match=f"^{re.escape(str(djson))}: label 'both' is a region"):
+        finetune.run(cfg)

@@ -3,6 +3,9 @@
 Layout of a cache folder ``OUT``::
 
     OUT/plan.json                  the Plan (its digest marks which cases are current)
+    OUT/labels.json                label value -> name, ``{"labels": {"1": "liver", ...}}`` (only when
+                                   the names are known: from the dataset.json or given; not part of
+                                   the plan, so it never invalidates cases)
     OUT/cases/{case}.npy           image [C, X, Y, Z] as the plan's cache dtype (uint8 / int16 codes,
                                    float16 or float32 values), C-contiguous (memory-mapped on read)
     OUT/cases/{case}_seg.npy       label [X, Y, Z] (uint8/uint16/int32), labelled cases only
@@ -47,6 +50,8 @@ from .atomic import atomic_open, write_bytes
 from .discovery import Case, discover
 from .errors import InputError
 from .io import load_label, load_volume
+from .jsonfile import read_json
+from .labels import label_names_from_json, label_names_to_json, read_label_names
 from .naming import path_inside
 from .plan import Plan
 from .preprocess import PreprocessRecord, preprocess_case
@@ -65,6 +70,8 @@ MAX_INDICES = 200_000  # per index list; larger lists are a uniform random subsa
 #: Temporary files a crash can leave in ``OUT/cases``: :mod:`hiend_data.atomic`'s
 #: ``.{name}.{random}.tmp{suffix}``, and ``.{name}.tmp-{pid}`` from caches written before it.
 TEMP_GLOBS = (".*.tmp", ".*.tmp.*", ".*.tmp-*")
+#: the cache's label names (:mod:`hiend_data.labels`), beside plan.json
+LABELS_NAME = "labels.json"
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -189,6 +196,57 @@ def _clean_temporaries(folder: Path) -> None:
             pass
 
 
+def _dataset_label_names(src: Path) -> dict[int, str] | None:
+    """The label names of the dataset folder ``src`` from its dataset.json, or None: no dataset.json,
+    or one without a ``labels`` map (nothing said), or one whose labels cannot be names (region-based,
+    only background, ...: a warning on stderr, the cache gets no names; preprocessing needs none)."""
+    djson = src / "dataset.json"
+    if not src.is_dir() or not djson.is_file():
+        return None
+    try:
+        data = read_json(djson)
+    except InputError:
+        return None  # discovery reports it
+    if not isinstance(data, dict) or not data.get("labels"):
+        return None
+    try:
+        return read_label_names(djson)
+    except InputError as exc:
+        print(f"warning: {exc}; the cache gets no label names", file=sys.stderr)
+        return None
+
+
+def _checked_label_names(labels: dict[int, str]) -> dict[int, str]:
+    """``labels`` (background 0 dropped) in the stored form's rules (InputError otherwise)."""
+    if not isinstance(labels, dict):
+        raise InputError(f"labels: expected a dict of label value -> name, got {type(labels).__name__}")
+    bad = [v for v in labels if isinstance(v, bool) or not isinstance(v, int) or v < 0]
+    if bad:
+        raise InputError(f"labels: label value {bad[0]!r} is not an integer >= 0")
+    names = {v: n for v, n in labels.items() if v != 0}
+    if not names:
+        raise InputError("labels: only background (0) is named; no structure is")
+    return label_names_from_json({str(v): n for v, n in names.items()}, "labels")
+
+
+def write_label_names(out: str | os.PathLike[str], names: dict[int, str]) -> Path:
+    """``out/labels.json`` (``{"labels": {"1": "liver", ...}}``), written atomically. Returns its path."""
+    path = Path(out) / LABELS_NAME
+    text = json.dumps({"labels": label_names_to_json(names)}, indent=1) + "\n"
+    write_bytes(path, text.encode())
+    return path
+
+
+def read_cache_label_names(root: str | os.PathLike[str]) -> dict[int, str] | None:
+    """The label names of the cache ``root`` (its labels.json), None when it has none; InputError
+    naming the file when it is not ``{"labels": {"1": "name", ...}}``."""
+    path = Path(root) / LABELS_NAME
+    if not path.is_file():
+        return None
+    data = read_json(path, expect=dict)
+    return label_names_from_json(data.get("labels"), str(path))
+
+
 def preprocess_dataset(
     src: str | os.PathLike[str] | Sequence[Case],
     out: str | os.PathLike[str],
@@ -200,6 +258,7 @@ def preprocess_dataset(
     progress: bool = True,
     skip_bad: bool = False,
     series: Sequence[str] = (),
+    labels: dict[int, str] | None = None,
 ) -> Cache:
     """Preprocess every case of ``src`` into the cache folder ``out`` and return the opened :class:`Cache`.
 
@@ -211,9 +270,17 @@ def preprocess_dataset(
     reported on stderr, left out, and the run goes on (for large unlabelled pools). ``series``: the
     SeriesInstanceUIDs to read from DICOM folders holding several series (each such folder must hold
     exactly one of them).
+
+    ``labels``: label value -> name (:mod:`hiend_data.labels`); None: from ``src``'s dataset.json when
+    ``src`` is a dataset folder whose dataset.json has a usable ``labels`` map. Known names are written
+    to ``out/labels.json`` (:attr:`Cache.label_names`); a run that knows none leaves an earlier
+    labels.json as it is.
     """
     plan = plan or Plan()
+    names = _checked_label_names(labels) if labels is not None else None
     cases = discover(src, include_test=include_test) if isinstance(src, str | os.PathLike) else list(src)
+    if names is None and isinstance(src, str | os.PathLike):
+        names = _dataset_label_names(Path(src))
     if series:
         cases = [dataclasses.replace(c, series=tuple(series)) for c in cases]
     out = Path(out)
@@ -224,6 +291,8 @@ def preprocess_dataset(
     with _writer_lock(out):  # one writer per cache: a second preprocess is refused, not interleaved
         _clean_temporaries(folder)
         write_bytes(out / "plan.json", (json.dumps(plan.model_dump(mode="json"), indent=1) + "\n").encode())
+        if names:
+            write_label_names(out, names)
         digest = plan.digest()
         dtype = plan.resolved_cache_dtype
         todo = [c for c in cases if not _is_current(c, folder, digest, dtype)]
@@ -405,16 +474,25 @@ class Cache:
     #: kernel's limit on mappings per process
     keep_open = 256
 
-    def __init__(self, root: Path, plan: Plan, metas: dict[str, dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        plan: Plan,
+        metas: dict[str, dict[str, Any]],
+        label_names: dict[int, str] | None = None,
+    ) -> None:
         self.root = root
         self.plan = plan
+        #: label value -> name (background left out) from ``root/labels.json``; None: not known
+        self.label_names = label_names
         self._metas = metas
         self.cases: list[str] = sorted(metas)
         self._open: OrderedDict[str, CachedCase] = OrderedDict()
 
     @classmethod
     def open(cls, root: str | os.PathLike[str]) -> Cache:
-        """Read ``root/plan.json`` and the metadata of every complete case made under that plan."""
+        """Read ``root/plan.json``, the label names (``root/labels.json``, if there) and the metadata of
+        every complete case made under that plan."""
         root = Path(root)
         plan_path = root / "plan.json"
         if not plan_path.exists():
@@ -433,7 +511,7 @@ class Cache:
             meta = json.loads(f.read_text())
             if meta.get("format") in READ_FORMATS and meta.get("plan_digest") == digest:
                 metas[meta["case_id"]] = meta
-        return cls(root, plan, metas)
+        return cls(root, plan, metas, read_cache_label_names(root))
 
     def __len__(self) -> int:
         return len(self.cases)

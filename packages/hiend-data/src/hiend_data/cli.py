@@ -63,6 +63,7 @@ def _describe_cache(path: Path) -> dict[str, Any]:
     import numpy as np
 
     from .cache import Cache
+    from .labels import label_names_to_json
     from .storage import NUMPY_DTYPES
 
     cache = Cache.open(path)
@@ -86,6 +87,7 @@ def _describe_cache(path: Path) -> dict[str, Any]:
         "voxels": voxels,
         "image_bytes": stored_bytes,
         "bytes_per_voxel": round(stored_bytes / voxels, 3) if voxels else None,
+        "labels": None if cache.label_names is None else label_names_to_json(cache.label_names),
     }
 
 
@@ -123,6 +125,8 @@ def inspect(
             print(
                 f"  images       {info['image_bytes'] / 2**20:.1f} MiB, {info['bytes_per_voxel']} bytes/voxel"
             )
+            if info["labels"]:
+                print(f"  labels       {', '.join(f'{v} {n}' for v, n in info['labels'].items())}")
             return
         info = _describe(path, series)
         if as_json:
@@ -192,6 +196,13 @@ def preprocess(
         metavar="UID",
         help="DICOM: the SeriesInstanceUID to read where a case folder holds several (repeatable).",
     ),
+    labels: Path | None = typer.Option(
+        None,
+        "--labels",
+        metavar="DATASET_JSON",
+        help="nnU-Net dataset.json whose label names the cache keeps (labels.json; fine-tuned checkpoints "
+        "carry them). Default: SRC/dataset.json when SRC is an nnU-Net folder.",
+    ),
 ) -> None:
     """Preprocess a dataset into a cache (RAS, resample, intensity, foreground crop) for training."""
     with cli_errors():
@@ -200,6 +211,7 @@ def preprocess(
         from pydantic import ValidationError
 
         from .cache import preprocess_dataset
+        from .labels import read_label_names
         from .plan import CACHE_DTYPES, Plan
 
         if modality not in ("ct", "mri"):
@@ -219,6 +231,7 @@ def preprocess(
             plan = Plan(**fields)
         except ValidationError as exc:
             raise from_validation_error(exc, "invalid plan") from None
+        names = read_label_names(labels) if labels is not None else None
         t0 = time.perf_counter()
         cache = preprocess_dataset(
             src,
@@ -229,6 +242,7 @@ def preprocess(
             progress=progress,
             skip_bad=skip_bad,
             series=tuple(series or ()),
+            labels=names,
         )
         print(
             f"{len(cache.cases)} cases in {out} ({time.perf_counter() - t0:.1f} s; plan {plan.digest()}, "

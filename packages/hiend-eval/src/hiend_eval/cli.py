@@ -34,13 +34,13 @@ def _score_and_report(
 
     from .plot import Plotter
     from .report import print_table, summary_json, write_outputs
-    from .score import default_workers, read_labels, score_folders
+    from .score import default_workers, read_label_source, score_folders
 
     if out.exists() and not out.is_dir():  # say so before minutes of scoring
         raise InputError(f"--out {out}: exists and is not a folder")
     plotter = Plotter()  # imports matplotlib in another process while we score
     try:
-        names = read_labels(labels) if labels is not None else None
+        names = read_label_source(labels) if labels is not None else None
         summary = score_folders(
             pred,
             ref,
@@ -67,8 +67,8 @@ def score(
     labels: Path = typer.Option(
         None,
         "--labels",
-        help="nnU-Net dataset.json: label values and names to score "
-        "(default: every value > 0 found in any map).",
+        help="Label values and names to score: an nnU-Net dataset.json, or a fine-tuned hiend "
+        "checkpoint (.safetensors) carrying its dataset's names (default: every value > 0 found in any map).",
     ),
     tolerance: float = typer.Option(2.0, "--tolerance", help="NSD tolerance in mm."),
     as_json: bool = typer.Option(

@@ -25,7 +25,8 @@ import numpy as np
 
 from hiend_data.errors import InputError
 from hiend_data.io import label_array
-from hiend_data.jsonfile import read_json
+from hiend_data.jsonfile import parse_json
+from hiend_data.labels import label_names_from_json, read_label_names
 from hiend_data.naming import case_name
 
 from .__about__ import __version__
@@ -41,6 +42,9 @@ from .metrics import (
     registered_metrics,
 )
 
+#: the ``format`` of hiend model checkpoints' metadata (hiend_model.checkpoint.FORMAT; not imported:
+#: hiend-eval reads checkpoints' label names without hiend-model or torch)
+CHECKPOINT_FORMAT = "hiend"
 GEOMETRY_ATOL = 1e-4  # mm (affine entries), the same tolerance as hiend-data's grid check
 
 
@@ -126,37 +130,51 @@ def match_cases(pred: Path, ref: Path) -> Matching:
 
 
 def read_labels(dataset_json: Path) -> dict[int, str]:
-    """Label value -> name (background left out) from an nnU-Net ``dataset.json``.
+    """Label value -> name (background left out) from an nnU-Net ``dataset.json``: an alias of
+    :func:`hiend_data.labels.read_label_names` (v2 and v1/MSD; regions refused)."""
+    return read_label_names(dataset_json)
 
-    Understands nnU-Net v2 (``"labels": {"liver": 1}``) and v1/MSD (``"labels": {"1": "liver"}``).
-    Region-based labels (lists of values) are refused.
+
+def read_checkpoint_label_names(path: Path) -> dict[int, str]:
+    """Label value -> name from a hiend checkpoint (``.safetensors``): its metadata ``extra.labels``
+    (what ``hiend-train finetune`` stores from the dataset.json), read without torch.
+
+    InputError naming ``path`` for a file that is not a readable hiend checkpoint, and for one that
+    carries no label names (then a dataset.json gives them).
     """
-    path = Path(dataset_json)
-    data = read_json(path)
-    labels = data.get("labels") if isinstance(data, dict) else None
-    if not isinstance(labels, dict) or not labels:
-        raise InputError(f"{path}: no 'labels' map (name -> value) in this dataset.json")
-    out: dict[int, str] = {}
-    for key, val in labels.items():
-        if isinstance(val, str) and str(key).isdigit():  # v1: value -> name
-            value, name = int(key), val
-        elif isinstance(val, int) and not isinstance(val, bool):
-            value, name = val, str(key)
-        elif isinstance(val, list | tuple):
-            raise InputError(
-                f"{path}: label {key!r} is a region {val}; region-based labels are not supported"
-            )
-        else:
-            raise InputError(f"{path}: label {key!r} has value {val!r}, expected a non-negative integer")
-        if value < 0:
-            raise InputError(f"{path}: label {key!r} has negative value {value}")
-        if value in out or (value == 0 and 0 in out):
-            raise InputError(f"{path}: label value {value} given twice")
-        out[value] = name
-    out.pop(0, None)
-    if not out:
-        raise InputError(f"{path}: only background in 'labels'; nothing to score")
-    return dict(sorted(out.items()))
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(2, "no such file", str(path))
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            metadata = fh.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise InputError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
+    if metadata.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(
+            f"{path}: not a hiend checkpoint (metadata format is {metadata.get('format')!r}, "
+            f"expected {CHECKPOINT_FORMAT!r})"
+        )
+    extra = parse_json(metadata.get("extra", "{}"), f"{path}: metadata 'extra'")
+    labels = extra.get("labels") if isinstance(extra, dict) else None
+    if labels is None:
+        raise InputError(
+            f"{path}: this checkpoint carries no label names (fine-tuned without a dataset.json's "
+            "labels); give --labels the dataset.json instead"
+        )
+    return label_names_from_json(labels, f"{path}: metadata extra.labels")
+
+
+def read_label_source(path: Path) -> dict[int, str]:
+    """Label value -> name from ``--labels``: a hiend checkpoint (``.safetensors``:
+    :func:`read_checkpoint_label_names`) or an nnU-Net ``dataset.json`` (anything else:
+    :func:`read_labels`)."""
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        return read_checkpoint_label_names(path)
+    return read_labels(path)
 
 
 def _as_label_map(array: np.ndarray, path: Path) -> np.ndarray:
@@ -239,7 +257,7 @@ def score_case(
             )
             raise InputError(
                 f"case {pair.case}: label value(s) {unknown} in {where} are not in the dataset.json "
-                f"labels {list(labels)}"
+                f"(or checkpoint) labels {list(labels)}"
             )
     scores = score_label_maps(
         pred,

@@ -9,7 +9,9 @@ persistent buffers, at the dtype they were saved with); the safetensors metadata
 * ``config``: the full model config (``MAEConfig`` / ``UNETRConfig`` fields);
 * ``plan``: the preprocessing (:class:`hiend_data.Plan` fields) or ``null``;
 * ``versions``: package versions that wrote the file (hiend-model, hiend-data, torch, python);
-* ``extra``: free JSON provenance (e.g. what a converted file came from, training epochs).
+* ``extra``: free JSON provenance (e.g. what a converted file came from, training epochs); a
+  fine-tuned UNETR's ``extra.labels`` holds its dataset's label names, ``{"1": "spleen", ...}``
+  (:mod:`hiend_data.labels`; :attr:`CheckpointInfo.label_names`).
 
 Loading never unpickles anything (safetensors holds raw tensors only). Every problem with a file
 raises :class:`~hiend_data.errors.InputError` naming it.
@@ -35,6 +37,7 @@ from hiend_data import Plan
 from hiend_data.atomic import atomic_path
 from hiend_data.errors import InputError, from_validation_error
 from hiend_data.jsonfile import parse_json
+from hiend_data.labels import label_names_from_json, label_names_to_json
 
 from .__about__ import __version__
 from .kinds import KINDS, SOURCES, build_empty, get_kind, kind_of
@@ -67,6 +70,16 @@ class CheckpointInfo:
     versions: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+
+    @property
+    def label_names(self) -> dict[int, str] | None:
+        """Label value -> name (background left out) from ``extra["labels"]`` (what fine-tuning stores
+        from the dataset.json); None when the checkpoint carries none. InputError naming the file when
+        the entry is not ``{"1": "name", ...}``."""
+        labels = self.extra.get("labels") if isinstance(self.extra, dict) else None
+        if labels is None:
+            return None
+        return label_names_from_json(labels, f"{self.path or 'checkpoint'}: metadata extra.labels")
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -336,10 +349,11 @@ def checkpoint_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     What ``hiend-model info`` prints: ``path``, ``file_bytes``, ``kind``, ``parameters``,
     ``parameters_by_module`` (per top-level module), ``buffer_values``, ``tensors``, ``config``, ``plan``
-    (or None), ``versions``, ``extra``.
+    (or None), ``labels`` (label value -> name as ``{"1": "spleen"}``, or None), ``versions``, ``extra``.
     """
     path = Path(path)
     info = read_checkpoint_info(path)
+    names = info.label_names
     shapes = tensor_shapes(path)
     param_names = parameter_names(info.kind, info.config)
     numel = {k: int(torch.Size(s).numel()) for k, s in shapes.items()}
@@ -358,6 +372,7 @@ def checkpoint_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
         "tensors": len(shapes),
         "config": info.config,
         "plan": None if info.plan is None else info.plan.model_dump(mode="json"),
+        "labels": None if names is None else label_names_to_json(names),
         "versions": info.versions,
         "extra": info.extra,
     }

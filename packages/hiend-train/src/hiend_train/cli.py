@@ -1,7 +1,7 @@
 """Command line of hiend-train. Heavy imports (torch) happen inside commands so --help is fast.
 
 ``hiend-train pretrain [CONFIG] --cache DIR --out RUN [--preset tiny] [--epochs N] [--resume] ...``
-``hiend-train finetune [CONFIG] --cache DIR --out RUN [--init CKPT | --preset NAME] [--resume] ...``
+``hiend-train finetune [CONFIG] --cache DIR --out RUN [--init CKPT | --preset NAME] [--labels JSON] [--resume] ...``
 
 Config precedence: defaults < CONFIG (.toml / .json) < flags. ``--resume`` without CONFIG continues
 from ``RUN/config.json``. Under torchrun every process runs the same command (DDP).
@@ -357,6 +357,12 @@ def finetune(
         help="Keep the ViT encoder's weights fixed; train the decoder only.",
         show_default=False,
     ),
+    labels: Path | None = typer.Option(
+        None,
+        "--labels",
+        help="nnU-Net dataset.json whose label names the checkpoints carry "
+        "(default: the cache's, from the dataset.json it was preprocessed from).",
+    ),
     resume: bool = _RESUME,
     quiet: bool = _QUIET,
     set_: list[str] = _SET,
@@ -395,6 +401,7 @@ def finetune(
         layer_decay=layer_decay,
         encoder_lr_scale=encoder_lr_scale,
         freeze_encoder=freeze_encoder,
+        labels=labels,
         progress=False if quiet else None,
     )
     with cli_errors():

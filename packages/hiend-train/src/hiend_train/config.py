@@ -29,7 +29,7 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 RUNTIME_FIELDS = frozenset(
     {"out", "cache", "workers", "stop_after", "progress", "log_every", "device", "preview_every"}
     | {"stop_after_steps", "save_every_steps", "save_every_minutes", "keep_last", "tensorboard", "compile"}
-    | {"prefetch"}
+    | {"prefetch", "labels"}
 )
 
 
@@ -161,6 +161,11 @@ class FinetuneConfig(TrainConfig):
     encoder_lr_scale: float = Field(1.0, gt=0, description="multiplier on every encoder parameter's lr")
     freeze_encoder: bool = Field(
         False, description="keep the ViT encoder's weights fixed (train the decoder)"
+    )
+    labels: Path | None = Field(
+        None,
+        description="nnU-Net dataset.json whose label names the checkpoints carry "
+        "(None: the cache's, from its dataset.json)",
     )
 
     @model_validator(mode="before")

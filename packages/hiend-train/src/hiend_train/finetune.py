@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from hiend_data.errors import InputError
+from hiend_data.labels import label_names_to_json, read_label_names
 from hiend_data.sampling import SamplerConfig
 from hiend_model.checkpoint import load_checkpoint, read_checkpoint_info
 from hiend_model.inference import sliding_window_logits
@@ -64,6 +65,28 @@ def check_num_classes(cfg: FinetuneConfig, cache: Any) -> int:
             f"num_classes must be at least {needed} (background included)"
         )
     return cfg.num_classes
+
+
+def run_label_names(cfg: FinetuneConfig, cache: Any, num_classes: int) -> dict[int, str] | None:
+    """The label names the run's checkpoints carry: ``cfg.labels`` (a dataset.json) or else the
+    cache's (its labels.json, from the dataset.json it was preprocessed from); None when neither
+    names any. InputError naming the file when it names a label value the model has no class for
+    (above ``num_classes - 1``)."""
+    if cfg.labels is not None:
+        names, source = read_label_names(cfg.labels), Path(cfg.labels)
+    else:
+        names = getattr(cache, "label_names", None)
+        source = Path(cache.root) / "labels.json"
+    if not names:
+        return None
+    top = max(names)
+    if top > num_classes - 1:
+        raise InputError(
+            f"{source}: names label {top} ({names[top]!r}) but the model has num_classes={num_classes} "
+            f"(labels 0..{num_classes - 1}); set num_classes to {top + 1} or give labels a dataset.json "
+            "that names only the trained labels"
+        )
+    return names
 
 
 #: model fields that may be set when the weights come from an init checkpoint
@@ -191,6 +214,7 @@ def build_task(ctx: Context) -> Task:
     cfg: FinetuneConfig = ctx.cfg  # type: ignore[assignment]
     env = ctx.env
     num_classes = check_num_classes(cfg, ctx.cache)
+    names = run_label_names(cfg, ctx.cache, num_classes)
     model = build_model(cfg, num_classes).to(env.device).train()
     if cfg.freeze_encoder:  # before DDP and the optimizer: neither sees the encoder's parameters
         model.encoder.requires_grad_(False)
@@ -241,6 +265,7 @@ def build_task(ctx: Context) -> Task:
         extra={
             "init": str(cfg.init) if cfg.init else None,
             "class_weights": None if weights is None else [round(float(w), 6) for w in weights],
+            **({"labels": label_names_to_json(names)} if names else {}),
         },
         lr_scales=lr_scales,
         cache=ctx.cache,

@@ -1,0 +1,84 @@
+"""Label names: which structure each label value is, from an nnU-Net ``dataset.json`` to the cache, the
+fine-tuned checkpoint and the scores (torch-free).
+
+* :func:`read_label_names` reads a ``dataset.json`` (nnU-Net v2 ``"labels": {"liver": 1}`` or v1/MSD
+  ``"labels": {"1": "liver"}``) into ``{1: "liver", ...}``: background (0) left out, sorted by value;
+* :func:`label_names_to_json` / :func:`label_names_from_json` are the one JSON form everything stores
+  (a cache's ``labels.json``, a checkpoint's ``extra.labels``): ``{"1": "liver", ...}``, keys the
+  label values as decimal strings.
+
+Every problem is one :class:`~hiend_data.errors.InputError` line naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+from .jsonfile import read_json
+
+__all__ = ["read_label_names", "label_names_to_json", "label_names_from_json"]
+
+
+def read_label_names(path: str | os.PathLike[str]) -> dict[int, str]:
+    """Label value -> name (background left out, sorted by value) from an nnU-Net ``dataset.json``.
+
+    Understands nnU-Net v2 (``"labels": {"liver": 1}``) and v1/MSD (``"labels": {"1": "liver"}``).
+    Refused, each with an InputError naming ``path``: no ``labels`` map, region-based labels (lists of
+    values), values that are not non-negative integers, a value given twice, only background.
+    """
+    path = Path(path)
+    data = read_json(path)
+    labels = data.get("labels") if isinstance(data, dict) else None
+    if not isinstance(labels, dict) or not labels:
+        raise InputError(f"{path}: no 'labels' map (name -> value) in this dataset.json")
+    out: dict[int, str] = {}
+    for key, val in labels.items():
+        if isinstance(val, str) and str(key).isdigit():  # v1: value -> name
+            value, name = int(key), val
+        elif isinstance(val, int) and not isinstance(val, bool):
+            value, name = val, str(key)
+        elif isinstance(val, list | tuple):
+            raise InputError(
+                f"{path}: label {key!r} is a region {val}; region-based labels are not supported"
+            )
+        else:
+            raise InputError(f"{path}: label {key!r} has value {val!r}, expected a non-negative integer")
+        if value < 0:
+            raise InputError(f"{path}: label {key!r} has negative value {value}")
+        if value in out:
+            raise InputError(f"{path}: label value {value} given twice ({out[value]!r} and {name!r})")
+        out[value] = name
+    out.pop(0, None)
+    if not out:
+        raise InputError(f"{path}: only background in 'labels'; no structure is named")
+    return dict(sorted(out.items()))
+
+
+def label_names_to_json(names: Mapping[int, str]) -> dict[str, str]:
+    """``{1: "liver"}`` -> ``{"1": "liver"}`` (sorted by value): the form stored in files."""
+    return {str(int(v)): str(n) for v, n in sorted(names.items())}
+
+
+def label_names_from_json(obj: Any, where: str) -> dict[int, str]:
+    """``{"1": "liver"}`` -> ``{1: "liver"}`` (sorted by value); InputError naming ``where`` unless
+    ``obj`` is an object whose keys are label values >= 1 written as decimal digits and whose values are
+    non-empty strings."""
+    if not isinstance(obj, dict):
+        raise InputError(
+            f'{where}: label names must be an object like {{"1": "liver"}}, got {type(obj).__name__}'
+        )
+    out: dict[int, str] = {}
+    for key, name in obj.items():
+        if not (isinstance(key, str) and key.isascii() and key.isdigit() and int(key) >= 1):
+            raise InputError(f"{where}: label key {key!r} is not a label value >= 1 (decimal digits)")
+        if not isinstance(name, str) or not name.strip():
+            raise InputError(f"{where}: label {key} has name {name!r}, expected a non-empty string")
+        value = int(key)
+        if value in out:
+            raise InputError(f"{where}: label value {value} given twice ({out[value]!r} and {name!r})")
+        out[value] = name
+    return dict(sorted(out.items()))
