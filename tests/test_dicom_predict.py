@@ -232,3 +232,55 @@ def test_info_shows_the_label_names(named_ckpt, ckpt):
     assert "labels: 1 liver, 2 spleen" in r.stdout
     r = CliRunner().invoke(app, ["info", str(ckpt)])
     assert "labels: none" in r.stdout
+
+
+def test_score_reads_dicom_seg_like_the_nifti_of_the_same_map(small_volume, tmp_path):
+    """hiend-eval score on DICOM-SEG predictions (and references): the same numbers as on the NIfTI
+    maps they encode; a SEG covering only the labelled slices is placed on the reference grid without
+    interpolation; segment labels name the values."""
+    import json
+
+    from hiend_data import load_volume, save_volume
+    from hiend_data.dicom import series_headers
+    from hiend_data.dicom_seg import write_seg
+    from hiend_eval.cli import app as eval_app
+
+    hu, affine = small_volume
+    series = _dicom_helpers().write_series(hu, affine, tmp_path / "series", seed=5)
+    vol = load_volume(series)
+    x, y, z = vol.shape
+    ref = np.zeros(vol.shape, np.uint8)
+    ref[2:12, 3:15, 2:6] = 1
+    ref[14:22, 10:20, 3:5] = 2
+    pred = np.zeros_like(ref)
+    pred[3:12, 3:14, 3:6] = 1  # a slice short, a row short
+    pred[14:20, 10:20, 3:5] = 2
+    pred[1, 1, 4] = 2  # a false-positive voxel
+    assert pred[:, :, 0].sum() == 0 and pred[:, :, -1].sum() == 0  # the SEG leaves those slices out
+    folders = {k: tmp_path / k for k in ("pred_nii", "pred_seg", "ref_nii", "ref_seg")}
+    for folder in folders.values():
+        folder.mkdir()
+    names = {1: "liver", 2: "spleen"}
+    save_volume(folders["pred_nii"] / "case1.nii.gz", pred, like=vol)
+    save_volume(folders["ref_nii"] / "case1.nii.gz", ref, like=vol)
+    write_seg(pred, vol.affine, series_headers(series), folders["pred_seg"] / "case1.dcm", names)
+    write_seg(ref, vol.affine, series_headers(series), folders["ref_seg"] / "case1.dcm", names)
+    assert load_volume(folders["pred_seg"] / "case1.dcm").shape[2] < z
+
+    def score(p: str, r: str) -> dict:
+        res = CliRunner().invoke(
+            eval_app,
+            ["score", str(folders[p]), str(folders[r]), "--out", str(tmp_path / f"{p}-{r}"), "--json"],
+        )
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+    want = score("pred_nii", "ref_nii")
+    assert 0.5 < want["mean"]["1"]["dice"] < 1.0 and want["names"]["1"] == "1"
+    for p, r in (("pred_seg", "ref_nii"), ("pred_nii", "ref_seg"), ("pred_seg", "ref_seg")):
+        got = score(p, r)
+        assert got["mean"] == want["mean"], (p, r)
+        assert got["names"]["1"] == "liver" and got["names"]["2"] == "spleen"
+    # --format both: the NIfTI map of a case is scored, its SEG beside it is not a second prediction
+    (folders["pred_nii"] / "case1.dcm").write_bytes((folders["pred_seg"] / "case1.dcm").read_bytes())
+    assert score("pred_nii", "ref_nii")["mean"] == want["mean"]

@@ -196,6 +196,38 @@ def crop_affine(affine: np.ndarray, start: tuple[int, int, int]) -> np.ndarray:
     return out
 
 
+def lattice_map(affine: np.ndarray, target_affine: np.ndarray, atol: float = 1e-3) -> np.ndarray | None:
+    """``inv(target_affine) @ affine`` rounded to whole numbers when it is a signed permutation of the
+    axes plus a whole-voxel shift (within ``atol`` voxels): the voxels of the first grid ARE voxels of
+    the second. None otherwise (another spacing, direction or a fractional offset)."""
+    m = np.linalg.solve(np.asarray(target_affine, dtype=np.float64), np.asarray(affine, dtype=np.float64))
+    rounded = np.round(m)
+    if np.abs(m - rounded).max() > atol:
+        return None
+    perm = np.abs(rounded[:3, :3])
+    if not (perm.sum(axis=0) == 1).all() or not (perm.sum(axis=1) == 1).all():
+        return None
+    return rounded
+
+
+def union_grid(
+    affine: np.ndarray, shape: tuple[int, ...], other_affine: np.ndarray, other_shape: tuple[int, ...]
+) -> tuple[np.ndarray, tuple[int, int, int]] | None:
+    """The smallest grid in the first grid's axis order covering both grids, when they are blocks of one
+    lattice (:func:`lattice_map`), as ``(affine, shape)``; None otherwise."""
+    m = lattice_map(other_affine, affine)
+    if m is None:
+        return None
+    corners = np.array([[i, j, k, 1] for i in (0, other_shape[0] - 1) for j in (0, other_shape[1] - 1)
+                        for k in (0, other_shape[2] - 1)], dtype=np.float64)  # fmt: skip
+    mapped = np.round(corners @ m.T)[:, :3].astype(np.int64)
+    lo = np.minimum(mapped.min(axis=0), 0)
+    hi = np.maximum(mapped.max(axis=0), np.asarray(shape[:3]) - 1)
+    out = np.asarray(affine, dtype=np.float64).copy()
+    out[:3, 3] = (out @ np.append(lo, 1.0))[:3]
+    return out, tuple(int(v) for v in hi - lo + 1)  # type: ignore[return-value]
+
+
 def place_on_grid(
     array: np.ndarray,
     affine: np.ndarray,
@@ -207,19 +239,15 @@ def place_on_grid(
     voxels of that grid (no interpolation), else None.
 
     That is the case when ``inv(target_affine) @ affine`` is a signed permutation of the axes plus a
-    whole-voxel shift (within ``atol`` voxels): a sub-block of the target grid, stored in any axis
+    whole-voxel shift (:func:`lattice_map`): a sub-block of the target grid, stored in any axis
     order and direction, e.g. a DICOM Segmentation spanning only the slices it labels. Target voxels
     outside the block are 0; a nonzero voxel of ``array`` outside the target grid gives None.
     Returns an array of ``shape`` and ``array``'s dtype.
     """
-    m = np.linalg.solve(np.asarray(target_affine, dtype=np.float64), np.asarray(affine, dtype=np.float64))
-    rot, shift = m[:3, :3], m[:3, 3]
-    perm = np.round(rot)
-    if np.abs(rot - perm).max() > atol or np.abs(shift - np.round(shift)).max() > atol:
+    m = lattice_map(affine, target_affine, atol)
+    if m is None:
         return None
-    if not (np.abs(perm).sum(axis=0) == 1).all() or not (np.abs(perm).sum(axis=1) == 1).all():
-        return None
-    shift = np.round(shift).astype(np.int64)
+    perm, shift = m[:3, :3], m[:3, 3].astype(np.int64)
     # target axis t takes source axis src[t], flipped when sign[t] < 0
     src = [int(np.flatnonzero(perm[t])[0]) for t in range(3)]
     sign = [int(perm[t, src[t]]) for t in range(3)]

@@ -61,14 +61,19 @@ def _score_and_report(
 
 @app.command()
 def score(
-    pred: Path = typer.Argument(..., help="Folder of predicted label maps (.nii/.nii.gz), or one file."),
-    ref: Path = typer.Argument(..., help="Folder of reference label maps (e.g. labelsTr), or one file."),
+    pred: Path = typer.Argument(
+        ..., help="Folder of predicted label maps (.nii/.nii.gz, DICOM-SEG {case}.dcm), or one file."
+    ),
+    ref: Path = typer.Argument(
+        ..., help="Folder of reference label maps (e.g. labelsTr; NIfTI or DICOM-SEG .dcm), or one file."
+    ),
     out: Path = typer.Option(..., "--out", help="Folder for summary.json, per_case.csv and per_label.png."),
     labels: Path = typer.Option(
         None,
         "--labels",
         help="Label values and names to score: an nnU-Net dataset.json, or a fine-tuned hiend "
-        "checkpoint (.safetensors) carrying its dataset's names (default: every value > 0 found in any map).",
+        "checkpoint (.safetensors) carrying its dataset's names (default: every value > 0 found in any map, "
+        "named by a DICOM-SEG's segment labels where there is one).",
     ),
     tolerance: float = typer.Option(2.0, "--tolerance", help="NSD tolerance in mm."),
     as_json: bool = typer.Option(

@@ -92,14 +92,39 @@ class Matching:
     unmatched_predictions: list[str] = field(default_factory=list)
 
 
+SEG_SUFFIX = ".dcm"
+
+
+def is_seg_name(path: str | os.PathLike[str]) -> bool:
+    """A ``.dcm`` file name: a DICOM Segmentation label map (``hiend-model predict --format dicom-seg``)."""
+    name = Path(path).name
+    return name.lower().endswith(SEG_SUFFIX) and len(name) > len(SEG_SUFFIX)
+
+
+def label_case_name(path: str | os.PathLike[str]) -> str | None:
+    """The case a label-map file names: NIfTI by hiend's rule (:func:`hiend_data.naming.case_name`), a
+    DICOM-SEG ``{case}.dcm`` by its name without ``.dcm``; None for anything else."""
+    cid = case_name(path)
+    if cid is None and is_seg_name(path):
+        cid = Path(path).name[: -len(SEG_SUFFIX)]
+    return cid
+
+
 def _index(folder: Path, what: str) -> dict[str, Path]:
-    """Case name -> file of the label maps in ``folder`` (hidden files, such as temporary ones, skipped)."""
+    """Case name -> file of the label maps in ``folder`` (hidden files, such as temporary ones, skipped).
+
+    NIfTI files and DICOM-SEG ``.dcm`` files; where a case has both (``predict --format both``), the
+    NIfTI map is the one scored."""
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        cid = case_name(path)
+        cid = label_case_name(path)
         if cid is None or not path.is_file() or path.name.startswith("."):
             continue
         if cid in found:
+            if is_seg_name(path) != is_seg_name(found[cid]):  # the same map twice: keep the NIfTI one
+                if is_seg_name(found[cid]):
+                    found[cid] = path
+                continue
             raise InputError(
                 f"{folder}: two {what} files for case {cid!r}: {found[cid].name} and {path.name}"
             )
@@ -116,11 +141,11 @@ def match_cases(pred: Path, ref: Path) -> Matching:
     if pred.is_file() != ref.is_file():
         raise InputError(f"{pred} and {ref}: give two folders or two files, not one of each")
     if ref.is_file():
-        cid = case_name(ref) or ref.name
+        cid = label_case_name(ref) or ref.name
         return Matching([CasePair(cid, ref, pred)])
     refs, preds = _index(ref, "reference"), _index(pred, "prediction")
     if not refs:
-        raise InputError(f"{ref}: no reference label maps (.nii or .nii.gz) in this folder")
+        raise InputError(f"{ref}: no reference label maps (.nii, .nii.gz or DICOM-SEG .dcm) in this folder")
     pairs = [CasePair(c, refs[c], preds.get(c)) for c in sorted(refs)]
     return Matching(
         pairs,
@@ -183,6 +208,25 @@ def _as_label_map(array: np.ndarray, path: Path) -> np.ndarray:
     return label_array(array, path)
 
 
+def _common_block(
+    pred: np.ndarray, pred_affine: np.ndarray, ref: np.ndarray, ref_affine: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Both maps on one grid without interpolation when one is a DICOM-SEG, whose grid spans only the
+    slices its frames cover: the reference's grid grown to cover the prediction's, when the two grids
+    are blocks of one lattice (:func:`hiend_data.geometry.union_grid`); None otherwise. The grid keeps
+    the reference's spacing and axis order, so the distances are the reference's."""
+    from hiend_data.geometry import place_on_grid, union_grid
+
+    grid = union_grid(ref_affine, ref.shape, pred_affine, pred.shape)
+    if grid is None:
+        return None
+    affine, shape = grid
+    placed = place_on_grid(pred, pred_affine, shape, affine), place_on_grid(ref, ref_affine, shape, affine)
+    if placed[0] is None or placed[1] is None:
+        return None
+    return placed[0], placed[1]
+
+
 def _resample_nearest(
     array: np.ndarray, affine: np.ndarray, ref_shape: tuple[int, ...], ref_affine: np.ndarray
 ) -> np.ndarray:
@@ -226,7 +270,12 @@ def score_case(
         pred = _as_label_map(np.asarray(pred_vol.array), pair.pred)
         same_shape = pred.shape == ref.shape
         same_affine = same_shape and np.allclose(pred_vol.affine, ref_vol.affine, atol=GEOMETRY_ATOL, rtol=0)
-        if not same_affine:
+        common = None
+        if not same_affine and (is_seg_name(pair.pred) or is_seg_name(pair.ref)):
+            common = _common_block(pred, pred_vol.affine, ref, ref_vol.affine)
+        if common is not None:
+            pred, ref = common
+        elif not same_affine:
             if not resample_to_reference:
                 what = (
                     f"shape {pred.shape} vs {ref.shape}"
@@ -318,8 +367,22 @@ def score_folders(
                 **{str(v): r["labels"].get(str(v)) or absent for v in values},
                 FOREGROUND: r["labels"][FOREGROUND],
             }
-    names = {str(v): (labels[v] if labels is not None else str(v)) for v in values}
+    if labels is None:  # unnamed: a DICOM-SEG's segment labels name its values (reference first)
+        labels = {v: seg_names.get(v, str(v)) for v in values for seg_names in [_seg_label_names(pairs)]}
+    names = {str(v): labels[v] for v in values}
     return summarize(results, names, tolerance, matching)
+
+
+def _seg_label_names(pairs: Sequence[CasePair]) -> dict[int, str]:
+    """Segment number -> label of the first DICOM-SEG among the references, else the predictions."""
+    for what in ("ref", "pred"):
+        for pair in pairs:
+            path = getattr(pair, what)
+            if path is not None and is_seg_name(path):
+                from hiend_data.dicom_seg import segment_names
+
+                return segment_names(path)
+    return {}
 
 
 def _mean(xs: list[float]) -> float | None:
