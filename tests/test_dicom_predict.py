@@ -151,6 +151,18 @@ def test_predict_dicom_seg_decodes_to_the_nifti_of_the_same_run(named_ckpt, abdo
     np.testing.assert_allclose(nifti.affine, source.affine, atol=1e-4)
     assert decoded.shape == want.shape and np.array_equal(decoded, want)
 
+    # the compact LABELMAP kind (--seg-type labelmap) decodes to the same map
+    r = CliRunner().invoke(
+        app,
+        ["predict", str(named_ckpt), str(abdomen_series), "--out", str(tmp_path / "lm"), "--format", "dicom-seg",
+         "--seg-type", "labelmap", "-q"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "lm").iterdir()) == ["abdomen.dcm"]
+    assert pydicom.dcmread(tmp_path / "lm" / "abdomen.dcm").SegmentationType == "LABELMAP"
+    lm = decode_on_source(tmp_path / "lm" / "abdomen.dcm", headers, source.affine, source.shape)
+    assert np.array_equal(lm, want)
+
     # read alone (no source): its grid is a block of the source's (slices in its own order): placed on
     # the source grid without interpolation it is the same map again
     alone = load_volume(out / "abdomen.dcm")

@@ -624,3 +624,63 @@ def test_zipped_series_in_a_folder_are_cases(small, tmp_path):
     cases = discover(root)
     assert [c.case_id for c in cases] == ["packed", "plain"]
     np.testing.assert_array_equal(load_volume(cases[0].images[0]).array, hu + 7)
+
+
+def test_labelmap_seg_is_compressed_and_decodes_the_same(series, tmp_path):
+    from hiend_data.dicom import series_headers
+    from hiend_data.dicom_seg import decode_on_source, write_seg
+    from hiend_data.geometry import place_on_grid
+
+    vol = load_volume(series["lps"])
+    x, y, z = vol.shape
+    labels = np.zeros(vol.shape, np.uint8)
+    labels[x // 4 : x // 2, y // 3 : y // 2, z // 3 : z // 2] = 1
+    labels[x // 2 :, : y // 4, z // 2 : z // 2 + 5] = 3
+    headers = series_headers(series["lps"])
+    names = {1: "liver", 2: "spleen", 3: "aorta"}
+    binary = write_seg(labels, vol.affine, headers, tmp_path / "binary.dcm", names)
+    packed = write_seg(labels, vol.affine, headers, tmp_path / "labelmap.dcm", names, seg_type="labelmap")
+    ds = pydicom.dcmread(packed)
+    assert ds.SegmentationType == "LABELMAP" and ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+    assert int(ds.NumberOfFrames) == z // 2 + 5 - z // 3  # one frame per labelled slice
+    assert packed.stat().st_size < binary.stat().st_size  # (100x for 41 labels: BENCHMARKS.md)
+    for path in (binary, packed):
+        assert np.array_equal(decode_on_source(path, headers, vol.affine, vol.shape), labels)
+        alone = load_volume(path)
+        assert np.array_equal(place_on_grid(alone.array, alone.affine, vol.shape, vol.affine), labels)
+    with pytest.raises(InputError, match="segmentation type 'fractional'"):
+        write_seg(labels, vol.affine, headers, tmp_path / "f.dcm", seg_type="fractional")
+
+
+def test_fractional_seg_refused_in_one_line(series, tmp_path):
+    """A probability (FRACTIONAL) SEG is not a label map: refused by load_volume and the CLI."""
+    from pydicom.sr.codedict import codes
+
+    from hiend_data.dicom import series_headers
+    from hiend_data.dicom_seg import _with_type2
+
+    headers = sorted(series_headers(series["ras"]), key=lambda d: float(d.ImagePositionPatient[2]))
+    probs = np.zeros((len(headers), int(headers[0].Rows), int(headers[0].Columns)), np.float32)
+    probs[3:6, 10:20, 10:20] = 0.7
+    algo = highdicom.AlgorithmIdentificationSequence(
+        name="x", version="1", family=codes.DCM.ArtificialIntelligence
+    )
+    desc = highdicom.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="liver",
+        segmented_property_category=codes.SCT.Tissue,
+        segmented_property_type=codes.SCT.Tissue,
+        algorithm_type="AUTOMATIC",
+        algorithm_identification=algo,
+    )
+    seg = highdicom.seg.Segmentation(
+        source_images=_with_type2(headers), pixel_array=probs, segmentation_type="FRACTIONAL",
+        segment_descriptions=[desc], series_instance_uid=highdicom.UID(), series_number=2,
+        sop_instance_uid=highdicom.UID(), instance_number=1, manufacturer="test",
+        manufacturer_model_name="test", software_versions="1", device_serial_number="0",
+    )  # fmt: skip
+    path = tmp_path / "probabilities.dcm"
+    seg.save_as(path)
+    _refused(path, "a FRACTIONAL DICOM Segmentation")
+    res = runner.invoke(app, ["inspect", str(path)])
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1 and str(path) in res.stderr

@@ -43,10 +43,13 @@ from .limits import max_volume_bytes
 INSTALL = "pip install 'hiend-data[dicom]'"
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+LABELMAP_SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"  # Label Map Segmentation Storage (DICOM 2024)
+SEG_SOP_CLASSES = (SEG_SOP_CLASS, LABELMAP_SEG_SOP_CLASS)
 
 #: SOP classes that carry pixel data but are not a scan (hiend reads images, not these)
 _NOT_SCANS = {
     SEG_SOP_CLASS: "SEG",
+    LABELMAP_SEG_SOP_CLASS: "SEG",
     "1.2.840.10008.5.1.4.1.1.481.2": "RTDOSE",
     "1.2.840.10008.1.3.10": "DICOMDIR",
 }
@@ -369,7 +372,7 @@ def _series(
         datasets = _read_headers(path, _files(root), headers_only)
         if not datasets:
             raise InputError(f"{path}: no DICOM files found")
-        if path.is_file() and len(datasets) == 1 and _sop_class(datasets[0]) == SEG_SOP_CLASS:
+        if path.is_file() and len(datasets) == 1 and _sop_class(datasets[0]) in SEG_SOP_CLASSES:
             yield datasets, None
             return
         scans = [ds for ds in datasets if _is_scan(ds, headers_only)]
@@ -408,7 +411,7 @@ def series_headers(path: str | os.PathLike[str], series: str | Sequence[str] | N
     """
     path = Path(path)
     with _series(path, series, headers_only=True) as (chosen, multi):
-        if multi is None and len(chosen) == 1 and _sop_class(chosen[0]) == SEG_SOP_CLASS:
+        if multi is None and len(chosen) == 1 and _sop_class(chosen[0]) in SEG_SOP_CLASSES:
             raise InputError(f"{path}: a DICOM Segmentation, not an image series")
         return chosen
 
@@ -424,7 +427,7 @@ def read_dicom(path: str | os.PathLike[str], series: str | Sequence[str] | None 
     """
     path = Path(path)
     with _series(path, series) as (chosen, multi):
-        if multi is None and len(chosen) == 1 and _sop_class(chosen[0]) == SEG_SOP_CLASS:
+        if multi is None and len(chosen) == 1 and _sop_class(chosen[0]) in SEG_SOP_CLASSES:
             from .dicom_seg import read_seg
 
             return read_seg(path, chosen[0])

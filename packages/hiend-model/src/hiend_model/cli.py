@@ -78,6 +78,12 @@ def predict(
         help="nifti: {case}.nii.gz; dicom-seg: {case}.dcm, a DICOM Segmentation referencing the input "
         "series (DICOM input only; needs hiend-model[dicom]); both.",
     ),
+    seg_type: str = typer.Option(
+        "binary",
+        "--seg-type",
+        help="DICOM-SEG kind: binary (read by every viewer and PACS) or labelmap (DICOM 2024 label-map "
+        "SEG, JPEG-LS: ~100x smaller and ~20x faster for many labels; newer viewers only).",
+    ),
     labels: Path = typer.Option(
         None,
         "--labels",
@@ -108,6 +114,7 @@ def predict(
             amp=amp,
             output_format=output_format,
             labels=labels,
+            seg_type=seg_type,
         )
         for path in written:
             typer.echo(str(path))

@@ -520,6 +520,7 @@ def predict_files(
     amp: bool = False,
     output_format: str = "nifti",
     labels: Any = None,
+    seg_type: str = "binary",
 ) -> list[Path]:
     """Segment scans with a UNETR checkpoint, or an ensemble; write ``{out_dir}/{case}.nii.gz`` per scan.
 
@@ -535,11 +536,14 @@ def predict_files(
     ``output_format`` (:data:`FORMATS`): ``"nifti"``; ``"dicom-seg"``: ``{case}.dcm``, a DICOM
     Segmentation referencing the input series (:func:`hiend_data.dicom_seg.write_seg`; every input
     must be DICOM); ``"both"``. ``labels``: the segments' names, a dataset.json path or a ``{value:
-    name}`` dict; default: the checkpoint's (:func:`output_label_names`).
+    name}`` dict; default: the checkpoint's (:func:`output_label_names`). ``seg_type``: ``"binary"``
+    (every viewer) or ``"labelmap"`` (compact, newer viewers; :func:`hiend_data.dicom_seg.write_seg`).
     """
     if output_format not in FORMATS:
         raise InputError(f"--format {output_format!r}: expected one of {', '.join(FORMATS)}")
     seg = output_format in ("dicom-seg", "both")
+    if seg_type not in ("binary", "labelmap"):
+        raise InputError(f"--seg-type {seg_type!r}: expected binary or labelmap")
     if seg:
         _require_seg_writer()
     paths = _checkpoint_list(ckpt_path)
@@ -605,6 +609,7 @@ def predict_files(
                         description="hiend-model predict",
                         algorithm="hiend-model UNETR"
                         + (f" ensemble of {len(models)}" if len(models) > 1 else ""),
+                        seg_type=seg_type,
                     )
                 )
             bar.update(task, description=f"{label}: done")
