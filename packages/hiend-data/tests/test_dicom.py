@@ -684,3 +684,44 @@ def test_fractional_seg_refused_in_one_line(series, tmp_path):
     _refused(path, "a FRACTIONAL DICOM Segmentation")
     res = runner.invoke(app, ["inspect", str(path)])
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1 and str(path) in res.stderr
+
+
+def test_preprocess_takes_dicom_seg_labels_like_nifti_ones(small, tmp_path):
+    """A manifest pairing a series with a DICOM-SEG label (e.g. a radiologist's, from a viewer): the
+    cache holds the same label as from the NIfTI of that map; a SEG of another grid is refused."""
+    from hiend_data import save_volume
+    from hiend_data.cache import Cache
+    from hiend_data.dicom import series_headers
+    from hiend_data.dicom_seg import write_seg
+
+    hu, affine = small
+    series = write_series(hu, affine, tmp_path / "data" / "ct", seed=11)
+    vol = load_volume(series)
+    labels = np.zeros(vol.shape, np.uint8)
+    labels[5:20, 8:30, 3:6] = 1
+    labels[22:35, 5:15, 2:4] = 2
+    write_seg(
+        labels, vol.affine, series_headers(series), tmp_path / "data" / "seg.dcm", {1: "liver", 2: "spleen"}
+    )
+    save_volume(tmp_path / "data" / "label.nii.gz", labels, like=vol)
+    caches = {}
+    for kind, label in (("seg", "seg.dcm"), ("nifti", "label.nii.gz")):
+        manifest = tmp_path / "data" / f"{kind}.txt"
+        manifest.write_text(f"ct,{label}\n")
+        out = tmp_path / f"cache_{kind}"
+        res = runner.invoke(app, ["preprocess", str(manifest), str(out), "--workers", "0", "--no-progress"])
+        assert res.exit_code == 0, res.output
+        caches[kind] = Cache.open(out).case("ct")
+    assert caches["seg"].classes == [1, 2]
+    assert np.array_equal(np.asarray(caches["seg"].label), np.asarray(caches["nifti"].label))
+
+    shifted = affine.copy()
+    shifted[:3, 3] += affine[:3, 0] * 0.5  # the same scan half a voxel away: not this SEG's grid
+    other = write_series(hu, shifted, tmp_path / "data" / "other", seed=12)
+    manifest = tmp_path / "data" / "bad.txt"
+    manifest.write_text("other,seg.dcm\n")
+    res = runner.invoke(
+        app, ["preprocess", str(manifest), str(tmp_path / "bad"), "--workers", "0", "--no-progress"]
+    )
+    assert res.exit_code == 2 and "seg.dcm" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert other.is_dir()

@@ -263,10 +263,15 @@ def _from_manifest(path: Path) -> list[Case]:
         image = base / fields[0]
         label = base / fields[1] if len(fields) == 2 and fields[1] else None
         for f in [image, *([label] if label else [])]:
-            if not is_image(f) and not (f is image and f.exists() and is_dicom_source(f)):
+            dicom = f.exists() and is_dicom_source(f) and (f is image or f.is_file())
+            if not is_image(f) and not dicom:
                 raise InputError(
                     f"{path}:{n}: {f.name!r} is not a NIfTI file name (.nii / .nii.gz)"
-                    + (" nor a DICOM series (folder, .zip or DICOM file)" if f is image else "")
+                    + (
+                        " nor a DICOM series (folder, .zip or DICOM file)"
+                        if f is image
+                        else " nor a DICOM-SEG file"
+                    )
                 )
             if not f.exists():
                 raise InputError(f"{path}:{n}: {f} does not exist")

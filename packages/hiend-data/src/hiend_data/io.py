@@ -348,8 +348,22 @@ def smallest_label_dtype(max_value: int) -> np.dtype:
 
 
 def load_label(path: str | os.PathLike[str], like: Volume | None = None) -> Volume:
-    """Read a label map (see :func:`as_label`), checking its grid against ``like`` when given."""
-    vol = as_label(_load_one(Path(path)))
+    """Read a label map (see :func:`as_label`), checking its grid against ``like`` when given.
+
+    A DICOM Segmentation file (``hiend-data[dicom]``) spans only the slices its frames cover, in its
+    own axis order: with ``like`` it is put on ``like``'s grid without interpolation when its voxels
+    are voxels of that grid (:func:`hiend_data.geometry.place_on_grid`), else the grid error."""
+    path = Path(path)
+    vol = as_label(_load_one(path))
+    off_grid = like is not None and (
+        vol.shape != like.shape or not np.allclose(like.affine, vol.affine, atol=1e-4, rtol=0)
+    )
+    if off_grid and not is_image(path):  # a DICOM-SEG block of the image's grid
+        from .geometry import place_on_grid
+
+        placed = place_on_grid(vol.array, vol.affine, like.shape, like.affine)
+        if placed is not None:
+            vol = Volume(array=placed, affine=np.asarray(like.affine), path=path, header=vol.header)
     if like is not None:
         check_same_grid(like, vol)
     return vol
