@@ -725,3 +725,17 @@ def test_preprocess_takes_dicom_seg_labels_like_nifti_ones(small, tmp_path):
     )
     assert res.exit_code == 2 and "seg.dcm" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert other.is_dir()
+
+
+def test_seg_claiming_a_huge_frame_stack_refused_before_decoding(series, tmp_path, monkeypatch):
+    from hiend_data.dicom import series_headers
+    from hiend_data.dicom_seg import write_seg
+
+    vol = load_volume(series["ras"])
+    labels = np.zeros(vol.shape, np.uint8)
+    labels[10:20, 10:20, 5:25] = 1
+    path = write_seg(
+        labels, vol.affine, series_headers(series["ras"]), tmp_path / "seg.dcm", seg_type="labelmap"
+    )
+    monkeypatch.setenv("HIEND_MAX_VOLUME_BYTES", str(int(vol.shape[0] * vol.shape[1] * 19)))  # 19 slices
+    _refused(path, "Segmentation frames hold")

@@ -32,6 +32,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .errors import InputError
+from .limits import check_volume_bytes
 
 #: How far (in voxels) a source frame's pixel may lie from the hiend grid's voxel centres
 VOXEL_TOL = 0.25
@@ -363,6 +364,10 @@ def segment_names(path: str | os.PathLike[str]) -> dict[int, str]:
 
 
 def _check_labelled(path: Path, seg: Any) -> None:
+    """BINARY or LABELMAP, and frames whose decoding fits the volume limit (checked from the header,
+    before any pixel is decoded: a small compressed file may claim any size)."""
+    frames = int(seg.get("NumberOfFrames", 1) or 1)
+    check_volume_bytes((int(seg.Rows), int(seg.Columns), frames), 1, path, "Segmentation frames hold")
     kind = str(seg.get("SegmentationType", ""))
     if kind not in ("BINARY", "LABELMAP"):
         raise InputError(
