@@ -217,3 +217,27 @@ def test_sigint_mid_run_is_one_line_exit_130_and_resume_continues(cache, tmp_pat
     assert summary["steps"] == step + 2
     resumed = [r for r in events(out) if r["event"] == "resume"]
     assert [r["step"] for r in resumed] == [step]
+
+
+def test_sigterm_mid_run_saves_at_the_next_step_exit_143_and_resume_continues(cache, tmp_path):
+    """A scheduler's SIGTERM (SLURM preemption, a time limit, Kubernetes): the run finishes the step in
+    progress, saves a checkpoint there, prints one line and exits with 143; --resume continues."""
+    out = tmp_path / "run"
+    proc = _start(cache, out, "--epochs", "100000", "--set", "log_every=1")  # no periodic saves
+    _wait_for(proc, out, lambda r: r["event"] == "step" and r["step"] >= 2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, (proc.returncode, stderr[-3000:])
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert lines[0].startswith(f"error: {out}: stopped by SIGTERM after step ")
+    assert lines[0].endswith("checkpoint saved there: continue with --resume")
+    step = int(lines[0].split("after step ")[1].split(";")[0])
+    assert read_checkpoint_info(out / "last.safetensors").extra["hiend_train"]["step"] == step >= 2
+    stops = [r for r in events(out) if r["event"] == "stop"]
+    assert [(r["step"], r["signal"]) for r in stops] == [(step, "SIGTERM")]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    summary = ok(
+        run("hiend-train", "pretrain", "--out", out, "--resume", "-q", "--stop-after-steps", step + 2)
+    )
+    assert summary["steps"] == step + 2

@@ -153,3 +153,21 @@ def test_two_ranks_on_half_batches_match_one_process_on_the_global_batch(tiny, t
         moved = (w1[k] - w0[k]).norm()
         assert moved > 0, f"{k}: training did not move it"
         assert float((w2[k] - w1[k]).norm() / moved) <= UPDATE_RTOL, k
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(phantom_cache, tmp_path):
+    """Only rank 1 is asked to stop (during step 4): its mark travels in the all-reduce both ranks do, so
+    both stop after step 4 with a checkpoint, none waits for the other (a hang fails the timeout)."""
+    worker = Path(__file__).with_name("ddp_signal_worker.py")
+    proc = subprocess.run(
+        [*TORCHRUN, str(worker), str(phantom_cache), str(tmp_path), "4"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert got[0] == got[1] == {"steps": 4, "signal": "SIGTERM", "stopped": True}
+    run = RunDir(tmp_path / "run")
+    assert torch.load(run.state_path, weights_only=True)["step"] == 4

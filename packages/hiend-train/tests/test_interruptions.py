@@ -295,3 +295,63 @@ def test_nan_in_a_validation_case_names_it(tiny, tmp_path, poisoned, every):
         InputError, match=rf"case '{victim}' .* NaN or infinite values \(crops of validation\)"
     ):
         pretrain.run(cfg)
+
+
+# -- 7. a scheduler's SIGTERM: stop at the next step with a checkpoint ------------------------------
+
+
+@pytest.fixture
+def request_after(monkeypatch):
+    """``request_after(n)``: the stop mark is set while optimizer step ``n`` runs (as a SIGTERM
+    arriving then would), counted by the loop's learning-rate lookups at each step's start."""
+    import signal
+
+    from hiend_train import loop
+    from hiend_train.signals import REQUEST
+
+    monkeypatch.setattr(REQUEST, "signum", None)
+    real = loop.lr_at
+    calls = {"n": 0}
+
+    def arm(n: int) -> None:
+        def lr_at(step, *args, **kwargs):
+            calls["n"] += 1
+            if step + 1 == n and calls["n"] > 1:  # the first lookup is the epoch's set-up, not a step
+                REQUEST.request(signal.SIGTERM)
+            return real(step, *args, **kwargs)
+
+        monkeypatch.setattr(loop, "lr_at", lr_at)
+
+    return arm
+
+
+@pytest.mark.parametrize("at", [2, 3])  # inside the first epoch (3 steps each), and at its end
+def test_a_signal_stops_at_the_next_step_saved_and_resume_is_exact(tiny, tmp_path, request_after, at):
+    from hiend_train.signals import REQUEST
+
+    fields = dict(epochs=3, warmup_epochs=0.5)
+    straight = pretrain.run(tiny("pretrain", out=tmp_path / "straight", **fields))
+    assert straight.fit.steps == 9  # 3 steps an epoch: step 3 is the first epoch's last
+    cfg = tiny("pretrain", out=tmp_path / "run", **fields)
+    request_after(at)
+    stopped = pretrain.run(cfg)
+    assert (stopped.fit.stopped, stopped.fit.signal, stopped.fit.steps) == (True, "SIGTERM", at)
+    run = RunDir(cfg.out)
+    state = torch.load(run.state_path, weights_only=True)
+    assert state["step"] == at and (state["epoch"], state["batch"]) == ((1, 0) if at == 3 else (0, at))
+    stop = [r for r in run.read_log() if r["event"] == "stop"]
+    assert stop == [{**stop[0], "step": at, "signal": "SIGTERM"}]
+    REQUEST.clear()
+    resumed = pretrain.run(cfg, resume=True)
+    assert resumed.fit.signal is None and resumed.fit.steps == straight.fit.steps
+    assert_bit_identical(run.last, RunDir(straight.out).last)
+
+
+def test_a_signal_at_an_epoch_end_skips_validation_and_says_so(tiny, tmp_path, request_after):
+    cfg = tiny("finetune", out=tmp_path / "run", epochs=3, val_every=1, val_fraction=0.34)
+    request_after(2)  # finetune: 4 training cases at batch 2 -> 2 steps an epoch
+    result = finetune.run(cfg)
+    assert (result.fit.signal, result.fit.steps, result.fit.epochs) == ("SIGTERM", 2, 1)
+    log = RunDir(cfg.out).read_log()
+    assert any(r["event"] == "warning" and "validation skipped" in r["message"] for r in log)
+    assert not any("val_dice" in r for r in log if r["event"] == "epoch")

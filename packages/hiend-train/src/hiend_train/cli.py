@@ -6,12 +6,15 @@
 Config precedence: defaults < CONFIG (.toml / .json) < flags. ``--resume`` without CONFIG continues
 from ``RUN/config.json``. Under torchrun every process runs the same command (DDP).
 Exit codes: 0 success, 2 bad input (one line on stderr naming the file or value), 130 interrupted by
-SIGINT (one line; the last checkpoint stays intact, ``--resume`` continues from it), 1 anything else.
+SIGINT (one line; the last checkpoint stays intact, ``--resume`` continues from it), 143 (138) a
+SIGTERM (SIGUSR1) from a scheduler: the run saved a checkpoint at the next optimizer step and stopped
+(one line; ``--resume`` continues; :mod:`hiend_train.signals`), 1 anything else.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -144,6 +147,15 @@ def _interrupted(cfg: Any) -> str:
     return f"{run.root}: interrupted (SIGINT); the last checkpoint{where} is intact: continue with --resume"
 
 
+def _preempted(result: Any) -> str:
+    """The line for a run stopped by SIGTERM / SIGUSR1 (:mod:`hiend_train.signals`)."""
+    fit = result.fit
+    return (
+        f"{result.out}: stopped by {fit.signal} after step {fit.steps}; checkpoint saved there: "
+        "continue with --resume"
+    )
+
+
 def _execute(kind: str, cfg: Any, resume: bool) -> None:
     from .loop import NonFiniteLoss
 
@@ -151,14 +163,21 @@ def _execute(kind: str, cfg: Any, resume: bool) -> None:
         from .pretrain import run
     else:
         from .finetune import run
+    from .signals import stop_on_signals
+
     try:
-        result = run(cfg, resume=resume)
+        with stop_on_signals() as request:  # SIGTERM / SIGUSR1: stop at the next step with a checkpoint
+            result = run(cfg, resume=resume)
     except NonFiniteLoss as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:  # SIGINT (Ctrl-C): one line, exit 130, the last checkpoint as it was
         print(f"error: {_interrupted(cfg)}", file=sys.stderr)
         raise typer.Exit(INTERRUPTED) from None
+    if result.fit.signal is not None:  # preempted: saved where it stopped, exit 128 + the signal
+        if result.env.main:
+            print(f"error: {_preempted(result)}", file=sys.stderr)
+        raise typer.Exit(128 + int(request.signum or signal.SIGTERM))
     if result.env.main:
         last = result.fit.last
         typer.echo(

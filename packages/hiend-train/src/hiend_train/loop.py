@@ -33,6 +33,7 @@ from .dist import DistEnv, all_sum
 from .events import EventSink
 from .optim import lr_at, set_lr
 from .rundir import RunDir, rng_state, set_rng_state
+from .signals import REQUEST
 
 #: the clock of ``save_every_minutes`` (seconds; a module attribute, so that tests can replace it)
 clock: Callable[[], float] = time.monotonic
@@ -75,7 +76,8 @@ class Task:
 @dataclass
 class FitResult:
     """What a run did: epochs done, optimizer steps, the last epoch's log record, the best score;
-    ``stopped``: ``stop_after_steps`` ended it (possibly inside an epoch; ``--resume`` continues)."""
+    ``stopped``: ``stop_after_steps`` or a signal ended it (possibly inside an epoch; ``--resume``
+    continues)."""
 
     epochs: int
     steps: int
@@ -83,6 +85,8 @@ class FitResult:
     best: float | None
     history: list[dict[str, Any]]
     stopped: bool = False
+    #: the signal that stopped the run with a checkpoint (``"SIGTERM"``, ``"SIGUSR1"``; :mod:`hiend_train.signals`)
+    signal: str | None = None
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -298,6 +302,15 @@ def train_one_epoch(
     so_far = _Meter.from_state(resumed.get("epoch"), device)  # the epoch so far
     window = _Meter.from_state(resumed.get("window"), device)  # since the previous step line
     crops = crops_window = 0  # in this pass, for crops/s
+    votes = None  # DDP: ranks that asked to stop (hiend_train.signals), summed on the device
+
+    def stop_asked(synced: bool) -> bool:
+        """Did a signal ask the run to stop? One process: at once; DDP: where the ranks sync anyway
+        (``synced``), from the all-reduced votes, so that all stop at the same step."""
+        if not env.distributed:
+            return REQUEST.requested
+        return synced and votes is not None and float(votes) > 0
+
     t0 = t_window = time.perf_counter()
     lr = lr_at(step, cfg.lr, warmup, total_steps, cfg.min_lr)
     bar = progress.add_task(
@@ -367,7 +380,14 @@ def train_one_epoch(
                 ),
             ]
         ).double()
+        if env.distributed:  # each rank's stop mark rides along the all-reduce it does anyway
+            stats = torch.cat(
+                [stats, torch.full((1,), float(REQUEST.requested), dtype=stats.dtype, device=stats.device)]
+            )
         all_sum(env, stats)
+        if env.distributed:
+            votes = torch.maximum(votes, stats[-1]) if votes is not None else stats[-1]
+            stats = stats[:-1]
         stats /= env.world
         so_far.add(stats)
         window.add(stats)
@@ -395,7 +415,8 @@ def train_one_epoch(
             if i == n_batches - 1:  # the epoch end saves (fit)
                 saver.pending = saver.pending or saver.due(step)
                 continue
-            stop = cfg.stop_after_steps is not None and step >= cfg.stop_after_steps
+            preempted = stop_asked(step % cfg.log_every == 0)
+            stop = preempted or (cfg.stop_after_steps is not None and step >= cfg.stop_after_steps)
             if stop:
                 host_mean(so_far)  # on every rank: nothing non-finite is saved
             periodic = saver.due(step)
@@ -410,7 +431,8 @@ def train_one_epoch(
                 )
             if stop:
                 progress.remove_task(bar)
-                return step, {"event": "stop", "epoch": epoch + 1, "batch": i + 1, "step": step}
+                record = {"event": "stop", "epoch": epoch + 1, "batch": i + 1, "step": step}
+                return step, {**record, "signal": REQUEST.name or "SIGTERM"} if preempted else record
     progress.remove_task(bar)
     values = host_mean(so_far)
     seconds = time.perf_counter() - t0
@@ -423,6 +445,8 @@ def train_one_epoch(
         "crops_per_s": crops / max(seconds, 1e-9),
         "seconds": seconds,
     }
+    if stop_asked(True):  # the epoch end syncs every rank (host_mean above)
+        record["signal"] = REQUEST.name or "SIGTERM"
     return step, record
 
 
@@ -657,7 +681,7 @@ def fit(
     last: dict[str, Any] = {}
     end = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
     eta = RunEta(_remaining(cfg, point, end, len(task.loader)))
-    epochs_done, stopped = start, False
+    epochs_done, stopped, signal = start, False, None
     with progress_bar(cfg.progress and env.main) as progress:
         for epoch in range(start, end):
             if cfg.stop_after_steps is not None and step >= cfg.stop_after_steps:
@@ -686,9 +710,14 @@ def fit(
             )
             if record["event"] == "stop":
                 events.emit(**record)
-                stopped = True
+                stopped, signal = True, record.get("signal")
                 break
-            if task.on_epoch_end is not None:
+            signal = record.pop("signal", None)
+            if signal is not None and task.on_epoch_end is not None:
+                events.emit(
+                    "warning", message=f"{signal}: epoch {epoch + 1}'s validation skipped to save in time"
+                )
+            elif task.on_epoch_end is not None:
                 record.update(task.on_epoch_end(epoch))
             score = record.pop("score", None)
             done = epoch + 1
@@ -697,7 +726,7 @@ def fit(
                 if env.main:
                     save_weights(task, run.best, done, step, {"score": score})
             record["best_score"] = saver.best = best
-            stop = cfg.stop_after_steps is not None and step >= cfg.stop_after_steps
+            stop = signal is not None or (cfg.stop_after_steps is not None and step >= cfg.stop_after_steps)
             periodic = saver.pending
             if done % cfg.save_every == 0 or done == end or stop or periodic:
                 saver.save(done, 0, step, periodic=periodic)
@@ -706,11 +735,13 @@ def fit(
             last = record
             epochs_done = done
             progress.console.print(_summary(record))
-            if stop and done < end:
-                events.emit("stop", epoch=done, batch=0, step=step)
+            if stop and (done < end or signal is not None):
+                events.emit("stop", epoch=done, batch=0, step=step, **({"signal": signal} if signal else {}))
                 stopped = True
                 break
-    return FitResult(epochs=epochs_done, steps=step, last=last, best=best, history=history, stopped=stopped)
+    return FitResult(
+        epochs=epochs_done, steps=step, last=last, best=best, history=history, stopped=stopped, signal=signal
+    )
 
 
 def _summary(record: dict[str, Any]) -> str:
