@@ -1,7 +1,8 @@
 """Run by test_ddp.py under torchrun: tiny pre-training where only rank 1 is asked to stop (as if only
-its process got the SIGTERM) while its optimizer step AT runs; each rank writes what its run returned.
+its process got the SIGTERM) while its optimizer step AT runs (MODE ``signal``), or where rank 1 fails
+there with an InputError (MODE ``raise``); each rank writes what its run returned.
 
-usage: python -m torch.distributed.run --standalone --nproc_per_node 2 ddp_signal_worker.py CACHE OUT AT
+usage: python -m torch.distributed.run --standalone --nproc_per_node 2 ddp_signal_worker.py CACHE OUT AT MODE
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import signal
 import sys
 from pathlib import Path
 
+from hiend_data.errors import InputError
 from hiend_train import loop, pretrain
 from hiend_train.config import PretrainConfig
 from hiend_train.signals import REQUEST, stop_on_signals
 
 if __name__ == "__main__":
-    cache, out, at = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+    cache, out, at, mode = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     rank = int(os.environ["RANK"])
     real = loop.lr_at
     calls = [0]
@@ -25,6 +27,8 @@ if __name__ == "__main__":
     def lr_at(step, *args, **kwargs):
         calls[0] += 1
         if rank == 1 and step + 1 == at and calls[0] > 1:
+            if mode == "raise":
+                raise InputError(f"rank 1: a bad case at step {at}")
             REQUEST.request(signal.SIGTERM)
         return real(step, *args, **kwargs)
 

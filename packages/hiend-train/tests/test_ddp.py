@@ -160,7 +160,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(phantom_cache, t
     both stop after step 4 with a checkpoint, none waits for the other (a hang fails the timeout)."""
     worker = Path(__file__).with_name("ddp_signal_worker.py")
     proc = subprocess.run(
-        [*TORCHRUN, str(worker), str(phantom_cache), str(tmp_path), "4"],
+        [*TORCHRUN, str(worker), str(phantom_cache), str(tmp_path), "4", "signal"],
         env=_env(),
         capture_output=True,
         text=True,
@@ -171,3 +171,25 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(phantom_cache, t
     assert got[0] == got[1] == {"steps": 4, "signal": "SIGTERM", "stopped": True}
     run = RunDir(tmp_path / "run")
     assert torch.load(run.state_path, weights_only=True)["step"] == 4
+
+
+def test_an_error_on_one_rank_ends_the_whole_run_within_seconds(phantom_cache, tmp_path):
+    """Rank 1 fails (bad input) during step 3 while rank 0 waits in the step's all-reduce: torchrun's
+    agent sees the failed worker and stops the other, so the command ends with the error instead of
+    hanging until a collective timeout (30 minutes by default)."""
+    import time
+
+    worker = Path(__file__).with_name("ddp_signal_worker.py")
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [*TORCHRUN, str(worker), str(phantom_cache), str(tmp_path), "3", "raise"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    seconds = time.monotonic() - t0
+    assert proc.returncode != 0
+    assert "rank 1: a bad case at step 3" in proc.stdout + proc.stderr
+    assert seconds < 120, seconds  # measured: about 8 s, start-up included
+    assert not (tmp_path / "rank0.json").exists() and not (tmp_path / "rank1.json").exists()
