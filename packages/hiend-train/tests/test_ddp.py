@@ -155,17 +155,22 @@ def test_two_ranks_on_half_batches_match_one_process_on_the_global_batch(tiny, t
         assert float((w2[k] - w1[k]).norm() / moved) <= UPDATE_RTOL, k
 
 
-def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(phantom_cache, tmp_path):
-    """Only rank 1 is asked to stop (during step 4): its mark travels in the all-reduce both ranks do, so
-    both stop after step 4 with a checkpoint, none waits for the other (a hang fails the timeout)."""
+def _rank1_worker(cache: Path, out: Path, at: int, mode: str) -> subprocess.CompletedProcess:
+    """ddp_signal_worker.py under torchrun: rank 1 is signalled (``signal``) or fails (``raise``) in step ``at``."""
     worker = Path(__file__).with_name("ddp_signal_worker.py")
-    proc = subprocess.run(
-        [*TORCHRUN, str(worker), str(phantom_cache), str(tmp_path), "4", "signal"],
+    return subprocess.run(
+        [*TORCHRUN, str(worker), str(cache), str(out), str(at), mode],
         env=_env(),
         capture_output=True,
         text=True,
         timeout=180,
     )
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(phantom_cache, tmp_path):
+    """Only rank 1 is asked to stop (during step 4): its mark travels in the all-reduce both ranks do, so
+    both stop after step 4 with a checkpoint, none waits for the other (a hang fails the timeout)."""
+    proc = _rank1_worker(phantom_cache, tmp_path, 4, "signal")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert got[0] == got[1] == {"steps": 4, "signal": "SIGTERM", "stopped": True}
@@ -179,15 +184,8 @@ def test_an_error_on_one_rank_ends_the_whole_run_within_seconds(phantom_cache, t
     hanging until a collective timeout (30 minutes by default)."""
     import time
 
-    worker = Path(__file__).with_name("ddp_signal_worker.py")
     t0 = time.monotonic()
-    proc = subprocess.run(
-        [*TORCHRUN, str(worker), str(phantom_cache), str(tmp_path), "3", "raise"],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    proc = _rank1_worker(phantom_cache, tmp_path, 3, "raise")
     seconds = time.monotonic() - t0
     assert proc.returncode != 0
     assert "rank 1: a bad case at step 3" in proc.stdout + proc.stderr
