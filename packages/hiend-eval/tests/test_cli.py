@@ -341,6 +341,17 @@ def test_run_with_a_real_tiny_checkpoint(tmp_path, shared_data, seg):
     assert json.loads(json.dumps(again["per_case"])) == summary["per_case"]
     assert summary["names"]["2"] == "bone"
 
+    # no dataset.json: the names a fine-tuned checkpoint carries
+    named = save_checkpoint(
+        tmp_path / "named.safetensors", model, plan=Plan(spacing=(3.0, 3.0, 3.0), crop_size=(32, 32, 32)),
+        extra={"labels": {"1": "organ", "2": "bone"}},
+    )  # fmt: skip
+    (ds / "dataset.json").unlink()
+    res = _invoke("run", named, ds, "--out", tmp_path / "out2", "--workers", "1")
+    assert res.exit_code == 0, res.stderr
+    named_summary = json.loads((tmp_path / "out2" / "summary.json").read_text())
+    assert named_summary["names"] == summary["names"] and named_summary["mean"] == summary["mean"]
+
 
 def test_out_is_a_file(folders):
     root, _, _ = folders

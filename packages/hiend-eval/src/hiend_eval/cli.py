@@ -114,7 +114,8 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Also print the summary as one JSON line on stdout."),
     workers: int = typer.Option(0, "--workers", help="Scoring processes (0: the CPUs available, at most 8)."),
 ) -> None:
-    """Predict every image of DATASET/imagesTr with a checkpoint, then score against DATASET/labelsTr."""
+    """Predict every image of DATASET/imagesTr with a checkpoint, then score against DATASET/labelsTr
+    (labels named by DATASET/dataset.json, else by the checkpoint's label names)."""
     from hiend_data.errors import InputError, cli_errors
 
     with cli_errors():
@@ -132,11 +133,15 @@ def run(
         # and writes predictions/{case}.nii.gz on each image's own grid.
         predict_files(ckpt, [dataset / "imagesTr"], predictions, device=device)
         labels = dataset / "dataset.json"
+        if not labels.is_file():  # no dataset.json: the names the fine-tuned checkpoint carries, if any
+            from hiend_model.checkpoint import read_checkpoint_info
+
+            labels = ckpt if read_checkpoint_info(ckpt).label_names else None
         _score_and_report(
             predictions,
             dataset / "labelsTr",
             out,
-            labels if labels.is_file() else None,
+            labels,
             tolerance,
             as_json,
             False,
