@@ -537,6 +537,11 @@ def test_seg_written_on_a_series_decodes_back_and_reads_alone(series, key, tmp_p
     assert alone.array.dtype == np.uint8
     placed = place_on_grid(alone.array, alone.affine, vol.shape, vol.affine)
     assert placed is not None and np.array_equal(placed, labels)
+    res = runner.invoke(app, ["inspect", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout.strip().splitlines()[-1])
+    assert info["segments"] == {"1": "liver", "2": "spleen", "3": "label 3", "4": "kidney_left"}
+    assert info["label_values"] == [0, 1, 2, 4] and info["shape"] == list(alone.shape)
 
 
 def test_seg_refuses_a_label_map_off_the_series_grid(series, tmp_path):

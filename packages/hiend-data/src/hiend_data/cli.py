@@ -55,6 +55,15 @@ def _describe(path: Path, series: str | None = None) -> dict[str, Any]:
         info["n_values"] = len(values)
         if len(values) <= 256:
             info["label_values"] = values
+    if path.is_file() and path.name.lower().endswith(".dcm") and arr.dtype.kind == "u":
+        import pydicom
+
+        from .dicom import SEG_SOP_CLASSES
+
+        if str(pydicom.dcmread(path, stop_before_pixels=True).get("SOPClassUID", "")) in SEG_SOP_CLASSES:
+            from .dicom_seg import segment_names
+
+            info["segments"] = {str(k): v for k, v in segment_names(path).items()}
     return info
 
 
@@ -144,6 +153,8 @@ def inspect(
         print(f"  range        {info['min']:g} .. {info['max']:g} (mean {info['mean']:.4g})")
         if info["label_values"] is not None:
             print(f"  values       {info['label_values']}")
+        if info.get("segments"):
+            print(f"  segments     {', '.join(f'{k} {v}' for k, v in info['segments'].items())}")
         elif "n_values" in info:
             print(f"  values       {info['n_values']} distinct integers")
 
