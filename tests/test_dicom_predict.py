@@ -296,3 +296,32 @@ def test_score_reads_dicom_seg_like_the_nifti_of_the_same_map(small_volume, tmp_
     # --format both: the NIfTI map of a case is scored, its SEG beside it is not a second prediction
     (folders["pred_nii"] / "case1.dcm").write_bytes((folders["pred_seg"] / "case1.dcm").read_bytes())
     assert score("pred_nii", "ref_nii")["mean"] == want["mean"]
+
+
+def test_predict_picks_a_series_of_a_whole_study_folder(named_ckpt, small_volume, tmp_path):
+    """A PACS export puts a study's series in one folder: refused with the series listed, then
+    segmented with --series UID (NIfTI and SEG of that series)."""
+    import pydicom
+
+    hu, affine = small_volume
+    helpers = _dicom_helpers()
+    study = tmp_path / "study"
+    helpers.write_series(hu, affine, study, seed=6, series_uid="1.2.826.0.9.1", desc="AX 12mm")
+    helpers.write_series(
+        hu[:, :, ::-1].copy(), affine, study, seed=7, series_uid="1.2.826.0.9.2", desc="AX B"
+    )
+    out = tmp_path / "out"
+    line = _one_line_exit_2(
+        CliRunner().invoke(app, ["predict", str(named_ckpt), str(study), "--out", str(out)])
+    )
+    assert "2 series in one folder" in line and "1.2.826.0.9.1" in line and "--series" in line
+    assert not out.exists()
+    r = CliRunner().invoke(
+        app,
+        ["predict", str(named_ckpt), str(study), "--out", str(out), "--format", "both", "--series", "1.2.826.0.9.2",
+         "-q"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    ds = pydicom.dcmread(out / "study.dcm")
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == "1.2.826.0.9.2"
+    assert nib.load(str(out / "study.nii.gz")).shape == hu.shape

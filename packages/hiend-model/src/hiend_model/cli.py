@@ -84,6 +84,12 @@ def predict(
         help="DICOM-SEG kind: binary (read by every viewer and PACS) or labelmap (DICOM 2024 label-map "
         "SEG, JPEG-LS: ~100x smaller and ~20x faster for many labels; newer viewers only).",
     ),
+    series: list[str] = typer.Option(
+        [],
+        "--series",
+        help="DICOM: where a folder holds several series (a whole study), segment this "
+        "SeriesInstanceUID (repeatable: one of them per folder).",
+    ),
     labels: Path = typer.Option(
         None,
         "--labels",
@@ -115,6 +121,7 @@ def predict(
             output_format=output_format,
             labels=labels,
             seg_type=seg_type,
+            series=series,
         )
         for path in written:
             typer.echo(str(path))

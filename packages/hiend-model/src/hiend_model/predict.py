@@ -439,7 +439,11 @@ def _outputs(name: str, output_format: str) -> list[str]:
 
 
 def _check_inputs(
-    cases: list[ScanCase], in_chans: int | None, out_dir: Path, output_format: str = "nifti"
+    cases: list[ScanCase],
+    in_chans: int | None,
+    out_dir: Path,
+    output_format: str = "nifti",
+    series: Sequence[str] = (),
 ) -> None:
     """Read every scan once (all of it: a truncated .gz only shows at the end) before writing anything;
     for DICOM-SEG output also the source series' headers (every scan must be DICOM)."""
@@ -456,14 +460,14 @@ def _check_inputs(
                 f"{case.files[0]}: --format dicom-seg needs DICOM input (a Segmentation references its "
                 "source series); this scan is NIfTI: use --format nifti"
             )
-        vol = load_volume(list(case.files))
+        vol = load_volume(list(case.files), series=series or None)
         channels = 1 if vol.array.ndim == 3 else vol.array.shape[0]
         if in_chans is not None and channels != in_chans:
             raise InputError(
                 f"{case.files[0]}: case {case.name!r} has {channels} channel(s), the model takes {in_chans}"
             )
         if seg:
-            series_headers(case.files[0])
+            series_headers(case.files[0], series or None)
         del vol
 
 
@@ -521,6 +525,7 @@ def predict_files(
     output_format: str = "nifti",
     labels: Any = None,
     seg_type: str = "binary",
+    series: Sequence[str] = (),
 ) -> list[Path]:
     """Segment scans with a UNETR checkpoint, or an ensemble; write ``{out_dir}/{case}.nii.gz`` per scan.
 
@@ -538,6 +543,8 @@ def predict_files(
     must be DICOM); ``"both"``. ``labels``: the segments' names, a dataset.json path or a ``{value:
     name}`` dict; default: the checkpoint's (:func:`output_label_names`). ``seg_type``: ``"binary"``
     (every viewer) or ``"labelmap"`` (compact, newer viewers; :func:`hiend_data.dicom_seg.write_seg`).
+    ``series``: SeriesInstanceUIDs to read where a DICOM folder holds several series (a PACS export of a
+    whole study; each such folder must hold one of them), as ``hiend-data preprocess --series``.
     """
     if output_format not in FORMATS:
         raise InputError(f"--format {output_format!r}: expected one of {', '.join(FORMATS)}")
@@ -558,7 +565,7 @@ def predict_files(
     model, plan = models[0], infos[0].plan
     cases = collect_cases(inputs)
     out_dir = Path(out_dir)
-    _check_inputs(cases, model.config.in_chans, out_dir, output_format)
+    _check_inputs(cases, model.config.in_chans, out_dir, output_format, series)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     what = f" ({len(models)} models)" if len(models) > 1 else ""
@@ -579,7 +586,7 @@ def predict_files(
             def step(done: int, total: int, task=task, label=label) -> None:
                 bar.update(task, description=f"{label}: windows{what}", completed=done, total=total)
 
-            volume = load_volume(list(case.files))
+            volume = load_volume(list(case.files), series=series or None)
             bar.update(task, description=f"{label}: preprocessing")
             labels_map = predict_ensemble(
                 models,
@@ -602,7 +609,7 @@ def predict_files(
                     write_seg(
                         labels_map,
                         volume.affine,
-                        series_headers(case.files[0]),
+                        series_headers(case.files[0], series or None),
                         out_dir / f"{case.name}{SEG_SUFFIX}",
                         seg_names,
                         software_version=f"hiend-model {__version__}",
