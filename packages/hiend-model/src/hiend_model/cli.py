@@ -82,7 +82,7 @@ def predict(
         "binary",
         "--seg-type",
         help="DICOM-SEG kind: binary (read by every viewer and PACS) or labelmap (DICOM 2024 label-map "
-        "SEG, JPEG-LS: ~100x smaller and ~20x faster for many labels; newer viewers only).",
+        "SEG, JPEG-LS: for 41 labels 136x smaller and 11x faster to write; newer viewers only).",
     ),
     series: list[str] = typer.Option(
         [],
