@@ -19,7 +19,9 @@ from safetensors.torch import save_file
 
 from hiend_data.torch import CropDataset
 from hiend_train import pretrain
-from hiend_train.config import PretrainConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "packages" / "hiend-train" / "tests"))
+from worker_config import tiny_pretrain_config  # noqa: E402 (hiend-train's worker config)
 
 SEEN: list[str] = []
 _getitem = CropDataset.__getitem__
@@ -34,31 +36,7 @@ def _recording_getitem(self: CropDataset, index: int) -> dict:
 if __name__ == "__main__":
     cache, out = Path(sys.argv[1]), Path(sys.argv[2])
     CropDataset.__getitem__ = _recording_getitem  # workers=0: items are drawn in this process
-    cfg = PretrainConfig(
-        cache=cache,
-        out=out / "run",
-        preset="tiny",
-        epochs=1,
-        batch_size=1,
-        num_samples=2,
-        workers=0,
-        lr=1e-3,
-        warmup_epochs=0,
-        progress=False,
-        log_every=1,
-        device="cpu",
-        preview_every=0,
-        val_fraction=0.0,
-        model=dict(
-            img_size=32,
-            patch_size=8,
-            embed_dim=48,
-            depth=4,
-            num_heads=4,
-            decoder_embed_dim=24,
-            decoder_num_heads=4,
-        ),
-    )
+    cfg = tiny_pretrain_config(cache, out, val_fraction=0.0)
     result = pretrain.run(cfg)
     rank = int(os.environ["RANK"])
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}

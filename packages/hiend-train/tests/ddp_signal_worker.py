@@ -13,9 +13,10 @@ import signal
 import sys
 from pathlib import Path
 
+from worker_config import tiny_pretrain_config  # beside this script (sys.path[0])
+
 from hiend_data.errors import InputError
 from hiend_train import loop, pretrain
-from hiend_train.config import PretrainConfig
 from hiend_train.signals import REQUEST, stop_on_signals
 
 if __name__ == "__main__":
@@ -33,23 +34,7 @@ if __name__ == "__main__":
         return real(step, *args, **kwargs)
 
     loop.lr_at = lr_at
-    cfg = PretrainConfig(
-        cache=cache,
-        out=out / "run",
-        preset="tiny",
-        epochs=50,
-        batch_size=1,
-        num_samples=2,
-        workers=0,
-        lr=1e-3,
-        warmup_epochs=0,
-        progress=False,
-        log_every=1,
-        device="cpu",
-        preview_every=0,
-        model=dict(img_size=32, patch_size=8, embed_dim=48, depth=4, num_heads=4, decoder_embed_dim=24,
-                   decoder_num_heads=4),
-    )  # fmt: skip
+    cfg = tiny_pretrain_config(cache, out, epochs=50)
     with stop_on_signals():
         result = pretrain.run(cfg)
     (out / f"rank{rank}.json").write_text(

@@ -10,37 +10,13 @@ import sys
 from pathlib import Path
 
 from safetensors.torch import save_file
+from worker_config import tiny_pretrain_config  # beside this script (sys.path[0])
 
 from hiend_train import pretrain
-from hiend_train.config import PretrainConfig
 
 if __name__ == "__main__":
     cache, out = Path(sys.argv[1]), Path(sys.argv[2])
-    cfg = PretrainConfig(
-        cache=cache,
-        out=out / "run",
-        preset="tiny",
-        epochs=1,
-        batch_size=1,
-        num_samples=2,
-        workers=1,
-        lr=1e-3,
-        warmup_epochs=0,
-        progress=False,
-        log_every=1,
-        device="cpu",
-        preview_every=1,
-        val_fraction=0.2,
-        model=dict(
-            img_size=32,
-            patch_size=8,
-            embed_dim=48,
-            depth=4,
-            num_heads=4,
-            decoder_embed_dim=24,
-            decoder_num_heads=4,
-        ),
-    )
+    cfg = tiny_pretrain_config(cache, out, workers=1, preview_every=1, val_fraction=0.2)
     result = pretrain.run(cfg)
     rank = int(os.environ["RANK"])
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
