@@ -8,32 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from hostile_cli import one_line_exit_2, run
 
 from hiend_data.errors import InputError
 from hiend_data.naming import check_unique, path_inside, safe_case_name
 from hiend_data.phantom import make_phantom_dataset
-
-BIN = Path(sys.executable).parent
-
-
-def run(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / str(args[0])), *map(str, args[1:])], capture_output=True, text=True, timeout=300
-    )
-
-
-def one_line_exit_2(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    return lines[0]
 
 
 def tree(folder: Path) -> set[str]:

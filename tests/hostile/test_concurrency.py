@@ -4,19 +4,10 @@ writing is refused with one line naming the cache, and leaves the first one's wo
 from __future__ import annotations
 
 import fcntl
-import subprocess
-import sys
-from pathlib import Path
+
+from hostile_cli import run
 
 from hiend_data.phantom import make_phantom_dataset
-
-BIN = Path(sys.executable).parent
-
-
-def run(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / str(args[0])), *map(str, args[1:])], capture_output=True, text=True, timeout=300
-    )
 
 
 def test_a_second_preprocess_on_a_cache_being_written_is_refused(tmp_path):

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from hostile_cli import one_line_exit_2, run
 from safetensors.torch import save_file
 
 from hiend_data import Plan
@@ -20,23 +19,7 @@ from hiend_data.phantom import make_phantom_dataset
 from hiend_model.checkpoint import save_checkpoint
 from hiend_model.mae import build
 
-BIN = Path(sys.executable).parent
 DEEP = "[" * 200_000 + "]" * 200_000
-
-
-def run(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / str(args[0])), *map(str, args[1:])], capture_output=True, text=True, timeout=300
-    )
-
-
-def one_line_exit_2(proc, *fragments: str) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout[-1500:], proc.stderr[-1500:])
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

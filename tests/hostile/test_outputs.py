@@ -7,13 +7,12 @@ there before intact.
 from __future__ import annotations
 
 import errno
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hostile_cli import one_line_exit_2, run
 from typer.testing import CliRunner
 
 from hiend_data import Plan
@@ -22,25 +21,6 @@ from hiend_data.phantom import make_phantom_dataset
 from hiend_model.checkpoint import save_checkpoint
 from hiend_model.mae import build
 from hiend_model.unetr import UNETR
-
-BIN = Path(sys.executable).parent
-
-
-def run(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / str(args[0])), *map(str, args[1:])], capture_output=True, text=True, timeout=300
-    )
-
-
-def one_line_exit_2(proc, *fragments: str) -> str:
-    stderr = proc.stderr
-    code = proc.returncode if hasattr(proc, "returncode") else proc.exit_code
-    assert code == 2, (code, stderr[-2000:])
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in stderr, stderr
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

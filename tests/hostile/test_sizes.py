@@ -5,35 +5,15 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from hostile_cli import one_line_exit_2, run
 
 from hiend_data.phantom import make_phantom_dataset
-
-BIN = Path(sys.executable).parent
-
-
-def run(*args: object, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / str(args[0])), *map(str, args[1:])],
-        capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})},
-    )  # fmt: skip
-
-
-def one_line_exit_2(proc, *fragments: str) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout[-1500:], proc.stderr[-1500:])
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    return lines[0]
 
 
 def test_a_nifti2_header_claiming_100000_cubed(tmp_path):

@@ -9,19 +9,18 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hostile_cli import BIN, one_line_exit_2, run
 
 from hiend_data import Plan
 from hiend_data.cache import preprocess_dataset
 from hiend_data.phantom import make_phantom_dataset
 from hiend_model.checkpoint import read_checkpoint_info
 
-BIN = Path(sys.executable).parent
 #: a 32^3 model of four blocks: a step in milliseconds
 TINY = [
     "--preset", "tiny", "--set", "model.img_size=32", "--set", "model.depth=4", "--set", "model.embed_dim=48",
@@ -29,21 +28,6 @@ TINY = [
     "--batch-size", "1",
 ]  # fmt: skip
 PRE = [*TINY, "--preview-every", "0"]
-
-
-def run(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / str(args[0])), *map(str, args[1:])], capture_output=True, text=True, timeout=300
-    )
-
-
-def one_line_exit_2(proc, *fragments: str) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout[-1500:], proc.stderr[-1500:])
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    return lines[0]
 
 
 def ok(proc) -> dict:
