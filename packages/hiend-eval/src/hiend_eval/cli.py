@@ -134,9 +134,7 @@ def run(
         predict_files(ckpt, [dataset / "imagesTr"], predictions, device=device)
         labels = dataset / "dataset.json"
         if not labels.is_file():  # no dataset.json: the names the fine-tuned checkpoint carries, if any
-            from hiend_model.checkpoint import read_checkpoint_info
-
-            labels = ckpt if read_checkpoint_info(ckpt).label_names else None
+            labels = ckpt if _checkpoint_has_names(ckpt) else None
         _score_and_report(
             predictions,
             dataset / "labelsTr",
@@ -147,6 +145,18 @@ def run(
             False,
             workers,
         )
+
+
+def _checkpoint_has_names(ckpt: Path) -> bool:
+    """Whether the checkpoint's metadata names its labels (predict has read the file already; anything
+    unreadable here just means no names)."""
+    from hiend_data.errors import InputError
+    from hiend_model.checkpoint import read_checkpoint_info
+
+    try:
+        return bool(read_checkpoint_info(ckpt).label_names)
+    except InputError:
+        return False
 
 
 def main() -> None:
