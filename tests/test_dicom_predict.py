@@ -325,3 +325,18 @@ def test_predict_picks_a_series_of_a_whole_study_folder(named_ckpt, small_volume
     ds = pydicom.dcmread(out / "study.dcm")
     assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == "1.2.826.0.9.2"
     assert nib.load(str(out / "study.nii.gz")).shape == hu.shape
+
+
+def test_series_folders_of_the_same_name_get_their_parents_prefixed(small_volume, tmp_path):
+    """A PACS export ``export/<patient>/CT/``: one output per patient, named as discovery names them."""
+    hu, affine = small_volume
+    helpers = _dicom_helpers()
+    export = tmp_path / "export"
+    helpers.write_series(hu, affine, export / "patient1" / "CT", seed=8)
+    helpers.write_series(hu, affine, export / "patient2" / "CT", seed=9)
+    helpers.write_series(hu, affine, export / "patient3" / "PET_CT", seed=10)
+    cases = collect_cases([export])
+    assert [c.name for c in cases] == ["patient1__CT", "patient2__CT", "PET_CT"]
+    from hiend_data.discovery import discover
+
+    assert [c.case_id for c in discover(export)] == sorted(c.name for c in cases)

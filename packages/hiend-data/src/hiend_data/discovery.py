@@ -200,7 +200,7 @@ def _check_exist(cases: list[Case]) -> list[Case]:
 # ---------------------------------------------------------------------------------- folder, manifest
 
 
-def _unique_ids(keys: list[tuple[Path, str]], root: Path) -> list[str]:
+def unique_ids(keys: list[tuple[Path, str]], root: Path) -> list[str]:
     """Case ids from ``(folder relative to root, case name)``: the name, prefixed by parent folders
     (``a__b__name``) only where names collide."""
     paths = [parent for parent, _name in keys]
@@ -240,7 +240,7 @@ def _from_folder(root: Path) -> list[Case]:
         name = folder.name[: -len(".zip")] if folder.is_file() else folder.name
         keys.append((rel.parent, name or folder.resolve().name))
         images.append([folder])
-    ids = _unique_ids(keys, root)
+    ids = unique_ids(keys, root)
     return [Case(i, im) for i, im in zip(ids, images, strict=True)]
 
 
@@ -278,7 +278,7 @@ def _from_manifest(path: Path) -> list[Case]:
         images.append(image)
         labels.append(label)
     rel = [Path(os.path.relpath(p, base)) for p in images]
-    ids = _unique_ids([(r.parent, case_name(r.name) or _dicom_name(r)) for r in rel], path)
+    ids = unique_ids([(r.parent, case_name(r.name) or _dicom_name(r)) for r in rel], path)
     return [Case(i, [im], lab) for i, im, lab in zip(ids, images, labels, strict=True)]
 
 

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hiend_data import load_volume, preprocess_case, restore_label, save_volume
 from hiend_data.dicom import series_headers
+from hiend_data.discovery import unique_ids
 from hiend_data.errors import InputError
 from hiend_data.naming import (
     ChannelGroup,
@@ -65,7 +66,8 @@ def collect_cases(inputs: Sequence[str | os.PathLike[str]]) -> list[ScanCase]:
     ``{case}``; a ``_dddd`` name without a ``_0000`` sibling is a scan of its own, named in full
     (:mod:`hiend_data.naming`, the rule every hiend package uses). DICOM: a folder that holds no NIfTI
     files is searched for series folders (:func:`hiend_data.naming.dicom_folders`: each folder directly
-    holding DICOM files is one scan, named by the folder, and each ``.zip`` of a series one scan); a
+    holding DICOM files is one scan, named by the folder, and each ``.zip`` of a series one scan;
+    colliding names are prefixed by their parent folders, ``patient1__CT``, as in discovery); a
     ``.zip`` or a multi-frame DICOM file is one scan named by its file name without the suffix.
     Raises InputError for a missing path, a file that is neither, a folder with neither, channels with
     gaps, and two scans that would be written to the same output name.
@@ -84,7 +86,10 @@ def collect_cases(inputs: Sequence[str | os.PathLike[str]]) -> list[ScanCase]:
             folders = dicom_folders(path)
             if not folders:
                 raise InputError(f"{path}: folder holds no .nii/.nii.gz files and no DICOM series")
-            series += [ScanCase(_dicom_case_name(f, path), (f,)) for f in folders]
+            # named by the folder (a zip by its name), prefixed by parent folders where names collide
+            # (patient1/CT, patient2/CT -> patient1__CT, patient2__CT): discovery's rule
+            keys = [(f.relative_to(path).parent, _dicom_case_name(f, path)) for f in folders]
+            series += [ScanCase(n, (f,)) for n, f in zip(unique_ids(keys, path), folders, strict=True)]
         elif path.is_file():
             if is_image(path):
                 files.append(path)
