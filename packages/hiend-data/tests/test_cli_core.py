@@ -36,6 +36,8 @@ def test_inspect_label_values(ct_dir):
     assert len(info["label_values"]) == 42  # background + 41 structures
     text = _run("inspect", ct_dir / "body_ct_3mm_ras_30slices_seg.nii.gz")
     assert text.exit_code == 0 and "3 x 3 x 3 mm" in text.stdout and "RAS" in text.stdout
+    values = [line for line in text.stdout.splitlines() if line.strip().startswith("values")]
+    assert values == ["  values       [" + ", ".join(map(str, info["label_values"])) + "]"]  # once
 
 
 def test_inspect_refuses_nan_saying_how_many(tmp_path, nii):

@@ -153,10 +153,10 @@ def inspect(
         print(f"  range        {info['min']:g} .. {info['max']:g} (mean {info['mean']:.4g})")
         if info["label_values"] is not None:
             print(f"  values       {info['label_values']}")
-        if info.get("segments"):
-            print(f"  segments     {', '.join(f'{k} {v}' for k, v in info['segments'].items())}")
         elif "n_values" in info:
             print(f"  values       {info['n_values']} distinct integers")
+        if info.get("segments"):
+            print(f"  segments     {', '.join(f'{k} {v}' for k, v in info['segments'].items())}")
 
 
 def _parse_spacing(text: str | None) -> tuple[float, float, float] | None:
