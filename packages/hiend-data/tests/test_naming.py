@@ -243,3 +243,15 @@ def test_manifest_and_nnunet_names_follow_the_rule(tmp_path):
     missing = re.escape(str(root / "imagesTr" / "k_0001.nii"))
     with pytest.raises(InputError, match=rf"^{missing}: channel file missing; case 'k'"):
         discover(root)
+
+
+def test_dicom_case_name_one_rule_for_folders_zips_and_files(tmp_path):
+    from hiend_data.naming import dicom_case_name
+
+    (tmp_path / "CT.v2").mkdir()
+    assert dicom_case_name(tmp_path / "CT.v2") == "CT.v2"  # a folder keeps its dots
+    assert dicom_case_name(tmp_path / "CT.v2" / ".") == "CT.v2"  # "." is the folder itself
+    for name, want in [("study.ZIP", "study"), ("enh.dcm", "enh"), ("enh.Dcm", "enh"),
+                       ("1.2.840.113619.2.55", "1.2.840.113619.2.55"), (".dcm", ".dcm")]:  # fmt: skip
+        (tmp_path / name).write_bytes(b"")
+        assert dicom_case_name(tmp_path / name) == want, name

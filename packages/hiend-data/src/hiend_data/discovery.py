@@ -37,6 +37,7 @@ from .naming import (
     case_name,
     channel_file,
     check_unique,
+    dicom_case_name,
     dicom_folders,
     group_channels,
     image_suffix,
@@ -236,9 +237,7 @@ def _from_folder(root: Path) -> list[Case]:
     # every folder directly holding DICOM files is one case named by the folder, every .zip one named
     # by the file without .zip (hiend_data.naming)
     for folder in dicom_folders(root, skip=files):
-        rel = folder.relative_to(root)
-        name = folder.name[: -len(".zip")] if folder.is_file() else folder.name
-        keys.append((rel.parent, name or folder.resolve().name))
+        keys.append((folder.relative_to(root).parent, dicom_case_name(folder)))
         images.append([folder])
     ids = unique_ids(keys, root)
     return [Case(i, im) for i, im in zip(ids, images, strict=True)]
@@ -278,13 +277,11 @@ def _from_manifest(path: Path) -> list[Case]:
         images.append(image)
         labels.append(label)
     rel = [Path(os.path.relpath(p, base)) for p in images]
-    ids = unique_ids([(r.parent, case_name(r.name) or _dicom_name(r)) for r in rel], path)
+    ids = unique_ids(
+        [(r.parent, case_name(r.name) or dicom_case_name(im)) for r, im in zip(rel, images, strict=True)],
+        path,
+    )
     return [Case(i, [im], lab) for i, im, lab in zip(ids, images, labels, strict=True)]
-
-
-def _dicom_name(rel: Path) -> str:
-    """Case name of a DICOM manifest entry: the folder's name, a zip's or file's name without suffix."""
-    return rel.name if rel.suffix == "" else rel.stem
 
 
 # ------------------------------------------------------------------------------------------ splits

@@ -60,6 +60,7 @@ __all__ = [
     "is_dicom_source",
     "dicom_folders",
     "is_dicom_zip",
+    "dicom_case_name",
 ]
 
 #: File endings hiend reads as images (longest first, so ``.nii.gz`` wins over a bare ``.gz``).
@@ -144,6 +145,24 @@ def dicom_folders(root: str | os.PathLike[str], skip: Iterable[Path] = ()) -> li
         elif is_dicom_file(f):
             found.add(f.parent)
     return sorted(found | {z for z in zips if z.parent not in found})
+
+
+#: what a DICOM file's or archive's case name leaves out (any letter case)
+DICOM_NAME_SUFFIXES: tuple[str, ...] = (".zip", ".dcm")
+
+
+def dicom_case_name(path: str | os.PathLike[str]) -> str:
+    """The case a DICOM source names: a series folder's name (``.`` or ``..``: the folder's resolved
+    name), a zip's or a DICOM file's name without ``.zip`` / ``.dcm`` (any letter case; other dots, as in
+    UID-named files, stay). Used by discovery, ``hiend-model predict`` and ``hiend-eval score``."""
+    path = Path(path)
+    if path.is_dir():
+        return path.name if path.name not in ("", ".", "..") else path.resolve().name
+    name = path.name
+    for suffix in DICOM_NAME_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def image_suffix(name: str | os.PathLike[str]) -> str | None:

@@ -27,7 +27,7 @@ from hiend_data.errors import InputError
 from hiend_data.io import label_array
 from hiend_data.jsonfile import parse_json
 from hiend_data.labels import label_names_from_json, read_label_names
-from hiend_data.naming import case_name
+from hiend_data.naming import case_name, dicom_case_name
 
 from .__about__ import __version__
 from .labelmaps import FOREGROUND, c_order, label_boxes, present_values, score_label_maps
@@ -104,10 +104,7 @@ def is_seg_name(path: str | os.PathLike[str]) -> bool:
 def label_case_name(path: str | os.PathLike[str]) -> str | None:
     """The case a label-map file names: NIfTI by hiend's rule (:func:`hiend_data.naming.case_name`), a
     DICOM-SEG ``{case}.dcm`` by its name without ``.dcm``; None for anything else."""
-    cid = case_name(path)
-    if cid is None and is_seg_name(path):
-        cid = Path(path).name[: -len(SEG_SUFFIX)]
-    return cid
+    return case_name(path) or (dicom_case_name(path) if is_seg_name(path) else None)
 
 
 def _index(folder: Path, what: str) -> dict[str, Path]:

@@ -30,6 +30,7 @@ from hiend_data.errors import InputError
 from hiend_data.naming import (
     ChannelGroup,
     check_unique,
+    dicom_case_name,
     dicom_folders,
     group_channels,
     is_dicom_source,
@@ -46,16 +47,6 @@ from .inference import argmax_labels, label_dtype, sliding_window_logits
 #: One scan to segment: output name (``{name}.nii.gz``) and its channel files in channel order
 #: (:func:`hiend_data.naming.group_channels`' groups).
 ScanCase = ChannelGroup
-
-
-def _dicom_case_name(source: Path, root: Path | None) -> str:
-    """A series folder's name (``root`` itself: its resolved name), a zip's or file's without suffix."""
-    if source.is_dir():
-        return source.resolve().name if source == root else source.name
-    name = source.name
-    for suffix in (".zip", ".ZIP", ".dcm", ".DCM"):
-        name = name.removesuffix(suffix)
-    return name
 
 
 def collect_cases(inputs: Sequence[str | os.PathLike[str]]) -> list[ScanCase]:
@@ -88,13 +79,13 @@ def collect_cases(inputs: Sequence[str | os.PathLike[str]]) -> list[ScanCase]:
                 raise InputError(f"{path}: folder holds no .nii/.nii.gz files and no DICOM series")
             # named by the folder (a zip by its name), prefixed by parent folders where names collide
             # (patient1/CT, patient2/CT -> patient1__CT, patient2__CT): discovery's rule
-            keys = [(f.relative_to(path).parent, _dicom_case_name(f, path)) for f in folders]
+            keys = [(f.relative_to(path).parent, dicom_case_name(f)) for f in folders]
             series += [ScanCase(n, (f,)) for n, f in zip(unique_ids(keys, path), folders, strict=True)]
         elif path.is_file():
             if is_image(path):
                 files.append(path)
             elif is_dicom_source(path):
-                series.append(ScanCase(_dicom_case_name(path, None), (path,)))
+                series.append(ScanCase(dicom_case_name(path), (path,)))
             else:
                 raise InputError(f"{path}: not a NIfTI file name (expected .nii or .nii.gz) nor DICOM")
         else:
