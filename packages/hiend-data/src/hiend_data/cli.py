@@ -56,14 +56,10 @@ def _describe(path: Path, series: str | None = None) -> dict[str, Any]:
         if len(values) <= 256:
             info["label_values"] = values
     if path.is_file() and path.name.lower().endswith(".dcm") and arr.dtype.kind == "u":
-        import pydicom
+        from .dicom_seg import segment_names  # {} unless a Segmentation (its header only)
 
-        from .dicom import SEG_SOP_CLASSES
-
-        if str(pydicom.dcmread(path, stop_before_pixels=True).get("SOPClassUID", "")) in SEG_SOP_CLASSES:
-            from .dicom_seg import segment_names
-
-            info["segments"] = {str(k): v for k, v in segment_names(path).items()}
+        if names := segment_names(path):
+            info["segments"] = {str(k): v for k, v in names.items()}
     return info
 
 

@@ -358,9 +358,20 @@ def _open_seg(path: Path) -> Any:
 
 
 def segment_names(path: str | os.PathLike[str]) -> dict[int, str]:
-    """Segment number -> SegmentLabel of the SEG at ``path``."""
-    seg = _open_seg(Path(path))
-    return {int(item.SegmentNumber): str(item.SegmentLabel) for item in seg.SegmentSequence}
+    """Segment number -> SegmentLabel of the SEG at ``path``, from its header alone (no frame is read
+    or parsed); ``{}`` for a DICOM file that is not a Segmentation."""
+    import pydicom
+
+    from .dicom import SEG_SOP_CLASSES
+
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as exc:  # noqa: BLE001 - anything pydicom cannot parse is a bad file here
+        raise InputError(f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc})") from None
+    if str(ds.get("SOPClassUID", "")) not in SEG_SOP_CLASSES:
+        return {}
+    return {int(item.SegmentNumber): str(item.SegmentLabel) for item in ds.get("SegmentSequence", [])}
 
 
 def _check_labelled(path: Path, seg: Any) -> None:

@@ -365,7 +365,8 @@ def score_folders(
                 FOREGROUND: r["labels"][FOREGROUND],
             }
     if labels is None:  # unnamed: a DICOM-SEG's segment labels name its values (reference first)
-        labels = {v: seg_names.get(v, str(v)) for v in values for seg_names in [_seg_label_names(pairs)]}
+        seg_names = _seg_label_names(pairs)
+        labels = {v: seg_names.get(v, str(v)) for v in values}
     names = {str(v): labels[v] for v in values}
     return summarize(results, names, tolerance, matching)
 
