@@ -223,6 +223,21 @@ def test_dicom_seg_refusals_leave_nothing_written(
     )
     assert str(bad) in line and "[5]" in line and "3 classes" in line
 
+    # a SEG is a label map, not a scan: refused whatever the output format
+    from hiend_data import load_volume
+    from hiend_data.dicom import series_headers
+    from hiend_data.dicom_seg import write_seg
+
+    vol = load_volume(series)
+    seg = write_seg(
+        np.ones(vol.shape, np.uint8), vol.affine, series_headers(series), tmp_path / "in" / "s.dcm"
+    )
+    for fmt in ("nifti", "dicom-seg"):
+        line = _one_line_exit_2(
+            runner.invoke(app, ["predict", str(named_ckpt), str(seg), "--out", str(out), "--format", fmt])
+        )
+        assert line.endswith(f"{seg}: a DICOM Segmentation (a label map), not a scan to segment")
+
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util,

@@ -33,6 +33,7 @@ import numpy as np
 from .atomic import atomic_path
 from .errors import InputError
 from .limits import check_volume_bytes
+from .naming import is_dicom_file
 
 #: How far (in voxels) a source frame's pixel may lie from the hiend grid's voxel centres
 VOXEL_TOL = 0.25
@@ -198,7 +199,7 @@ def frame_voxels(
 
 def _with_type2(datasets: Sequence[Any]) -> list[Any]:
     """Copies of the headers with the Type 2 patient/study attributes highdicom copies present (empty
-    where the scanner left them out), pixel data dropped."""
+    where the scanner left them out)."""
     import copy
 
     out = []
@@ -360,18 +361,30 @@ def _open_seg(path: Path) -> Any:
 def segment_names(path: str | os.PathLike[str]) -> dict[int, str]:
     """Segment number -> SegmentLabel of the SEG at ``path``, from its header alone (no frame is read
     or parsed); ``{}`` for a DICOM file that is not a Segmentation."""
+    ds = _seg_header(Path(path))
+    if ds is None:
+        return {}
+    return {int(item.SegmentNumber): str(item.SegmentLabel) for item in ds.get("SegmentSequence", [])}
+
+
+def is_segmentation(path: str | os.PathLike[str]) -> bool:
+    """Whether the file at ``path`` is a DICOM Segmentation (BINARY, FRACTIONAL or LABELMAP), from its
+    header alone; False for folders, zips and other files."""
+    path = Path(path)
+    return path.is_file() and is_dicom_file(path) and _seg_header(path) is not None
+
+
+def _seg_header(path: Path) -> Any:
+    """The file's header (no pixels) when it is a Segmentation, else None."""
     import pydicom
 
     from .dicom import SEG_SOP_CLASSES
 
-    path = Path(path)
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as exc:  # noqa: BLE001 - anything pydicom cannot parse is a bad file here
         raise InputError(f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc})") from None
-    if str(ds.get("SOPClassUID", "")) not in SEG_SOP_CLASSES:
-        return {}
-    return {int(item.SegmentNumber): str(item.SegmentLabel) for item in ds.get("SegmentSequence", [])}
+    return ds if str(ds.get("SOPClassUID", "")) in SEG_SOP_CLASSES else None
 
 
 def _check_labelled(path: Path, seg: Any) -> None:

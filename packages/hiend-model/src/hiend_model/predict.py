@@ -441,8 +441,8 @@ def _check_inputs(
     output_format: str = "nifti",
     series: Sequence[str] = (),
 ) -> None:
-    """Read every scan once (all of it: a truncated .gz only shows at the end) before writing anything;
-    for DICOM-SEG output also the source series' headers (every scan must be DICOM)."""
+    """Read every scan once (all of it: a truncated .gz only shows at the end) before writing anything.
+    A DICOM Segmentation file is a label map, not a scan: refused; DICOM-SEG output needs DICOM scans."""
     inputs = {f.resolve() for case in cases for f in case.files}
     seg = output_format in ("dicom-seg", "both")
     for case in cases:
@@ -456,14 +456,19 @@ def _check_inputs(
                 f"{case.files[0]}: --format dicom-seg needs DICOM input (a Segmentation references its "
                 "source series); this scan is NIfTI: use --format nifti"
             )
-        vol = load_volume(list(case.files), series=series or None)
+        vol = load_volume(list(case.files), series=series or None)  # (says what to install for DICOM)
+        if len(case.files) == 1 and is_dicom_source(case.files[0]):
+            from hiend_data.dicom_seg import is_segmentation
+
+            if is_segmentation(case.files[0]):
+                raise InputError(
+                    f"{case.files[0]}: a DICOM Segmentation (a label map), not a scan to segment"
+                )
         channels = 1 if vol.array.ndim == 3 else vol.array.shape[0]
         if in_chans is not None and channels != in_chans:
             raise InputError(
                 f"{case.files[0]}: case {case.name!r} has {channels} channel(s), the model takes {in_chans}"
             )
-        if seg:
-            series_headers(case.files[0], series or None)
         del vol
 
 
