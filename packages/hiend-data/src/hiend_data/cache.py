@@ -51,7 +51,7 @@ from .discovery import Case, discover
 from .errors import InputError
 from .io import load_label, load_volume
 from .jsonfile import read_json
-from .labels import label_names_from_json, label_names_to_json, read_label_names
+from .labels import label_names_from_dataset, label_names_from_json, label_names_to_json
 from .naming import path_inside
 from .plan import Plan
 from .preprocess import PreprocessRecord, preprocess_case
@@ -210,7 +210,7 @@ def _dataset_label_names(src: Path) -> dict[int, str] | None:
     if not isinstance(data, dict) or not data.get("labels"):
         return None
     try:
-        return read_label_names(djson)
+        return label_names_from_dataset(data, djson)
     except InputError as exc:
         print(f"warning: {exc}; the cache gets no label names", file=sys.stderr)
         return None

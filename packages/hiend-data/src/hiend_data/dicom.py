@@ -37,14 +37,12 @@ from typing import Any
 
 import numpy as np
 
+from .dicom_seg import LABELMAP_SEG_SOP_CLASS, SEG_SOP_CLASS, SEG_SOP_CLASSES, read_seg
 from .errors import InputError
 from .limits import max_volume_bytes
 
 INSTALL = "pip install 'hiend-data[dicom]'"
 
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-LABELMAP_SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"  # Label Map Segmentation Storage (DICOM 2024)
-SEG_SOP_CLASSES = (SEG_SOP_CLASS, LABELMAP_SEG_SOP_CLASS)
 
 #: SOP classes that carry pixel data but are not a scan (hiend reads images, not these)
 _NOT_SCANS = {
@@ -428,8 +426,6 @@ def read_dicom(path: str | os.PathLike[str], series: str | Sequence[str] | None 
     path = Path(path)
     with _series(path, series) as (chosen, multi):
         if multi is None and len(chosen) == 1 and _sop_class(chosen[0]) in SEG_SOP_CLASSES:
-            from .dicom_seg import read_seg
-
             return read_seg(path, chosen[0])
         scales = _prepare_multiframe(path, multi) if multi is not None else []
         img = _convert(path, chosen)

@@ -35,6 +35,10 @@ from .errors import InputError
 from .limits import check_volume_bytes
 from .naming import is_dicom_file
 
+#: SOP classes of DICOM Segmentations (the second: Label Map Segmentation Storage, DICOM 2024)
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+LABELMAP_SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"
+SEG_SOP_CLASSES = (SEG_SOP_CLASS, LABELMAP_SEG_SOP_CLASS)
 #: How far (in voxels) a source frame's pixel may lie from the hiend grid's voxel centres
 VOXEL_TOL = 0.25
 #: RAS <-> LPS (its own inverse)
@@ -377,8 +381,6 @@ def is_segmentation(path: str | os.PathLike[str]) -> bool:
 def _seg_header(path: Path) -> Any:
     """The file's header (no pixels) when it is a Segmentation, else None."""
     import pydicom
-
-    from .dicom import SEG_SOP_CLASSES
 
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)

@@ -20,7 +20,7 @@ from typing import Any
 from .errors import InputError
 from .jsonfile import read_json
 
-__all__ = ["read_label_names", "label_names_to_json", "label_names_from_json"]
+__all__ = ["read_label_names", "label_names_from_dataset", "label_names_to_json", "label_names_from_json"]
 
 
 def read_label_names(path: str | os.PathLike[str]) -> dict[int, str]:
@@ -31,7 +31,11 @@ def read_label_names(path: str | os.PathLike[str]) -> dict[int, str]:
     values), values that are not non-negative integers, a value given twice, only background.
     """
     path = Path(path)
-    data = read_json(path)
+    return label_names_from_dataset(read_json(path), path)
+
+
+def label_names_from_dataset(data: Any, path: str | os.PathLike[str]) -> dict[int, str]:
+    """:func:`read_label_names` of a dataset.json already parsed (``data``); ``path`` names it in errors."""
     labels = data.get("labels") if isinstance(data, dict) else None
     if not isinstance(labels, dict) or not labels:
         raise InputError(f"{path}: no 'labels' map (name -> value) in this dataset.json")

@@ -151,10 +151,11 @@ def _checkpoint_has_names(ckpt: Path) -> bool:
     """Whether the checkpoint's metadata names its labels (predict has read the file already; anything
     unreadable here just means no names)."""
     from hiend_data.errors import InputError
-    from hiend_model.checkpoint import read_checkpoint_info
+
+    from .score import read_checkpoint_label_names
 
     try:
-        return bool(read_checkpoint_info(ckpt).label_names)
+        return bool(read_checkpoint_label_names(ckpt))
     except InputError:
         return False
 

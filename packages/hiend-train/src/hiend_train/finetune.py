@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hiend_data.cache import LABELS_NAME
 from hiend_data.errors import InputError
 from hiend_data.labels import label_names_to_json, read_label_names
 from hiend_data.sampling import SamplerConfig
@@ -76,7 +77,7 @@ def run_label_names(cfg: FinetuneConfig, cache: Any, num_classes: int) -> dict[i
         names, source = read_label_names(cfg.labels), Path(cfg.labels)
     else:
         names = getattr(cache, "label_names", None)
-        source = Path(cache.root) / "labels.json"
+        source = Path(cache.root) / LABELS_NAME
     if not names:
         return None
     top = max(names)
