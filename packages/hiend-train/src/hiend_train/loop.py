@@ -304,6 +304,10 @@ def train_one_epoch(
     crops = crops_window = 0  # in this pass, for crops/s
     votes = None  # DDP: ranks that asked to stop (hiend_train.signals), summed on the device
 
+    def stopped_by() -> str:
+        """The signal's name (a rank stopped by another rank's signal names the scheduler's usual one)."""
+        return REQUEST.name or "SIGTERM"
+
     def stop_asked(synced: bool) -> bool:
         """Did a signal ask the run to stop? One process: at once; DDP: where the ranks sync anyway
         (``synced``), from the all-reduced votes, so that all stop at the same step."""
@@ -432,7 +436,7 @@ def train_one_epoch(
             if stop:
                 progress.remove_task(bar)
                 record = {"event": "stop", "epoch": epoch + 1, "batch": i + 1, "step": step}
-                return step, {**record, "signal": REQUEST.name or "SIGTERM"} if preempted else record
+                return step, {**record, "signal": stopped_by()} if preempted else record
     progress.remove_task(bar)
     values = host_mean(so_far)
     seconds = time.perf_counter() - t0
@@ -446,7 +450,7 @@ def train_one_epoch(
         "seconds": seconds,
     }
     if stop_asked(True):  # the epoch end syncs every rank (host_mean above)
-        record["signal"] = REQUEST.name or "SIGTERM"
+        record["signal"] = stopped_by()
     return step, record
 
 
