@@ -23,13 +23,27 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="random seed; the same seed writes the same dataset"),
         test_cases: int = typer.Option(0, "--test-cases", help="extra held-out cases: imagesTs + labelsTs"),
         overwrite: bool = typer.Option(False, "--overwrite", help="allow writing into a non-empty folder"),
+        resolution: str = typer.Option(
+            "coarse", "--resolution", help="coarse (2.5-4 mm in-plane, 2.5-5 mm slices) | clinical (0.6-1 mm)"
+        ),
+        phase: str = typer.Option("native", "--phase", help="native | arterial | portal | random (per case)"),
+        coverage: str = typer.Option(
+            "", "--coverage", help="abdomen | thorax-abdomen | abdomen-pelvis (default: drawn per case)"
+        ),
     ) -> None:
-        """Write a synthetic CT dataset (torso phantoms with 6 labelled organs) in nnU-Net v2 layout."""
+        """Write a synthetic CT dataset (adult torsos in mm, 6 labelled organs) in nnU-Net v2 layout."""
         with cli_errors():
             from .phantom import make_phantom_dataset
 
             path = make_phantom_dataset(
-                out, cases=cases, seed=seed, test_cases=test_cases, overwrite=overwrite
+                out,
+                cases=cases,
+                seed=seed,
+                test_cases=test_cases,
+                overwrite=overwrite,
+                resolution=resolution,
+                phase=phase,
+                coverage=coverage or None,
             )
             typer.echo(f"wrote {cases} labelled + {test_cases} test phantoms to {path}")
 
