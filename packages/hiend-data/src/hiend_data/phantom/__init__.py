@@ -58,12 +58,14 @@ ORIENTATIONS: tuple[tuple[str, str, str], ...] = (
 @dataclass
 class Phantom:
     """One synthetic case. hu: int16 ``[X, Y, Z]``; label: uint8 ``[X, Y, Z]``; affine: (4, 4) voxel ->
-    world RAS mm; orientation: axis codes of ``hu``'s array axes; body and scan: what was drawn."""
+    world RAS mm; orientation: axis codes of ``hu``'s array axes; tissue: uint8 ``[X, Y, Z]`` tissue
+    ids (:data:`.tissues.TISSUES`); body and scan: what was drawn."""
 
     hu: np.ndarray
     label: np.ndarray
     affine: np.ndarray
     orientation: tuple[str, str, str]
+    tissue: np.ndarray | None = None
     body: Body | None = None
     scan: Scan | None = None
 
@@ -95,12 +97,13 @@ def make_phantom(
     scan = draw_scan(body, rng, resolution=resolution, spacing=spacing, coverage=coverage, phase=phase)
     if orientation is None:
         orientation = ORIENTATIONS[int(rng.integers(len(ORIENTATIONS)))]
-    hu, label, affine = render(body, scan, rng)
+    hu, label, tissue, affine = render(body, scan, rng)
     ornt = nio.ornt_transform(nio.axcodes2ornt(("R", "A", "S")), nio.axcodes2ornt(orientation))
     hu_o = np.ascontiguousarray(nio.apply_orientation(hu, ornt))
     label_o = np.ascontiguousarray(nio.apply_orientation(label, ornt))
+    tissue_o = np.ascontiguousarray(nio.apply_orientation(tissue, ornt))
     affine_o = affine @ nio.inv_ornt_aff(ornt, hu.shape)
-    return Phantom(hu_o, label_o, affine_o, tuple(orientation), body, scan)  # type: ignore[arg-type]
+    return Phantom(hu_o, label_o, affine_o, tuple(orientation), tissue_o, body, scan)  # type: ignore[arg-type]
 
 
 def make_phantom_dataset(

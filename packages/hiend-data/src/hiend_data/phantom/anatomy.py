@@ -86,7 +86,7 @@ def draw_body(rng: np.random.Generator) -> Body:
     """Draw one adult body (sizes, habitus, organ sizes and offsets, breathing)."""
     h = float(rng.beta(2.0, 2.2))
     width = float(np.clip(300 + 130 * h + rng.normal(0, 15), 290, 470))
-    depth = float(np.clip(185 + 120 * h + rng.normal(0, 12), 170, 330))
+    depth = float(np.clip(200 + 115 * h + rng.normal(0, 12), 180, 335))
     fat = float(np.clip(5 + 28 * h + rng.normal(0, 4), 4, 45))
     body = Body(
         habitus=h,
@@ -323,9 +323,9 @@ def draw_anatomy(canvas: Canvas, body: Body, rng: np.random.Generator) -> None:
     cv.paint(T["liver"], right, only=cav, extra=below)
     cv.paint(T["liver"], left, only=cav, extra=below)
     vessels: list[Capsule] = []
-    for _ in range(5):
+    for _ in range(3):
         d = np.array([1.0, 0.4, 0.2]) + rng.normal(0, 0.6, size=3)
-        _tree(rng, np.array([45 + sh[0], 40 + sh[1], -55 + br + sh[2]]), d, 6.0, 35, 2, vessels)
+        _tree(rng, np.array([45 + sh[0], 40 + sh[1], -55 + br + sh[2]]), d, 5.0, 35, 2, vessels)
     for c in vessels:
         cv.paint(T["hepatic_vessel"], c, only=[T["liver"]])
     gb = Ellipsoid(
@@ -337,7 +337,7 @@ def draw_anatomy(canvas: Canvas, body: Body, rng: np.random.Generator) -> None:
     ss, sh = b.organ_scale["spleen"], b.organ_shift["spleen"]
     hw_ab = b.width / 2 - b.fat - b.wall
     sc = np.array([-(hw_ab - 38) + sh[0], 5 + sh[1], -65 + br + sh[2]])
-    spleen = Ellipsoid(sc, np.array([28, 60, 58]) * ss, rotation(rz=35, rx=10), Warp.draw(rng, 5, 45))
+    spleen = Ellipsoid(sc, np.array([30, 62, 60]) * ss, rotation(rz=35, rx=10), Warp.draw(rng, 5, 45))
     hollow = Ellipsoid(sc + np.array([38, 30, 0]), np.array([22, 40, 60]) * ss, rotation(rz=35))
     cv.paint(T["spleen"], spleen, only=cav, extra=lambda x, y, z: below(x, y, z) & ~hollow(x, y, z))
 

@@ -89,9 +89,26 @@ def draw_scan(
     )
 
 
-def render(body: Body, scan: Scan, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sample ``body`` on ``scan``'s grid: (hu int16 ``[X, Y, Z]``, label uint8 ``[X, Y, Z]``, affine
-    (4, 4) voxel -> world RAS mm), arrays in RAS order (x right, y anterior, z superior)."""
+def ct_noise(
+    shape: tuple[int, int, int], spacing: tuple[float, float, float], sd: float, rng: np.random.Generator
+) -> np.ndarray:
+    """CT-like noise, float32 ``shape``: white noise low-passed in-plane (a reconstruction kernel's
+    noise is correlated over ~1 mm within a slice, independent between slices), scaled to ``sd`` HU."""
+    from scipy.ndimage import gaussian_filter
+
+    noise = rng.standard_normal(shape, dtype=np.float32)
+    corr = [max(0.6, 0.7 / spacing[0]), max(0.6, 0.7 / spacing[1]), 0.0]
+    noise = gaussian_filter(noise, corr, mode="wrap")
+    noise *= sd / max(float(noise.std()), 1e-6)
+    return noise
+
+
+def render(
+    body: Body, scan: Scan, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sample ``body`` on ``scan``'s grid: (hu int16 ``[X, Y, Z]``, label uint8 ``[X, Y, Z]``, tissue ids
+    uint8 ``[X, Y, Z]`` (:data:`.tissues.TISSUES`, at each slice's centre), affine (4, 4) voxel -> world
+    RAS mm), arrays in RAS order (x right, y anterior, z superior)."""
     from scipy.ndimage import gaussian_filter
 
     nx, ny, nz = scan.shape()
@@ -118,9 +135,10 @@ def render(body: Body, scan: Scan, rng: np.random.Generator) -> tuple[np.ndarray
     if sub > 1:
         hu = hu.reshape(nx, ny, nz, sub).mean(axis=-1)
         tex_w = tex_w.reshape(nx, ny, nz, sub).mean(axis=-1)
-        label = TISSUE_LABEL[tissue[:, :, sub // 2 :: sub]]
+        centre = np.ascontiguousarray(tissue[:, :, sub // 2 :: sub])
     else:
-        label = TISSUE_LABEL[tissue]
+        centre = tissue
+    label = TISSUE_LABEL[centre]
     del tissue, canvas
     # texture: smooth in-organ variation (sigma ~4 mm), trabecular and lung structure ride on it
     tex = rng.standard_normal((nx, ny, nz), dtype=np.float32)
@@ -130,12 +148,8 @@ def render(body: Body, scan: Scan, rng: np.random.Generator) -> tuple[np.ndarray
     hu += tex_w * tex
     # the reconstruction kernel's in-plane blur (~0.8 mm FWHM, at least half a voxel)
     hu = gaussian_filter(hu, [max(0.45, 0.35 / sx), max(0.45, 0.35 / sy), 0.0], mode="nearest")
-    noise = rng.standard_normal((nx, ny, nz), dtype=np.float32)
-    corr = [max(0.6, 0.7 / sx), max(0.6, 0.7 / sy), 0.0]
-    noise = gaussian_filter(noise, corr, mode="wrap")
-    noise *= scan.noise / max(float(noise.std()), 1e-6)
-    hu += noise
+    hu += ct_noise((nx, ny, nz), scan.spacing, scan.noise, rng)
     hu_i = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
     affine = np.diag([sx, sy, sz, 1.0])
     affine[:3, 3] = [x0, y0, z0]
-    return hu_i, label, affine
+    return hu_i, label, centre, affine

@@ -49,7 +49,7 @@ _ROWS: list[tuple[str, int, dict[str, tuple[float, float]]]] = [
     ("paraspinal", 0, {"native": (20, 45), "arterial": (30, 50), "portal": (35, 60)}),
     ("liver", 1, {"native": (40, 65), "arterial": (65, 85), "portal": (100, 125)}),
     ("hepatic_vessel", 1, {"native": (30, 42), "arterial": (45, 70), "portal": (140, 180)}),
-    ("spleen", 2, {"native": (30, 50), "arterial": (100, 140), "portal": (105, 125)}),
+    ("spleen", 2, {"native": (36, 52), "arterial": (100, 140), "portal": (105, 125)}),
     ("kidney_r_cortex", 3, {"native": (25, 38), "arterial": (150, 200), "portal": (140, 180)}),
     ("kidney_r_medulla", 3, {"native": (22, 35), "arterial": (60, 90), "portal": (110, 150)}),
     ("kidney_r_sinus", 3, {"native": (-115, -85)}),
@@ -58,9 +58,9 @@ _ROWS: list[tuple[str, int, dict[str, tuple[float, float]]]] = [
     ("kidney_l_medulla", 4, {"native": (22, 35), "arterial": (60, 90), "portal": (110, 150)}),
     ("kidney_l_sinus", 4, {"native": (-115, -85)}),
     ("kidney_l_pelvis", 4, {"native": (0, 15)}),
-    ("vertebra_cortex", 5, {"native": (500, 850)}),
-    ("vertebra_marrow", 5, {"native": (120, 230)}),
-    ("vertebra_posterior", 5, {"native": (200, 380)}),
+    ("vertebra_cortex", 5, {"native": (450, 750)}),
+    ("vertebra_marrow", 5, {"native": (110, 210)}),
+    ("vertebra_posterior", 5, {"native": (180, 320)}),
     ("disc", 0, {"native": (70, 110)}),
     ("canal", 0, {"native": (5, 20)}),
     ("cord", 0, {"native": (25, 40)}),
@@ -99,6 +99,7 @@ _TEXTURE = {
     "pelvic_bone": 60.0,
 }
 _TEXTURE.update({"lung": 30.0, "stool": 60.0, "vertebra_posterior": 60.0, "fat": 4.0, "visceral_fat": 4.0})
+_TEXTURE.update({"liver": 3.0, "spleen": 3.0})
 TEXTURE = np.array([_TEXTURE.get(n, 6.0) for n, _, _ in _ROWS], dtype=np.float32)
 
 
