@@ -176,11 +176,11 @@ def test_real_scan_crops_equal_the_float32_cache_to_the_step(shared_data: Path, 
 
 
 def test_labelled_phantoms_padding_and_fine_tuning_draws(tmp_path: Path) -> None:
-    """Phantoms resampled to 1.5 mm (fractional HU: values in the sliver above the window's low end,
-    volumes smaller than a crop: padded crops): fine-tuning and pre-training recipes, class-balanced
-    centres and the image_threshold gate; labels identical."""
+    """Phantoms resampled to 4 mm (fractional HU: values in the sliver above the window's low end; a
+    scan's 250-350 mm of coverage is fewer slices than a 96-voxel crop: padded crops): fine-tuning and
+    pre-training recipes, class-balanced centres and the image_threshold gate; labels identical."""
     src = make_phantom_dataset(tmp_path / "raw", cases=2, seed=3)
-    caches = _caches(src, tmp_path)
+    caches = _caches(src, tmp_path, spacing=(4.0, 4.0, 4.0))
     for name in caches["float32"].cases:
         ref = caches["float32"].case(name)
         assert ref.meta["format"] == 1 and ref.image_dtype == "float32"
