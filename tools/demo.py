@@ -77,6 +77,8 @@ FINETUNE = [
 CROP = 32
 #: the demo's plan (mm): coarse enough that a 32^3 crop sees an organ with its neighbours
 SPACING = 4.0
+#: the CT window (HU): wide enough that the lungs (-850) are not the air outside the body (-1000)
+WINDOW = (-1000.0, 400.0)
 
 
 def organ_summary(summary: dict) -> tuple[float, str, float, dict[str, float]]:
@@ -118,7 +120,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     first = sorted((raw / "imagesTr").glob("*.nii.gz"))[0]
     print(sh("hiend-data", "inspect", str(first)))
-    sh("hiend-data", "preprocess", str(raw), str(cache), "--spacing", f"{SPACING:g}", "--workers", "2")
+    sh(
+        "hiend-data",
+        "preprocess",
+        str(raw),
+        str(cache),
+        "--spacing",
+        f"{SPACING:g}",
+        "--window",
+        *(f"{w:g}" for w in WINDOW),
+        "--workers",
+        "2",
+    )
     bench = sh("hiend-data", "bench", str(cache), "--seconds", "2", "--json")
     print(
         f"sampler: {json.loads(bench.strip().splitlines()[-1])['crops_per_s']:.0f} crops/s (96^3, one process)"

@@ -29,7 +29,7 @@ from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
-from demo import CROP, FINETUNE, SPACING  # noqa: E402
+from demo import CROP, FINETUNE, SPACING, WINDOW  # noqa: E402
 
 BIN = Path(sys.executable).parent
 TRAIN_CASES, VAL_CASES = 8, 4
@@ -61,7 +61,12 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--spacing", type=float, default=SPACING, help="the plan's voxel size (mm)")
     ap.add_argument("--crop", type=int, default=CROP, help="crop edge (voxels)")
-    ap.add_argument("--extra", action="append", default=[], help="more finetune arguments, e.g. --extra=--lr=3e-3")
+    ap.add_argument(
+        "--window", type=float, nargs=2, default=WINDOW, metavar=("LO", "HI"), help="CT window (HU)"
+    )
+    ap.add_argument(
+        "--extra", action="append", default=[], help="more finetune arguments, e.g. --extra=--lr=3e-3"
+    )
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args()
     raw, cache, run = args.out / "raw", args.out / "cache", args.out / "finetune"
@@ -77,7 +82,18 @@ def main() -> int:
             "--seed",
             str(args.seed),
         )
-        sh("hiend-data", "preprocess", str(raw), str(cache), "--spacing", f"{args.spacing:g}", "--workers", "1")
+        sh(
+            "hiend-data",
+            "preprocess",
+            str(raw),
+            str(cache),
+            "--spacing",
+            f"{args.spacing:g}",
+            "--window",
+            *(f"{w:g}" for w in args.window),
+            "--workers",
+            "1",
+        )
     epochs = args.steps // TRAIN_CASES  # one volume (4 crops) per step
     sh(
         "hiend-train",

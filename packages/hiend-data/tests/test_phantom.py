@@ -66,11 +66,17 @@ def test_geometry_varies_within_ranges(volumes) -> None:
         assert img.array.dtype == np.int16 and lab.array.dtype == np.uint8
         assert img.shape == lab.shape and np.allclose(img.affine, lab.affine)
         ras = dict(zip(img.orientation, img.spacing, strict=True))
-        sp = {"x": ras.get("R", ras.get("L")), "y": ras.get("A", ras.get("P")), "z": ras.get("S", ras.get("I"))}
+        sp = {
+            "x": ras.get("R", ras.get("L")),
+            "y": ras.get("A", ras.get("P")),
+            "z": ras.get("S", ras.get("I")),
+        }
         assert ilo - 1e-3 <= sp["x"] <= ihi + 1e-3 and sp["x"] == pytest.approx(sp["y"], abs=1e-4)
         assert zlo - 1e-3 <= sp["z"] <= zhi + 1e-3
         # a square field of view of 300-500 mm, whatever the voxel size
-        fov = [n * s for n, s, c in zip(img.shape, img.spacing, img.orientation, strict=True) if c not in "SI"]
+        fov = [
+            n * s for n, s, c in zip(img.shape, img.spacing, img.orientation, strict=True) if c not in "SI"
+        ]
         assert all(290 <= f <= 510 for f in fov) and abs(fov[0] - fov[1]) < 2 * sp["x"]
         orientations.add(img.orientation)
         spacings.add(tuple(round(s, 2) for s in img.spacing))

@@ -47,7 +47,9 @@ def test_pretraining_loss_falls_and_the_run_folder_is_complete(tiny):
     assert len(steps) == result.fit.steps == 10 * 3  # 5 training cases, 2 per step -> 3 steps per epoch
     losses = [r["loss"] for r in steps]
     first, last = sum(losses[:6]) / 6, sum(losses[-6:]) / 6
-    assert last < 0.95 * first, losses
+    # normalised-pixel MAE loss starts at ~1 (the patch mean); on CT-like phantoms (texture, noise) 30
+    # steps take it ~5 % lower (0.99 -> 0.94, deterministic for the seed)
+    assert last < 0.97 * first, losses
     assert all(r["crops_per_s"] > 0 for r in steps)
     assert steps[0]["lr"] == 0.0 and max(r["lr"] for r in steps) == pytest.approx(2e-3, rel=0.2)
     epochs = [r for r in log if r["event"] == "epoch"]
