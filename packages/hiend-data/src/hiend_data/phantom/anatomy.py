@@ -86,7 +86,7 @@ def draw_body(rng: np.random.Generator) -> Body:
     """Draw one adult body (sizes, habitus, organ sizes and offsets, breathing)."""
     h = float(rng.beta(2.0, 2.2))
     width = float(np.clip(300 + 130 * h + rng.normal(0, 15), 290, 470))
-    depth = float(np.clip(200 + 115 * h + rng.normal(0, 12), 180, 335))
+    depth = float(np.clip(218 + 110 * h + rng.normal(0, 12), 190, 345))
     fat = float(np.clip(5 + 28 * h + rng.normal(0, 4), 4, 45))
     body = Body(
         habitus=h,
@@ -428,6 +428,16 @@ def draw_anatomy(canvas: Canvas, body: Body, rng: np.random.Generator) -> None:
         cv.paint(T["pelvic_bone"], wing, keep=[T["air"], T["skin"]])
         head = Ellipsoid([side * (0.55 * hw_ab), 45, zs5 - 150], [25, 25, 25])
         cv.paint(T["pelvic_bone"], head, keep=[T["air"], T["skin"]])
+        # gluteal muscles behind the iliac wings, iliacus inside them
+        glut = Ellipsoid(
+            [side * 0.5 * hw_ab, -45, zs5 - 110],
+            [0.32 * hw_ab, 48, 85],
+            rotation(rz=side * 20),
+            Warp.draw(rng, 6, 60),
+        )
+        cv.paint(T["muscle"], glut, only=[T["visceral_fat"], T["muscle"]])
+        iliacus = Ellipsoid([side * 0.45 * hw_ab, 15, zs5 - 55], [30, 22, 50], rotation(rz=side * 40))
+        cv.paint(T["muscle"], iliacus, only=[T["visceral_fat"]])
     sacrum = Ellipsoid([0, -25, zs5 - 70], [42, 18, 60], rotation(rx=-35))
     cv.paint(T["pelvic_bone"], sacrum, keep=[T["air"], T["skin"]])
     bladder = Ellipsoid(
@@ -634,7 +644,7 @@ def _draw_bowel(cv: Canvas, b: Body, rng: np.random.Generator, hw: float) -> Non
     loops = int(24 + 18 * (1 - b.habitus))
     for _ in range(loops):
         p = np.array(
-            [rng.uniform(-0.7, 0.7) * hw, rng.uniform(-10, 0.85 * ant), rng.uniform(z_l4 - 110, -90)]
+            [rng.uniform(-0.7, 0.7) * hw, rng.uniform(-10, 0.85 * ant), rng.uniform(z_l4 - 150, -90)]
         )
         d = rng.normal(size=3)
         for _ in range(6):

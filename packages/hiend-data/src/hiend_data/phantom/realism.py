@@ -42,7 +42,11 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "extent_z.kidney_left": (70, 140, "Emamian 1993"),
     "body.width": (280, 480, "real 351-363 mm; adult abdomens ~300-450 mm"),
     "body.depth": (170, 340, "real 267-288 mm"),
-    "fractions.fat": (0.2, 0.6, "real slab 0.34, real thorax-abdomen-pelvis 0.45 (0.55 mid-abdomen)"),
+    "fractions.fat": (
+        0.2,
+        0.65,
+        "real slab 0.34, real thorax-abdomen-pelvis 0.45 (0.55 mid-abdomen); obese adults ~0.6 at L3",
+    ),
     "fractions.bone": (0.01, 0.08, "real slab 0.021, thorax-abdomen-pelvis 0.041"),
     "fractions.air": (0.005, 0.15, "real 0.04-0.07 (bowel gas, lung bases); not for a whole chest"),
     "fat_sd": (8, 40, "real slab 20 HU (subcutaneous fat)"),
