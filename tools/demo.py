@@ -5,9 +5,9 @@
 1. ``hiend-data phantom``: an nnU-Net v2 dataset of CT-like torsos with six labelled organs, plus
    held-out test cases (``imagesTs`` with their labels in ``labelsTs``) that no step trains on.
 2. ``hiend-data inspect``: what one scan is (shape, spacing, orientation, HU range).
-3. ``hiend-data preprocess``: RAS, 3 mm (the demo's coarse plan, for speed), window, foreground crop.
+3. ``hiend-data preprocess``: RAS, 6 mm (the demo's coarse plan: context and speed), window, foreground crop.
 4. ``hiend-data bench``: crops per second of the paper's sampler on that cache.
-5. ``hiend-train pretrain``: Hi-End-MAE pre-training of the ``tiny`` preset on 32^3 crops (96 mm) of
+5. ``hiend-train pretrain``: Hi-End-MAE pre-training of the ``tiny`` preset on 32^3 crops (192 mm) of
    the training images, with reconstruction previews.
 6. ``hiend-train finetune``: a UNETR initialised from that pre-training, Dice + cross-entropy, with the
    demo's recipe (see ``FINETUNE`` below and BENCHMARKS.md for how it was found); ``last.safetensors``
@@ -22,7 +22,7 @@
    predicted (solid) and reference (dashed) outlines, axial and coronal. The model never saw a real
    label, nor a real scan. Skipped with a note when ``../shared`` is not beside the checkout.
 
-Sizes are the demo's (a tiny model, coarse 3 mm plan, minutes of training) so it runs on a laptop CPU.
+Sizes are the demo's (a tiny model, coarse 6 mm plan, minutes of training) so it runs on a laptop CPU.
 """
 
 from __future__ import annotations
@@ -73,12 +73,14 @@ FINETUNE = [
     "--class-weights",
     "inverse_sqrt",
 ]
-#: crops of the tiny preset (patch 8): 32^3 voxels, 128 mm at the demo's 4 mm
+#: crops of the tiny preset (patch 8): 32^3 voxels, 192 mm at the demo's 6 mm
 CROP = 32
-#: the demo's plan (mm): coarse enough that a 32^3 crop sees an organ with its neighbours
-SPACING = 4.0
-#: the CT window (HU): wide enough that the lungs (-850) are not the air outside the body (-1000)
-WINDOW = (-1000.0, 400.0)
+#: the demo's plan (mm): coarse enough that a 32^3 crop sees an organ with its neighbours (BENCHMARKS.md,
+#: "The demo on CT-like phantoms": 6 mm learns the organs in half the steps of 5 mm and a third of 4 mm)
+SPACING = 6.0
+#: the CT window (HU): the abdominal window; a wide one (-1000..400, lungs apart from outside air)
+#: learnt the organs at half the speed
+WINDOW = (-175.0, 250.0)
 
 
 def organ_summary(summary: dict) -> tuple[float, str, float, dict[str, float]]:

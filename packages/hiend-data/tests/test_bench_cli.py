@@ -60,6 +60,9 @@ def test_bench_crop_contract(cache_dir: Path) -> None:
         (["bench", "{cache}", "--seconds", "0"], "--seconds"),
         (["phantom", "{cache}"], "not empty"),
         (["phantom", "{missing}", "--cases", "0"], "cases"),
+        (["phantom", "{missing}", "--phase", "venous"], "phase must be one of native, arterial, portal"),
+        (["phantom", "{missing}", "--resolution", "fine"], "resolution must be one of coarse, clinical"),
+        (["phantom", "{missing}", "--coverage", "head"], "coverage must be one of abdomen"),
     ],
 )
 def test_bad_input_exits_2(cache_dir: Path, tmp_path: Path, args: list[str], needle: str) -> None:

@@ -101,6 +101,17 @@ def predict(
     tta: bool = typer.Option(False, "--tta", help="Average over the 8 axis-flip combinations (8x slower)."),
     sw_batch: int = typer.Option(1, "--sw-batch", min=1, help="Windows per model call."),
     amp: bool = typer.Option(False, "--amp", help="bfloat16 autocast on CUDA."),
+    keep_largest: str = typer.Option(
+        "",
+        "--keep-largest",
+        help="Labels that keep only their largest connected component: '1,2,3' or 'all' "
+        "(organs that are one piece: liver, spleen, each kidney).",
+    ),
+    min_component: float = typer.Option(
+        0.0,
+        "--min-component",
+        help="Other labels drop components smaller than this fraction of their largest (0..1; 0: off).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Segment scans with one checkpoint or an ensemble of them (help text: _PREDICT_HELP)."""
@@ -122,6 +133,8 @@ def predict(
             labels=labels,
             seg_type=seg_type,
             series=series,
+            keep_largest=keep_largest,
+            min_component=min_component,
         )
         for path in written:
             typer.echo(str(path))

@@ -43,6 +43,7 @@ from .__about__ import __version__
 from .checkpoint import load_checkpoint, read_checkpoint_info
 from .device import resolve_device
 from .inference import argmax_labels, label_dtype, sliding_window_logits
+from .postprocess import clean_components, parse_keep_largest
 
 #: One scan to segment: output name (``{name}.nii.gz``) and its channel files in channel order
 #: (:func:`hiend_data.naming.group_channels`' groups).
@@ -527,6 +528,8 @@ def predict_files(
     labels: Any = None,
     seg_type: str = "binary",
     series: Sequence[str] = (),
+    keep_largest: str | Sequence[int] = (),
+    min_component: float = 0.0,
 ) -> list[Path]:
     """Segment scans with a UNETR checkpoint, or an ensemble; write ``{out_dir}/{case}.nii.gz`` per scan.
 
@@ -546,6 +549,8 @@ def predict_files(
     (every viewer) or ``"labelmap"`` (compact, newer viewers; :func:`hiend_data.dicom_seg.write_seg`).
     ``series``: SeriesInstanceUIDs to read where a DICOM folder holds several series (a PACS export of a
     whole study; each such folder must hold one of them), as ``hiend-data preprocess --series``.
+    ``keep_largest`` (values, or ``"1,2"`` / ``"all"``) and ``min_component`` (0..1): connected-component
+    clean-up of each label map (:func:`hiend_model.postprocess.clean_components`).
     """
     if output_format not in FORMATS:
         raise InputError(f"--format {output_format!r}: expected one of {', '.join(FORMATS)}")
@@ -559,6 +564,16 @@ def predict_files(
     infos = [read_checkpoint_info(p, expected_kind="unetr") for p in paths]
     check_ensemble(infos)
     num_classes = int(infos[0].config.get("num_classes", 2))
+    try:
+        largest = (
+            parse_keep_largest(keep_largest, num_classes)
+            if isinstance(keep_largest, str)
+            else parse_keep_largest(",".join(str(v) for v in keep_largest), num_classes)
+        )
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if not 0.0 <= min_component <= 1.0:
+        raise InputError(f"--min-component {min_component}: expected a fraction in [0, 1]")
     names = output_label_names(infos, labels, num_classes)
     # every class is a segment (named or "label N"): the same segment numbers in every scan's SEG
     seg_names = {v: names.get(v) or f"label {v}" for v in range(1, num_classes)}
@@ -600,6 +615,9 @@ def predict_files(
                 amp=amp,
                 progress=step if progress else None,
             )
+            if largest or min_component > 0:
+                bar.update(task, description=f"{label}: connected components")
+                labels_map = clean_components(labels_map, largest, min_component)
             bar.update(task, description=f"{label}: writing")
             if output_format != "dicom-seg":
                 written.append(Path(save_volume(out_dir / f"{case.name}.nii.gz", labels_map, like=volume)))

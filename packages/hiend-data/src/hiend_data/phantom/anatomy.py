@@ -232,18 +232,20 @@ def draw_anatomy(canvas: Canvas, body: Body, rng: np.random.Generator) -> None:
 
     # ---- layers: skin, subcutaneous fat, muscle wall, cavity
     x, y, z = cv.coords((slice(None), slice(None), slice(None)))
-    depth = body_depth_map(b, x, y, z)
     theta = np.arctan2(y - 0.0, x)  # anterior half has sin > 0
     fat_t = b.fat * (0.75 + 0.45 * np.clip(np.sin(theta), 0, None) - 0.2 * np.clip(-np.sin(theta), 0, None))
+    t_muscle = (2 + fat_t).astype(np.float32)
     tissue = cv.tissue
-    tissue[...] = T["air"]
-    tissue[depth >= 0] = T["skin"]
-    tissue[depth >= 2] = T["fat"]
-    t_muscle = 2 + fat_t
-    tissue[depth >= t_muscle] = T["muscle"]
-    cavity = depth >= t_muscle + b.wall
-    tissue[cavity] = T["visceral_fat"]
-    del depth, theta, fat_t, t_muscle, cavity
+    step = max(1, 4_000_000 // max(1, tissue.shape[0] * tissue.shape[1]))  # slabs of ~4 M samples
+    for k in range(0, tissue.shape[2], step):
+        depth = body_depth_map(b, x, y, z[:, :, k : k + step])
+        sub = tissue[:, :, k : k + step]
+        sub[...] = T["air"]
+        sub[depth >= 0] = T["skin"]
+        sub[depth >= 2] = T["fat"]
+        sub[depth >= t_muscle] = T["muscle"]
+        sub[depth >= t_muscle + b.wall] = T["visceral_fat"]
+    del theta, fat_t, t_muscle
 
     above = diaphragm_z(b, x, y)  # (X, Y, 1)
     lev = b.levels

@@ -1,0 +1,74 @@
+"""Connected-component clean-up of predicted label maps (predict --keep-largest / --min-component)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hiend_data import load_volume
+from hiend_data.errors import InputError
+from hiend_model.postprocess import clean_components, parse_keep_largest
+from hiend_model.predict import predict_files
+
+BODY = "ct/body_ct_3mm_ras_30slices.nii.gz"
+
+
+def _map() -> np.ndarray:
+    lab = np.zeros((20, 20, 20), dtype=np.uint8)
+    lab[1:4, 1:4, 1:4] = 1  # 27 voxels
+    lab[10:12, 10:12, 10:12] = 1  # 8 voxels, another island
+    lab[5, 5, 5] = 1  # touches nothing
+    lab[12, 12, 12] = 1  # touches the 8-voxel island only at a corner: the same component (26-connected)
+    lab[14:19, 1:5, 1:6] = 2  # 100 voxels
+    lab[1, 15, 15] = 2  # 1 voxel: 1 % of the largest
+    lab[1:5, 15:18, 1:2] = 2  # 12 voxels: 12 %
+    lab[16:19, 16:19, 16:19] = 3  # untouched unless asked
+    lab[16, 1, 18] = 3
+    return lab
+
+
+def test_keep_largest_and_min_fraction() -> None:
+    lab = _map()
+    out = clean_components(lab, keep_largest=[1], min_fraction=0.1)
+    assert (out == 1).sum() == 27 and out[11, 11, 11] == 0 and out[5, 5, 5] == 0
+    assert (out == 2).sum() == 112 and out[1, 15, 15] == 0  # the 12 % piece stays, the 1 % one goes
+    assert (out == 3).sum() == 27  # the lone voxel (1 / 27 < 10 %) dropped
+    assert lab[5, 5, 5] == 1  # the input is not modified
+    kept = clean_components(lab, keep_largest=[1])  # min_fraction 0: other labels untouched
+    np.testing.assert_array_equal(kept[lab != 1], lab[lab != 1])
+    corner = clean_components(np.where(lab == 1, lab, 0), min_fraction=0.3)
+    assert corner[12, 12, 12] == 1 and corner[11, 11, 11] == 1  # 9 voxels with the corner: >= 30 % of 27
+    np.testing.assert_array_equal(clean_components(lab), lab)
+    with pytest.raises(ValueError, match="min_fraction"):
+        clean_components(lab, min_fraction=1.5)
+
+
+def test_parse_keep_largest() -> None:
+    assert parse_keep_largest("", 7) == [] and parse_keep_largest("all", 4) == [1, 2, 3]
+    assert parse_keep_largest("1, 4", 7) == [1, 4]
+    with pytest.raises(ValueError, match="--keep-largest 7: not a class of the model"):
+        parse_keep_largest("1,7", 7)
+    with pytest.raises(ValueError, match="'x' is not a label value"):
+        parse_keep_largest("1,x", 7)
+
+
+def test_predict_cleans_components_and_refuses_bad_values(
+    tmp_path: Path, shared_data: Path, unetr_ckpt: Path
+):
+    os.symlink(shared_data / BODY, tmp_path / "scan.nii.gz")
+    plain = predict_files(unetr_ckpt, [tmp_path / "scan.nii.gz"], tmp_path / "plain", progress=False)[0]
+    clean = predict_files(
+        unetr_ckpt, [tmp_path / "scan.nii.gz"], tmp_path / "clean", progress=False, keep_largest="all"
+    )[0]
+    a, b = load_volume(plain).array, load_volume(clean).array
+    np.testing.assert_array_equal(b, clean_components(a, keep_largest=range(1, int(a.max()) + 1)))
+    for kwargs, match in (
+        ({"keep_largest": "99"}, "not a class"),
+        ({"min_component": 2.0}, "--min-component"),
+    ):
+        with pytest.raises(InputError, match=match):
+            predict_files(unetr_ckpt, [tmp_path / "scan.nii.gz"], tmp_path / "bad", progress=False, **kwargs)
+        assert not (tmp_path / "bad").exists()
