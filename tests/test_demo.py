@@ -19,9 +19,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 #: measured at this size (--cases 4 --test-cases 2 --pretrain-epochs 4 --finetune-steps 240) on the
-#: 2-core box, see BENCHMARKS.md; the floors keep a margin below
-HELD_OUT_FLOOR = 0.0
-REAL_SLAB_FLOOR = 0.0
+#: 2-core box under pytest (one thread): held-out mean organ Dice 0.356 (liver 0.50, spleen 0.19,
+#: kidneys 0.23 / 0.14, spine 0.53, lungs 0.55), real slab 0.369 (liver 0.52, spleen 0.31, kidneys
+#: 0.24 / 0.06, spine 0.45, lungs 0.63). The floors keep a margin of ~0.1; a broken recipe, phantom,
+#: geometry, fold or scoring gives ~0.
+HELD_OUT_FLOOR = 0.25
+REAL_SLAB_FLOOR = 0.25
 
 
 def _demo():

@@ -78,10 +78,10 @@ def draw_overlay(
         Line2D([], [], color="k", lw=1.2, ls="solid", label="model"),
         Line2D([], [], color="k", lw=1.2, ls="dashed", label="reference"),
     ]
-    fig.legend(handles=handles, loc="lower center", ncol=min(8, len(handles)), frameon=False)
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), frameon=False, fontsize=9)
     if title:
         fig.suptitle(title)
-    fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.1, wspace=0.03)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.14, wspace=0.03)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
