@@ -224,3 +224,14 @@ def test_overwrite_replaces_earlier_phantoms_only(tmp_path: Path) -> None:
     assert list((ds / "imagesTs").iterdir()) == [] and list((ds / "labelsTs").iterdir()) == []
     assert (ds / "notes.txt").read_text() == "mine"
     assert json.loads((ds / "dataset.json").read_text())["numTraining"] == 1
+
+
+def test_a_fixed_grid_for_benchmarks() -> None:
+    ph = make_phantom(
+        np.random.default_rng(2), shape=(40, 36, 20), spacing=(9.0, 9.0, 10.0), orientation=("L", "P", "S")
+    )
+    assert ph.hu.shape == ph.label.shape == (40, 36, 20)
+    np.testing.assert_allclose(np.abs(np.diag(ph.affine)[:3]), [9.0, 9.0, 10.0])
+    assert ph.affine[0, 0] < 0 and ph.affine[1, 1] < 0  # L and P: x and y run against RAS
+    with pytest.raises(InputError, match="needs spacing"):
+        make_phantom(np.random.default_rng(2), shape=(40, 36, 20))

@@ -77,10 +77,13 @@ def make_phantom(
     resolution: str = "coarse",
     coverage: str | None = None,
     phase: str = "native",
+    shape: tuple[int, int, int] | None = None,
 ) -> Phantom:
     """One phantom: a body, then a scan of it. ``spacing`` (mm along R, A, S) overrides ``resolution``'s
     draw; ``coverage`` one of :data:`COVERAGES` (drawn when None); ``phase`` one of :data:`PHASES`
-    or ``"random"`` (drawn per case). The array is reoriented to ``orientation`` (drawn when None)."""
+    or ``"random"`` (drawn per case). ``shape`` (voxels along R, A, S; needs ``spacing``) fixes the
+    grid, centred on the drawn field of view (benchmarks that need a given size). The array is
+    reoriented to ``orientation`` (drawn when None)."""
     from nibabel import orientations as nio
 
     if phase == "random":
@@ -93,8 +96,15 @@ def make_phantom(
         raise InputError(f"coverage must be one of {', '.join(COVERAGES)}, got {coverage!r}")
     if spacing is not None and (len(spacing) != 3 or not all(0.3 <= float(s) <= 10 for s in spacing)):
         raise InputError(f"spacing must be three values in 0.3..10 mm, got {spacing}")
+    if shape is not None and (spacing is None or len(shape) != 3 or min(shape) < 8):
+        raise InputError(f"shape {shape} needs spacing and three sizes >= 8")
     body = draw_body(rng)
     scan = draw_scan(body, rng, resolution=resolution, spacing=spacing, coverage=coverage, phase=phase)
+    if shape is not None:
+        zc = sum(scan.z_range) / 2
+        half = shape[2] * scan.spacing[2] / 2
+        scan.z_range = (zc - half, zc + half)
+        scan.size = tuple(int(n) for n in shape)  # type: ignore[assignment]
     if orientation is None:
         orientation = ORIENTATIONS[int(rng.integers(len(ORIENTATIONS)))]
     hu, label, tissue, affine = render(body, scan, rng)

@@ -38,8 +38,11 @@ class Scan:
     spacing: tuple[float, float, float]
     noise: float  # HU, sd of the noise in a uniform region
     phase: str
+    size: tuple[int, int, int] | None = None  # a fixed grid (voxels), else from fov and z_range
 
     def shape(self) -> tuple[int, int, int]:
+        if self.size is not None:
+            return self.size
         n = max(16, round(self.fov / self.spacing[0]))
         m = max(16, round(self.fov / self.spacing[1]))
         k = max(8, round((self.z_range[1] - self.z_range[0]) / self.spacing[2]))
