@@ -21,7 +21,7 @@ def _map() -> np.ndarray:
     lab[1:4, 1:4, 1:4] = 1  # 27 voxels
     lab[10:12, 10:12, 10:12] = 1  # 8 voxels, another island
     lab[5, 5, 5] = 1  # touches nothing
-    lab[12, 12, 12] = 1  # touches the 8-voxel island only at a corner: the same component (26-connected)
+    lab[12, 12, 12] = 1  # touches the 8-voxel island only at a corner: another component (6-connected)
     lab[14:19, 1:5, 1:6] = 2  # 100 voxels
     lab[1, 15, 15] = 2  # 1 voxel: 1 % of the largest
     lab[1:5, 15:18, 1:2] = 2  # 12 voxels: 12 %
@@ -39,8 +39,8 @@ def test_keep_largest_and_min_fraction() -> None:
     assert lab[5, 5, 5] == 1  # the input is not modified
     kept = clean_components(lab, keep_largest=[1])  # min_fraction 0: other labels untouched
     np.testing.assert_array_equal(kept[lab != 1], lab[lab != 1])
-    corner = clean_components(np.where(lab == 1, lab, 0), min_fraction=0.3)
-    assert corner[12, 12, 12] == 1 and corner[11, 11, 11] == 1  # 9 voxels with the corner: >= 30 % of 27
+    corner = clean_components(np.where(lab == 1, lab, 0), min_fraction=0.25)
+    assert corner[12, 12, 12] == 0 and corner[11, 11, 11] == 1  # 8 voxels >= 25 % of 27; the corner voxel not
     np.testing.assert_array_equal(clean_components(lab), lab)
     with pytest.raises(ValueError, match="min_fraction"):
         clean_components(lab, min_fraction=1.5)
