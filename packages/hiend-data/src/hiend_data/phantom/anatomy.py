@@ -549,6 +549,29 @@ def _draw_spine(cv: Canvas, b: Body, rng: np.random.Generator) -> None:
             )
 
 
+def _costal_band(side: int, yc: float, a_r: float, b_r: float):
+    """Masks of a band along the inside of the body wall on one side (``side`` +1 right, -1 left): the
+    ellipse of half axes ``a_r``, ``b_r`` (mm) centred at y = ``yc``, between angles ``lo`` and ``hi``
+    (0 at the back, pi in front), within ``half_t`` mm of the ellipse and ``half_h`` mm of ``z_of(phi)``."""
+
+    def band(lo: float, hi: float, half_t: float, half_h: float, z_of):
+        def mask(x, y, z):
+            phi = np.arctan2(side * x, -(y - yc))
+            r = np.sqrt((x / a_r) ** 2 + ((y - yc) / b_r) ** 2)
+            local = np.sqrt(x * x + (y - yc) ** 2) / np.maximum(r, 1e-3)
+            return (
+                (np.abs(r - 1) * local <= half_t)
+                & (np.abs(z - z_of(phi)) <= half_h)
+                & (phi >= lo)
+                & (phi <= hi)
+                & (side * x > 0)
+            )
+
+        return mask
+
+    return band
+
+
 def _draw_ribs(cv: Canvas, b: Body, rng: np.random.Generator) -> None:
     """Twelve ribs a side from the transverse processes around the inside of the body wall, falling
     anteriorly; 1-7 reach the sternum through cartilage, 8-10 join the costal margin, 11-12 float."""
@@ -567,46 +590,26 @@ def _draw_ribs(cv: Canvas, b: Body, rng: np.random.Generator) -> None:
         b_r = float((ant[0] + back[0]) / 2) - inner
         end = {11: 1.9, 12: 1.35}.get(k, 2.45 if k >= 8 else 2.75)
         cart_end = 2.55 if k >= 8 and k <= 10 else (3.05 if k <= 7 else end)
+
+        def rib_z(phi, zc=zc, drop=drop):  # falls by `drop` from the back (phi 0.35) to the front (pi)
+            return zc - drop * np.clip((phi - 0.35) / (np.pi - 0.35), 0, 1) ** 1.3
+
+        def cart_z(phi, end=end, rib_z=rib_z):  # the cartilage rises from the rib's end
+            return rib_z(end) + 30 * (phi - end)
+
         for side in (1, -1):
-
-            def rib(x, y, z, side=side, zc=zc, lo=0.35, hi=end, yc=yc, a_r=a_r, b_r=b_r, drop=drop):
-                phi = np.arctan2(side * x, -(y - yc))  # 0 at the back, pi in front
-                r = np.sqrt((x / a_r) ** 2 + ((y - yc) / b_r) ** 2)
-                zr = zc - drop * np.clip((phi - lo) / (np.pi - lo), 0, 1) ** 1.3
-                local = np.sqrt(x * x + (y - yc) ** 2) / np.maximum(r, 1e-3)
-                return (
-                    (np.abs(r - 1) * local <= 3.5)
-                    & (np.abs(z - zr) <= 5.5)
-                    & (phi >= lo)
-                    & (phi <= hi)
-                    & (side * x > 0)
-                )
-
+            band = _costal_band(side, yc, a_r, b_r)
             box = (
                 np.array([min(0, side * 400), -400, zc - drop - 10]),
                 np.array([max(0, side * 400), 400, zc + 10]),
             )
-            cv.paint(T["rib"], rib, box, only=soft)
+            cv.paint(T["rib"], band(0.35, end, 3.5, 5.5, rib_z), box, only=soft)
             if cart_end > end:
-
-                def cart(x, y, z, side=side, zc=zc, lo=end, hi=cart_end, yc=yc, a_r=a_r, b_r=b_r, drop=drop):
-                    phi = np.arctan2(side * x, -(y - yc))
-                    r = np.sqrt((x / a_r) ** 2 + ((y - yc) / b_r) ** 2)
-                    zr = zc - drop * np.clip((lo - 0.35) / (np.pi - 0.35), 0, 1) ** 1.3 + 30 * (phi - lo)
-                    local = np.sqrt(x * x + (y - yc) ** 2) / np.maximum(r, 1e-3)
-                    return (
-                        (np.abs(r - 1) * local <= 4)
-                        & (np.abs(z - zr) <= 6)
-                        & (phi >= lo)
-                        & (phi <= hi)
-                        & (side * x > 0)
-                    )
-
                 box = (
                     np.array([min(0, side * 400), -400, zc - drop - 20]),
                     np.array([max(0, side * 400), 400, zc + 60]),
                 )
-                cv.paint(T["cartilage"], cart, box, only=soft)
+                cv.paint(T["cartilage"], band(end, cart_end, 4.0, 6.0, cart_z), box, only=soft)
     # sternum
     z_top = lev["T2"][0]
     z_bot = lev["T9"][0] - 25
