@@ -72,3 +72,21 @@ def test_predict_cleans_components_and_refuses_bad_values(
         with pytest.raises(InputError, match=match):
             predict_files(unetr_ckpt, [tmp_path / "scan.nii.gz"], tmp_path / "bad", progress=False, **kwargs)
         assert not (tmp_path / "bad").exists()
+
+
+def test_cli_refuses_bad_clean_up_values_with_one_line(tmp_path: Path, shared_data: Path, unetr_ckpt: Path):
+    from typer.testing import CliRunner
+
+    from hiend_model.cli import app
+
+    for args, needle in (
+        (["--keep-largest", "1,99"], "--keep-largest 99: not a class of the model"),
+        (["--min-component", "-0.5"], "--min-component -0.5: expected a fraction in [0, 1]"),
+    ):
+        out = tmp_path / "out"
+        r = CliRunner().invoke(
+            app, ["predict", str(unetr_ckpt), str(shared_data / BODY), "--out", str(out), *args]
+        )
+        assert r.exit_code == 2 and needle in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+        assert not out.exists()
