@@ -15,10 +15,36 @@ import contextlib
 import errno
 import os
 import sys
+import unicodedata
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import typer
+
+
+def shown(text: object) -> str:
+    """``text`` made safe to print on a terminal: every control or format character (ESC, BEL, CR,
+    newline, DEL, C1 controls, bidirectional overrides, line separators) becomes a visible escape such
+    as ``\\x1b`` or ``\\u202e``; everything else (accents, CJK) stays as it is. Apply it to anything a user
+    or a file supplied (names, labels, metadata, paths) before it reaches stdout or stderr."""
+    out = []
+    for ch in str(text):
+        if ch.isprintable() or unicodedata.category(ch) == "Zs":
+            out.append(ch)
+        else:
+            code = ord(ch)
+            out.append(
+                f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+            )
+    return "".join(out)
+
+
+def markup(text: object) -> str:
+    """``text`` for a rich renderable or ``Console.print`` with markup on: :func:`shown`, then rich's
+    markup escape, so ``[/bold]`` or ``a[@click=(]b`` prints as written and never parses as markup."""
+    from rich.markup import escape
+
+    return escape(shown(text))
 
 
 class InputError(ValueError):
@@ -51,18 +77,18 @@ def cli_errors() -> Iterator[None]:
     try:
         yield
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {shown(exc)}", file=sys.stderr)
         raise typer.Exit(2) from None
     except FileNotFoundError as exc:
         name = exc.filename if exc.filename is not None else str(exc)
-        print(f"error: {name}: no such file or directory", file=sys.stderr)
+        print(f"error: {shown(name)}: no such file or directory", file=sys.stderr)
         raise typer.Exit(2) from None
     except OSError as exc:
         if not _users_fault(exc):
             raise
         name = exc.filename if exc.filename is not None else "output"
         what = exc.strerror or os.strerror(exc.errno or 0) or type(exc).__name__
-        print(f"error: {name}: {what[:1].lower() + what[1:]}", file=sys.stderr)
+        print(f"error: {shown(name)}: {what[:1].lower() + what[1:]}", file=sys.stderr)
         raise typer.Exit(2) from None
 
 
