@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
@@ -25,17 +26,20 @@ ENV = "HIEND_MAX_VOLUME_BYTES"
 
 
 def max_volume_bytes() -> int:
-    """The limit in bytes: ``$HIEND_MAX_VOLUME_BYTES`` if set (an integer > 0), else 16 GiB."""
+    """The limit in bytes: ``$HIEND_MAX_VOLUME_BYTES`` if set (a finite number >= 1, ``64e9`` allowed;
+    ``inf``, ``nan`` and ``1e400`` are refused with one line), else 16 GiB."""
     text = os.environ.get(ENV)
     if text is None or not text.strip():
         return DEFAULT_MAX_VOLUME_BYTES
     try:
-        value = int(float(text))
+        number = float(text)
     except ValueError:
         raise InputError(f"{ENV}={text!r}: expected a number of bytes") from None
-    if value <= 0:
-        raise InputError(f"{ENV}={text!r}: must be > 0")
-    return value
+    if not math.isfinite(number):  # inf, nan, 1e400 (which float() reads as inf)
+        raise InputError(f"{ENV}={text!r}: expected a finite number of bytes (e.g. 64e9)")
+    if number < 1:
+        raise InputError(f"{ENV}={text!r}: must be >= 1")
+    return int(number)
 
 
 def check_volume_bytes(

@@ -30,12 +30,13 @@ def _score_and_report(
     resample_to_reference: bool,
     workers: int,
 ) -> None:
-    from hiend_data.errors import InputError
+    from hiend_data.errors import InputError, shown
 
     from .plot import Plotter
     from .report import print_table, summary_json, write_outputs
     from .score import default_workers, read_label_source, score_folders
 
+    _check_numbers(tolerance, workers)
     if out.exists() and not out.is_dir():  # say so before minutes of scoring
         raise InputError(f"--out {out}: exists and is not a folder")
     plotter = Plotter()  # imports matplotlib in another process while we score
@@ -56,7 +57,19 @@ def _score_and_report(
     if as_json:
         print(summary_json(summary, indent=None), flush=True)
     else:
-        print(f"wrote {out / 'summary.json'} and {out / 'per_case.csv'}")
+        print(f"wrote {shown(out / 'summary.json')} and {shown(out / 'per_case.csv')}")
+
+
+def _check_numbers(tolerance: float, workers: int) -> None:
+    """``--tolerance`` a finite number of mm >= 0; ``--workers`` 0 (automatic) or a positive count."""
+    import math
+
+    from hiend_data.errors import InputError
+
+    if not math.isfinite(tolerance) or tolerance < 0:
+        raise InputError(f"--tolerance {tolerance}: expected a finite number of mm >= 0")
+    if workers < 0:
+        raise InputError(f"--workers {workers}: expected 0 (the CPUs available) or a positive number")
 
 
 @app.command()
@@ -119,6 +132,7 @@ def run(
     from hiend_data.errors import InputError, cli_errors
 
     with cli_errors():
+        _check_numbers(tolerance, workers)
         try:
             from hiend_model.predict import predict_files
         except ImportError:

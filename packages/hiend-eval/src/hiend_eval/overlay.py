@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .plot import plain
+
 COLOURS = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#42d4f4", "#f032e6", "#bfef45"]
 
 
@@ -72,7 +74,8 @@ def draw_overlay(
         ax.text(0.01, 0.5, "R", color="w", transform=ax.transAxes, fontsize=11, va="center")
         ax.set_axis_off()
     handles = [
-        Line2D([], [], color=COLOURS[i % len(COLOURS)], lw=2, label=names[v]) for i, v in enumerate(values)
+        Line2D([], [], color=COLOURS[i % len(COLOURS)], lw=2, label=plain(names[v]))
+        for i, v in enumerate(values)
     ]
     handles += [
         Line2D([], [], color="k", lw=1.2, ls="solid", label="model"),

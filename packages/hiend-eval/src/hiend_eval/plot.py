@@ -17,6 +17,16 @@ from pathlib import Path
 NO_MATPLOTLIB = 3
 
 
+def plain(text: object) -> str:
+    """A user-supplied name as matplotlib text drawn literally: control characters escaped
+    (:func:`hiend_data.errors.shown`), ``$`` escaped so mathtext never parses it (``$\\frac$`` would
+    raise), and a leading ``_`` kept visible (matplotlib hides legend entries named ``_...``)."""
+    from hiend_data.errors import shown
+
+    out = shown(text).replace("$", r"\$")
+    return " " + out if out.startswith("_") else out
+
+
 def draw(summary: dict, path: Path) -> None:
     """Box plots of per-case Dice and HD95 per label (null values left out), without pyplot's state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -36,7 +46,7 @@ def draw(summary: dict, path: Path) -> None:
         ax.boxplot([d if d else [math.nan] for d in data], showfliers=True)
         ax.set_ylabel(metric.upper() + unit)
         ax.grid(axis="y", alpha=0.3)
-    labels = [k if names.get(k, k) == k else f"{k} {names[k]}"[:28] for k in keys]
+    labels = [plain(k if names.get(k, k) == k else f"{k} {names[k]}"[:28]) for k in keys]
     axes[1].set_xticks(range(1, len(keys) + 1), labels, rotation=90, fontsize=7)
     axes[0].set_title(f"per-label distributions over {len(summary['per_case'])} case(s)")
     fig.savefig(path, dpi=100)

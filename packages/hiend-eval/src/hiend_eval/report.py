@@ -149,6 +149,8 @@ def print_table(summary: dict, file=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from hiend_data.errors import markup
+
     metrics = [m for m in registered_metrics() if m.mean]
     table = Table(
         title=f"hiend-eval: {len(summary['per_case'])} case(s), NSD tolerance {summary['tolerance_mm']:g} mm"
@@ -157,9 +159,9 @@ def print_table(summary: dict, file=None) -> None:
         table.add_column(col, justify="left" if col in ("label", "name") else "right")
     for key, mean in summary["mean"].items():
         c = summary["counts"][key]
-        table.add_row(
-            key,
-            summary["names"].get(key, ""),
+        table.add_row(  # label names and case ids come from user files: escaped (control chars, markup)
+            markup(key),
+            markup(summary["names"].get(key, "")),
             *(_fmt(mean.get(m.name), m.digits) for m in metrics),
             str(c["scored"]),
             str(c["missed"]),
@@ -174,4 +176,4 @@ def print_table(summary: dict, file=None) -> None:
         ("predictions without a reference (ignored)", "unmatched_predictions"),
     ):
         if summary[key]:
-            console.print(f"{len(summary[key])} {what}: {', '.join(summary[key])}")
+            console.print(f"{len(summary[key])} {what}: {markup(', '.join(summary[key]))}")

@@ -1,0 +1,89 @@
+"""Text that reaches a terminal (issue 18): label names, case ids and file names come from user files,
+so a name holding ESC / BEL sequences, rich markup (``[/bold]``, ``a[@click=(]b``) or mathtext
+(``$\\frac$``) is printed (or drawn) literally: escaped, never obeyed, never a traceback. Numbers that
+make no sense (``--workers -3``, a non-finite ``--tolerance`` or ``HIEND_MAX_VOLUME_BYTES``) are one
+line, exit 2."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from hostile_cli import one_line_exit_2, run
+
+from hiend_eval.report import print_table
+
+HOSTILE = {"1": "[/bold]", "2": "a[@click=(]b", "3": "\x1b]0;pwned\x07 red\x1b[31m", "4": "$\\frac$ _x"}
+
+
+def _maps(tmp_path):
+    """One predicted and one reference label map holding labels 1..4 (a 4x4x4 block each)."""
+    pred, ref = tmp_path / "pred", tmp_path / "ref"
+    pred.mkdir()
+    ref.mkdir()
+    arr = np.zeros((16, 16, 16), np.uint8)
+    for v in range(1, 5):
+        arr[4 * (v - 1) : 4 * v, 4:8, 4:8] = v
+    for folder in (pred, ref):
+        nib.save(nib.Nifti1Image(arr, np.eye(4)), folder / "case_a.nii.gz")
+    return pred, ref
+
+
+def test_score_prints_markup_label_names_literally(tmp_path):
+    pred, ref = _maps(tmp_path)
+    labels = tmp_path / "dataset.json"
+    names = {"background": 0, "[/bold]": 1, "a[@click=(]b": 2, "$\\frac$": 3, "_x": 4}
+    labels.write_text(json.dumps({"labels": names}))
+    proc = run("hiend-eval", "score", pred, ref, "--out", tmp_path / "out", "--labels", labels)
+    assert proc.returncode == 0, proc.stderr
+    assert "[/bold]" in proc.stdout and "a[@click=(]b" in proc.stdout  # as written, not parsed
+    assert "$\\frac$" in proc.stdout and "Traceback" not in proc.stderr
+    assert (tmp_path / "out" / "per_label.png").stat().st_size > 0  # mathtext did not parse the name
+
+
+def test_the_score_table_escapes_control_characters():
+    summary = {
+        "per_case": [{"case": "c"}],
+        "tolerance_mm": 2.0,
+        "mean": {k: {"dice": 1.0} for k in [*HOSTILE, "foreground"]},
+        "counts": {
+            k: {"scored": 1, "missed": 0, "false_positive": 0, "absent_both": 0}
+            for k in [*HOSTILE, "foreground"]
+        },
+        "names": HOSTILE,
+        "missing_predictions": ["case\x1b[2Jx"],
+        "unmatched_predictions": [],
+    }
+    out = io.StringIO()
+    print_table(summary, file=out)
+    text = out.getvalue()
+    assert "\x1b" not in text and "\x07" not in text
+    assert "\\x1b]0;pwned\\x07" in text and "case\\x1b[2Jx" in text
+    assert "[/bold]" in text and "a[@click=(]b" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--workers", "-3"), "--workers -3"),
+        (("--tolerance", "nan"), "--tolerance nan"),
+        (("--tolerance", "-1"), "--tolerance -1"),
+    ],
+)
+def test_score_refuses_numbers_that_make_no_sense(tmp_path, args, fragment):
+    pred, ref = _maps(tmp_path)
+    one_line_exit_2(run("hiend-eval", "score", pred, ref, "--out", tmp_path / "out", *args), fragment)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", ["inf", "1e400", "nan", "-5"])
+def test_a_volume_limit_that_is_not_a_finite_number(tmp_path, value):
+    pred, _ = _maps(tmp_path)
+    one_line_exit_2(
+        run("hiend-data", "inspect", pred / "case_a.nii.gz", env={"HIEND_MAX_VOLUME_BYTES": value}),
+        "HIEND_MAX_VOLUME_BYTES",
+        value,
+    )
