@@ -3,12 +3,15 @@
 ``MAEConfig`` describes the Hi-End-MAE pre-training model (DESIGN.md, "What Hi-End-MAE computes"),
 ``UNETRConfig`` the fine-tuning UNETR ("What UNETR computes"). Both are pydantic models with
 ``extra="forbid"``: an unknown or misspelt field is an error, and every error names the bad value.
+NaN and infinity are refused in every float field (``allow_inf_nan=False``; :func:`finite_error`
+names the field and the value given).
 Sizes are in voxels; ``img_size`` is stored as an (H, W, D) triple (an int means a cube).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
@@ -34,7 +37,7 @@ def default_taps(depth: int) -> tuple[int, ...]:
 class EncoderConfig(BaseModel):
     """Fields shared by the pre-training model and the UNETR: the 3D ViT encoder."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     img_size: Triple = (96, 96, 96)
     patch_size: int = 16
@@ -95,6 +98,32 @@ class EncoderConfig(BaseModel):
     def patch_dim(self) -> int:
         """P = p^3 C values per patch."""
         return self.patch_size**3 * self.in_chans
+
+
+def nonfinite(value: Any, name: str) -> str | None:
+    """``"name: inf is not a finite number"`` for the first NaN or infinite float in ``value``
+    (dicts, lists and tuples are walked: ``"model.mlp_ratio: nan ..."``), else None. The rule of every
+    hiend config: a number that is not finite is refused where it is given, before anything runs."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name}: {value} is not a finite number"
+    if isinstance(value, dict):
+        items: Any = ((f"{name}.{k}" if name else str(k), v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{name}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    return next((found for key, v in items if (found := nonfinite(v, key)) is not None), None)
+
+
+def finite_error(exc: ValidationError, prefix: str) -> InputError | None:
+    """pydantic's "Input should be a finite number" (``allow_inf_nan=False``) as one InputError line
+    naming the field and the value given (``prefix: lr: inf is not a finite number``); None when
+    ``exc`` holds no such error."""
+    for err in exc.errors():
+        if err["type"] == "finite_number":
+            where = ": ".join([prefix, ".".join(str(x) for x in err["loc"])] if err["loc"] else [prefix])
+            return InputError(f"{where}: {err['input']} is not a finite number")
+    return None
 
 
 DecoderKind = Literal["hiend", "mae"]
@@ -275,4 +304,5 @@ def validated(cls: type[BaseModel], fields: dict) -> BaseModel:
     try:
         return cls(**fields)
     except ValidationError as exc:
-        raise from_validation_error(exc, f"invalid {cls.__name__}", cls.model_fields) from None
+        prefix = f"invalid {cls.__name__}"
+        raise finite_error(exc, prefix) or from_validation_error(exc, prefix, cls.model_fields) from None

@@ -7,6 +7,10 @@ writes its resolved config to ``RUN/config.json``.
 Units: learning rates per optimizer step, epochs = passes over the training cases, ``batch_size`` =
 volumes per step (each gives ``num_samples`` crops, so a step sees ``batch_size * num_samples`` crops
 per process), sizes in voxels.
+
+No field takes NaN or infinity (``--lr inf``, ``--set warmup_epochs=Infinity``, ``lr = inf`` in TOML,
+``Infinity`` in JSON, inside the ``model`` / ``sampler`` tables and lists too): the config is refused
+with one line naming the field and the value, before the run folder is touched.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from hiend_data.errors import InputError, from_validation_error
 from hiend_data.sampling import SamplerConfig
-from hiend_model.config import MAEConfig
+from hiend_model.config import MAEConfig, finite_error, nonfinite
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -36,7 +40,7 @@ RUNTIME_FIELDS = frozenset(
 class TrainConfig(BaseModel):
     """Fields shared by pre-training and fine-tuning."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     cache: Path | None = Field(None, description="hiend-data cache folder (hiend-data preprocess)")
     out: Path | None = Field(None, description="run folder: config.json, log.jsonl, checkpoints, state.pt")
@@ -90,6 +94,17 @@ class TrainConfig(BaseModel):
         description="wrap the model in torch.compile (off by default: compiling takes minutes on a CPU)",
     )
     progress: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _finite(cls, data: Any) -> Any:
+        """NaN or infinity anywhere in the given fields (the ``model`` and ``sampler`` tables and lists
+        included, which ``allow_inf_nan=False`` does not reach) is an error naming the field."""
+        if isinstance(data, dict):
+            problem = nonfinite(data, "")
+            if problem is not None:
+                raise ValueError(problem)
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -251,10 +266,37 @@ def check_value(cls: type[BaseModel], name: str, value: Any, where: str) -> None
     field = cls.model_fields.get(name)
     if field is None:
         return
+    problem = nonfinite(value, where)
+    if problem is not None:
+        raise InputError(problem)
     try:
-        TypeAdapter(Annotated[field.annotation, field]).validate_python(value)
+        TypeAdapter(Annotated[field.annotation, field], config=_FINITE).validate_python(value)
     except ValidationError as exc:
-        raise from_validation_error(exc, where) from None
+        raise finite_error(exc, where) or from_validation_error(exc, where) from None
+
+
+#: the validation settings of a lone field (:func:`check_value`): as in the configs, no NaN or infinity
+_FINITE = ConfigDict(allow_inf_nan=False)
+
+
+def check_tables_finite(fields: dict[str, Any], source: str) -> None:
+    """InputError ``source: model.mlp_ratio: inf is not a finite number`` for a NaN or infinity in the
+    ``model`` / ``sampler`` tables, given as a number or as text (``--set sampler.pos=inf``); the
+    tables' other checks are left to their models when the run builds them."""
+    for key, table in TABLES.items():
+        entries = fields.get(key)
+        if not isinstance(entries, dict):
+            continue
+        for sub, value in entries.items():
+            field = table.model_fields.get(sub)
+            if field is None or value is None:
+                continue
+            try:
+                TypeAdapter(field.annotation, config=_FINITE).validate_python(value)
+            except ValidationError as exc:
+                error = finite_error(exc, f"{source}: {key}.{sub}")
+                if error is not None:
+                    raise error from None
 
 
 def check_shadowed(
@@ -301,6 +343,7 @@ def make_config(
     for layer in layers:
         fields.update({k: v for k, v in layer.items() if v is not None})
     fields.update(dict.fromkeys(nulls))
+    check_tables_finite(fields, str(source))
     kind = fields.get("kind")
     expected = cls.model_fields["kind"].default if "kind" in cls.model_fields else None
     if kind is not None and expected is not None and kind != expected:
@@ -308,7 +351,9 @@ def make_config(
     try:
         return cls(**fields)
     except ValidationError as exc:
-        raise from_validation_error(exc, str(source), cls.model_fields) from None
+        raise finite_error(exc, str(source)) or from_validation_error(
+            exc, str(source), cls.model_fields
+        ) from None
 
 
 def load_config(
