@@ -1,26 +1,45 @@
 """Reading DICOM series (the optional extra ``hiend-data[dicom]``: pydicom and dicom2nifti).
 
 :func:`hiend_data.io.load_volume` hands a path here when :func:`hiend_data.naming.is_dicom_source`
-says it is DICOM: a folder holding one series (files found recursively), a ``.zip`` of such a folder, or
-one multi-frame file. This module only finds the files, picks the series and refuses what hiend must not
-guess about; **dicom2nifti** (on pydicom) sorts the slices along the slice normal (ImagePositionPatient /
-ImageOrientationPatient, not file names or InstanceNumber), applies RescaleSlope / RescaleIntercept,
-checks the slice increment, the orientation and gantry tilt, and builds the affine. It returns a nibabel
-image in nibabel's RAS+ world, so from here on a DICOM series is read exactly like a NIfTI file (the
-same checks, orientation codes and left/right guarantees).
+says it is DICOM: a folder holding one series, a ``.zip`` of such a folder, or one multi-frame file.
+This module finds the files, picks the series and refuses what hiend must not guess about;
+**dicom2nifti** (on pydicom) then sorts the slices, applies RescaleSlope / RescaleIntercept and builds
+the affine (first slice's ImagePositionPatient, slice step = (last - first) / (n - 1)), returned as a
+nibabel image in RAS+, so from here on a DICOM series is read exactly like a NIfTI file.
 
-Refused with one :class:`~hiend_data.errors.InputError` line naming the folder (or zip, or file):
+**Which files.** Every file under the folder, at any depth; symbolic links to files and folders are
+followed (also out of the folder), each real folder is walked once (no loops) and a file reached by two
+paths is read once; names starting with ``.`` are skipped; a broken link is refused (it may be a lost
+slice). Files without the DICOM Part 10 marker are skipped; one that has it but does not parse is
+refused. A ``.zip`` is unpacked into a temporary folder first (see :func:`_unzipped` for its limits).
 
-* no DICOM file at all; only non-image objects (SR, RTSTRUCT, SEG, ...);
+**One series.** The image objects (not SR, RTSTRUCT, SEG, RTDOSE, ...) grouped by SeriesInstanceUID;
+several are refused unless ``series=`` picks one. Every file of the chosen series must agree on
+PatientID, StudyInstanceUID and FrameOfReferenceUID, and the slices the volume is built from on Rows,
+Columns and PixelSpacing: a SeriesInstanceUID shared by another patient's files (a copy, a symlink, a
+badly anonymised export) is refused, never merged.
+
+Refused with one :class:`~hiend_data.errors.InputError` line naming the folder (zip, file) and, where
+one file is at fault, that file (its path below the folder):
+
+* no DICOM file at all; only non-image objects;
 * several image series (their SeriesInstanceUIDs and SeriesDescriptions are listed; ``series=`` picks
-  one);
-* duplicate slice positions; missing slices or uneven spacing (dicom2nifti's tolerance: successive
-  position steps equal within 5 % or 0.1 mm); fewer than 4 slices (dicom2nifti's localizer rule);
-* gantry tilt (slices not perpendicular to the stack) and mixed slice orientations;
+  one); files of one series that disagree on patient, study, frame of reference, size or pixel spacing;
+* an image file of the series without pixel data (a slice lost in transfer), wherever it sits;
+* missing or unusable geometry: no ImagePositionPatient / ImageOrientationPatient / PixelSpacing, a
+  value that is not a finite number, PixelSpacing not > 0, ImageOrientationPatient not two unit vectors
+  at right angles (to 1e-3); SliceThickness is not used (the step comes from the positions);
+* duplicate slice positions; **missing slices or uneven spacing**: every slice's ImagePositionPatient
+  must lie within ``max(0.1 mm, 10 % of the slice step)`` of where the affine puts it (first slice +
+  k x step, the step fitted first to last as dicom2nifti does); measured in 3-D, so drift along the
+  normal and off the stack line both count, and no slice's voxels are placed farther than that;
+  fewer than 4 slices (dicom2nifti's localizer rule);
+* gantry tilt (slices not perpendicular to the stack) and mixed slice orientations (dicom2nifti);
 * compressed transfer syntaxes whose decoder is not installed (the message names the package).
 
 Images of the series flagged as localizers (ImageType LOCALIZER, CT projection images) and a minority
-orientation of fewer than 4 slices are dropped by dicom2nifti, as scanners store scouts in the series.
+orientation of fewer than 4 slices are dropped (dicom2nifti's rule, as scanners store scouts in the
+series); the checks on size, spacing and positions apply to the slices that remain.
 """
 
 from __future__ import annotations
@@ -28,9 +47,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import tempfile
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,9 +60,19 @@ import numpy as np
 
 from .dicom_seg import LABELMAP_SEG_SOP_CLASS, SEG_SOP_CLASS, SEG_SOP_CLASSES, read_seg
 from .errors import InputError
-from .limits import max_volume_bytes
+from .limits import ENV, max_volume_bytes
 
 INSTALL = "pip install 'hiend-data[dicom]'"
+
+#: a slice may lie this far from where the affine puts it: max(mm, fraction x the slice step)
+POSITION_TOLERANCE_MM = 0.1
+POSITION_TOLERANCE_STEP = 0.10
+#: ImageOrientationPatient: each vector's length within 1 +- this, their dot product within +- this
+ORIENTATION_TOLERANCE = 1e-3
+#: a zip member declaring more than ZIP_RATIO_FROM bytes may be at most ZIP_MAX_RATIO times its
+#: compressed size (DICOM pixel data deflates a few times; deflate's ceiling is about 1030:1)
+ZIP_RATIO_FROM = 16 * 2**20
+ZIP_MAX_RATIO = 200
 
 
 #: SOP classes that carry pixel data but are not a scan (hiend reads images, not these)
@@ -53,7 +84,6 @@ _NOT_SCANS = {
 }
 
 _D2N_REASONS = {
-    "SLICE_INCREMENT_INCONSISTENT": "missing slices or uneven slice spacing",
     "NON_CUBICAL_IMAGE/GANTRY_TILT": (
         "gantry tilt: the slices are not perpendicular to the stack (tilted series are not resampled)"
     ),
@@ -74,39 +104,121 @@ def _require() -> tuple[Any, Any]:
 
 @contextlib.contextmanager
 def _unzipped(path: Path) -> Iterator[Path]:
-    """A temporary folder holding the extracted ``.zip`` (zip bombs and unsafe names refused)."""
+    """A temporary folder holding the extracted ``.zip``.
+
+    Refused from the archive's directory, before anything is written: members declaring more than
+    :func:`~hiend_data.limits.max_volume_bytes` in total (``HIEND_MAX_VOLUME_BYTES``), a member above
+    ``ZIP_RATIO_FROM`` bytes declaring more than ``ZIP_MAX_RATIO`` times its compressed size (a zip bomb),
+    two members of one name (one would overwrite the other), a name leading outside the folder.
+    Declared sizes can lie, so each member is inflated in chunks and refused as soon as it yields more
+    than it declared: at most the declared total ever reaches the disk.
+    """
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise InputError(f"{path}: not a readable zip file ({exc})") from None
     with zf, tempfile.TemporaryDirectory(prefix="hiend-dicom-") as tmp:
         infos = [i for i in zf.infolist() if not i.is_dir()]
-        total = sum(i.file_size for i in infos)
-        if total > 2 * max_volume_bytes():
-            raise InputError(f"{path}: the zip unpacks to {total / 2**30:.1f} GiB, beyond the volume limit")
-        root = Path(tmp)
+        total, limit = sum(i.file_size for i in infos), max_volume_bytes()
+        if total > limit:
+            raise InputError(
+                f"{path}: the zip's members declare {total / 2**20:.1f} MiB unpacked, more than the volume "
+                f"limit of {limit / 2**20:.1f} MiB (set {ENV} to raise it)"
+            )
+        for info in infos:
+            if info.file_size > ZIP_RATIO_FROM and info.file_size > ZIP_MAX_RATIO * max(
+                info.compress_size, 1
+            ):
+                raise InputError(
+                    f"{path}: zip member {info.filename!r} inflates {info.compress_size} bytes to "
+                    f"{info.file_size / 2**20:.1f} MiB (more than {ZIP_MAX_RATIO}:1): a zip bomb, not a DICOM file"
+                )
+        root = Path(tmp).resolve()
+        seen: set[str] = set()
         for info in infos:
             target = (root / info.filename).resolve()
-            if root.resolve() not in target.parents:
+            if root not in target.parents:
                 raise InputError(f"{path}: zip entry {info.filename!r} points outside the archive")
+            if str(target) in seen:
+                raise InputError(f"{path}: two zip entries named {info.filename!r}")
+            seen.add(str(target))
         try:
-            zf.extractall(root)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise InputError(f"{path}: corrupt zip file ({exc})") from None
+            for info in infos:
+                _inflate(path, zf, info, (root / info.filename).resolve())
+        except (zipfile.BadZipFile, EOFError, zlib.error, RuntimeError, NotImplementedError) as exc:
+            raise InputError(f"{path}: corrupt or unsupported zip file ({exc})") from None
+        except OSError as exc:
+            raise InputError(f"{path}: cannot unpack the zip into {tmp} ({exc.strerror or exc})") from None
         yield root
 
 
-def _files(root: Path) -> list[Path]:
+def _inflate(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> None:
+    """One member to ``target``, stopping as soon as it yields more bytes than it declared."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with zf.open(info) as src, open(target, "wb") as dst:
+        while chunk := src.read(2**20):
+            written += len(chunk)
+            if written > info.file_size:
+                raise InputError(
+                    f"{path}: zip member {info.filename!r} inflates beyond the {info.file_size} bytes it declares"
+                )
+            dst.write(chunk)
+
+
+def _files(where: Path, root: Path) -> list[Path]:
+    """The files to read at ``root`` (a file: itself), sorted by path below ``root``: every file at any
+    depth, symbolic links to files and folders followed, each real folder walked once (a link to an
+    ancestor cannot loop) and each real file taken once; entries named ``.*`` skipped; a broken link
+    refused (it may stand for a slice)."""
     if root.is_file():
         return [root]
-    return sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
+    out: list[Path] = []
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        st = folder.stat()
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
+        subfolders = []
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if entry.name.startswith("."):
+                continue
+            p = Path(entry.path)
+            try:
+                st = p.stat()  # through links
+            except FileNotFoundError:
+                raise InputError(
+                    f"{where}: {_below(root, p)} is a broken symbolic link (its target does not exist)"
+                ) from None
+            if stat.S_ISDIR(st.st_mode):
+                subfolders.append(p)
+            elif stat.S_ISREG(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if key not in seen_files or not st.st_ino:
+                    seen_files.add(key)
+                    out.append(p)
+        stack.extend(reversed(subfolders))
+    return sorted(out, key=lambda p: p.relative_to(root).parts)
 
 
-def _read_headers(where: Path, files: list[Path], headers_only: bool = False) -> list[Any]:
+def _below(root: Path, p: Path) -> str:
+    """``p`` as a path below ``root`` (a zip's member name), for messages."""
+    try:
+        return p.relative_to(root).as_posix() if p != root else p.name
+    except ValueError:
+        return p.name
+
+
+def _label(ds: Any) -> str:
+    """The file a dataset came from, as named in messages (its path below the folder or zip)."""
+    return getattr(ds, "_hiend_name", None) or Path(str(getattr(ds, "filename", "") or "?")).name
+
+
+def _read_headers(where: Path, root: Path, files: list[Path], headers_only: bool = False) -> list[Any]:
     """Every DICOM dataset among ``files`` (pixel data deferred, or not read with ``headers_only``);
     files that are not DICOM are skipped."""
     pydicom, _ = _require()
@@ -124,7 +236,10 @@ def _read_headers(where: Path, files: list[Path], headers_only: bool = False) ->
         except InvalidDicomError:
             continue  # not DICOM (no 'DICM' preamble): a README, a NIfTI, ...
         except Exception as exc:  # a file that says it is DICOM but does not parse
-            raise InputError(f"{where}: {f.name}: corrupt DICOM file ({type(exc).__name__}: {exc})") from None
+            raise InputError(
+                f"{where}: {_below(root, f)}: corrupt DICOM file ({type(exc).__name__}: {exc})"
+            ) from None
+        ds._hiend_name = _below(root, f)
         out.append(ds)
     return out
 
@@ -134,12 +249,27 @@ def _sop_class(ds: Any) -> str:
     return str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
 
 
+def _has_pixels(ds: Any) -> bool:
+    return any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+
+
 def _is_scan(ds: Any, headers_only: bool = False) -> bool:
     """An image (pixel data; read without it: rows and columns) that is not a SEG, RTDOSE, ..."""
-    pixels = (
-        ("Rows" in ds and "Columns" in ds) if headers_only else ("PixelData" in ds or "FloatPixelData" in ds)
-    )
+    pixels = ("Rows" in ds and "Columns" in ds) if headers_only else _has_pixels(ds)
     return pixels and _sop_class(ds) not in _NOT_SCANS
+
+
+def _is_image_object(ds: Any, headers_only: bool = False) -> bool:
+    """A scan, or a file that should be one: an ``... Image Storage`` SOP class (or none, with rows and
+    columns) whether or not its pixel data is there."""
+    from pydicom.uid import UID
+
+    sop = _sop_class(ds)
+    if _is_scan(ds, headers_only) or sop in _NOT_SCANS:
+        return _is_scan(ds, headers_only)
+    if sop:
+        return "Image Storage" in UID(sop).name
+    return "Rows" in ds and "Columns" in ds
 
 
 def _kind(ds: Any) -> str:
@@ -213,20 +343,212 @@ def _packages(dependency: str) -> list[str]:
     return [n for n in names if n and n != "numpy"]
 
 
-def _check_positions(where: Path, series: list[Any]) -> None:
-    """Missing geometry or two slices at one position (dicom2nifti would silently drop exact copies)."""
-    seen: dict[tuple[float, ...], Any] = {}
-    for ds in series:
-        for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
-            if tag not in ds:
-                raise InputError(f"{where}: {Path(ds.filename).name} has no {tag}; cannot place the slice")
-        pos = tuple(round(float(v), 3) for v in ds.ImagePositionPatient)
+def _numbers(where: Path, who: str, tag: str, value: Any, count: int) -> np.ndarray:
+    """``value`` (a DICOM multi-value) as ``count`` finite floats, else InputError naming ``who``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = np.array([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: {who}: {tag} {_shown_value(value)} is not {count} numbers") from None
+    if out.shape != (count,) or not np.all(np.isfinite(out)):
+        raise InputError(f"{where}: {who}: {tag} {_shown_value(value)} is not {count} finite numbers")
+    return out
+
+
+def _shown_value(value: Any) -> str:
+    try:
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    except TypeError:
+        return repr(value)
+
+
+def _geometry(where: Path, who: str, ipp: Any, iop: Any, spacing: Any) -> tuple[np.ndarray, ...]:
+    """(position, orientation, pixel spacing) checked: finite numbers, PixelSpacing > 0 (a negative one
+    would mirror the image), ImageOrientationPatient two unit vectors at right angles."""
+    for tag, value in (
+        ("ImagePositionPatient", ipp),
+        ("ImageOrientationPatient", iop),
+        ("PixelSpacing", spacing),
+    ):
+        if value is None:
+            raise InputError(f"{where}: {who} has no {tag}; cannot place the slice")
+    pos = _numbers(where, who, "ImagePositionPatient", ipp, 3)
+    ori = _numbers(where, who, "ImageOrientationPatient", iop, 6)
+    spc = _numbers(where, who, "PixelSpacing", spacing, 2)
+    if not np.all(spc > 0):
+        raise InputError(
+            f"{where}: {who}: PixelSpacing {_shown_value(spacing)} must be > 0 (mm between pixels)"
+        )
+    row, col = ori[:3], ori[3:]
+    tol = ORIENTATION_TOLERANCE
+    if abs(np.linalg.norm(row) - 1) > tol or abs(np.linalg.norm(col) - 1) > tol or abs(row @ col) > tol:
+        raise InputError(
+            f"{where}: {who}: ImageOrientationPatient {_shown_value(iop)} is not two unit vectors at right "
+            f"angles (to {tol:g})"
+        )
+    return pos, ori, spc
+
+
+def _frame_geometry(where: Path, ds: Any) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """``(who, position, orientation, spacing)`` of each frame of a multi-frame file, each value taken
+    where dicom2nifti takes it (the frame's functional groups, else the shared ones, else the top level)."""
+    shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
+
+    def find(groups: Sequence[Any], seq: str, tag: str) -> Any:
+        for g in groups:
+            if g is None:
+                continue
+            if seq in g and g[seq].value and tag in g[seq].value[0]:
+                return g[seq].value[0][tag].value
+        for g in groups:
+            if g is not None and tag in g:
+                return g[tag].value
+        return ds[tag].value if tag in ds else None
+
+    out = []
+    for i, frame in enumerate(ds.get("PerFrameFunctionalGroupsSequence") or []):
+        who = f"{_label(ds)} frame {i + 1}"
+        groups = (frame, shared)
+        geo = _geometry(
+            where,
+            who,
+            find((frame,), "PlanePositionSequence", "ImagePositionPatient"),
+            find(groups, "PlaneOrientationSequence", "ImageOrientationPatient"),
+            find(groups, "PixelMeasuresSequence", "PixelSpacing"),
+        )
+        out.append((who, *geo))
+    return out
+
+
+def _check_same(where: Path, series: list[Any], tags: Sequence[str], what: str) -> None:
+    """Every dataset of ``series`` holds the first one's values of ``tags``, else InputError naming both
+    values and a file of each."""
+    for tag in tags:
+        first = series[0].get(tag)
+        for ds in series[1:]:
+            other = ds.get(tag)
+            if _value(first) != _value(other):
+                raise InputError(
+                    f"{where}: {what}: {tag} {_value(first)!r} ({_label(series[0])}) and {_value(other)!r} "
+                    f"({_label(ds)}); one series must not mix them (give one patient's series)"
+                )
+
+
+def _value(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue":
+        return "\\".join(f"{float(x):.6g}" if _is_number(x) else str(x).strip() for x in v)
+    return f"{float(v):.6g}" if _is_number(v) else str(v).strip()
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(v, str) or v.strip() != ""
+
+
+def _volume_slices(series: list[Any], orientations: list[np.ndarray]) -> list[int]:
+    """Indices of the slices dicom2nifti builds the volume from, in its order: without localizers
+    (ImageType LOCALIZER, CT PROJECTION IMAGE) and, where several orientations are present, without
+    those of fewer than 4 slices; sorted along the axis of the largest position range."""
+    keep = []
+    for i, ds in enumerate(series):
+        kind = [str(t).upper() for t in (ds.get("ImageType") or [])]
+        if "LOCALIZER" in kind or ("CT" in str(ds.get("Modality", "")) and "PROJECTION IMAGE" in kind):
+            continue
+        keep.append(i)
+    groups: list[list[int]] = []
+    for i in keep:
+        for g in groups:
+            if np.allclose(orientations[i], orientations[g[0]], rtol=0.001, atol=0.001):
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    if len(groups) > 1:
+        keep = [i for g in groups if len(g) >= 4 for i in g]
+    return keep
+
+
+def _check_stack(where: Path, who: list[str], pos: np.ndarray, ori: np.ndarray) -> None:
+    """Every slice at its place on the affine's line: slice k of n (sorted) must lie within
+    ``max(POSITION_TOLERANCE_MM, POSITION_TOLERANCE_STEP x step)`` of ``first + k (last - first) / (n - 1)``
+    (3-D distance: uneven gaps, missing slices and drift off the stack line all count). This bounds the
+    position error of every slice's voxels in the affine dicom2nifti builds; a per-gap rule does not."""
+    n = len(pos)
+    if n < 2:
+        return
+    step = (pos[-1] - pos[0]) / (n - 1)
+    size = float(np.linalg.norm(step))
+    if size == 0:
+        return  # all at one position: refused as duplicates
+    err = pos - (pos[0] + np.arange(n)[:, None] * step)
+    dist = np.linalg.norm(err, axis=1)
+    k = int(np.argmax(dist))
+    tol = max(POSITION_TOLERANCE_MM, POSITION_TOLERANCE_STEP * size)
+    if dist[k] <= tol:
+        return
+    normal = np.cross(ori[:3], ori[3:])
+    along = abs(float(err[k] @ normal))
+    gaps = np.diff(pos @ normal)
+    raise InputError(
+        f"{where}: missing slices or uneven slice spacing: {who[k]} (slice {k + 1} of {n}) lies "
+        f"{dist[k]:.3g} mm from where the volume's affine puts it ({along:.3g} mm along the slice normal), "
+        f"more than the tolerance of {tol:.3g} mm (max {POSITION_TOLERANCE_MM:g} mm, "
+        f"{POSITION_TOLERANCE_STEP:.0%} of the {size:.4g} mm slice step): slice gaps "
+        f"{np.abs(gaps).min():.4g} to {np.abs(gaps).max():.4g} mm along the slice normal"
+    )
+
+
+def _check_geometry(where: Path, chosen: list[Any], multi: Any) -> None:
+    """Geometry of the one series: each slice's (or frame's) values usable, the volume's slices of one
+    size and pixel spacing, and every slice where the affine puts it (:func:`_check_stack`)."""
+    if multi is not None:
+        frames = _frame_geometry(where, multi)
+        if not frames:
+            return
+        who = [f[0] for f in frames]
+        for name, _, _, spc in frames[1:]:
+            if not np.allclose(spc, frames[0][3], rtol=1e-4, atol=0):
+                raise InputError(
+                    f"{where}: frames of different PixelSpacing: {_shown_value(frames[0][3])} ({who[0]}) and "
+                    f"{_shown_value(spc)} ({name})"
+                )
+        _check_positions(where, who, [f[1] for f in frames])
+        if all(np.allclose(f[2], frames[0][2], rtol=0.001, atol=0.001) for f in frames):
+            _check_stack(where, who, np.array([f[1] for f in frames]), frames[0][2])
+        return
+    geo = [_geometry(where, _label(ds), ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient"),
+                     ds.get("PixelSpacing")) for ds in chosen]  # fmt: skip
+    _check_positions(where, [_label(ds) for ds in chosen], [g[0] for g in geo])
+    keep = _volume_slices(chosen, [g[1] for g in geo])
+    if len(keep) < 4:
+        return  # dicom2nifti refuses: fewer than 4 slices
+    used = [chosen[i] for i in keep]
+    _check_same(
+        where, used, ("Rows", "Columns", "PixelSpacing"), "slices of different sizes or pixel spacing"
+    )
+    if not all(np.allclose(geo[i][1], geo[keep[0]][1], rtol=0.001, atol=0.001) for i in keep):
+        return  # dicom2nifti refuses: mixed slice orientations
+    pos = np.array([geo[i][0] for i in keep])
+    order = np.argsort(pos[:, int(np.argmax(np.ptp(pos, axis=0)))], kind="stable")  # dicom2nifti's sort
+    _check_stack(where, [_label(used[j]) for j in order], pos[order], geo[keep[0]][1])
+
+
+def _check_positions(where: Path, who: list[str], positions: list[np.ndarray]) -> None:
+    """Two slices (frames) at one position, to 1e-3 mm (dicom2nifti would silently drop exact copies)."""
+    seen: dict[tuple[float, ...], str] = {}
+    for name, p in zip(who, positions, strict=True):
+        pos = tuple(round(float(v), 3) for v in p)
         if pos in seen:
             raise InputError(
-                f"{where}: duplicate slice position {pos} in {Path(seen[pos].filename).name} and "
-                f"{Path(ds.filename).name} (two copies or two series mixed)"
+                f"{where}: duplicate slice position {pos} in {seen[pos]} and {name} (two copies or two series mixed)"
             )
-        seen[pos] = ds
+        seen[pos] = name
 
 
 def _prepare_multiframe(where: Path, ds: Any) -> list[tuple[float, float]]:
@@ -286,18 +608,6 @@ def _rescale_frames(img: Any, scales: list[tuple[float, float]]) -> Any:
     return nib.Nifti1Image(arr.astype(np.float64) * slope + inter, img.affine)
 
 
-def _steps(series: list[Any]) -> str:
-    """Range of the gaps between slices along the slice normal, for the message only."""
-    try:
-        iop = np.asarray([float(v) for v in series[0].ImageOrientationPatient])
-        normal = np.cross(iop[:3], iop[3:])
-        d = np.sort([float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])) for ds in series])
-        gaps = np.diff(d)
-        return f": slice gaps {gaps.min():.4g} to {gaps.max():.4g} mm along the slice normal"
-    except Exception:  # noqa: BLE001 - a message detail, never a reason to fail differently
-        return ""
-
-
 def _convert(where: Path, series: list[Any]) -> Any:
     """dicom2nifti's volume (nibabel image, RAS+ affine, rescale applied) with its validations on."""
     _, dicom2nifti = _require()
@@ -305,8 +615,9 @@ def _convert(where: Path, series: list[Any]) -> Any:
     from dicom2nifti.convert_dicom import dicom_array_to_nifti
     from dicom2nifti.exceptions import ConversionError, ConversionValidationError
 
-    for name in ("slicecount", "orientation", "orthogonal", "slice_increment"):
+    for name in ("slicecount", "orientation", "orthogonal"):
         getattr(settings, f"enable_validate_{name}")()
+    settings.disable_validate_slice_increment()  # :func:`_check_stack` bounds every slice instead
     settings.disable_resampling()
     quiet = [logging.getLogger(n) for n in ("dicom2nifti", "pydicom")]
     levels = [q.level for q in quiet]
@@ -319,8 +630,7 @@ def _convert(where: Path, series: list[Any]) -> Any:
     except (ConversionValidationError, ConversionError) as exc:
         code = str(exc)
         why = _D2N_REASONS.get(code, f"cannot assemble a volume ({code})")
-        extra = _steps(series) if code == "SLICE_INCREMENT_INCONSISTENT" else ""
-        raise InputError(f"{where}: {why}{extra}") from None
+        raise InputError(f"{where}: {why}") from None
     except Exception as exc:
         raise InputError(f"{where}: cannot read the series ({type(exc).__name__}: {exc})") from None
     finally:
@@ -367,14 +677,14 @@ def _series(
         raise FileNotFoundError(2, "no such file or directory", str(path))
     with contextlib.ExitStack() as stack:
         root = stack.enter_context(_unzipped(path)) if path.suffix.lower() == ".zip" else path
-        datasets = _read_headers(path, _files(root), headers_only)
+        datasets = _read_headers(path, root, _files(path, root), headers_only)
         if not datasets:
             raise InputError(f"{path}: no DICOM files found")
         if path.is_file() and len(datasets) == 1 and _sop_class(datasets[0]) in SEG_SOP_CLASSES:
             yield datasets, None
             return
-        scans = [ds for ds in datasets if _is_scan(ds, headers_only)]
-        if not scans:
+        images = [ds for ds in datasets if _is_image_object(ds, headers_only)]
+        if not images:
             kinds: dict[str, int] = {}
             for ds in datasets:
                 kinds[_kind(ds)] = kinds.get(_kind(ds), 0) + 1
@@ -383,7 +693,15 @@ def _series(
             raise InputError(
                 f"{path}: only non-image DICOM objects ({found}); expected an image series{hint}"
             )
-        chosen = _pick_series(path, scans, series)
+        chosen = _pick_series(path, images, series)
+        for ds in chosen:
+            if not _is_scan(ds, headers_only):
+                raise InputError(
+                    f"{path}: {_label(ds)}: an image of the series without pixel data "
+                    "(a slice lost or cut short in transfer?)"
+                )
+        _check_same(path, chosen, ("PatientID", "StudyInstanceUID", "FrameOfReferenceUID"),
+                    "files of two patients, studies or frames of reference in one series")  # fmt: skip
         multi = [ds for ds in chosen if _is_multiframe(ds)]
         if multi and len(chosen) > 1:
             raise InputError(
@@ -393,12 +711,11 @@ def _series(
         if not headers_only:
             for ds in chosen:
                 _check_decoder(path, ds)
-        if not multi:
-            if len(chosen) == 1:
-                raise InputError(
-                    f"{path}: a single-slice DICOM image, not a volume (give the folder of its series)"
-                )
-            _check_positions(path, chosen)
+        if not multi and len(chosen) == 1:
+            raise InputError(
+                f"{path}: a single-slice DICOM image, not a volume (give the folder of its series)"
+            )
+        _check_geometry(path, chosen, multi[0] if multi else None)
         yield chosen, (multi[0] if multi else None)
 
 
