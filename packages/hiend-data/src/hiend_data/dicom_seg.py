@@ -18,11 +18,29 @@ F_col`` (DICOM's ImagePositionPatient, ImageOrientationPatient ``F_row, F_col`` 
 dc``, LPS); hiend's affines are RAS+ (nibabel), so a frame's voxels on the hiend grid are
 ``inv(affine) @ diag(-1, -1, 1) @ position``. The mapping must land on whole voxels (within
 :data:`VOXEL_TOL`) along the grid's axes, or the label map was not made on this series' grid.
+
+Integrity rules (refused with one :class:`InputError` line naming the file; nothing is dropped quietly):
+
+* **Text** (:func:`check_long_string`): segment names and the other strings :func:`write_seg` puts in
+  Long String (LO) attributes are written exactly as given or refused: at most 64 characters, no
+  backslash (LO's value separator), no control or format character, no leading or trailing blank (LO
+  padding, dropped by readers). A name that is not plain ASCII makes the SEG UTF-8 (SpecificCharacterSet
+  ``ISO_IR 192``), so ``Leber–Läsion 肝`` reads back as written; otherwise the source's character set
+  is kept (highdicom copies it).
+* **Segments** (read): segment numbers start at 1 and appear once in SegmentSequence (a LABELMAP may
+  also describe 0 as its background: PixelPaddingValue 0 or the DCM Background code); every BINARY
+  frame's ReferencedSegmentNumber and every LABELMAP pixel value other than 0 is a described segment.
+  A segment numbered 0 or one not described would decode as background: its voxels lost.
+* **References** (:func:`check_references`): a SEG given as the label of a DICOM image must reference
+  that image's series (ReferencedSeriesSequence) and share its FrameOfReferenceUID, where the SEG
+  states them. A SEG paired with a NIfTI image has nothing to compare (NIfTI carries no UIDs): only
+  the grid check applies.
 """
 
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +78,50 @@ SEG_SERIES_NUMBER_OFFSET = 1000  # the SEG's SeriesNumber: the source's + this (
 
 #: ``seg_type`` -> DICOM SegmentationType
 SEG_TYPES = {"binary": "BINARY", "labelmap": "LABELMAP"}
+#: The longest value of VR LO (Long String: SegmentLabel, SeriesDescription, AlgorithmName, ...)
+LO_MAX_CHARS = 64
+#: SpecificCharacterSet of a SEG holding text that is not plain ASCII (UTF-8)
+UTF8_CHARSET = "ISO_IR 192"
+#: The DCM code of a LABELMAP's background segment (what highdicom writes as segment 0)
+BACKGROUND_CODE = ("125040", "DCM")
+
+
+def check_long_string(value: object, what: str, where: object) -> str:
+    """``value`` if a DICOM Long String (VR LO) holds it exactly as written: text of at most
+    :data:`LO_MAX_CHARS` characters, no backslash (LO's value separator: ``liver\\spleen`` would read
+    back as two values), no control or format character (newline, ESC, bidirectional overrides), no
+    leading or trailing blank (LO padding, which readers strip). Anything else is an InputError naming
+    ``where`` and ``what`` (e.g. ``label 3 name``) with the value, never a silent cut or substitution;
+    characters outside ASCII are fine (:func:`write_seg` then writes UTF-8)."""
+    why = None
+    if not isinstance(value, str):
+        why = "is not text"
+    elif len(value) > LO_MAX_CHARS:
+        why = f"has {len(value)} characters, more than the {LO_MAX_CHARS} of a DICOM Long String"
+    elif "\\" in value:
+        why = "holds a backslash, DICOM's value separator (it would read back as several values)"
+    elif any(not ch.isprintable() and unicodedata.category(ch) != "Zs" for ch in value):
+        why = "holds a control or format character"
+    elif value != value.strip():
+        why = "begins or ends with a blank, which DICOM readers strip"
+    if why is not None:
+        raise InputError(f"{where}: {what} {value!r} {why}; a DICOM Segmentation cannot hold it as written")
+    return value  # type: ignore[return-value]
+
+
+def check_segment_names(names: Mapping[int, str] | None, where: object = "DICOM Segmentation") -> None:
+    """Refuse (InputError naming ``where``, the label number and the name) any segment name
+    :func:`check_long_string` refuses: what :func:`write_seg` would refuse, checked before any work."""
+    for number, name in sorted((names or {}).items()):
+        if name:
+            check_long_string(name, f"label {number} name", where)
+
+
+def _charset(texts: Sequence[str]) -> dict[str, str]:
+    """highdicom's ``specific_character_set`` argument: UTF-8 (:data:`UTF8_CHARSET`) when any of
+    ``texts`` is not plain ASCII; else none given, so that highdicom copies the source series'
+    SpecificCharacterSet (which holds ASCII whatever it is, and the patient's name as the source has it)."""
+    return {} if all(t.isascii() for t in texts) else {"specific_character_set": UTF8_CHARSET}
 
 
 def _transfer_syntax(seg_type: str) -> Any:
@@ -234,10 +296,13 @@ def _category_and_type(name: str) -> tuple[Any, Any]:
     return codes.SCT.Tissue, codes.SCT.Tissue
 
 
-def _segment_names(names: Mapping[int, str] | None, top: int) -> dict[int, str]:
+def _segment_names(names: Mapping[int, str] | None, top: int, where: object) -> dict[int, str]:
+    """Segment number -> name for ``1 .. max(top, named)`` (``"label N"`` where unnamed), each name
+    checked by :func:`check_long_string` (refused, never cut)."""
+    check_segment_names(names, where)
     names = dict(names or {})
     top = max([top, *names]) if names else top
-    return {v: str(names.get(v) or f"label {v}")[:64] for v in range(1, top + 1)}
+    return {v: str(names.get(v) or f"label {v}") for v in range(1, top + 1)}
 
 
 def write_seg(
@@ -259,9 +324,11 @@ def write_seg(
         affine: that grid's 4x4 RAS+ affine (mm).
         source: the series' datasets (:func:`hiend_data.dicom.series_headers`; pixel data not needed).
         names: label value -> name; segments ``1 .. max(label, name)`` are all described (a label
-            without a name is ``"label N"``); names are cut to DICOM's 64 characters.
+            without a name is ``"label N"``); each name is written exactly (UTF-8 when not ASCII) or
+            refused (:func:`check_long_string`: more than 64 characters, a backslash, a control
+            character), before anything is written.
         software_version, description, algorithm: the SEG's SoftwareVersions, SeriesDescription and
-            the segments' algorithm name.
+            the segments' algorithm name (the same rule as the names).
         seg_type: ``"binary"`` (every viewer and PACS reads it: one 1-bit frame per slice and segment
             present, uncompressed) or ``"labelmap"`` (DICOM 2024's LABELMAP Segmentation: one frame
             per slice holding the label values, JPEG-LS lossless; for 41 labels 136x smaller, 11x
@@ -281,7 +348,10 @@ def write_seg(
     if labels.dtype.kind not in "ui" or (labels.size and int(labels.min()) < 0):
         raise InputError(f"{out}: label map of dtype {labels.dtype}, expected non-negative integers")
     top = int(labels.max()) if labels.size else 0
-    segments = _segment_names(names, top)
+    segments = _segment_names(names, top, out)
+    texts = [software_version or "unknown", description, algorithm]
+    for text, what in zip(texts, ("software version", "description", "algorithm name"), strict=True):
+        check_long_string(text, what, out)
     if not segments:
         raise InputError(f"{out}: nothing to write: the label map is all background and no labels are named")
     datasets = list(source)
@@ -338,9 +408,10 @@ def write_seg(
             manufacturer_model_name=algorithm,
             software_versions=software_version or "unknown",
             device_serial_number="0",
-            series_description=description[:64],
+            series_description=description,
             content_label="HIEND",
-            content_description=description[:64],
+            content_description=description,
+            **_charset([*segments.values(), *texts]),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise InputError(
@@ -389,15 +460,114 @@ def _seg_header(path: Path) -> Any:
     return ds if str(ds.get("SOPClassUID", "")) in SEG_SOP_CLASSES else None
 
 
-def _check_labelled(path: Path, seg: Any) -> None:
-    """BINARY or LABELMAP, and frames whose decoding fits the volume limit (checked from the header,
-    before any pixel is decoded: a small compressed file may claim any size)."""
+def _check_labelled(path: Path, seg: Any) -> set[int]:
+    """BINARY or LABELMAP, frames whose decoding fits the volume limit (checked from the header,
+    before any pixel is decoded: a small compressed file may claim any size), and segments that
+    decode without loss (:func:`_described_segments`). Returns the described segment numbers."""
     frames = int(seg.get("NumberOfFrames", 1) or 1)
     check_volume_bytes((int(seg.Rows), int(seg.Columns), frames), 1, path, "Segmentation frames hold")
     kind = str(seg.get("SegmentationType", ""))
     if kind not in ("BINARY", "LABELMAP"):
         raise InputError(
             f"{path}: a {kind} DICOM Segmentation (probabilities); hiend reads BINARY and LABELMAP ones"
+        )
+    return _described_segments(path, seg, kind)
+
+
+def _is_background(seg: Any, item: Any) -> bool:
+    """Whether the LABELMAP segment ``item`` (number 0) is the background: PixelPaddingValue 0 (what
+    highdicom writes) or the DCM Background code as its property type."""
+    if "PixelPaddingValue" in seg and int(seg.PixelPaddingValue) == 0:
+        return True
+    kind = _first(item, "SegmentedPropertyTypeCodeSequence")
+    return kind is not None and (
+        str(kind.get("CodeValue", "")),
+        str(kind.get("CodingSchemeDesignator", "")),
+    ) == (BACKGROUND_CODE)
+
+
+def _described_segments(path: Path, seg: Any, kind: str) -> set[int]:
+    """The segment numbers SegmentSequence describes (a LABELMAP's background 0 left out), from the
+    header alone. Refused: a number given twice, a segment numbered 0 (or below) other than a
+    LABELMAP's background, a LABELMAP whose background value is not 0, and BINARY frames of a segment
+    not described: each would decode as background or into another segment."""
+    items = list(seg.get("SegmentSequence") or [])
+    numbers = [int(item.get("SegmentNumber", 0)) for item in items]
+    twice = sorted({n for n in numbers if numbers.count(n) > 1})
+    if twice:
+        raise InputError(f"{path}: segment number {twice[0]} is described {numbers.count(twice[0])} times")
+    if kind == "LABELMAP" and int(seg.get("PixelPaddingValue", 0) or 0) != 0:
+        raise InputError(
+            f"{path}: LABELMAP background value {int(seg.PixelPaddingValue)}; hiend reads label maps "
+            "whose background is 0"
+        )
+    for number, item in zip(numbers, items, strict=True):
+        if number < 1 and not (kind == "LABELMAP" and number == 0 and _is_background(seg, item)):
+            raise InputError(
+                f"{path}: segment {str(item.get('SegmentLabel', ''))!r} has number {number}; segment "
+                "numbers start at 1 (0 is background, so its voxels would be lost)"
+            )
+    described = {n for n in numbers if n >= 1}
+    if kind == "BINARY":
+        shared = _first(seg, "SharedFunctionalGroupsSequence")
+        common = _first(shared, "SegmentIdentificationSequence") if shared is not None else None
+        referenced = set()
+        for n, frame in enumerate(seg.get("PerFrameFunctionalGroupsSequence") or [], 1):
+            ident = _first(frame, "SegmentIdentificationSequence") or common
+            if ident is None or "ReferencedSegmentNumber" not in ident:
+                raise InputError(f"{path}: frame {n} does not say which segment it holds")
+            referenced.add(int(ident.ReferencedSegmentNumber))
+        if common is not None and "ReferencedSegmentNumber" in common:
+            referenced.add(int(common.ReferencedSegmentNumber))
+        _refuse_undescribed(path, referenced - described, described, "frames of segment")
+    return described
+
+
+def _refuse_undescribed(path: Path, stray: set[int], described: set[int], what: str) -> None:
+    if stray:
+        known = ", ".join(map(str, sorted(described))) or "none"
+        raise InputError(
+            f"{path}: {what} {min(stray)}, which SegmentSequence does not describe (described: {known}); "
+            "its voxels would be lost"
+        )
+
+
+def _check_values(path: Path, seg: Any, array: np.ndarray, described: set[int]) -> None:
+    """A LABELMAP's pixel values other than 0 must be described segments (BINARY frames were checked
+    from the header: a frame's pixels are 0/1)."""
+    if str(seg.get("SegmentationType", "")) != "LABELMAP" or not array.size:
+        return
+    counts = np.bincount(array.reshape(-1).astype(np.int64, copy=False))
+    present = {int(v) for v in np.flatnonzero(counts) if v > 0}
+    _refuse_undescribed(path, present - described, described, "pixel value")
+
+
+def check_references(
+    path: str | os.PathLike[str], series_uid: str, frame_of_reference_uid: str, image: object
+) -> None:
+    """Refuse (InputError naming the SEG at ``path``, its UIDs and the image's) a SEG that is not of
+    the image ``image`` (series ``series_uid``, frame of reference ``frame_of_reference_uid``): its
+    ReferencedSeriesSequence names other series, or its FrameOfReferenceUID is another. What the SEG
+    leaves out is not compared (ReferencedSeriesSequence is conditional; a grid check follows anyway).
+    A SEG written on series X labels X: on another series Y of the same grid (another phase or
+    reconstruction) its voxels would be taken as Y's label without a word."""
+    path = Path(path)
+    ds = _seg_header(path)
+    if ds is None:
+        return
+    refs = [
+        str(item.SeriesInstanceUID)
+        for item in ds.get("ReferencedSeriesSequence") or []
+        if "SeriesInstanceUID" in item
+    ]
+    if refs and series_uid not in refs:
+        raise InputError(
+            f"{path}: segments series {', '.join(refs)}, not series {series_uid} of the image {image}"
+        )
+    seg_for = str(ds.get("FrameOfReferenceUID", "") or "")
+    if seg_for and frame_of_reference_uid and seg_for != frame_of_reference_uid:
+        raise InputError(
+            f"{path}: frame of reference {seg_for}, not {frame_of_reference_uid} of the image {image}"
         )
 
 
@@ -413,7 +583,7 @@ def read_seg(path: str | os.PathLike[str], dataset: Any = None) -> Any:
     del dataset
     path = Path(path)
     seg = _open_seg(path)
-    _check_labelled(path, seg)
+    described = _check_labelled(path, seg)
     try:
         volume = seg.get_volume(combine_segments=True)
     except (ValueError, RuntimeError) as exc:
@@ -422,6 +592,7 @@ def read_seg(path: str | os.PathLike[str], dataset: Any = None) -> Any:
             "decode it against its source series instead"
         ) from None
     array = np.asarray(volume.array)  # [slice, row, column]
+    _check_values(path, seg, array, described)
     top = int(array.max()) if array.size else 0
     array = np.ascontiguousarray(np.transpose(array, (2, 1, 0))).astype(
         np.uint8 if top < 256 else np.uint16, copy=False
@@ -444,7 +615,7 @@ def decode_on_source(
     ``load_volume`` gives that series), through each frame's referenced source image (or frame)."""
     path = Path(path)
     seg = _open_seg(path)
-    _check_labelled(path, seg)
+    described = _check_labelled(path, seg)
     datasets = list(source)
     planes = frame_planes(datasets)
     rows, columns = int(datasets[0].Rows), int(datasets[0].Columns)
@@ -462,6 +633,7 @@ def decode_on_source(
             )
     except (ValueError, KeyError, RuntimeError) as exc:
         raise InputError(f"{path}: does not reference this series' images ({exc})") from None
+    _check_values(path, seg, frames, described)
     top = int(frames.max()) if frames.size else 0
     out = np.zeros(tuple(shape), dtype=np.uint8 if top < 256 else np.uint16)
     for frame, m in zip(frames, index, strict=True):

@@ -5,7 +5,10 @@ A :class:`Volume` is an array plus the geometry needed to put it back in the wor
 * ``array``: ``[X, Y, Z]`` (one channel) or ``[C, X, Y, Z]`` (several), header intensity scaling applied;
 * ``affine``: ``(4, 4)`` float64 voxel index -> world millimetres (RAS+, nibabel's convention);
 * ``spacing``: voxel size in mm per array axis (the norms of the affine's first three columns);
-* ``orientation``: axis codes such as ``("R", "A", "S")`` (where each array axis points in the world).
+* ``orientation``: axis codes such as ``("R", "A", "S")`` (where each array axis points in the world);
+* ``header``: the source's nibabel header (its qform and sform are what :func:`save_volume` writes
+  "like" it); ``dicom``: for a DICOM series, where it was read from (:class:`DicomOrigin`: its UIDs on
+  demand, for the checks of a DICOM-SEG label, :func:`load_label`).
 
 Everything that is wrong with a file raises :class:`~hiend_data.errors.InputError` naming it, before
 large allocations where the header alone can tell.
@@ -36,6 +39,23 @@ from .naming import channel_siblings, image_suffix, is_dicom_source, is_image
 _MAX_DEFLATE_RATIO = 1100
 
 
+@dataclass(frozen=True)
+class DicomOrigin:
+    """The DICOM series a :class:`Volume` was read from: the path given to :func:`load_volume` and its
+    ``series`` choice. Its UIDs are read from the series' headers only when asked (:meth:`uids`; about
+    0.2 s for 300 slices), as only a DICOM-SEG label needs them."""
+
+    path: Path
+    series: str | tuple[str, ...] | None = None
+
+    def uids(self) -> tuple[str, str]:
+        """``(SeriesInstanceUID, FrameOfReferenceUID)`` of the series (``""`` for a missing one)."""
+        from .dicom import series_headers
+
+        first = series_headers(self.path, self.series)[0]
+        return str(first.get("SeriesInstanceUID", "") or ""), str(first.get("FrameOfReferenceUID", "") or "")
+
+
 @dataclass
 class Volume:
     """A scan or label map and its geometry (see the module docstring for the fields)."""
@@ -44,6 +64,7 @@ class Volume:
     affine: np.ndarray
     path: Path | None = None
     header: Any = field(default=None, repr=False)  # nibabel header of the source, reused on save
+    dicom: DicomOrigin | None = field(default=None, repr=False)  # the DICOM series read (channel 0's)
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -233,8 +254,11 @@ def _open_dicom(path: Path, series: str | Sequence[str] | None) -> Any:
 
 
 def _load_one(path: Path, series: str | Sequence[str] | None = None) -> Volume:
+    origin = None
     if path.exists() and not is_image(path) and is_dicom_source(path):
         img = _open_dicom(path, series)
+        if not _is_seg_file(path):  # an image series (a lone SEG file reads as a label map)
+            origin = DicomOrigin(path, series if series is None or isinstance(series, str) else tuple(series))
     elif path.is_dir():
         raise InputError(
             f"{path}: is a folder without DICOM files, expected a NIfTI file (.nii or .nii.gz) "
@@ -246,7 +270,15 @@ def _load_one(path: Path, series: str | Sequence[str] | None = None) -> Volume:
     _check_finite(path, arr)
     if arr.ndim == 4:
         arr = np.ascontiguousarray(np.moveaxis(arr, -1, 0)) if arr.shape[-1] > 1 else arr[..., 0]
-    return Volume(array=arr, affine=np.asarray(img.affine, dtype=np.float64), path=path, header=img.header)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    return Volume(array=arr, affine=affine, path=path, header=img.header, dicom=origin)
+
+
+def _is_seg_file(path: Path) -> bool:
+    """Whether ``path`` is a DICOM Segmentation file (header only; False for folders and zips)."""
+    from .dicom_seg import is_segmentation
+
+    return path.is_file() and not is_image(path) and is_segmentation(path)
 
 
 def load_volume(
@@ -282,7 +314,7 @@ def load_volume(
         if vol is not first:
             check_same_grid(first, vol)
     arr = np.stack([v.array for v in vols])
-    return Volume(array=arr, affine=first.affine, path=first.path, header=first.header)
+    return Volume(array=arr, affine=first.affine, path=first.path, header=first.header, dicom=first.dicom)
 
 
 def check_same_grid(ref: Volume, other: Volume, atol: float = 1e-4) -> None:
@@ -333,7 +365,13 @@ def label_array(array: np.ndarray, path: object) -> np.ndarray:
 
 def as_label(vol: Volume) -> Volume:
     """Check that ``vol`` is a label map (:func:`label_array`) and give it the smallest unsigned dtype."""
-    return Volume(array=label_array(vol.array, vol.path), affine=vol.affine, path=vol.path, header=vol.header)
+    return Volume(
+        array=label_array(vol.array, vol.path),
+        affine=vol.affine,
+        path=vol.path,
+        header=vol.header,
+        dicom=vol.dicom,
+    )
 
 
 def smallest_label_dtype(max_value: int) -> np.dtype:
@@ -352,8 +390,20 @@ def load_label(path: str | os.PathLike[str], like: Volume | None = None) -> Volu
 
     A DICOM Segmentation file (``hiend-data[dicom]``) spans only the slices its frames cover, in its
     own axis order: with ``like`` it is put on ``like``'s grid without interpolation when its voxels
-    are voxels of that grid (:func:`hiend_data.geometry.place_on_grid`), else the grid error."""
+    are voxels of that grid (:func:`hiend_data.geometry.place_on_grid`), else the grid error.
+
+    Which series a SEG labels: when ``like`` was read from a DICOM series (``like.dicom``), the SEG must
+    reference that series and share its frame of reference
+    (:func:`hiend_data.dicom_seg.check_references`), checked from the headers before any pixel is
+    decoded: a SEG drawn on another series of the same grid is refused, not taken as this one's label.
+    When ``like`` is NIfTI there is nothing to compare (NIfTI carries no UIDs): the grid check alone
+    applies, as for a NIfTI label."""
     path = Path(path)
+    if like is not None and like.dicom is not None and _is_seg_file(path):
+        from .dicom_seg import check_references
+
+        series_uid, frame_uid = like.dicom.uids()
+        check_references(path, series_uid, frame_uid, like.dicom.path)
     vol = as_label(_load_one(path))
     off_grid = like is not None and (
         vol.shape != like.shape or not np.allclose(like.affine, vol.affine, atol=1e-4, rtol=0)
@@ -384,6 +434,14 @@ def save_volume(path: str | os.PathLike[str], array: np.ndarray, like: Volume) -
     """Write ``array`` (``[X, Y, Z]`` or ``[C, X, Y, Z]``) as NIfTI on ``like``'s grid and affine, atomically.
 
     Integer and boolean arrays are stored in the smallest integer type holding them; floats as float32.
+
+    Orientation: when ``like`` keeps the header its affine came from (a :func:`load_volume` result:
+    ``like.affine`` is the header's own), the output has that header's qform and sform, codes
+    included, exactly as the input has them, even where the two disagree: a viewer that reads the
+    qform and one that reads the sform each show the output where it shows the input. Only a ``like``
+    without such a header (made in code, or its affine changed) gets both forms set to ``like.affine``
+    (the header's codes, or 1 where it has none).
+
     The file appears complete or not at all (:func:`hiend_data.atomic.atomic_path`: a temporary name in
     the same folder, fsync-ed, renamed; on failure ``path`` keeps its old content). Parent folders are
     created. Returns the path written.
@@ -412,15 +470,41 @@ def save_volume(path: str | os.PathLike[str], array: np.ndarray, like: Volume) -
     data = np.asarray(array, dtype=dtype)
     if data.ndim == 4:
         data = np.moveaxis(data, 0, -1)
-    header = like.header.copy() if type(like.header) is nib.Nifti1Header else None
+    header, own = _header_like(like)
     img = nib.Nifti1Image(data, like.affine, header=header)
     img.set_data_dtype(dtype)
     img.header.set_slope_inter(np.nan, np.nan)
     img.header["cal_min"], img.header["cal_max"] = 0.0, 0.0  # the source's display range means nothing here
     if header is None:
         img.header.set_xyzt_units("mm", "sec")
-    img.set_qform(like.affine, code=int(img.header["qform_code"]) or 1)
-    img.set_sform(like.affine, code=int(img.header["sform_code"]) or 1)
+    if not own:  # no header of this grid: both forms from the affine
+        img.set_qform(like.affine, code=int(img.header["qform_code"]) or 1)
+        img.set_sform(like.affine, code=int(img.header["sform_code"]) or 1)
     with atomic_path(path) as tmp:  # tmp keeps the .nii / .nii.gz ending: nibabel picks the format by name
         nib.save(img, str(tmp))
     return path
+
+
+#: The NIfTI header fields of the qform and sform (with pixdim: the qform's voxel sizes and qfac)
+_FORM_FIELDS = ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d", "qoffset_x",
+                "qoffset_y", "qoffset_z", "srow_x", "srow_y", "srow_z", "pixdim", "xyzt_units")  # fmt: skip
+
+
+def _header_like(like: Volume) -> tuple[Any, bool]:
+    """A NIfTI-1 header for an output on ``like``'s grid, and whether it holds ``like``'s own forms:
+    True when ``like.header`` is a NIfTI header whose best affine is ``like.affine`` (then its qform and
+    sform, codes included, are kept as they are; a NIfTI-2 header's are copied into NIfTI-1 fields).
+    ``(None, False)`` without a NIfTI header."""
+    import nibabel as nib
+
+    src = like.header
+    if not isinstance(src, nib.Nifti1Header):  # NIfTI-2's header is a subclass
+        return None, False
+    own = bool(np.allclose(src.get_best_affine(), like.affine))  # nibabel's own test (update_header)
+    if type(src) is nib.Nifti1Header:
+        return src.copy(), own
+    header = nib.Nifti1Header()
+    if own:
+        for key in _FORM_FIELDS:
+            header[key] = src[key]
+    return header, own
