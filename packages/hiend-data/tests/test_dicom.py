@@ -744,3 +744,109 @@ def test_seg_claiming_a_huge_frame_stack_refused_before_decoding(series, tmp_pat
     )
     monkeypatch.setenv("HIEND_MAX_VOLUME_BYTES", str(int(vol.shape[0] * vol.shape[1] * 19)))  # 19 slices
     _refused(path, "Segmentation frames hold")
+
+
+# ------------------------------------------------------------- series assembly rules (issue 18)
+
+
+def _by_instance(folder: Path) -> list[Path]:
+    return sorted(
+        (f for f in folder.rglob("*") if f.is_file()), key=lambda f: int(pydicom.dcmread(f).InstanceNumber)
+    )
+
+
+def test_symlinked_folders_and_files_are_read_once_each(small, tmp_path):
+    """Half the slices in a folder outside reached by a link, a second name for one slice, a link
+    back to the series' parent: the volume is the whole series, each slice once."""
+    hu, affine = small
+    series = write_series(hu, affine, tmp_path / "series")
+    files = _by_instance(series)
+    outside = tmp_path / "store"
+    outside.mkdir()
+    for f in files[4:]:
+        f.rename(outside / f.name)
+    (series / "linked").symlink_to(outside, target_is_directory=True)
+    (series / "again").symlink_to(files[0])
+    (series / "loop").symlink_to(tmp_path, target_is_directory=True)
+    vol = load_volume(series)
+    np.testing.assert_array_equal(vol.array, hu)
+    np.testing.assert_allclose(vol.affine, affine, atol=1e-4)
+
+
+def _shift_slice(folder: Path, instance: int, dz: float) -> None:
+    f = next(f for f in folder.iterdir() if pydicom.dcmread(f).InstanceNumber == instance)
+    ds = pydicom.dcmread(f)
+    x, y, z = (float(v) for v in ds.ImagePositionPatient)
+    ds.ImagePositionPatient = [x, y, z + dz]
+    ds.save_as(f, enforce_file_format=True)
+
+
+def test_every_slice_within_the_tolerance_of_the_affine(small, tmp_path):
+    """The rule bounds each slice's error in the affine dicom2nifti really builds: a slice 0.25 mm off
+    (3 mm step: tolerance 0.3 mm) is read, and the affine puts every slice within 0.25 mm of its
+    ImagePositionPatient; 0.35 mm off is refused, naming the slice."""
+    hu, affine = small
+    ok = write_series(hu, affine, tmp_path / "ok")
+    _shift_slice(ok, 4, 0.25)
+    vol = load_volume(ok)
+    files = _by_instance(ok)
+    ipp = np.array([[float(v) for v in pydicom.dcmread(f).ImagePositionPatient] for f in files])
+    placed = (LPS_FROM_RAS @ vol.affine @ np.array([[0, 0, k, 1] for k in range(len(files))]).T)[:3].T
+    err = np.linalg.norm(placed - ipp, axis=1)
+    assert err.max() == pytest.approx(0.25, abs=1e-3) and int(np.argmax(err)) == 3
+
+    bad = write_series(hu, affine, tmp_path / "bad")
+    _shift_slice(bad, 4, 0.35)
+    name = _by_instance(bad)[3].name
+    text = _refused(bad, f"uneven slice spacing: {name} \\(slice 4 of 8\\) lies 0.35 mm")
+    assert "tolerance of 0.3 mm (max 0.1 mm, 10% of the 3 mm slice step)" in text
+
+
+@pytest.mark.parametrize("key", ["ras", "lps"])
+def test_real_series_positions_far_inside_the_tolerance(series, key):
+    """The series of the real scans: every slice within 1e-5 mm of the affine's line (tolerance
+    0.3 mm for the 3 mm scan, 0.15 mm for the 1.5 mm one)."""
+    from hiend_data.dicom import series_headers
+
+    ipp = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in series_headers(series[key])])
+    ipp = ipp[np.argsort(ipp[:, 2])]
+    line = ipp[0] + np.arange(len(ipp))[:, None] * (ipp[-1] - ipp[0]) / (len(ipp) - 1)
+    assert np.linalg.norm(ipp - line, axis=1).max() < 1e-5
+
+
+def test_slices_without_pixels_or_of_another_patient_refused(small, tmp_path):
+    hu, affine = small
+    top = write_series(hu, affine, tmp_path / "top")
+    last = _by_instance(top)[-1]
+    ds = pydicom.dcmread(last)
+    del ds.PixelData
+    ds.save_as(last, enforce_file_format=True)
+    _refused(top, f"{last.name}: an image of the series without pixel data")
+
+    mixed = write_series(hu, affine, tmp_path / "mixed" / "a", series_uid="1.2.826.0.9.1")
+    shifted = affine.copy()
+    shifted[:3, 3] += affine[:3, 2] * 8  # the next 8 slices, another patient
+    write_series(hu, shifted, tmp_path / "mixed" / "b", series_uid="1.2.826.0.9.1", seed=3)
+    for f in (tmp_path / "mixed" / "b").iterdir():
+        ds = pydicom.dcmread(f)
+        ds.PatientID = "other"
+        ds.save_as(f, enforce_file_format=True)
+    text = _refused(mixed.parent, "files of two patients, studies or frames of reference in one series")
+    assert "PatientID 'hiend' (a/IM" in text and "and 'other' (b/IM" in text
+
+
+def test_zip_members_bounded_by_the_volume_limit(small, tmp_path, monkeypatch):
+    from hiend_data.dicom import _unzipped
+
+    hu, affine = small
+    folder = write_series(hu, affine, tmp_path / "s")
+    archive = tmp_path / "s.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(folder.iterdir()):
+            zf.write(f, f"s/{f.name}")
+    declared = sum(i.file_size for i in zipfile.ZipFile(archive).infolist())
+    monkeypatch.setenv("HIEND_MAX_VOLUME_BYTES", str(declared))
+    with _unzipped(archive) as root:
+        assert len(list((root / "s").iterdir())) == 8
+    monkeypatch.setenv("HIEND_MAX_VOLUME_BYTES", str(declared - 1))
+    _refused(archive, "the zip's members declare .* MiB unpacked, more than the volume limit")
