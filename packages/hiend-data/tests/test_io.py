@@ -258,3 +258,65 @@ def test_nifti2_files(tmp_path, suffix):
     back = load_volume(save_volume(tmp_path / f"out{suffix}", arr, like=vol))
     np.testing.assert_array_equal(back.array, arr)
     np.testing.assert_allclose(back.affine, vol.affine)
+
+
+# --------------------------------------------------- an output "like" an input keeps its qform and sform
+
+_FORMS = ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y",
+          "qoffset_z", "srow_x", "srow_y", "srow_z", "pixdim")  # fmt: skip
+
+
+def disagreeing_forms(path, image_class=nib.Nifti1Image):
+    """A 8 x 6 x 4 volume whose sform (code 2, aligned) is diag(2, 2, 3) and whose qform (code 1,
+    scanner) is its mirror image along the first axis: the two forms disagree, as some converters'
+    files do."""
+    sform = np.diag([2.0, 2.0, 3.0, 1.0])
+    sform[:3, 3] = [10.0, -20.0, 5.0]
+    qform = sform.copy()
+    qform[0, 0], qform[0, 3] = -2.0, 10.0 + 2.0 * 7
+    img = image_class(np.arange(8 * 6 * 4, dtype=np.int16).reshape(8, 6, 4), None)
+    img.header.set_qform(qform, code=1)
+    img.header.set_sform(sform, code=2)
+    nib.save(img, str(path))
+    return path, qform, sform
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_output_keeps_the_inputs_qform_and_sform(tmp_path, suffix):
+    """The prediction's qform was the input's sform: a viewer reading the qform showed it mirrored
+    against the scan. Now both forms and their codes are the input header's, field for field."""
+    src, qform, sform = disagreeing_forms(tmp_path / f"in{suffix}")
+    vol = load_volume(src)
+    np.testing.assert_allclose(vol.affine, sform)  # hiend itself works on the sform
+    out = save_volume(tmp_path / f"out{suffix}", (vol.array > 50).astype(np.uint8), like=vol)
+    a, b = nib.load(str(src)).header, nib.load(str(out)).header
+    for key in _FORMS:
+        np.testing.assert_array_equal(b[key], a[key], err_msg=key)
+    got_q, q_code = b.get_qform(coded=True)
+    got_s, s_code = b.get_sform(coded=True)
+    assert (int(q_code), int(s_code)) == (1, 2)
+    np.testing.assert_allclose(got_q, qform, atol=1e-5)
+    np.testing.assert_allclose(got_s, sform, atol=1e-5)
+    assert load_label(out, like=vol).array.sum() == int((vol.array > 50).sum())
+
+
+def test_nifti2_input_forms_kept_in_the_nifti1_output(tmp_path):
+    src, qform, sform = disagreeing_forms(tmp_path / "in.nii.gz", nib.Nifti2Image)
+    vol = load_volume(src)
+    b = nib.load(str(save_volume(tmp_path / "out.nii.gz", vol.array, like=vol))).header
+    assert (int(b["qform_code"]), int(b["sform_code"])) == (1, 2)
+    np.testing.assert_allclose(b.get_qform(), qform, atol=1e-5)
+    np.testing.assert_allclose(b.get_sform(), sform, atol=1e-5)
+
+
+def test_like_without_its_own_header_gets_both_forms_from_its_affine(tmp_path):
+    """A Volume made in code, or one whose affine no longer is its header's: both forms = its affine."""
+    src, _, _ = disagreeing_forms(tmp_path / "in.nii.gz")
+    vol = load_volume(src)
+    moved = vol.affine.copy()
+    moved[:3, 3] += 4.0
+    for like in (Volume(vol.array, moved), Volume(vol.array, moved, header=vol.header)):
+        b = nib.load(str(save_volume(tmp_path / "out.nii.gz", vol.array, like=like))).header
+        np.testing.assert_allclose(b.get_qform(), moved, atol=1e-5)
+        np.testing.assert_allclose(b.get_sform(), moved, atol=1e-5)
+        assert int(b["qform_code"]) >= 1 and int(b["sform_code"]) >= 1

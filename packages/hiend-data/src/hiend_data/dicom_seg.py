@@ -105,7 +105,8 @@ def check_long_string(value: object, what: str, where: object) -> str:
     elif value != value.strip():
         why = "begins or ends with a blank, which DICOM readers strip"
     if why is not None:
-        raise InputError(f"{where}: {what} {value!r} {why}; a DICOM Segmentation cannot hold it as written")
+        text = repr(value) if len(str(value)) <= 2 * LO_MAX_CHARS else repr(str(value)[:LO_MAX_CHARS]) + "..."
+        raise InputError(f"{where}: {what} {text} {why}; a DICOM Segmentation cannot hold it as written")
     return value  # type: ignore[return-value]
 
 
