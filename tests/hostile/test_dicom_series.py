@@ -193,7 +193,7 @@ def test_two_patients_under_one_series_uid_are_refused(tmp_path):
     [
         ("StudyInstanceUID", "9.9.9", "StudyInstanceUID '1.2.3.4' (IM0000) and '9.9.9' (OTHER)"),
         ("FrameOfReferenceUID", "9.9.8", "FrameOfReferenceUID '1.2.3.5' (IM0000) and '9.9.8' (OTHER)"),
-        ("PixelSpacing", [0.8, 0.8], "PixelSpacing '1\\\\1' (IM0000) and '0.8\\\\0.8' (OTHER)"),
+        ("PixelSpacing", [0.8, 0.8], "PixelSpacing [1, 1] (IM0000) and [0.8, 0.8] (OTHER)"),
     ],
 )
 def test_slices_disagreeing_on_study_frame_or_spacing_are_refused(tmp_path, tag, value, says):

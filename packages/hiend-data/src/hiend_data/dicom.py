@@ -422,33 +422,29 @@ def _frame_geometry(where: Path, ds: Any) -> list[tuple[str, np.ndarray, np.ndar
 
 
 def _check_same(where: Path, series: list[Any], tags: Sequence[str], what: str) -> None:
-    """Every dataset of ``series`` holds the first one's values of ``tags``, else InputError naming both
-    values and a file of each."""
+    """Every dataset of ``series`` holds the first one's values of ``tags`` (numbers compared to 6
+    significant digits, a missing value as empty), else InputError naming both values and a file of each."""
     for tag in tags:
-        first = series[0].get(tag)
+        first = _value(series[0].get(tag))
         for ds in series[1:]:
-            other = ds.get(tag)
-            if _value(first) != _value(other):
+            other = _value(ds.get(tag))
+            if other != first:
                 raise InputError(
-                    f"{where}: {what}: {tag} {_value(first)!r} ({_label(series[0])}) and {_value(other)!r} "
-                    f"({_label(ds)}); one series must not mix them (give one patient's series)"
+                    f"{where}: {what}: {tag} {first} ({_label(series[0])}) and {other} ({_label(ds)}); "
+                    "one series must not mix them"
                 )
 
 
 def _value(v: Any) -> str:
+    """A tag's value as shown and compared: ``'text'``, ``512``, ``[0.7, 0.7]``."""
     if v is None:
-        return ""
+        return "''"
     if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue":
-        return "\\".join(f"{float(x):.6g}" if _is_number(x) else str(x).strip() for x in v)
-    return f"{float(v):.6g}" if _is_number(v) else str(v).strip()
-
-
-def _is_number(v: Any) -> bool:
+        return "[" + ", ".join(_value(x) for x in v) + "]"
     try:
-        float(v)
+        return f"{float(v):.6g}" if not isinstance(v, str) else repr(v.strip())
     except (TypeError, ValueError):
-        return False
-    return not isinstance(v, str) or v.strip() != ""
+        return repr(str(v).strip())
 
 
 def _volume_slices(series: list[Any], orientations: list[np.ndarray]) -> list[int]:
