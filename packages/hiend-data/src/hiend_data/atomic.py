@@ -5,11 +5,21 @@ A reader sees either the old file or the complete new one, never a partial one, 
 
 1. the content goes to a temporary file in the destination's own folder (same file system, so the
    rename is atomic), named ``.{name}.{random}.tmp{suffix}`` (the suffix kept so that libraries that
-   choose a format by file name, nibabel's ``.nii.gz`` for one, write the right one);
+   choose a format by file name, nibabel's ``.nii.gz`` for one, write the right one). The temporary
+   name is bounded whatever the destination's: a name longer than :data:`MAX_TEMP_STEM` bytes is
+   replaced by its hash (``.h{sha256[:16]}.{random}.tmp{suffix}``) and a suffix longer than
+   :data:`MAX_TEMP_SUFFIX` bytes is left out, so a destination name of up to 255 bytes (the file
+   systems' limit) never gets a temporary name over it;
 2. the temporary file is flushed and ``os.fsync``-ed (its bytes are on disk before its name is);
 3. ``os.replace`` renames it over the destination;
 4. the folder is fsync-ed (the rename itself is on disk);
 5. on any failure, the temporary file is removed and the destination is left as it was.
+
+Every ``OSError`` a write raises (a full disk's ENOSPC from ``write``/``fsync``, EACCES, EROFS, ...)
+names the destination (its ``filename``), never the temporary file or nothing, so that a command's one
+error line says which output could not be written (``hiend_data.errors.cli_errors``). A destination
+below a symbolic-link loop is an :class:`~hiend_data.errors.InputError` naming it
+(:func:`check_output_path`).
 
 :func:`atomic_path` yields the temporary path for writers that take a file name (nibabel, safetensors,
 ``torch.save``); :func:`atomic_open` yields an open file; :func:`write_bytes` / :func:`write_text` are the
@@ -19,6 +29,8 @@ one-liners. The file's permissions follow the process umask like a plain ``open(
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -26,7 +38,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_path", "atomic_open", "write_bytes", "write_text", "fsync_dir"]
+from .errors import InputError
+
+__all__ = ["atomic_path", "atomic_open", "write_bytes", "write_text", "fsync_dir", "check_output_path"]
+
+#: the longest destination name (UTF-8 bytes) kept readable in its temporary file's name
+MAX_TEMP_STEM = 120
+#: the longest suffix (UTF-8 bytes) kept in a temporary file's name
+MAX_TEMP_SUFFIX = 16
 
 
 def _umask() -> int:
@@ -40,6 +59,40 @@ def _suffix(name: str) -> str:
     if name.endswith(".nii.gz"):
         return ".nii.gz"
     return Path(name).suffix
+
+
+def _temp_affixes(name: str) -> tuple[str, str]:
+    """``mkstemp``'s (prefix, suffix) for a destination named ``name``: at most
+    ``1 + MAX_TEMP_STEM + 1`` and ``4 + MAX_TEMP_SUFFIX`` bytes, whatever ``name`` is."""
+    stem = name
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_TEMP_STEM:
+        stem = "h" + hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    suffix = _suffix(name)
+    if len(suffix.encode("utf-8", "surrogateescape")) > MAX_TEMP_SUFFIX:
+        suffix = ""
+    return f".{stem}.", f".tmp{suffix}"
+
+
+def check_output_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a :class:`Path` if it can be looked up; InputError naming it when it, or a folder
+    above it, is a symbolic-link loop (ELOOP: every write below it would fail). A path that does not
+    exist yet is fine (its writer creates it); other errors are left to the writer."""
+    path = Path(path)
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(
+                f"{path}: a symbolic-link loop (too many levels of symbolic links); choose another path"
+            ) from None
+    return path
+
+
+def _name_destination(exc: OSError, path: Path, tmp: str | None) -> None:
+    """Make ``exc`` name ``path`` when it names nothing or only the temporary file ``tmp``."""
+    if exc.filename is None or (tmp is not None and os.fspath(exc.filename) == tmp):
+        exc.filename = str(path)
+        exc.filename2 = None
 
 
 def fsync_dir(folder: str | os.PathLike[str]) -> None:
@@ -71,11 +124,19 @@ def atomic_path(path: str | os.PathLike[str], *, mkdir: bool = True) -> Iterator
     The block writes the whole file to the yielded path (by name). If the block raises, or the block
     leaves no file there, nothing is renamed, the temporary file is removed, and ``path`` keeps its old
     content (or stays absent). ``mkdir``: create ``path``'s parent folders first.
+
+    An ``OSError`` (ENOSPC, EACCES, ...) that names no file or only the temporary one is re-raised
+    naming ``path``; ``path`` below a symbolic-link loop is an InputError naming it.
     """
-    path = Path(path)
-    if mkdir:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{_suffix(path.name)}", dir=path.parent)
+    path = check_output_path(path)
+    prefix, suffix = _temp_affixes(path.name)
+    try:
+        if mkdir:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+    except OSError as exc:
+        _name_destination(exc, path, None)
+        raise
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_umask())
@@ -85,11 +146,13 @@ def atomic_path(path: str | os.PathLike[str], *, mkdir: bool = True) -> Iterator
         _fsync_file(tmp)
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+            _name_destination(exc, path, tmp)
         raise
 
 

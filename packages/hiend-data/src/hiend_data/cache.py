@@ -26,6 +26,18 @@ its metadata. Metadata ``format`` 1 is a float32 image (caches written before co
 have neither field); ``format`` 2 any dtype, so that readers that only know format 1 skip those cases
 instead of reading codes as values. :attr:`CachedCase.image` is always float32 values;
 :attr:`CachedCase.stored` and :attr:`CachedCase.image_scale` are what the sampler reads.
+
+**Reading trusts nothing** (:meth:`Cache.open`): every case metadata file made under the cache's plan is
+checked before any array is mapped: valid JSON, every field of the right type (:class:`CaseMeta`), a
+``case_id`` that is a safe name (:func:`hiend_data.naming.safe_case_name`) equal to the file's own
+name, ``image_dtype`` / ``image_scale`` the pair :mod:`hiend_data.storage` writes, and each ``.npy``
+file's header (read alone) holding the dtype and shape the metadata claims, inside the cache. A file
+that fails is one InputError line naming it and the field.
+
+**One writer, and it takes its workers with it** (:func:`preprocess_dataset`): an exclusive ``flock``
+on ``OUT/.lock`` that the worker processes close at their start (so the lock goes when the writer
+goes, crash or ``kill -9`` included); the workers die with the writer (Linux: ``PR_SET_PDEATHSIG``);
+SIGTERM stops the workers, removes the temporary files and raises :class:`Terminated` (exit code 143).
 """
 
 from __future__ import annotations
@@ -34,28 +46,41 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
 import os
+import signal
 import sys
+import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 
-from .atomic import atomic_open, write_bytes
+from .atomic import atomic_open, check_output_path, write_bytes
 from .discovery import Case, discover
-from .errors import InputError
+from .errors import InputError, from_validation_error, shown
 from .io import load_label, load_volume
 from .jsonfile import read_json
-from .labels import label_names_from_dataset, label_names_from_json, label_names_to_json
-from .naming import path_inside
+from .labels import LabelNameError, label_names_from_dataset, label_names_from_json, label_names_to_json
+from .naming import path_inside, safe_case_name
 from .plan import Plan
 from .preprocess import PreprocessRecord, preprocess_case
-from .storage import decode, encode
+from .storage import NUMPY_DTYPES, decode, encode, step
 
 try:  # POSIX; elsewhere (Windows) a cache has no writer lock
     import fcntl
@@ -176,15 +201,15 @@ def _is_current(case: Case, folder: Path, digest: str, dtype: str) -> bool:
     if not meta_path.exists():
         return False
     try:
-        meta = json.loads(meta_path.read_text())
-        return (
-            meta.get("format") in READ_FORMATS
-            and meta.get("plan_digest") == digest
-            and meta.get("image_dtype", "float32") == dtype
-            and meta.get("sources") == _sources(case)
-        )
-    except (json.JSONDecodeError, OSError):
-        return False
+        meta = read_json(meta_path, expect=dict)
+    except (InputError, OSError):
+        return False  # unreadable: recomputed
+    return (
+        meta.get("format") in READ_FORMATS
+        and meta.get("plan_digest") == digest
+        and meta.get("image_dtype", "float32") == dtype
+        and meta.get("sources") == _sources(case)
+    )
 
 
 def _clean_temporaries(folder: Path) -> None:
@@ -199,7 +224,9 @@ def _clean_temporaries(folder: Path) -> None:
 def _dataset_label_names(src: Path) -> dict[int, str] | None:
     """The label names of the dataset folder ``src`` from its dataset.json, or None: no dataset.json,
     or one without a ``labels`` map (nothing said), or one whose labels cannot be names (region-based,
-    only background, ...: a warning on stderr, the cache gets no names; preprocessing needs none)."""
+    only background, ...: a warning on stderr, the cache gets no names; preprocessing needs none).
+    A name that is empty, only blanks or holds control characters is refused (:class:`LabelNameError`
+    naming the dataset.json and the label): the file is wrong, not merely unusual."""
     djson = src / "dataset.json"
     if not src.is_dir() or not djson.is_file():
         return None
@@ -211,8 +238,10 @@ def _dataset_label_names(src: Path) -> dict[int, str] | None:
         return None
     try:
         return label_names_from_dataset(data, djson)
+    except LabelNameError:
+        raise
     except InputError as exc:
-        print(f"warning: {exc}; the cache gets no label names", file=sys.stderr)
+        print(f"warning: {shown(exc)}; the cache gets no label names", file=sys.stderr)
         return None
 
 
@@ -275,6 +304,10 @@ def preprocess_dataset(
     ``src`` is a dataset folder whose dataset.json has a usable ``labels`` map. Known names are written
     to ``out/labels.json`` (:attr:`Cache.label_names`); a run that knows none leaves an earlier
     labels.json as it is.
+
+    SIGTERM (in the main thread) stops the workers, removes the temporary files and raises
+    :class:`Terminated` (a ``SystemExit`` with code 143); finished cases stay valid. ``out`` below a
+    symbolic-link loop is an InputError naming it.
     """
     plan = plan or Plan()
     names = _checked_label_names(labels) if labels is not None else None
@@ -283,54 +316,145 @@ def preprocess_dataset(
         names = _dataset_label_names(Path(src))
     if series:
         cases = [dataclasses.replace(c, series=tuple(series)) for c in cases]
-    out = Path(out)
+    out = check_output_path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
     folder = out / "cases"
     folder.mkdir(parents=True, exist_ok=True)
-    with _writer_lock(out):  # one writer per cache: a second preprocess is refused, not interleaved
-        _clean_temporaries(folder)
-        write_bytes(out / "plan.json", (json.dumps(plan.model_dump(mode="json"), indent=1) + "\n").encode())
-        if names:
-            write_label_names(out, names)
-        digest = plan.digest()
-        dtype = plan.resolved_cache_dtype
-        todo = [c for c in cases if not _is_current(c, folder, digest, dtype)]
-        if todo:
-            bad = _run(todo, out, plan, workers, max_indices, progress, len(cases) - len(todo), skip_bad)
-            for msg in bad:
-                print(f"warning: skipped {msg}", file=sys.stderr)
+    # one writer per cache: a second preprocess is refused, not interleaved
+    with _writer_lock(out) as lock_fd, _sigterm_raises():
+        try:
+            _clean_temporaries(folder)
+            plan_text = json.dumps(plan.model_dump(mode="json"), indent=1) + "\n"
+            write_bytes(out / "plan.json", plan_text.encode())
+            if names:
+                write_label_names(out, names)
+            digest = plan.digest()
+            dtype = plan.resolved_cache_dtype
+            todo = [c for c in cases if not _is_current(c, folder, digest, dtype)]
+            if todo:
+                skipped = len(cases) - len(todo)
+                bad = _run(todo, out, plan, workers, max_indices, progress, skipped, skip_bad, lock_fd)
+                for msg in bad:
+                    print(f"warning: skipped {shown(msg)}", file=sys.stderr)
+        except Terminated:
+            _clean_temporaries(folder)  # the workers are gone: what they were writing goes too
+            raise
     return Cache.open(out)
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived while :func:`preprocess_dataset` was writing: workers stopped, temporary files
+    removed. A ``SystemExit`` whose code is 143 (128 + SIGTERM), so that a program that does not catch
+    it ends as a terminated process would."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While the block runs, SIGTERM raises :class:`Terminated` in the main thread (so that the
+    cleanup of ``finally`` blocks and :mod:`hiend_data.atomic` runs); the previous handler comes back
+    afterwards. A no-op outside the main thread (signals cannot be handled there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 LOCK_NAME = ".lock"
 
 
 @contextlib.contextmanager
-def _writer_lock(out: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``out/.lock`` while a preprocess writes the cache; InputError naming the
-    cache if another process holds it (two writers would delete each other's temporary files and
-    interleave a case's arrays). The lock goes with the process (crash or kill -9 included)."""
+def _writer_lock(out: Path) -> Iterator[int]:
+    """An exclusive ``flock`` on ``out/.lock`` while a preprocess writes the cache; yields the lock's
+    file descriptor (-1 where there is no flock). InputError naming the cache if another process holds
+    it (two writers would delete each other's temporary files and interleave a case's arrays).
+
+    The lock goes with the process (crash or kill -9 included): a flock lasts while any descriptor of
+    it is open, and forked children inherit descriptors, so the worker processes close theirs at
+    their start (:func:`_worker_init`) and die with the writer."""
     if fcntl is None:  # pragma: no cover - no flock on this platform
-        yield
+        yield -1
         return
-    fh = open(out / LOCK_NAME, "a+")  # noqa: SIM115 - held for the whole block
+    path = out / LOCK_NAME
+    fh = open(path, "a+")  # noqa: SIM115 - held for the whole block (close-on-exec, as Python opens files)
     try:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            holder = fh.read().strip() or "another process"
+            holder = shown(fh.read(200).strip()) or "another process"
+            pid = holder.removeprefix("pid ")
+            gone = pid.isdigit() and not _alive(int(pid))
+            note = "; that process has exited, but one it started still holds the lock" if gone else ""
             raise InputError(
-                f"{out}: another preprocess is writing this cache ({holder}); wait for it or use another folder"
+                f"{out}: another preprocess is writing this cache ({holder}){note}; wait for it or use "
+                "another folder"
             ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()}")
-        fh.flush()
-        yield
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()}")
+            fh.flush()
+        except OSError as exc:  # a full disk: name the file
+            exc.filename = exc.filename or str(path)
+            raise
+        yield fh.fileno()
     finally:
         fh.close()
+
+
+def _alive(pid: int) -> bool:
+    """True when a process ``pid`` exists (and is not a zombie, where /proc says so)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, not ours
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _worker_init(lock_fd: int, lock_ino: int, parent: int) -> None:
+    """Start of a worker process: close the inherited descriptor of the writer lock (checked to be it),
+    take back SIGTERM's default action, and die with the writer: Linux's ``PR_SET_PDEATHSIG`` sends
+    SIGKILL when the parent goes, and a parent already gone (the race before the call) ends it now."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if lock_fd >= 0:
+        with contextlib.suppress(OSError):
+            if os.fstat(lock_fd).st_ino == lock_ino:
+                os.close(lock_fd)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - no libc prctl
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill the pool's worker processes and wait for them (a few seconds at most)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.kill()
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.join(5)
 
 
 def _run(
@@ -342,8 +466,13 @@ def _run(
     progress: bool,
     skipped: int,
     skip_bad: bool,
+    lock_fd: int = -1,
 ) -> list[str]:
-    """Process ``todo``; returns the messages of the bad cases skipped (``skip_bad``), else raises."""
+    """Process ``todo``; returns the messages of the bad cases skipped (``skip_bad``), else raises.
+
+    With worker processes: each closes its copy of ``lock_fd`` and dies with this process
+    (:func:`_worker_init`); a ``BaseException`` that is not an ``Exception`` here (SIGTERM's
+    :class:`Terminated`, Ctrl-C) kills them at once, a bad case lets the running ones finish."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (
@@ -371,7 +500,14 @@ def _run(
     # fork: no re-import of the caller's __main__; the workers start at the first submit, before the
     # progress bar's refresh thread exists.
     ctx = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+    lock_ino = os.fstat(lock_fd).st_ino if lock_fd >= 0 else -1
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(todo)),
+        mp_context=ctx,
+        initializer=_worker_init,
+        initargs=(lock_fd, lock_ino, os.getpid()),
+    )
+    try:
         pending = {pool.submit(process_case, c, out, plan, max_indices) for c in todo}
         with Progress(*columns, disable=not progress) as bar:
             task = bar.add_task("preprocess", total=len(todo))
@@ -382,14 +518,137 @@ def _run(
                     if isinstance(exc, InputError | FileNotFoundError) and skip_bad:
                         bad.append(str(exc))
                     elif exc is not None:
-                        for p in pending:
-                            p.cancel()
                         raise exc
                     bar.advance(task)
+    except BaseException as exc:
+        if not isinstance(exc, Exception):
+            _stop_workers(pool)
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return bad
 
 
 # ------------------------------------------------------------------------------------------ reading
+
+_NonNegInt = Annotated[StrictInt, Field(ge=0)]
+
+
+class CaseMeta(BaseModel):
+    """The fields of a case's metadata file that reading relies on, each of its type (other fields,
+    such as ``sources``, are kept and not checked). ``image_dtype`` / ``image_scale`` may be absent only
+    in format 1 (a float32 image)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: StrictInt
+    case_id: StrictStr
+    plan_digest: StrictStr
+    image_dtype: StrictStr | None = None
+    image_scale: StrictFloat | None = None
+    shape: tuple[_NonNegInt, _NonNegInt, _NonNegInt]
+    channels: Annotated[StrictInt, Field(ge=1)]
+    labelled: StrictBool
+    classes: list[Annotated[StrictInt, Field(ge=1)]]
+    class_counts: list[_NonNegInt]
+    class_offsets: list[_NonNegInt]
+    label_dtype: StrictStr | None
+    n_foreground: _NonNegInt
+    record: PreprocessRecord
+
+
+def _npy_header(path: Path) -> tuple[np.dtype, tuple[int, ...], bool]:
+    """(dtype, shape, fortran_order) of the ``.npy`` file ``path``, from its header alone."""
+    with open(path, "rb") as fh:
+        try:
+            version = np.lib.format.read_magic(fh)
+            read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in read:
+                raise ValueError(f".npy format version {version} is not one numpy.save writes here")
+            shape, fortran, dtype = read[version](fh)
+        except ValueError as exc:
+            raise InputError(f"{path}: not a valid .npy file ({exc})") from None
+    return np.dtype(dtype), tuple(shape), bool(fortran)
+
+
+def _check_array(
+    meta_path: Path, name: str, suffix: str, field: str, ok: Any, want: str, shape: tuple | None
+) -> tuple[int, ...]:
+    """Check the array ``{name}{suffix}.npy`` beside ``meta_path`` against what it claims: inside the
+    cache, C order, ``ok(dtype)`` true (``want`` says which dtype), ``shape`` (None: one axis). Returns
+    its shape; InputError naming the metadata file, ``field`` and the array otherwise."""
+    path = path_inside(meta_path.parent, name, f"{suffix}.npy")
+    if not path.is_file():
+        raise InputError(f"{meta_path}: {field}: its array {path.name} is missing")
+    dtype, got, fortran = _npy_header(path)
+    if fortran or not ok(dtype) or (len(got) != 1 if shape is None else got != shape):
+        raise InputError(
+            f"{meta_path}: {field} does not match {path.name}, which holds {dtype} {list(got)}"
+            f"{' in Fortran order' if fortran else ''} (expected {want} "
+            f"{'of one axis' if shape is None else list(shape)})"
+        )
+    return got
+
+
+def _checked_meta(path: Path, data: Any) -> dict[str, Any]:
+    """The metadata ``data`` of the case file ``path`` if reading can trust it (module docstring,
+    "Reading trusts nothing"); InputError naming ``path`` and the field otherwise."""
+    try:
+        meta = CaseMeta.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_error(exc, str(path)) from None
+    name = path.name.removesuffix(".json")
+    safe_case_name(meta.case_id, f"{path}: case_id")
+    if meta.case_id != name:
+        raise InputError(f"{path}: case_id {meta.case_id!r} is not the file's own name {name!r}")
+    dtype = meta.image_dtype
+    if dtype is None and meta.format != 1:
+        raise InputError(f"{path}: image_dtype: missing (format {meta.format} records it)")
+    dtype = dtype or "float32"
+    if dtype not in NUMPY_DTYPES or (meta.format == 1 and dtype != "float32"):
+        choices = "float32 (format 1)" if meta.format == 1 else ", ".join(NUMPY_DTYPES)
+        raise InputError(f"{path}: image_dtype {dtype!r}: expected {choices}")
+    scale, want = meta.image_scale, step(dtype)
+    if scale is not None and not math.isfinite(scale):
+        raise InputError(f"{path}: image_scale {scale} is not a finite number")
+    if scale != want:
+        raise InputError(f"{path}: image_scale {scale} does not decode {dtype} (expected {want})")
+    shape = tuple(meta.shape)
+    if meta.record.shape != shape or meta.record.channels != meta.channels:
+        raise InputError(
+            f"{path}: shape {list(shape)} x {meta.channels} channels disagrees with record "
+            f"({list(meta.record.shape)} x {meta.record.channels})"
+        )
+    want_dtype = np.dtype(NUMPY_DTYPES[dtype])
+    _check_array(path, name, "", "image_dtype", lambda d: d == want_dtype, dtype, (meta.channels, *shape))
+    n_classes = len(meta.classes)
+    if (
+        meta.classes != sorted(set(meta.classes))
+        or len(meta.class_counts) != n_classes
+        or len(meta.class_offsets) != n_classes + 1
+        or meta.class_offsets[0] != 0
+        or meta.class_offsets != sorted(meta.class_offsets)
+    ):
+        raise InputError(
+            f"{path}: classes / class_counts / class_offsets disagree (classes ascending, one count "
+            "each, offsets from 0 one more, ascending)"
+        )
+    if meta.labelled:
+        if meta.label_dtype is None:
+            raise InputError(f"{path}: label_dtype: missing for a labelled case")
+        _check_array(
+            path, name, "_seg", "label_dtype",
+            lambda d: d.kind in "iu" and str(d) == meta.label_dtype, meta.label_dtype, shape,
+        )  # fmt: skip
+        (n,) = _check_array(path, name, "_cls", "class_offsets", lambda d: d == np.int64, "int64", None)
+        if n != meta.class_offsets[-1]:
+            raise InputError(
+                f"{path}: class_offsets end at {meta.class_offsets[-1]}, {name}_cls.npy holds {n}"
+            )
+    elif n_classes:
+        raise InputError(f"{path}: classes {meta.classes} in a case that is not labelled")
+    _check_array(path, name, "_fg", "n_foreground", lambda d: d == np.int64, "int64", None)
+    return data
 
 
 @dataclass
@@ -492,7 +751,9 @@ class Cache:
     @classmethod
     def open(cls, root: str | os.PathLike[str]) -> Cache:
         """Read ``root/plan.json``, the label names (``root/labels.json``, if there) and the metadata of
-        every complete case made under that plan."""
+        every complete case made under that plan, each checked (module docstring, "Reading trusts
+        nothing"): InputError naming the first file that fails and its field. Case files of other
+        plans or formats are skipped (the next preprocess rewrites them); hidden files are ignored."""
         root = Path(root)
         plan_path = root / "plan.json"
         if not plan_path.exists():
@@ -500,7 +761,7 @@ class Cache:
                 f"{root}: not a hiend-data cache (no plan.json; make one with `hiend-data preprocess`)"
             )
         try:
-            plan = Plan.from_json(plan_path.read_text())
+            plan = Plan.from_json(plan_path.read_bytes())
         except ValueError as exc:
             raise InputError(f"{plan_path}: invalid plan ({exc})") from None
         digest = plan.digest()
@@ -508,9 +769,9 @@ class Cache:
         for f in sorted((root / "cases").glob("*.json")):
             if f.name.startswith("."):
                 continue
-            meta = json.loads(f.read_text())
+            meta = read_json(f, expect=dict)
             if meta.get("format") in READ_FORMATS and meta.get("plan_digest") == digest:
-                metas[meta["case_id"]] = meta
+                metas[f.name.removesuffix(".json")] = _checked_meta(f, meta)
         return cls(root, plan, metas, read_cache_label_names(root))
 
     def __len__(self) -> int:

@@ -1,15 +1,21 @@
-"""Command line of hiend-data. Heavy imports happen inside commands so ``--help`` is fast."""
+"""Command line of hiend-data. Heavy imports happen inside commands so ``--help`` is fast.
+
+Whatever a user or a file supplied (paths, label and segment names, case ids) is printed through
+:func:`hiend_data.errors.shown` (control characters escaped); ``--json`` output is escaped by
+``json.dumps`` itself.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from .cli_sampling import register as _register_sampling
-from .errors import InputError, cli_errors, from_validation_error
+from .errors import InputError, cli_errors, from_validation_error, shown
 
 app = typer.Typer(
     name="hiend-data",
@@ -124,21 +130,21 @@ def inspect(
                 print(json.dumps(info))
                 return
             kinds = ", ".join(f"{n} {k}" for k, n in sorted(info["image_dtypes"].items())) or "none"
-            print(f"{info['path']} (cache, plan {info['plan_digest']})")
+            print(f"{shown(info['path'])} (cache, plan {info['plan_digest']})")
             print(f"  cases        {info['cases']} (images stored as: {kinds})")
             print(f"  cache dtype  {info['plan']['cache_dtype']} -> {info['cache_dtype']}")
             print(
                 f"  images       {info['image_bytes'] / 2**20:.1f} MiB, {info['bytes_per_voxel']} bytes/voxel"
             )
             if info["labels"]:
-                print(f"  labels       {', '.join(f'{v} {n}' for v, n in info['labels'].items())}")
+                print(f"  labels       {shown(', '.join(f'{v} {n}' for v, n in info['labels'].items()))}")
             return
         info = _describe(path, series)
         if as_json:
             print(json.dumps(info))
             return
         sp = " x ".join(f"{s:g}" for s in info["spacing"])
-        print(f"{info['path']}")
+        print(shown(info["path"]))
         print(
             f"  shape        {' x '.join(map(str, info['shape']))}"
             + (f"  ({info['channels']} channels)" if info["channels"] > 1 else "")
@@ -152,7 +158,7 @@ def inspect(
         elif "n_values" in info:
             print(f"  values       {info['n_values']} distinct integers")
         if info.get("segments"):
-            print(f"  segments     {', '.join(f'{k} {v}' for k, v in info['segments'].items())}")
+            print(f"  segments     {shown(', '.join(f'{k} {v}' for k, v in info['segments'].items()))}")
 
 
 def _parse_spacing(text: str | None) -> tuple[float, float, float] | None:
@@ -211,13 +217,16 @@ def preprocess(
         "carry them). Default: SRC/dataset.json when SRC is an nnU-Net folder.",
     ),
 ) -> None:
-    """Preprocess a dataset into a cache (RAS, resample, intensity, foreground crop) for training."""
+    """Preprocess a dataset into a cache (RAS, resample, intensity, foreground crop) for training.
+
+    SIGTERM stops it (workers included, temporary files removed) with one line and exit code 143;
+    finished cases are kept and a rerun goes on from them."""
     with cli_errors():
         import time
 
         from pydantic import ValidationError
 
-        from .cache import preprocess_dataset
+        from .cache import Terminated, preprocess_dataset
         from .labels import read_label_names
         from .plan import CACHE_DTYPES, Plan
 
@@ -240,19 +249,27 @@ def preprocess(
             raise from_validation_error(exc, "invalid plan") from None
         names = read_label_names(labels) if labels is not None else None
         t0 = time.perf_counter()
-        cache = preprocess_dataset(
-            src,
-            out,
-            plan,
-            workers=workers,
-            include_test=include_test,
-            progress=progress,
-            skip_bad=skip_bad,
-            series=tuple(series or ()),
-            labels=names,
-        )
+        try:
+            cache = preprocess_dataset(
+                src,
+                out,
+                plan,
+                workers=workers,
+                include_test=include_test,
+                progress=progress,
+                skip_bad=skip_bad,
+                series=tuple(series or ()),
+                labels=names,
+            )
+        except Terminated as exc:
+            print(
+                f"error: {shown(out)}: preprocess stopped by SIGTERM (workers stopped, temporary files "
+                "removed; finished cases are kept, run it again to go on)",
+                file=sys.stderr,
+            )
+            raise typer.Exit(exc.code if isinstance(exc.code, int) else 143) from None
         print(
-            f"{len(cache.cases)} cases in {out} ({time.perf_counter() - t0:.1f} s; plan {plan.digest()}, "
+            f"{len(cache.cases)} cases in {shown(out)} ({time.perf_counter() - t0:.1f} s; plan {plan.digest()}, "
             f"image stored as {plan.resolved_cache_dtype})"
         )
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from .errors import cli_errors
+from .errors import cli_errors, shown
 
 
 def register(app: typer.Typer) -> None:
@@ -33,10 +33,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write a synthetic CT dataset (adult torsos in mm, 6 labelled organs) in nnU-Net v2 layout."""
         with cli_errors():
+            from .atomic import check_output_path
             from .phantom import make_phantom_dataset
 
             path = make_phantom_dataset(
-                out,
+                check_output_path(out),
                 cases=cases,
                 seed=seed,
                 test_cases=test_cases,
@@ -45,7 +46,7 @@ def register(app: typer.Typer) -> None:
                 phase=phase,
                 coverage=coverage or None,
             )
-            typer.echo(f"wrote {cases} labelled + {test_cases} test phantoms to {path}")
+            typer.echo(f"wrote {cases} labelled + {test_cases} test phantoms to {shown(path)}")
 
     @app.command()
     def bench(

@@ -7,12 +7,18 @@ fine-tuned checkpoint and the scores (torch-free).
   (a cache's ``labels.json``, a checkpoint's ``extra.labels``): ``{"1": "liver", ...}``, keys the
   label values as decimal strings.
 
+A label name is non-empty text that is not only blanks and holds no control or format character
+(ESC, BEL, newline, DEL, C1 controls, bidirectional overrides, ...): :func:`check_label_name`, applied
+to dataset.json, labels.json and checkpoints alike, so a name that could not be stored or printed
+safely is refused where it enters (:class:`LabelNameError`) instead of making a cache unreadable later.
+
 Every problem is one :class:`~hiend_data.errors.InputError` line naming the file and what is wrong.
 """
 
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +26,36 @@ from typing import Any
 from .errors import InputError
 from .jsonfile import read_json
 
-__all__ = ["read_label_names", "label_names_from_dataset", "label_names_to_json", "label_names_from_json"]
+__all__ = [
+    "read_label_names",
+    "label_names_from_dataset",
+    "label_names_to_json",
+    "label_names_from_json",
+    "check_label_name",
+    "LabelNameError",
+]
+
+
+class LabelNameError(InputError):
+    """A label name that is not usable (:func:`check_label_name`): refused, never worked around."""
+
+
+def check_label_name(name: object, value: object, where: object) -> str:
+    """``name`` if it can name label ``value``: a string, not empty or only blanks, without control or
+    format characters. :class:`LabelNameError` naming ``where`` and ``value`` otherwise."""
+    why = None
+    if not isinstance(name, str):
+        why = "is not text"
+    elif not name.strip():
+        why = "is empty or only blanks"
+    elif any(not ch.isprintable() and unicodedata.category(ch) != "Zs" for ch in name):
+        why = "holds a control or format character"
+    if why is not None:
+        raise LabelNameError(
+            f"{where}: label {value} has name {name!r}, which {why}; a label name must be non-empty "
+            "printable text"
+        )
+    return name  # type: ignore[return-value]
 
 
 def read_label_names(path: str | os.PathLike[str]) -> dict[int, str]:
@@ -28,7 +63,8 @@ def read_label_names(path: str | os.PathLike[str]) -> dict[int, str]:
 
     Understands nnU-Net v2 (``"labels": {"liver": 1}``) and v1/MSD (``"labels": {"1": "liver"}``).
     Refused, each with an InputError naming ``path``: no ``labels`` map, region-based labels (lists of
-    values), values that are not non-negative integers, a value given twice, only background.
+    values), values that are not non-negative integers, a value given twice, only background, and (a
+    :class:`LabelNameError`) a name that :func:`check_label_name` refuses, background's included.
     """
     path = Path(path)
     return label_names_from_dataset(read_json(path), path)
@@ -53,6 +89,7 @@ def label_names_from_dataset(data: Any, path: str | os.PathLike[str]) -> dict[in
             raise InputError(f"{path}: label {key!r} has value {val!r}, expected a non-negative integer")
         if value < 0:
             raise InputError(f"{path}: label {key!r} has negative value {value}")
+        check_label_name(name, value, path)
         if value in out:
             raise InputError(f"{path}: label value {value} given twice ({out[value]!r} and {name!r})")
         out[value] = name
@@ -70,7 +107,7 @@ def label_names_to_json(names: Mapping[int, str]) -> dict[str, str]:
 def label_names_from_json(obj: Any, where: str) -> dict[int, str]:
     """``{"1": "liver"}`` -> ``{1: "liver"}`` (sorted by value); InputError naming ``where`` unless
     ``obj`` is an object whose keys are label values >= 1 written as decimal digits and whose values are
-    non-empty strings."""
+    names :func:`check_label_name` accepts."""
     if not isinstance(obj, dict):
         raise InputError(
             f'{where}: label names must be an object like {{"1": "liver"}}, got {type(obj).__name__}'
@@ -79,9 +116,8 @@ def label_names_from_json(obj: Any, where: str) -> dict[int, str]:
     for key, name in obj.items():
         if not (isinstance(key, str) and key.isascii() and key.isdigit() and int(key) >= 1):
             raise InputError(f"{where}: label key {key!r} is not a label value >= 1 (decimal digits)")
-        if not isinstance(name, str) or not name.strip():
-            raise InputError(f"{where}: label {key} has name {name!r}, expected a non-empty string")
         value = int(key)
+        check_label_name(name, value, where)
         if value in out:
             raise InputError(f"{where}: label value {value} given twice ({out[value]!r} and {name!r})")
         out[value] = name

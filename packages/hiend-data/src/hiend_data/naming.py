@@ -293,8 +293,11 @@ def channel_siblings(path: str | os.PathLike[str]) -> list[Path]:
     return list(group[0].files) if group else [path]
 
 
-#: the longest case name accepted (file systems allow 255 bytes; room for suffixes such as ``_seg.npy``)
+#: the longest case name accepted, in characters ...
 MAX_NAME_CHARS = 200
+#: ... and in UTF-8 bytes: file systems allow 255 bytes a name, and a case name gets suffixes of up to
+#: 15 bytes (``_seg.npy``, ``_0000.nii.gz``); 80 CJK characters (240 bytes) pass, 81 do not
+MAX_NAME_BYTES = 240
 
 
 def safe_case_name(name: object, source: str | os.PathLike[str] = "case name") -> str:
@@ -302,7 +305,8 @@ def safe_case_name(name: object, source: str | os.PathLike[str] = "case name") -
 
     Refused: a non-string or empty name, ``.`` / ``..`` or any leading dot (hidden files, ``..``
     segments), ``/`` or ``\\`` anywhere (path separators on any OS), a drive or absolute path, NUL and
-    other control characters (C0, DEL, C1), and names longer than :data:`MAX_NAME_CHARS`.
+    other control characters (C0, DEL, C1), and names longer than :data:`MAX_NAME_CHARS` characters
+    or :data:`MAX_NAME_BYTES` bytes of UTF-8.
     """
     if not isinstance(name, str):
         raise InputError(f"{source}: case name {name!r} is not text")
@@ -319,6 +323,8 @@ def safe_case_name(name: object, source: str | os.PathLike[str] = "case name") -
         why = "contains a control character"
     elif len(name) > MAX_NAME_CHARS:
         why = f"is longer than {MAX_NAME_CHARS} characters"
+    elif len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        why = f"is longer than {MAX_NAME_BYTES} bytes in UTF-8 (file names are limited to 255 bytes)"
     if why is not None:
         raise InputError(f"{source}: case name {name!r} {why}; a case name must be one plain file name")
     return name
