@@ -265,11 +265,11 @@ def _is_image_object(ds: Any, headers_only: bool = False) -> bool:
     from pydicom.uid import UID
 
     sop = _sop_class(ds)
-    if _is_scan(ds, headers_only) or sop in _NOT_SCANS:
-        return _is_scan(ds, headers_only)
-    if sop:
-        return "Image Storage" in UID(sop).name
-    return "Rows" in ds and "Columns" in ds
+    if sop in _NOT_SCANS:
+        return False
+    if _is_scan(ds, headers_only):
+        return True
+    return "Image Storage" in UID(sop).name if sop else ("Rows" in ds and "Columns" in ds)
 
 
 def _kind(ds: Any) -> str:
