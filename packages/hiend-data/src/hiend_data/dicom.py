@@ -35,7 +35,10 @@ one file is at fault, that file (its path below the folder):
   normal and off the stack line both count, and no slice's voxels are placed farther than that;
   fewer than 4 slices (dicom2nifti's localizer rule);
 * gantry tilt (slices not perpendicular to the stack) and mixed slice orientations (dicom2nifti);
-* compressed transfer syntaxes whose decoder is not installed (the message names the package).
+* compressed transfer syntaxes whose decoder is not installed (the message names the package);
+* a ``.zip`` whose members declare more than the volume limit in total (``HIEND_MAX_VOLUME_BYTES``), a
+  member inflating more than 200:1 (above 16 MiB), a member longer than it declares, two members of
+  one name, a name leading outside the folder (:func:`_unzipped`).
 
 Images of the series flagged as localizers (ImageType LOCALIZER, CT projection images) and a minority
 orientation of fewer than 4 slices are dropped (dicom2nifti's rule, as scanners store scouts in the
