@@ -1,0 +1,196 @@
+"""Hostile DICOM-SEG labels and outputs (issue 18), through the console scripts:
+
+* a SEG written on series X paired with series Y of the same grid (preprocess): refused, naming the
+  SEG and both series (or frames of reference);
+* a SEG whose segment is numbered 0, whose frames or pixels name a segment it does not describe, or
+  that describes a number twice (score, preprocess): refused, naming the SEG and the number;
+* segment names a DICOM Long String cannot hold as written (predict --format dicom-seg): refused
+  before anything is written; a non-ASCII name comes back exactly;
+* an input whose qform and sform disagree (predict): the label map keeps both, as the input has them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from hostile_cli import one_line_exit_2, run
+
+pydicom = pytest.importorskip("pydicom")
+pytest.importorskip("highdicom")
+pytest.importorskip("dicom2nifti")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _helpers():
+    """``series`` and ``seg_of`` of hiend-data's DICOM-SEG unit tests (tiny synthetic series)."""
+    spec = importlib.util.spec_from_file_location(
+        "hiend_dicom_seg_test", ROOT / "packages/hiend-data/tests/test_dicom_seg.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+H = _helpers()
+
+
+def _preprocess(manifest: Path, out: Path):
+    return run("hiend-data", "preprocess", manifest, out, "--workers", "0", "--no-progress")
+
+
+def _no_case_written(cache: Path) -> None:
+    assert not list(cache.glob("cases/*.json")) and not list(cache.glob("cases/*.npy"))
+
+
+def test_seg_of_another_series_refused_by_preprocess(tmp_path):
+    data = tmp_path / "data"
+    x = H.series(data / "x")
+    H.seg_of(x, data / "seg_x.dcm")
+    uid_x = pydicom.dcmread(next(x.iterdir())).SeriesInstanceUID
+    y = H.series(data / "y")  # another series, the same grid
+    uid_y = pydicom.dcmread(next(y.iterdir())).SeriesInstanceUID
+    (data / "ok.txt").write_text("x,seg_x.dcm\n")
+    assert _preprocess(data / "ok.txt", tmp_path / "ok").returncode == 0
+    (data / "bad.txt").write_text("y,seg_x.dcm\n")
+    one_line_exit_2(_preprocess(data / "bad.txt", tmp_path / "bad"), "seg_x.dcm", uid_x, uid_y)
+    _no_case_written(tmp_path / "bad")
+    # a copy of series x's files (its UID) in another frame of reference
+    frame = pydicom.dcmread(next(x.iterdir())).FrameOfReferenceUID
+    H.series(data / "z", series_uid=uid_x)
+    (data / "moved.txt").write_text("z,seg_x.dcm\n")
+    one_line_exit_2(
+        _preprocess(data / "moved.txt", tmp_path / "moved"), "seg_x.dcm", "frame of reference", frame
+    )
+    _no_case_written(tmp_path / "moved")
+
+
+def _edited(src: Path, out: Path, edit) -> Path:
+    ds = pydicom.dcmread(src)
+    edit(ds)
+    ds.save_as(out)
+    return out
+
+
+def _renumber(ds, old: int, new: int, describe: bool) -> None:
+    if describe:
+        ds.SegmentSequence[old - 1].SegmentNumber = new
+    for frame in ds.PerFrameFunctionalGroupsSequence:
+        ident = frame.SegmentIdentificationSequence[0]
+        if ident.ReferencedSegmentNumber == old:
+            ident.ReferencedSegmentNumber = new
+
+
+def _twice(ds) -> None:
+    ds.SegmentSequence[1].SegmentNumber = 1
+
+
+def _undescribed(ds) -> None:
+    del ds.SegmentSequence[2]  # a LABELMAP's spleen: its pixels (value 2) stay
+
+
+LOST = {  # name: (seg type, edit, fragment of the refusal)
+    "zero": ("binary", lambda ds: _renumber(ds, 2, 0, describe=True), "'spleen' has number 0"),
+    "stray": ("binary", lambda ds: _renumber(ds, 2, 7, describe=False), "frames of segment 7"),
+    "twice": ("binary", _twice, "segment number 1 is described 2 times"),
+    "undescribed": ("labelmap", _undescribed, "pixel value 2, which SegmentSequence does not describe"),
+}
+
+
+@pytest.mark.parametrize("kind", LOST)
+def test_segments_that_would_be_lost_refused_by_score(tmp_path, kind):
+    """Before: Dice 0 for the lost segment and exit 0. Now: one line naming the SEG and the number."""
+    seg_type, edit, fragment = LOST[kind]
+    ct = H.series(tmp_path / "ct")
+    good = H.seg_of(ct, tmp_path / "good.dcm", seg_type)
+    bad = _edited(good, tmp_path / f"{kind}.dcm", edit)
+    one_line_exit_2(run("hiend-eval", "score", bad, good, "--out", tmp_path / "scores"), bad.name, fragment)
+    assert not (tmp_path / "scores").exists()
+
+
+def test_segment_numbered_zero_refused_by_preprocess(tmp_path):
+    ct = H.series(tmp_path / "ct")
+    seg = _edited(H.seg_of(ct, tmp_path / "good.dcm"), tmp_path / "zero.dcm", LOST["zero"][1])
+    (tmp_path / "m.txt").write_text(f"ct,{seg.name}\n")
+    one_line_exit_2(_preprocess(tmp_path / "m.txt", tmp_path / "cache"), "zero.dcm", "has number 0")
+    _no_case_written(tmp_path / "cache")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    """A tiny UNETR (3 classes) on a 32^3 crop at 6 mm."""
+    from hiend_data import Plan
+    from hiend_model.checkpoint import save_checkpoint
+    from hiend_model.mae import build
+    from hiend_model.unetr import UNETR
+
+    torch.manual_seed(0)
+    mae = build("tiny", img_size=32, patch_size=16, embed_dim=24, depth=4, num_heads=2, decoder_embed_dim=24,
+                decoder_num_heads=2)  # fmt: skip
+    model = UNETR.from_mae(mae, num_classes=3, feature_size=4).eval()
+    plan = Plan(spacing=(6.0, 6.0, 6.0), crop_size=(32, 32, 32))
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "u.safetensors", model, plan=plan)
+
+
+def _dataset_json(path: Path, name: str) -> Path:
+    path.write_text(json.dumps({"labels": {"background": 0, name: 1, "spleen": 2}}, ensure_ascii=False))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [("liver\\spleen", "backslash"), ("x" * 65, "65 characters")],
+    ids=["backslash", "long"],
+)
+def test_segment_names_a_seg_cannot_hold_refused_by_predict(ckpt, tmp_path, name, fragment):
+    ct = H.series(tmp_path / "ct")
+    labels = _dataset_json(tmp_path / "dataset.json", name)
+    out = tmp_path / "out"
+    proc = run(
+        "hiend-model", "predict", ckpt, ct, "--out", out, "--format", "dicom-seg", "--labels", labels, "-q"
+    )
+    one_line_exit_2(proc, "label 1 name", fragment)
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_non_ascii_segment_name_comes_back_exactly(ckpt, tmp_path):
+    from hiend_data.dicom_seg import segment_names
+
+    ct = H.series(tmp_path / "ct")
+    name = "Leber–Läsion 肝"
+    labels = _dataset_json(tmp_path / "dataset.json", name)
+    out = tmp_path / "out"
+    proc = run(
+        "hiend-model", "predict", ckpt, ct, "--out", out, "--format", "dicom-seg", "--labels", labels, "-q"
+    )
+    assert proc.returncode == 0, proc.stderr
+    ds = pydicom.dcmread(out / "ct.dcm")
+    assert ds.SpecificCharacterSet == "ISO_IR 192" and ds.SegmentSequence[0].SegmentLabel == name
+    assert segment_names(out / "ct.dcm") == {1: name, 2: "spleen"}
+
+
+def test_predict_keeps_the_inputs_qform_and_sform(ckpt, tmp_path):
+    """An input whose qform is the mirror image of its sform: the label map's qform and sform (codes
+    included) are the input's, so a viewer reading either form shows it where it shows the scan."""
+    sform = np.diag([3.0, 3.0, 3.0, 1.0])
+    sform[:3, 3] = [-30.0, -24.0, -12.0]
+    qform = sform.copy()
+    qform[0, 0], qform[0, 3] = -3.0, -30.0 + 3.0 * 19
+    img = nib.Nifti1Image(np.random.default_rng(0).integers(-1000, 1000, (20, 16, 8)).astype(np.int16), None)
+    img.header.set_qform(qform, code=1)
+    img.header.set_sform(sform, code=2)
+    nib.save(img, str(tmp_path / "scan.nii.gz"))
+    proc = run("hiend-model", "predict", ckpt, tmp_path / "scan.nii.gz", "--out", tmp_path / "out", "-q")
+    assert proc.returncode == 0, proc.stderr
+    a = nib.load(str(tmp_path / "scan.nii.gz")).header
+    b = nib.load(str(tmp_path / "out" / "scan.nii.gz")).header
+    for key in ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y",
+                "qoffset_z", "srow_x", "srow_y", "srow_z", "pixdim"):  # fmt: skip
+        np.testing.assert_array_equal(b[key], a[key], err_msg=key)
+    np.testing.assert_allclose(b.get_qform(), qform, atol=1e-5)
