@@ -578,7 +578,8 @@ def read_seg(path: str | os.PathLike[str], dataset: Any = None) -> Any:
 
     The grid spans the SEG's frames along the slice normal only (frames left out in between are
     background); ``hiend-eval score`` places it on the reference grid. ``dataset`` is unused (the file
-    is parsed by highdicom)."""
+    is parsed by highdicom). A segment that would decode as background (numbered 0, not described,
+    described twice: the module docstring's "Segments") is an InputError naming the file and number."""
     import nibabel as nib
 
     del dataset
@@ -613,7 +614,8 @@ def decode_on_source(
 ) -> np.ndarray:
     """The SEG at ``path`` as a label map ``[X, Y, Z]`` (segment numbers) on the grid of its source
     series (``source``: :func:`hiend_data.dicom.series_headers`; ``affine``/``shape``: the grid
-    ``load_volume`` gives that series), through each frame's referenced source image (or frame)."""
+    ``load_volume`` gives that series), through each frame's referenced source image (or frame).
+    The same segment checks as :func:`read_seg`."""
     path = Path(path)
     seg = _open_seg(path)
     described = _check_labelled(path, seg)
