@@ -21,7 +21,7 @@ from typing import Any
 
 import typer
 
-from hiend_data.errors import InputError, cli_errors
+from hiend_data.errors import InputError, cli_errors, shown
 
 app = typer.Typer(
     name="hiend-train",
@@ -157,6 +157,9 @@ def _preempted(result: Any) -> str:
 
 
 def _execute(kind: str, cfg: Any, resume: bool) -> None:
+    """Run and report: every line to the terminal goes through :func:`hiend_data.errors.shown` (the
+    run folder's name is the user's and may hold control characters); the JSON summary is escaped by
+    ``json.dumps``."""
     from .loop import NonFiniteLoss
 
     if kind == "pretrain":
@@ -169,14 +172,14 @@ def _execute(kind: str, cfg: Any, resume: bool) -> None:
         with stop_on_signals() as request:  # SIGTERM / SIGUSR1: stop at the next step with a checkpoint
             result = run(cfg, resume=resume)
     except NonFiniteLoss as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {shown(exc)}", file=sys.stderr)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:  # SIGINT (Ctrl-C): one line, exit 130, the last checkpoint as it was
-        print(f"error: {_interrupted(cfg)}", file=sys.stderr)
+        print(f"error: {shown(_interrupted(cfg))}", file=sys.stderr)
         raise typer.Exit(INTERRUPTED) from None
     if result.fit.signal is not None:  # preempted: saved where it stopped, exit 128 + the signal
         if result.env.main:
-            print(f"error: {_preempted(result)}", file=sys.stderr)
+            print(f"error: {shown(_preempted(result))}", file=sys.stderr)
         raise typer.Exit(128 + int(request.signum or signal.SIGTERM))
     if result.env.main:
         last = result.fit.last

@@ -252,9 +252,12 @@ def make_loader(
     InputError while cropping a case names it (:class:`NamedCases`; in a worker the batch is
     ``{"error": line}``, which the training loop raises).
     On CUDA the batches are pinned (for non-blocking copies); ``workers`` processes stay alive across
-    epochs and each prepares ``prefetch`` batches ahead.
+    epochs and each prepares ``prefetch`` batches ahead. Workers ignore SIGTERM, SIGUSR1 and SIGINT
+    (:func:`hiend_train.signals.worker_ignores_signals`): the main process decides how the run stops.
     """
     from torch.utils.data import DataLoader, Subset
+
+    from .signals import worker_ignores_signals
 
     dataset = CropDataset(cache.root, sampler_cfg, seed=seed)
     subset = Subset(NamedCases(dataset, cache.root), indices)
@@ -273,5 +276,6 @@ def make_loader(
         prefetch_factor=prefetch if workers > 0 else None,
         drop_last=False,
         generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=worker_ignores_signals if workers > 0 else None,
     )
     return dataset, sampler, loader

@@ -28,6 +28,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from hiend_data.errors import InputError
 
+from .outputs import writing
+
 __all__ = ["EventSink", "JsonlSink", "MultiSink", "TensorBoardSink"]
 
 
@@ -59,7 +61,7 @@ class JsonlSink:
         if not self.enabled:
             return
         line = json.dumps({"time": time.time(), "event": event, **fields}, allow_nan=True)
-        with open(self.path, "a") as f:
+        with writing(self.path), open(self.path, "a") as f:
             f.write(line + "\n")
 
     def close(self) -> None:

@@ -12,8 +12,10 @@ by ``disable=`` where it is not wanted.
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,15 +27,16 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from hiend_data.errors import InputError
+from hiend_data.errors import USER_ERRNOS, InputError, markup
 
 from .config import TrainConfig
 from .data import nonfinite_message
 from .dist import DistEnv, all_sum
 from .events import EventSink
 from .optim import lr_at, set_lr
+from .outputs import writing
 from .rundir import RunDir, rng_state, set_rng_state
-from .signals import REQUEST
+from .signals import REQUEST, worker_lost
 
 #: the clock of ``save_every_minutes`` (seconds; a module attribute, so that tests can replace it)
 clock: Callable[[], float] = time.monotonic
@@ -254,6 +257,22 @@ def _batches(task: Task, start: int) -> Iterator[tuple[int, Any]]:
     return itertools.islice(enumerate(task.loader), start, None)
 
 
+#: the index :func:`_fetched` gives (with ``None``) for a worker lost during a requested stop
+LOST = -1
+
+
+def _fetched(task: Task, start: int, stoppable: bool = True) -> Iterator[tuple[int, Any]]:
+    """:func:`_batches`, where a DataLoader worker's death while a stop is requested
+    (:func:`~hiend_train.signals.worker_lost`) ends the batches with ``(LOST, None)``: the caller
+    stops there. Any other error, or that one when not ``stoppable`` (no checkpointer), propagates."""
+    try:
+        yield from _batches(task, start)
+    except RuntimeError as exc:
+        if not (stoppable and worker_lost(exc)):
+            raise
+        yield LOST, None
+
+
 def train_one_epoch(
     task: Task,
     optimizer: Any,
@@ -340,7 +359,23 @@ def train_one_epoch(
             out["grad_norm"] = values[-1]
         return out
 
-    for i, batch in _batches(task, start):
+    #: the last optimizer step boundary: (micro-batches of the epoch done, the meters there)
+    boundary = (start, copy.copy(so_far), copy.copy(window))
+    for i, batch in _fetched(task, start, saver is not None):
+        if i == LOST:  # a worker died during a requested stop: stop at the last step boundary
+            done, so_far, window = boundary
+            optimizer.zero_grad(set_to_none=True)  # an accumulation in progress is dropped
+            host_mean(so_far)  # nothing non-finite is saved
+            if saver is not None:
+                saver.save(epoch, done, step, names=names, meters={"epoch": so_far, "window": window})
+            progress.remove_task(bar)
+            return step, {
+                "event": "stop",
+                "epoch": epoch + 1,
+                "batch": done,
+                "step": step,
+                "signal": stopped_by(),
+            }
         if "error" in batch:  # a case a DataLoader worker could not crop (hiend_train.data.NamedCases)
             raise InputError(batch["error"])
         micro = i % cfg.grad_accum
@@ -413,6 +448,8 @@ def train_one_epoch(
             )
             window, crops_window, t_window = _Meter(), 0, now
             progress.update(bar, description=f"epoch {epoch + 1}/{cfg.epochs} loss {values['loss']:.4f}")
+        if last_micro:
+            boundary = (i + 1, copy.copy(so_far), copy.copy(window))  # (_Meter.add makes new tensors)
         eta.advance()
         progress.update(bar, advance=1, eta=eta.text())
         if saver is not None and last_micro:
@@ -477,15 +514,16 @@ def save_weights(task: Task, path: Any, epoch: int, step: int, extra: dict[str, 
     hiend checkpoint with the task's plan and where in the run it was saved."""
     from hiend_model.checkpoint import save_checkpoint
 
-    save_checkpoint(
-        path,
-        unwrap(task.model),
-        plan=task.plan,
-        extra={
-            "hiend_train": {"kind": task.kind, "epoch": epoch, "step": step, **(extra or {})},
-            **task.extra,
-        },
-    )
+    with writing(path):  # a full disk: one line naming the file (hiend_train.outputs)
+        save_checkpoint(
+            path,
+            unwrap(task.model),
+            plan=task.plan,
+            extra={
+                "hiend_train": {"kind": task.kind, "epoch": epoch, "step": step, **(extra or {})},
+                **task.extra,
+            },
+        )
 
 
 class Checkpointer:
@@ -560,6 +598,18 @@ class Checkpointer:
             if sums is not None and not math.isfinite(sums[0]):
                 return False
         # three atomic steps, so that a save stopped anywhere leaves a consistent pair (rundir's docs)
+        try:
+            self._save(epoch, batch, step, running)
+        except OSError as exc:  # a full disk, a read-only folder (hiend_train.outputs names the file)
+            if exc.errno not in USER_ERRNOS:
+                raise
+            raise InputError(self._not_saved(exc, epoch, step)) from None
+        if periodic:
+            self.run.keep_periodic(step, self.cfg.keep_last)
+        return True
+
+    def _save(self, epoch: int, batch: int, step: int, running: dict[str, Any]) -> None:
+        """The three steps; on an OSError the previous checkpoint stays as it was, with no new file."""
         staged = self.run.stage_state(
             {
                 "epoch": epoch,
@@ -572,11 +622,24 @@ class Checkpointer:
                 "running": running,
             }
         )
-        save_weights(self.task, self.run.last, epoch, step, {"batch": batch})
+        try:
+            save_weights(self.task, self.run.last, epoch, step, {"batch": batch})
+        except OSError:  # nothing replaced (atomic): the staged state would pair with nothing
+            staged.unlink(missing_ok=True)
+            raise
         self.run.commit_state(staged)
-        if periodic:
-            self.run.keep_periodic(step, self.cfg.keep_last)
-        return True
+
+    def _not_saved(self, exc: OSError, epoch: int, step: int) -> str:
+        """The line for a checkpoint that could not be written (a full disk, a read-only folder)."""
+        what = exc.strerror or os.strerror(exc.errno or 0)
+        where = f"{exc.filename or self.run.root}: {what[:1].lower() + what[1:]}"
+        if self.run.has_checkpoint():
+            at = self.run.last_saved() or {}
+            kept = f"the previous one (epoch {at.get('epoch')}, step {at.get('step')}) is intact"
+            then = "free space, then continue with --resume"
+        else:
+            kept, then = "no checkpoint was saved before", "free space, then start again"
+        return f"{where}: the checkpoint of epoch {epoch}, step {step} was not saved; {kept}; {then}"
 
 
 @dataclass
@@ -738,7 +801,7 @@ def fit(
             history.append(record)
             last = record
             epochs_done = done
-            progress.console.print(_summary(record))
+            progress.console.print(markup(_summary(record)))  # rich markup: nothing in it is parsed
             if stop and (done < end or signal is not None):
                 events.emit("stop", epoch=done, batch=0, step=step, **({"signal": signal} if signal else {}))
                 stopped = True

@@ -13,6 +13,8 @@ import torch
 
 from hiend_data.atomic import atomic_path
 
+from .outputs import writing
+
 
 @torch.no_grad()
 def preview_slices(model: Any, images: torch.Tensor, noise: torch.Tensor) -> tuple[Any, Any, Any, float]:
@@ -53,7 +55,7 @@ def write_preview(
     fig.suptitle(f"{title}  masked-patch loss {loss:.4f}".strip())
     fig.tight_layout()
     try:
-        with atomic_path(path) as tmp:
+        with writing(path), atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=80)
     finally:
         plt.close(fig)

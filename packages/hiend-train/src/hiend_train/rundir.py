@@ -14,6 +14,7 @@
                             step_NNNNNNNN.safetensors + step_NNNNNNNN.pt, the newest ``keep_last``
     RUN/previews/           pre-training reconstructions (PNG, with the ``preview`` extra)
     RUN/tb/                 TensorBoard event files (``tensorboard = true``)
+    RUN/.lock               while a run is going: its PID (:class:`RunLock`; removed when it ends)
 
 Every file is written under a temporary name in ``RUN``, fsync-ed and renamed (:mod:`hiend_data.atomic`). ``state.pt`` is read with
 ``torch.load(weights_only=True)``: it holds only tensors, numbers, strings, lists and dicts.
@@ -28,6 +29,7 @@ state_NNNNNNNN.pt, which :meth:`RunDir.resume_candidates` offers right after the
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -42,21 +44,111 @@ from hiend_data.errors import InputError
 
 from .config import RUNTIME_FIELDS, TrainConfig
 from .events import JsonlSink
+from .outputs import writing
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - no POSIX locks on this platform
+    fcntl = None  # type: ignore[assignment]
 
 STATE_FORMAT = "hiend-train-state/1"
+
+#: the lock file of a run folder (:class:`RunLock`)
+LOCK_NAME = ".lock"
+
+
+class RunLock:
+    """One run at a time in a run folder: taken before the folder is checked, held until the run ends.
+
+    Two runs writing one ``RUN`` would each truncate log.jsonl and replace the other's checkpoints, so
+    the second is refused at once: an InputError naming the folder and the holder's PID (exit 2). The
+    lock is a POSIX record lock (``fcntl.lockf``) on ``RUN/.lock``, which holds the holder's PID. Such a
+    lock belongs to the process: it ends with it (a crash or ``kill -9`` leaves no lock behind, only
+    the file, which the next run takes over), and forked children (DataLoader workers) do not inherit
+    it, so a worker that outlives its run for a moment does not block the next one. :meth:`release`
+    removes the file (while still holding the lock; a run that opened the old file meanwhile sees that
+    it is gone and tries again) and the folders :meth:`acquire` created when they are still empty (a run
+    refused during setup leaves nothing behind). Under DDP rank 0, the rank that writes RUN, takes it.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.path = self.root / LOCK_NAME
+        self.fd: int | None = None
+        #: folders made by :meth:`acquire`, deepest first (removed by :meth:`release` while empty)
+        self.created: list[Path] = []
+
+    def acquire(self) -> RunLock:
+        """Create RUN if needed and lock it; InputError when another living process holds the lock."""
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"{self.root}: exists and is not a folder")
+        missing = []
+        for folder in (self.root, *self.root.parents):
+            if folder.exists():
+                break
+            missing.append(folder)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.created = missing
+        if fcntl is None:  # pragma: no cover
+            return self
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "PID not known yet"
+                os.close(fd)
+                self.created = []  # the folder is the other run's now
+                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
+                raise InputError(
+                    f"{self.root}: another hiend-train run ({holder}) is using this run folder; "
+                    "wait for it to end or choose another --out"
+                ) from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the previous holder removed the file while this one waited: lock the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        """Remove RUN/.lock and unlock; remove the folders :meth:`acquire` made if nothing was written."""
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = None
+        for folder in self.created:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: the run wrote there
+                break
+        self.created = []
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     """``write(tmp)`` writes the whole file to the temporary path ``tmp``, which then becomes ``path``
     atomically and durably (:func:`hiend_data.atomic.atomic_path`: fsync, rename, folder fsync; on
     failure the temporary file is removed and ``path`` keeps its old content)."""
-    with atomic_path(path, mkdir=False) as tmp:
+    with writing(path), atomic_path(path, mkdir=False) as tmp:
         write(tmp)
 
 
 def atomic_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (:func:`hiend_data.atomic.write_text`, UTF-8)."""
-    write_text(path, text)
+    with writing(path):
+        write_text(path, text)
 
 
 #: entries of config.json that are not config fields: what the run resolved from them (the case split,
@@ -173,6 +265,25 @@ class RunDir:
             and not self.has_checkpoint()
         )
 
+    def check_outputs(self, cfg: TrainConfig) -> None:
+        """InputError unless every place the run writes can take what goes there, checked before
+        anything is written (a run must not train an epoch and then fail on its first save): RUN and
+        its folders (checkpoints/, previews/, and tb/ with ``tensorboard``) are folders or absent and,
+        where present, writable; its files (config.json, log.jsonl, the checkpoints) are files or
+        absent."""
+        folders = {self.root: "the run", self.checkpoints: "periodic checkpoints", self.previews: "previews"}
+        if cfg.tensorboard:
+            folders[self.tb] = "its TensorBoard event files"
+        for folder, what in folders.items():
+            if folder.exists() and not folder.is_dir():
+                raise InputError(f"{folder}: exists and is not a folder (the run writes {what} there)")
+            if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+                raise InputError(f"{folder}: not writable (the run writes {what} there)")
+        files = (self.config_path, self.split_path, self.log_path, self.last, self.best, self.state_path)
+        for path in files:
+            if path.exists() and not path.is_file():
+                raise InputError(f"{path}: exists and is not a file (the run writes it)")
+
     def check(
         self,
         cfg: TrainConfig,
@@ -185,8 +296,7 @@ class RunDir:
         with a checkpoint whose config computes the same thing (runtime fields such as workers or
         stop_after may differ), given ``trained_on`` (:func:`cache_identity`), a cache with the same
         plan and case names, and, given ``split``, the same training and validation cases."""
-        if self.root.exists() and not self.root.is_dir():
-            raise InputError(f"{self.root}: exists and is not a folder")
+        self.check_outputs(cfg)
         saved = self.saved_config()
         if saved is not None:  # a field newer than the run: the run had its default
             saved = {**_defaults(type(cfg)), **saved}
@@ -304,11 +414,10 @@ class RunDir:
     def stage_state(self, state: dict[str, Any]) -> Path:
         """First step of a save: ``state`` (with its ``step``) to ``state_NNNNNNNN.pt``, atomically;
         state.pt is untouched. Returns the path for :meth:`commit_state`."""
-        import torch
 
         path = self.staged_state_path(int(state["step"]))
         if self.writer:
-            _atomic_write(path, lambda tmp: torch.save({"format": STATE_FORMAT, **state}, tmp))
+            _atomic_write(path, lambda tmp: _torch_save({"format": STATE_FORMAT, **state}, tmp))
         return path
 
     def commit_state(self, staged: Path) -> None:
@@ -366,7 +475,8 @@ class RunDir:
         if not self.writer:
             return
         if keep > 0:
-            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            with writing(self.checkpoints):
+                self.checkpoints.mkdir(parents=True, exist_ok=True)
             name = f"step_{step:08d}"
             for src, dst in (
                 (self.last, self.checkpoints / f"{name}.safetensors"),
@@ -390,10 +500,19 @@ _PERIODIC = re.compile(r"step_(\d+)\.safetensors")
 _STAGED = re.compile(r"state_(\d+)\.pt")
 
 
+def _torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through a Python file, so that a failed write (a full disk) keeps its OSError as
+    the context of torch's RuntimeError, which :func:`hiend_train.outputs.writing` reads."""
+    import torch
+
+    with open(path, "wb") as fh:
+        torch.save(obj, fh)
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     """``dst`` becomes ``src``'s content atomically: a hard link under a temporary name renamed over
     ``dst``, or (no hard links on this filesystem) an atomic copy."""
-    with atomic_path(dst, mkdir=False) as tmp:
+    with writing(dst), atomic_path(dst, mkdir=False) as tmp:
         tmp.unlink(missing_ok=True)
         try:
             os.link(src, tmp)

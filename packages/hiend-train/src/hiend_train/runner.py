@@ -7,6 +7,7 @@ event of the run goes to the sink of :func:`event_sink` (:mod:`hiend_train.event
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ from .dist import DistEnv, broadcast_object, setup, teardown
 from .events import EventSink, MultiSink, TensorBoardSink
 from .loop import FitResult, Task, fit, resolve_precision
 from .optim import build_optimizer
-from .rundir import RunDir, cache_identity
+from .rundir import RunDir, RunLock, cache_identity
 
 
 @dataclass
@@ -57,17 +58,24 @@ def _check_run_dir(
     env: DistEnv,
     split: dict[str, list[str]] | None = None,
     trained_on: dict[str, Any] | None = None,
+    lock: RunLock | None = None,
 ) -> RunDir:
-    """Rank 0 checks RUN; every rank raises the same InputError (no rank is left waiting)."""
+    """Rank 0 takes ``lock`` (:class:`~hiend_train.rundir.RunLock`: one run per folder) and checks RUN;
+    every rank raises the same InputError (no rank is left waiting)."""
     if cfg.out is None:
         raise InputError('no run folder given (--out RUN, or out = "RUN" in the config file)')
     run = RunDir(cfg.out, writer=env.main)
     error = None
     if env.main:
         try:
+            if lock is not None:
+                lock.acquire()
             run.check(cfg, resume, split, trained_on)
         except InputError as exc:
             error = str(exc)
+        except OSError as exc:  # RUN cannot be made (read-only, permissions): the user's place
+            what = exc.strerror or os.strerror(exc.errno or 0)
+            error = f"{exc.filename or run.root}: {what[:1].lower() + what[1:]}"
     error = broadcast_object(env, error)
     if error is not None:
         raise InputError(error)
@@ -98,13 +106,14 @@ def execute(cfg: TrainConfig, resume: bool, build: Callable[[Context], Task]) ->
     before the first file is written to the run folder (``RunDir.start``)."""
     env = setup(cfg.device)
     events: EventSink | None = None
+    lock = RunLock(cfg.out) if cfg.out is not None and env.main else None
     try:
         precision = resolve_precision(cfg.precision, env.device)
         cache = open_cache(cfg.cache)
         train_idx, val_idx = case_split(cfg, cache.cases)
         split = {"train": [cache.cases[i] for i in train_idx], "val": [cache.cases[i] for i in val_idx]}
         trained_on = cache_identity(cache)
-        run = _check_run_dir(cfg, resume, env, split, trained_on)
+        run = _check_run_dir(cfg, resume, env, split, trained_on, lock)
         events = event_sink(cfg, env, run)
         ctx = Context(
             cfg=cfg,
@@ -158,7 +167,11 @@ def execute(cfg: TrainConfig, resume: bool, build: Callable[[Context], Task]) ->
             if events is not None:
                 events.close()
         finally:
-            teardown(env)
+            try:
+                if lock is not None:
+                    lock.release()
+            finally:
+                teardown(env)
 
 
 def case_split(cfg: TrainConfig, names: list[str]) -> tuple[list[int], list[int]]:

@@ -15,6 +15,14 @@ the next all-reduce): each rank's mark travels in the step statistics it all-red
 ranks read the agreed value where they synchronise already, every ``log_every`` optimizer steps and at
 epoch ends, so the stop may come up to ``log_every`` steps later than in one process.
 
+Schedulers signal the whole process group (SLURM's ``scancel``, Kubernetes, a terminal's Ctrl-C), so
+the DataLoader workers get the signal too; torch's own handler would end them, and the run with them
+(a traceback, no checkpoint). The workers therefore ignore these signals (:func:`worker_ignores_signals`,
+the loaders' ``worker_init_fn``): the main process alone decides, and shuts its workers down as it
+ends. A worker that dies all the same while a stop is requested (signalled before its
+``worker_init_fn`` ran) is taken as the stop: the loop saves at the last optimizer step boundary
+(:func:`worker_lost`; :func:`hiend_train.loop.train_one_epoch`).
+
 Python-API users opt in the same way: ``with stop_on_signals(): run(cfg)``.
 """
 
@@ -55,6 +63,23 @@ class StopRequest:
 
 #: The mark the training loop reads
 REQUEST = StopRequest()
+
+#: What the workers ignore: the stop signals and Ctrl-C (the main process handles them)
+WORKER_IGNORED: tuple[signal.Signals, ...] = (*SIGNALS, signal.SIGINT)
+
+
+def worker_ignores_signals(worker_id: int = 0) -> None:
+    """A DataLoader ``worker_init_fn``: this worker ignores SIGTERM, SIGUSR1 and SIGINT, so that a
+    signal sent to the whole process group reaches only the main process's decision. (The worker still
+    ends when the main process shuts it down or dies: torch's watchdog.)"""
+    for s in WORKER_IGNORED:
+        signal.signal(s, signal.SIG_IGN)
+
+
+def worker_lost(exc: BaseException) -> bool:
+    """Is ``exc`` torch's error for a DataLoader worker that died (killed, exited) while
+    :data:`REQUEST` asks for a stop? Then the death is part of the stop, not a failure."""
+    return REQUEST.requested and isinstance(exc, RuntimeError) and "DataLoader worker" in str(exc)
 
 
 @contextlib.contextmanager
