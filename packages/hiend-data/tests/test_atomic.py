@@ -364,3 +364,61 @@ def test_phantom_durable_and_failures(tmp_path, monkeypatch, events):
         make_phantom_dataset(out, cases=2, seed=1, overwrite=True)
     assert (out / "dataset.json").read_bytes() == before
     assert not [p for p in out.rglob(".*")]
+
+
+# ------------------------------------------------------------------ bounded names, errors naming the output
+
+
+@pytest.mark.parametrize("name", ["肝" * 80 + "_0000.nii.gz", "a" * 255, "x." + "b" * 250])
+def test_a_255_byte_destination_name_gets_a_bounded_temporary_name(tmp_path, name):
+    assert len(name.encode()) >= 252
+    target = tmp_path / name
+    with atomic_path(target) as tmp:
+        assert len(tmp.name.encode()) <= 160 and tmp.parent == tmp_path
+        assert tmp.name.endswith(".tmp.nii.gz") == name.endswith(".nii.gz")  # a short suffix is kept
+        tmp.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole"
+    write_text(target, "again")  # write_text / write_bytes / atomic_open: the same writer
+    assert target.read_text() == "again" and _listing(tmp_path) == [name]
+
+
+def test_short_names_stay_readable_in_the_temporary_name(tmp_path):
+    with atomic_path(tmp_path / "summary.json") as tmp:
+        assert tmp.name.startswith(".summary.json.") and tmp.name.endswith(".tmp.json")
+        tmp.write_text("{}")
+
+
+@pytest.mark.parametrize("named", [None, "temporary"])
+def test_an_oserror_names_the_destination(tmp_path, monkeypatch, named):
+    """ENOSPC from fsync (the kernel names no file) or naming the temporary file: the error names the
+    destination, which is what a command's one line shows."""
+    target = tmp_path / "out" / "result.json"
+
+    def full(path):
+        raise OSError(28, "No space left on device", *([str(path)] if named else []))
+
+    monkeypatch.setattr(atomic_mod, "_fsync_file", full)
+    with pytest.raises(OSError) as err:
+        write_text(target, "{}")
+    assert err.value.errno == 28 and err.value.filename == str(target)
+    assert _listing(target.parent) == []
+
+
+def test_an_oserror_mid_write_names_the_destination(tmp_path):
+    target = tmp_path / "cases" / "c.npy"
+    with pytest.raises(OSError) as err, atomic_open(target, "wb") as fh:
+        fh.write(b"half")
+        raise OSError(28, "No space left on device")  # what a full disk's write() raises
+    assert err.value.filename == str(target) and _listing(target.parent) == []
+
+
+def test_an_output_below_a_symlink_loop_is_an_input_error(tmp_path):
+    from hiend_data.atomic import check_output_path
+    from hiend_data.errors import InputError
+
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    for target in (loop, loop / "x.json"):
+        with pytest.raises(InputError, match=rf"^{target}: a symbolic-link loop"):
+            write_text(target, "{}")
+    assert check_output_path(tmp_path / "new" / "x") == tmp_path / "new" / "x"  # not there yet: fine

@@ -255,3 +255,96 @@ def test_corrupt_labels_json_names_it(dataset, tmp_path, content, what):
     with pytest.raises(InputError) as err:
         Cache.open(out)
     assert str(err.value).startswith(str(out / "labels.json")) and what in str(err.value)
+
+
+# ----------------------------------------------------------------------- reading trusts nothing (issue 18)
+
+
+def _edit(path, **fields):
+    meta = json.loads(path.read_text())
+    meta.update(fields)
+    path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    ("fields", "what"),
+    [
+        ({"format": 1}, "image_dtype 'uint8': expected float32 (format 1)"),
+        ({"image_dtype": None}, "image_dtype: missing (format 2 records it)"),
+        ({"image_scale": None}, "image_scale None does not decode uint8"),
+        ({"image_scale": "0.5"}, "image_scale: Input should be a valid number"),
+        ({"channels": 2}, "disagrees with record"),
+        ({"label_dtype": "int32"}, "label_dtype does not match case1_seg.npy, which holds uint8"),
+        ({"classes": [2, 1]}, "classes / class_counts / class_offsets disagree"),
+        ({"labelled": False}, "classes [1, 2] in a case that is not labelled"),
+        ({"record": {"source": None}}, "record.original_shape: Field required"),
+        ({"n_foreground": -1}, "n_foreground: Input should be greater than or equal to 0"),
+    ],
+)
+def test_open_checks_each_case_file_naming_it_and_the_field(dataset, tmp_path, fields, what):
+    out = tmp_path / "c"
+    preprocess_dataset(dataset, out, Plan(), workers=0, progress=False)
+    path = out / "cases" / "case1.json"
+    _edit(path, **fields)
+    with pytest.raises(InputError) as err:
+        Cache.open(out)
+    assert str(err.value).startswith(f"{path}: ") and what in str(err.value), str(err.value)
+
+
+def test_open_skips_other_plans_and_a_rerun_repairs_a_broken_case_file(dataset, tmp_path):
+    out = tmp_path / "c"
+    preprocess_dataset(dataset, out, Plan(), workers=0, progress=False)
+    _edit(out / "cases" / "case0.json", plan_digest="another plan", image_scale="not checked")
+    (out / "cases" / "case1.json").write_text("[1]")
+    (out / "cases" / ".case2.json.abc.tmp.json").write_text("{half")  # a temporary: ignored
+    with pytest.raises(InputError, match=r"case1\.json: expected a JSON object"):
+        Cache.open(out)
+    cache = preprocess_dataset(dataset, out, Plan(), workers=0, progress=False)  # recomputes both
+    assert cache.cases == ["case0", "case1", "case2"]
+
+
+def test_an_array_file_of_another_dtype_or_shape_is_refused(dataset, tmp_path):
+    out = tmp_path / "c"
+    cache = preprocess_dataset(dataset, out, Plan(), workers=0, progress=False)
+    fg = out / "cases" / "case2_fg.npy"
+    np.save(fg, cache.case("case2").foreground.astype(np.int32))
+    with pytest.raises(
+        InputError, match=r"case2\.json: n_foreground does not match case2_fg\.npy, which holds int32"
+    ):
+        Cache.open(out)
+    np.save(fg, np.zeros((2, 2), np.int64))
+    with pytest.raises(InputError, match=r"which holds int64 \[2, 2\] \(expected int64 of one axis\)"):
+        Cache.open(out)
+    fg.write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(InputError, match=r"case2_fg\.npy: not a valid \.npy file"):
+        Cache.open(out)
+    fg.unlink()
+    with pytest.raises(InputError, match=r"case2\.json: n_foreground: its array case2_fg\.npy is missing"):
+        Cache.open(out)
+
+
+def test_sigterm_mid_case_removes_temporaries_and_raises_terminated(dataset, tmp_path, monkeypatch):
+    import signal
+
+    out = tmp_path / "c"
+    real = cache_mod._atomic_npy
+
+    def terminated_mid_write(path, array):
+        if path.name == "case1_seg.npy":
+            with cache_mod.atomic_open(path, "wb") as fh:
+                fh.write(b"half of it")
+                os.kill(os.getpid(), signal.SIGTERM)  # the handler raises here
+        real(path, array)
+
+    monkeypatch.setattr(cache_mod, "_atomic_npy", terminated_mid_write)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(cache_mod.Terminated) as err:
+        preprocess_dataset(dataset, out, Plan(), workers=0, progress=False)
+    assert err.value.code == 143 and signal.getsignal(signal.SIGTERM) is before
+    assert not [p.name for p in (out / "cases").iterdir() if p.name.startswith(".")]
+    monkeypatch.setattr(cache_mod, "_atomic_npy", real)
+    assert preprocess_dataset(dataset, out, Plan(), workers=0, progress=False).cases == [
+        "case0",
+        "case1",
+        "case2",
+    ]

@@ -129,3 +129,20 @@ def test_preprocess_labels_option_and_inspect(tmp_path, nii):
     res = _run("preprocess", tmp_path / "manifest.txt", tmp_path / "c2", "--labels", djson, "--no-progress")
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
     assert str(djson) in res.stderr and "region" in res.stderr and not (tmp_path / "c2").exists()
+
+
+def test_inspect_and_preprocess_print_user_text_escaped(tmp_path, nii):
+    src = tmp_path / "pool"
+    nii.write(src / "s1.nii.gz", nii.tiny_ct(), np.diag([3.0, 3.0, 3.0, 1.0]))
+    out = tmp_path / "c\x1b]0;title\x07ache"
+    res = _run("preprocess", src, out, "--workers", "0", "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert "\x1b" not in res.stdout and "c\\x1b]0;title\\x07ache" in res.stdout
+    (out / "labels.json").write_text(json.dumps({"labels": {"1": "[/bold] ok", "2": "a[@click=(]b"}}))
+    text = _run("inspect", out)
+    assert text.exit_code == 0, text.output
+    assert "\x1b" not in text.stdout and "\x07" not in text.stdout
+    assert text.stdout.splitlines()[0].startswith(f"{tmp_path}/c\\x1b]0;title\\x07ache (cache, plan")
+    assert "labels       1 [/bold] ok, 2 a[@click=(]b" in text.stdout
+    info = json.loads(_run("inspect", out, "--json").stdout.strip().splitlines()[-1])
+    assert info["path"] == str(out)  # --json: JSON's own escaping, the text as it is

@@ -86,3 +86,32 @@ def test_from_json_refusals_name_where(obj, what):
         label_names_from_json(obj, "ckpt.safetensors: metadata extra.labels")
     msg = str(err.value)
     assert msg.startswith("ckpt.safetensors: metadata extra.labels: ") and what in msg
+
+
+@pytest.mark.parametrize(
+    ("labels", "what"),
+    [
+        ({"background": 0, "": 1}, "label 1 has name '', which is empty"),
+        ({"background": 0, "   ": 2}, "label 2 has name ' ' (3 blank characters), which is only blanks"),
+        ({"0": "background", "3": "\u3000"}, "label 3 has name '\\u3000' (1 blank characters)"),
+        ({"background": 0, "a\x1b[31mb": 1}, "label 1 has name 'a\\x1b[31mb', which holds a control"),
+        ({"0": "background", "1": "x\u202ey"}, "which holds a control or format character"),
+        ({"0": "background", "1": "two\nlines"}, "label 1 has name 'two\\nlines'"),
+    ],
+)
+def test_blank_or_control_names_are_refused_naming_file_and_value(tmp_path, labels, what):
+    from hiend_data.labels import LabelNameError
+
+    path = _write(tmp_path, {"labels": labels})
+    with pytest.raises(LabelNameError) as err:
+        read_label_names(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: ") and what in msg and "\n" not in msg
+    with pytest.raises(LabelNameError, match="label 1 has name"):  # the stored form: the same rule
+        label_names_from_json({"1": "a\x07b"}, "labels.json")
+
+
+def test_names_with_spaces_accents_cjk_and_brackets_pass(tmp_path):
+    names = {1: "kidney left", 2: "Leber é", 3: "肝臓", 4: "[/bold]"}
+    path = _write(tmp_path, {"labels": {"background": 0, **{n: v for v, n in names.items()}}})
+    assert read_label_names(path) == names

@@ -255,3 +255,14 @@ def test_dicom_case_name_one_rule_for_folders_zips_and_files(tmp_path):
                        ("1.2.840.113619.2.55", "1.2.840.113619.2.55"), (".dcm", ".dcm")]:  # fmt: skip
         (tmp_path / name).write_bytes(b"")
         assert dicom_case_name(tmp_path / name) == want, name
+
+
+def test_case_names_are_limited_in_utf8_bytes_too():
+    from hiend_data.naming import MAX_NAME_BYTES, safe_case_name
+
+    assert MAX_NAME_BYTES == 240
+    assert safe_case_name("肝" * 80) == "肝" * 80  # 240 bytes: {case}_0000.nii.gz is 252, legal
+    with pytest.raises(InputError, match=r"^m\.csv: case name .* longer than 240 bytes in UTF-8"):
+        safe_case_name("肝" * 81, "m.csv")
+    with pytest.raises(InputError, match="longer than 200 characters"):
+        safe_case_name("a" * 201)

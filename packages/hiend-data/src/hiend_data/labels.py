@@ -45,16 +45,15 @@ def check_label_name(name: object, value: object, where: object) -> str:
     format characters. :class:`LabelNameError` naming ``where`` and ``value`` otherwise."""
     why = None
     if not isinstance(name, str):
-        why = "is not text"
+        why = f"has name {name!r}, which is not text"
+    elif not name:
+        why = "has name '', which is empty"
     elif not name.strip():
-        why = "is empty or only blanks"
+        why = f"has name {ascii(name)} ({len(name)} blank characters), which is only blanks"
     elif any(not ch.isprintable() and unicodedata.category(ch) != "Zs" for ch in name):
-        why = "holds a control or format character"
+        why = f"has name {name!r}, which holds a control or format character"
     if why is not None:
-        raise LabelNameError(
-            f"{where}: label {value} has name {name!r}, which {why}; a label name must be non-empty "
-            "printable text"
-        )
+        raise LabelNameError(f"{where}: label {value} {why}; a label name must be non-empty printable text")
     return name  # type: ignore[return-value]
 
 
