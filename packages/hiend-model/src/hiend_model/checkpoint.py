@@ -14,7 +14,10 @@ persistent buffers, at the dtype they were saved with); the safetensors metadata
   (:mod:`hiend_data.labels`; :attr:`CheckpointInfo.label_names`).
 
 Loading never unpickles anything (safetensors holds raw tensors only). Every problem with a file
-raises :class:`~hiend_data.errors.InputError` naming it.
+raises :class:`~hiend_data.errors.InputError` naming it. A model whose weights hold NaN or inf (a
+diverged run, a corrupted file) computes nothing meaningful: loading it (:func:`load_checkpoint`) and
+describing it (:func:`checkpoint_summary`) refuse it, naming the first such tensor
+(:func:`check_finite`).
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ __all__ = [
     "read_checkpoint_info",
     "tensor_shapes",
     "check_state_dict",
+    "check_finite",
+    "check_file_finite",
     "checkpoint_summary",
     "parameter_names",
     "model_kind",
@@ -279,6 +284,64 @@ def check_state_dict(path: Path | str, expected: dict[str, Any], found: dict[str
         raise InputError(f"{path}: tensors do not match the model its config describes: " + "; ".join(parts))
 
 
+def _non_finite(tensor: Any) -> int:
+    """How many values of ``tensor`` are NaN or +-inf (0 for integer and bool tensors)."""
+    if not (tensor.is_floating_point() or tensor.is_complex()) or bool(torch.isfinite(tensor).all()):
+        return 0
+    return int(tensor.numel() - torch.isfinite(tensor).sum())
+
+
+class _FiniteCheck:
+    """Collects the non-finite tensors of one file (fed one tensor at a time) and raises at the end."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = path
+        self.first: tuple[str, int, int] | None = None  # (name, bad values, values)
+        self.bad_tensors = 0
+
+    def add(self, name: str, tensor: Any) -> None:
+        bad = _non_finite(tensor)
+        if bad:
+            self.bad_tensors += 1
+            if self.first is None:
+                self.first = (name, bad, int(tensor.numel()))
+
+    def check(self) -> None:
+        if self.first is None:
+            return
+        name, bad, total = self.first
+        others = self.bad_tensors - 1
+        more = f" (and {others} more tensor{'s' if others > 1 else ''} with NaN or inf)" if others else ""
+        raise InputError(
+            f"{self.path}: tensor {name!r}: {bad} of its {total} values are NaN or inf{more}; "
+            "the weights are corrupt or come from a diverged run, and would predict nothing"
+        )
+
+
+def check_finite(path: Path | str, tensors: Any) -> None:
+    """InputError unless every floating tensor of ``tensors`` (a ``{name: tensor}`` mapping or
+    ``(name, tensor)`` pairs) is finite: the rule for every checkpoint a model is built from. The line
+    names ``path``, the first tensor holding NaN or inf, how many of its values are, and how many
+    further tensors are affected. One ``torch.isfinite`` pass per tensor."""
+    check = _FiniteCheck(path)
+    for name, tensor in tensors.items() if hasattr(tensors, "items") else tensors:
+        check.add(name, tensor)
+    check.check()
+
+
+def check_file_finite(path: str | os.PathLike[str]) -> None:
+    """Read every tensor of a checkpoint file (one at a time) and apply :func:`check_finite`."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            check = _FiniteCheck(path)
+            for key in fh.keys():
+                check.add(key, fh.get_tensor(key))
+    except (SafetensorError, OSError) as exc:
+        raise _open_error(path, exc) from None
+    check.check()
+
+
 def load_checkpoint(
     path: str | os.PathLike[str],
     expected_kind: str | None = None,
@@ -295,6 +358,9 @@ def load_checkpoint(
 
     Returns:
         ``(model, info)``: the model in eval mode and the checkpoint's :class:`CheckpointInfo`.
+
+    Raises InputError naming the file for a file that cannot be read, metadata that do not describe its
+    tensors, and weights holding NaN or inf (:func:`check_finite`, checked on the values the model gets).
     """
     path = Path(path)
     info = read_checkpoint_info(path, expected_kind)
@@ -302,6 +368,7 @@ def load_checkpoint(
     # On the meta device when it can be: no random init, no memory (the file's tensors are assigned).
     model, empty = build_empty(info.kind, config)
     state = model.state_dict()  # meta tensors (shapes, dtypes) or the live parameters and buffers
+    finite = _FiniteCheck(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
             check_state_dict(path, state, {k: _Shape(fh.get_slice(k).get_shape()) for k in fh.keys()})
@@ -311,6 +378,8 @@ def load_checkpoint(
                 for key in fh.keys():
                     t = fh.get_tensor(key)
                     loaded[key] = t if t.dtype == state[key].dtype else t.to(state[key].dtype)
+                    finite.add(key, loaded[key])
+                finite.check()  # before the model holds them
                 model.load_state_dict(loaded, strict=True, assign=True)
                 del loaded
             else:
@@ -318,6 +387,8 @@ def load_checkpoint(
                 with torch.no_grad():
                     for key in fh.keys():
                         state[key].copy_(fh.get_tensor(key))
+                        finite.add(key, state[key])
+                finite.check()
     except (SafetensorError, OSError) as exc:
         raise _open_error(path, exc) from None
     del state
@@ -344,8 +415,11 @@ def parameter_names(kind: str, config: dict[str, Any]) -> set[str]:
     return {name for name, _ in model.named_parameters()}
 
 
-def checkpoint_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """JSON-ready description of a checkpoint: metadata, parameter counts (no tensor data read).
+def checkpoint_summary(path: str | os.PathLike[str], check_values: bool = True) -> dict[str, Any]:
+    """JSON-ready description of a checkpoint: metadata, parameter counts.
+
+    ``check_values``: read every tensor once and refuse weights holding NaN or inf
+    (:func:`check_file_finite`), as loading would; False reads the header only (fast for GB files).
 
     What ``hiend-model info`` prints: ``path``, ``file_bytes``, ``kind``, ``parameters``,
     ``parameters_by_module`` (per top-level module), ``buffer_values``, ``tensors``, ``config``, ``plan``
@@ -355,6 +429,8 @@ def checkpoint_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     info = read_checkpoint_info(path)
     names = info.label_names
     shapes = tensor_shapes(path)
+    if check_values:
+        check_file_finite(path)
     param_names = parameter_names(info.kind, info.config)
     numel = {k: int(torch.Size(s).numel()) for k, s in shapes.items()}
     by_module: dict[str, int] = {}

@@ -6,23 +6,93 @@ work itself is library code (:mod:`hiend_model.predict`, :mod:`~hiend_model.chec
 ``hiend-model info CKPT [--json]``               what a checkpoint holds
 ``hiend-model convert SRC DST --from official-pretrain|official-finetune``  the paper's .pth -> ours
 
-Exit codes: 0 success, 2 bad input (one line on stderr naming the file or value), 1 unexpected.
+Exit codes: 0 success, 2 bad input (one line on stderr naming the file or value; an option value that
+is out of range or not of its type included), 130 / 143 predict stopped by SIGINT / SIGTERM (one line;
+temporaries removed, every output file written so far complete), 1 unexpected.
+
+Everything a user or a file supplied (paths, names, metadata) is printed through
+:func:`hiend_data.errors.shown` (control characters made visible) and, where rich renders it (the
+progress bar), :func:`hiend_data.errors.markup` (markup escaped).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import sys
+import threading
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 
 import typer
+from typer.core import TyperGroup
 
-from hiend_data.errors import cli_errors
+from hiend_data.errors import InputError, cli_errors, shown
 
 from .device import DEVICE_HELP
 from .kinds import SOURCES
 
+
+def _given(args: list[str], opts: list[str]) -> str | None:
+    """The last value given on the command line ``args`` to an option spelled one of ``opts``."""
+    value = None
+    for i, arg in enumerate(args):
+        for opt in opts:
+            if arg == opt and i + 1 < len(args):
+                value = args[i + 1]
+            elif opt.startswith("--") and arg.startswith(opt + "="):
+                value = arg[len(opt) + 1 :]
+    return value
+
+
+def usage_error_line(exc: Exception, args: list[str]) -> str:
+    """One line for a usage error click raises: ``--sw-batch '1.5': input should be a valid integer``
+    (the option, the value as given, click's reason), ``no such option: --x``; control characters
+    shown."""
+    param = getattr(exc, "param", None)
+    opts = list(getattr(param, "opts", None) or [])
+    if not isinstance(exc, typer.BadParameter) or not opts or param.param_type_name != "option":
+        text = exc.format_message()
+        return shown(text[:1].lower() + text[1:])
+    reason = exc.message.removeprefix("Value error, ")
+    reason = reason[:1].lower() + reason[1:]
+    value = _given(args, opts)
+    return shown(f"{opts[0]} {value!r}: {reason}" if value is not None else f"{opts[0]}: {reason}")
+
+
+#: usage errors that keep click's message with the usage: nothing the user typed is in them
+_WITH_USAGE = ("MissingParameter", "NoArgsIsHelpError")
+
+
+class _OneLineErrors(TyperGroup):
+    """The commands' group: a usage error (an option value that is not a number or not one of the
+    choices, an unknown option or command) is one line ``error: --sw-batch '1.5': ...`` and exit 2, as
+    every bad input, never the usage box (which would print what was typed raw). A missing argument
+    keeps click's message with the usage."""
+
+    @contextlib.contextmanager
+    def _one_line(self, args: list[str]) -> Iterator[None]:
+        try:
+            yield
+        except typer.TyperException as exc:  # click's UsageError and its kinds: exit code 2
+            if getattr(exc, "exit_code", None) != 2 or type(exc).__name__ in _WITH_USAGE:
+                raise
+            print(f"error: {usage_error_line(exc, args)}", file=sys.stderr)
+            raise typer.Exit(2) from None
+
+    def make_context(self, info_name, args, parent=None, **extra):  # noqa: ANN001, ANN201 (click's)
+        with self._one_line(list(args)):
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx):  # noqa: ANN001, ANN201 (click's signature)
+        with self._one_line([*ctx._protected_args, *ctx.args]):
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="hiend-model",
     no_args_is_help=True,
     add_completion=False,
@@ -52,6 +122,35 @@ _PREDICT_HELP = (
     "{case}.dcm, a DICOM Segmentation of the series (one segment per class, named from the "
     "checkpoint's label names or --labels dataset.json) that PACS and viewers attach to the study."
 )
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt (so every clean-up that runs for
+    Ctrl-C runs for it: atomic writes remove their temporaries, the progress display stops)."""
+
+
+@contextlib.contextmanager
+def stopped_by_signals(what: str) -> Iterator[None]:
+    """SIGINT and SIGTERM stop ``what`` the same way: the clean-ups run, one line on stderr, exit code
+    128 + the signal's number (130, 143). A second SIGTERM during the clean-up is ignored."""
+
+    def terminate(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the clean-up finish
+        raise Terminated()
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminate) if main else None
+    try:
+        yield
+    except Terminated:
+        print(f"error: {what} terminated (SIGTERM); no partial output left", file=sys.stderr)
+        raise typer.Exit(128 + signal.SIGTERM) from None
+    except KeyboardInterrupt:
+        print(f"error: {what} interrupted (SIGINT); no partial output left", file=sys.stderr)
+        raise typer.Exit(128 + signal.SIGINT) from None
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 @app.command(help=_PREDICT_HELP)
@@ -97,9 +196,9 @@ def predict(
         "names the checkpoint carries.",
     ),
     device: str = typer.Option("cpu", help=f"Where the model runs: {DEVICE_HELP}."),
-    overlap: float = typer.Option(0.5, min=0.0, max=0.99, help="Window overlap fraction."),
+    overlap: float = typer.Option(0.5, help="Window overlap fraction, in [0, 1)."),
     tta: bool = typer.Option(False, "--tta", help="Average over the 8 axis-flip combinations (8x slower)."),
-    sw_batch: int = typer.Option(1, "--sw-batch", min=1, help="Windows per model call."),
+    sw_batch: int = typer.Option(1, "--sw-batch", help="Windows per model call (>= 1)."),
     amp: bool = typer.Option(False, "--amp", help="bfloat16 autocast on CUDA."),
     keep_largest: str = typer.Option(
         "",
@@ -115,7 +214,7 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Segment scans with one checkpoint or an ensemble of them (help text: _PREDICT_HELP)."""
-    with cli_errors():
+    with stopped_by_signals("predict"), cli_errors():
         from .predict import predict_files, split_checkpoint_args
 
         ckpts, scans = split_checkpoint_args([ckpt, *inputs])
@@ -137,7 +236,7 @@ def predict(
             min_component=min_component,
         )
         for path in written:
-            typer.echo(str(path))
+            typer.echo(shown(path))
 
 
 def _fmt(key: str, value: object) -> str:
@@ -181,7 +280,7 @@ def info(
         if s["extra"]:
             lines.append("provenance:")
             lines += [f"  {k}: {v if isinstance(v, str) else json.dumps(v)}" for k, v in s["extra"].items()]
-        typer.echo("\n".join(lines))
+        typer.echo("\n".join(shown(line) for line in lines))  # metadata and names are the file's
 
 
 @app.command()
@@ -190,10 +289,10 @@ def convert(
     dst: Path = typer.Argument(..., help="Output .safetensors checkpoint."),
     source: Source = typer.Option(..., "--from", help="Layout of SRC."),
     num_heads: int = typer.Option(
-        None, "--num-heads", min=1, help="Encoder heads (not in the tensors; default: the released 16)."
+        None, "--num-heads", help="Encoder heads (not in the tensors; default: the released 16)."
     ),
     decoder_num_heads: int = typer.Option(
-        None, "--decoder-num-heads", min=1, help="Decoder heads of a pre-training checkpoint (default 16)."
+        None, "--decoder-num-heads", help="Decoder heads of a pre-training checkpoint (default 16)."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace DST if it exists (never SRC itself)."),
 ) -> None:
@@ -201,8 +300,11 @@ def convert(
     with cli_errors():
         from .official import convert_official
 
+        for option, value in (("--num-heads", num_heads), ("--decoder-num-heads", decoder_num_heads)):
+            if value is not None and value < 1:
+                raise InputError(f"{option} {value}: expected a whole number of heads >= 1")
         path = convert_official(src, dst, source.value, num_heads, decoder_num_heads, overwrite=overwrite)
-        typer.echo(str(path))
+        typer.echo(shown(path))
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ One member takes exactly the single-model path (argmax of its logits).
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from hiend_data import load_volume, preprocess_case, restore_label, save_volume
 from hiend_data.dicom import series_headers
 from hiend_data.discovery import unique_ids
-from hiend_data.errors import InputError
+from hiend_data.errors import InputError, markup
 from hiend_data.naming import (
     ChannelGroup,
     check_unique,
@@ -170,11 +171,28 @@ def _member_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     ]
 
 
+def label_differences(a: dict[int, str] | None, b: dict[int, str] | None) -> list[str]:
+    """``"label 1 'liver' vs 'spine'"`` for the first label value two members name differently.
+
+    A member that carries no names (None) agrees with any; between two that do, every value either
+    names must carry the same name in both (a value one leaves unnamed shows as ``none``): the same
+    class index must mean the same structure, or their probabilities cannot be averaged."""
+    if a is None or b is None:
+        return []
+    for value in sorted(set(a) | set(b)):
+        if a.get(value) != b.get(value):
+            na, nb = (repr(n) if n is not None else "none" for n in (a.get(value), b.get(value)))
+            return [f"label {value} {na} vs {nb}"]
+    return []
+
+
 def check_ensemble(infos: Sequence[Any]) -> None:
     """InputError unless every checkpoint (:class:`CheckpointInfo`) can be averaged with the first.
 
     Checked: a plan present, equal ``num_classes`` and ``in_chans``, equal preprocessing
-    (:func:`plan_differences`). The message names both files and every difference.
+    (:func:`plan_differences`: orientation, spacing, modality, CT window, cropping) and the same label
+    names where both carry them (:func:`label_differences`). The message names both files and every
+    difference (the first disagreeing label).
     """
     for info in infos:
         if info.plan is None:
@@ -185,6 +203,7 @@ def check_ensemble(infos: Sequence[Any]) -> None:
     first = infos[0]
     for other in infos[1:]:
         diffs = _member_differences(first.config, other.config) + plan_differences(first.plan, other.plan)
+        diffs += label_differences(getattr(first, "label_names", None), getattr(other, "label_names", None))
         if diffs:
             raise InputError(f"{first.path} and {other.path} cannot be ensembled: " + "; ".join(diffs))
 
@@ -435,6 +454,63 @@ def _outputs(name: str, output_format: str) -> list[str]:
     ]
 
 
+def resolved(path: str | os.PathLike[str]) -> Path:
+    """``path`` with every symbolic link resolved (it need not exist); InputError naming it when it, or a
+    folder above it, is a symbolic-link loop (it can be neither read nor written)."""
+    path = Path(path)
+    try:
+        return path.resolve()
+    except RuntimeError:  # Python 3.11's pathlib: "Symlink loop from ..."
+        pass
+    except OSError as exc:  # later Pythons: ELOOP
+        if exc.errno != errno.ELOOP:
+            raise
+    raise InputError(f"{path}: a symbolic-link loop (too many levels of symbolic links); choose another path")
+
+
+def check_output_folder(out_dir: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]]) -> Path:
+    """The output folder, refused (InputError naming it and the input) where a later run on the same
+    inputs would read the outputs as scans. The rule, for every input kind, links resolved:
+
+    * ``--out`` is never an input folder itself (a folder of NIfTI scans or of DICOM series: the label
+      maps and SEGs would join the scans);
+    * ``--out`` never lies inside an input folder searched for DICOM series (a folder with no NIfTI
+      files of its own: the search goes down every subfolder, so the outputs would be read as series).
+
+    A folder of NIfTI scans is only read one level deep: an output folder inside it is fine. Input
+    files (NIfTI, a .zip, a multi-frame DICOM) are guarded file by file (an output never replaces one).
+    """
+    out = resolved(out_dir)
+    for item in inputs:
+        folder = Path(item)
+        if not folder.is_dir():
+            continue
+        where = resolved(folder)
+        if out == where:
+            raise InputError(
+                f"--out {out_dir}: is the input folder {folder}; the outputs would be read as scans by the "
+                "next run on it: choose an output folder outside the inputs"
+            )
+        dicom = not any(f.is_file() and is_image(f) for f in folder.iterdir())
+        if dicom and where in out.parents:
+            raise InputError(
+                f"--out {out_dir}: lies inside the DICOM input folder {folder}, which is searched to the "
+                "bottom for series: choose an output folder outside the inputs"
+            )
+    return out
+
+
+def check_options(overlap: float, sw_batch_size: int, min_component: float) -> None:
+    """InputError ``--overlap 1.0: ...`` for an option value out of its range (NaN included): checked
+    before anything is read, one line as every other bad input (no usage box)."""
+    if not 0.0 <= overlap < 1.0:  # NaN fails every comparison
+        raise InputError(f"--overlap {overlap}: expected a fraction of the window in [0, 1)")
+    if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, int) or sw_batch_size < 1:
+        raise InputError(f"--sw-batch {sw_batch_size}: expected a whole number of windows >= 1")
+    if not 0.0 <= min_component <= 1.0:
+        raise InputError(f"--min-component {min_component}: expected a fraction in [0, 1]")
+
+
 def _check_inputs(
     cases: list[ScanCase],
     in_chans: int | None,
@@ -448,7 +524,7 @@ def _check_inputs(
     seg = output_format in ("dicom-seg", "both")
     for case in cases:
         for name in _outputs(safe_case_name(case.name, case.files[0]), output_format):
-            target = (out_dir / name).resolve()
+            target = resolved(out_dir / name)
             if target in inputs:
                 raise InputError(f"{target}: the output would overwrite an input scan; choose another --out")
             path_inside(out_dir, case.name, name[len(case.name) :])  # no symlink leads out of --out
@@ -552,6 +628,7 @@ def predict_files(
     ``keep_largest`` (values, or ``"1,2"`` / ``"all"``) and ``min_component`` (0..1): connected-component
     clean-up of each label map (:func:`hiend_model.postprocess.clean_components`).
     """
+    check_options(overlap, sw_batch_size, min_component)
     if output_format not in FORMATS:
         raise InputError(f"--format {output_format!r}: expected one of {', '.join(FORMATS)}")
     seg = output_format in ("dicom-seg", "both")
@@ -560,6 +637,7 @@ def predict_files(
     if seg:
         _require_seg_writer()
     paths = _checkpoint_list(ckpt_path)
+    check_output_folder(out_dir, inputs)
     device = resolve_device(device)
     infos = [read_checkpoint_info(p, expected_kind="unetr") for p in paths]
     check_ensemble(infos)
@@ -572,8 +650,6 @@ def predict_files(
         )
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    if not 0.0 <= min_component <= 1.0:
-        raise InputError(f"--min-component {min_component}: expected a fraction in [0, 1]")
     names = output_label_names(infos, labels, num_classes)
     # every class is a segment (named or "label N"): the same segment numbers in every scan's SEG
     seg_names = {v: names.get(v) or f"label {v}" for v in range(1, num_classes)}
@@ -596,7 +672,7 @@ def predict_files(
     )
     with bar:
         for i, case in enumerate(cases, 1):
-            label = f"[{i}/{len(cases)}] {case.name}"
+            label = f"[{i}/{len(cases)}] {markup(case.name)}"  # a file's name, shown as written
             task = bar.add_task(f"{label}: reading", total=None)
 
             def step(done: int, total: int, task=task, label=label) -> None:
