@@ -49,6 +49,7 @@ import json
 import math
 import os
 import signal
+import stat
 import sys
 import threading
 import zlib
@@ -577,7 +578,12 @@ def _check_array(
     """Check the array ``{name}{suffix}.npy`` beside ``meta_path`` against what it claims: inside the
     cache, C order, ``ok(dtype)`` true (``want`` says which dtype), ``shape`` (None: one axis). Returns
     its shape; InputError naming the metadata file, ``field`` and the array otherwise."""
-    path = path_inside(meta_path.parent, name, f"{suffix}.npy")
+    path = meta_path.parent / f"{name}{suffix}.npy"  # name: one checked file name (safe_case_name)
+    try:
+        if stat.S_ISLNK(os.lstat(path).st_mode):
+            path_inside(meta_path.parent, name, f"{suffix}.npy")  # a link must stay in the cache
+    except FileNotFoundError:
+        pass
     if not path.is_file():
         raise InputError(f"{meta_path}: {field}: its array {path.name} is missing")
     dtype, got, fortran = _npy_header(path)
