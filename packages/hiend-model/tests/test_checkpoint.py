@@ -237,3 +237,59 @@ def test_bad_label_names_name_the_file(tmp_path: Path, unetr_model, labels, what
     assert str(err.value).startswith(f"{path}: metadata extra.labels: ") and what in str(err.value)
     with pytest.raises(InputError, match="extra.labels"):
         checkpoint_summary(path)
+
+
+# ----------------------------------------------------------------------- weights that are not finite
+
+
+def test_check_finite_names_the_first_bad_tensor_and_counts():
+    from hiend_model.checkpoint import check_finite
+
+    good = {"a": torch.zeros(4), "steps": torch.tensor([3], dtype=torch.int64)}
+    check_finite("m.safetensors", good)  # integer tensors are never "non-finite"
+    bad = {
+        **good,
+        "b": torch.tensor([1.0, float("nan"), float("-inf"), 2.0]),
+        "c": torch.full((2,), float("inf")),
+    }
+    with pytest.raises(
+        InputError, match=r"^m.safetensors: tensor 'b': 2 of its 4 values are NaN or inf \(and 1 more"
+    ):
+        check_finite("m.safetensors", bad)
+    with pytest.raises(InputError, match=r"'c': 2 of its 2 values"):
+        check_finite("m.safetensors", [("c", bad["c"]), ("a", good["a"])])
+    half = torch.tensor([float("nan")], dtype=torch.bfloat16)
+    with pytest.raises(InputError, match=r"'h': 1 of its 1 values"):
+        check_finite("x", {"h": half})
+
+
+def test_loading_refuses_values_that_are_not_finite_once_loaded(tmp_path: Path, unetr_ckpt: Path):
+    """A float64 file value too large for the model's float32 becomes inf when loaded: refused too."""
+    from safetensors import safe_open
+
+    from hiend_model.checkpoint import checkpoint_summary
+
+    with safe_open(str(unetr_ckpt), framework="pt") as fh:
+        meta = fh.metadata()
+    tensors = load_file(str(unetr_ckpt))
+    key = "encoder.blocks.0.mlp.fc1.bias"
+    tensors[key] = tensors[key].double()
+    tensors[key][5] = 1e300
+    big = tmp_path / "big.safetensors"
+    save_file(tensors, str(big), metadata=meta)
+    with pytest.raises(
+        InputError, match=rf"big.safetensors: tensor '{key}': 1 of its \d+ values are NaN or inf"
+    ):
+        load_checkpoint(big, expected_kind="unetr")
+    checkpoint_summary(big)  # the file's own values are finite
+    tensors[key][5] = float("nan")
+    save_file(tensors, str(big), metadata=meta)
+    with pytest.raises(InputError, match=rf"tensor '{key}'"):
+        checkpoint_summary(big)
+    assert checkpoint_summary(big, check_values=False)["tensors"] == len(tensors)  # header only
+    # a buffer (not a parameter) counts as well
+    tensors = load_file(str(unetr_ckpt))
+    tensors["encoder.pos_embed"][0, 0, 0] = float("inf")
+    save_file(tensors, str(big), metadata=meta)
+    with pytest.raises(InputError, match=r"tensor 'encoder.pos_embed': 1 of its"):
+        load_checkpoint(big)

@@ -187,3 +187,57 @@ def test_wrong_layout_for_convert_exits_2(tmp_path: Path, tiny):
 def test_usage_errors_exit_2(unetr_ckpt: Path, tmp_path: Path):
     assert run("predict", unetr_ckpt, "x.nii.gz", "--out", tmp_path, "--overlap", 1.5).exit_code == 2
     assert run("convert", "a.pth", "b.safetensors", "--from", "timm").exit_code == 2
+
+
+def test_bad_values_are_one_line_not_the_usage_box(unetr_ckpt: Path, tmp_path: Path):
+    args = ("predict", unetr_ckpt, "x.nii.gz", "--out", tmp_path / "o")
+    _one_line_error(
+        run(*args, "--overlap", 1.5), "--overlap 1.5: expected a fraction of the window in [0, 1)"
+    )
+    _one_line_error(run(*args, "--overlap=x\x1b"), "--overlap 'x\\x1b':")
+    _one_line_error(run(*args, "--sw-batch", "two"), "--sw-batch 'two':", "valid integer")
+    _one_line_error(run(*args, "--nope"), "no such option: --nope")
+    _one_line_error(run("nope"), "no such command 'nope'")
+    _one_line_error(
+        run("convert", "a.pth", "b.safetensors", "--from", "x"), "--from 'x':", "official-finetune"
+    )
+    missing = run("predict")  # nothing typed to show: click's message with the usage
+    assert missing.exit_code == 2 and "Missing argument" in missing.stderr and "Usage" in missing.stderr
+
+
+def test_given_value_of_an_option():
+    from hiend_model.cli import _given
+
+    assert _given(["a", "--overlap", "1", "--sw-batch=3"], ["--overlap"]) == "1"
+    assert _given(["--sw-batch=3", "--sw-batch", "4"], ["--sw-batch"]) == "4"  # the last one counts
+    assert _given(["-o", "x"], ["--out", "-o"]) == "x"
+    assert _given(["--overlap"], ["--overlap"]) is None
+
+
+def test_sigterm_and_sigint_stop_cleanly(tmp_path: Path, capsys):
+    """SIGTERM raises in the main thread like Ctrl-C: the atomic writer removes its temporary, one line,
+    exit 143; the previous SIGTERM handler is back afterwards."""
+    import signal
+    import time
+
+    import typer
+
+    from hiend_data.atomic import atomic_path
+    from hiend_model.cli import stopped_by_signals
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(typer.Exit) as stop:
+        with stopped_by_signals("predict"), atomic_path(tmp_path / "x.nii.gz") as tmp:
+            tmp.write_bytes(b"half a label map")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)  # interrupted at once
+    assert stop.value.exit_code == 143 and list(tmp_path.iterdir()) == []
+    assert (
+        capsys.readouterr().err
+        == "error: predict terminated (SIGTERM); outputs already written are whole, no temporary file left\n"
+    )
+    assert signal.getsignal(signal.SIGTERM) is before
+    with pytest.raises(typer.Exit) as stop:
+        with stopped_by_signals("predict"):
+            raise KeyboardInterrupt
+    assert stop.value.exit_code == 130 and "interrupted (SIGINT)" in capsys.readouterr().err

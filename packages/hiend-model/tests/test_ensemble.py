@@ -247,3 +247,27 @@ def test_cli_ensemble_usage_errors(tmp_path: Path, shared_data: Path, unetr_ckpt
         "absent.safetensors",
     )
     assert not out.exists()
+
+
+def test_label_differences():
+    from hiend_model.predict import label_differences
+
+    a = {1: "liver", 2: "spine"}
+    assert label_differences(a, dict(a)) == []
+    assert label_differences(a, None) == [] and label_differences(None, a) == []  # no names: no claim
+    assert label_differences(a, {1: "spine", 2: "liver"}) == ["label 1 'liver' vs 'spine'"]
+    assert label_differences(a, {1: "liver", 2: "spleen"}) == ["label 2 'spine' vs 'spleen'"]
+    assert label_differences(a, {1: "liver"}) == ["label 2 'spine' vs none"]
+    assert label_differences({1: "liver"}, {1: "liver", 3: "kidney"}) == ["label 3 none vs 'kidney'"]
+
+
+def test_members_with_swapped_label_names(tmp_path: Path, tiny):
+    model = tiny.unetr()
+    a = save_checkpoint(tmp_path / "a.safetensors", model, plan=tiny.plan(), extra={"labels": {"1": "liver", "2": "spine"}})  # fmt: skip
+    b = save_checkpoint(tmp_path / "b.safetensors", model, plan=tiny.plan(), extra={"labels": {"1": "spine", "2": "liver"}})  # fmt: skip
+    unnamed = save_checkpoint(tmp_path / "c.safetensors", model, plan=tiny.plan())
+    infos = [read_checkpoint_info(p) for p in (a, b)]
+    with pytest.raises(InputError, match=r"a.safetensors and .*b.safetensors cannot be ensembled: label 1 'liver' vs 'spine'$"):  # fmt: skip
+        check_ensemble(infos)
+    check_ensemble([read_checkpoint_info(a), read_checkpoint_info(unnamed)])
+    check_ensemble([read_checkpoint_info(a), read_checkpoint_info(a)])

@@ -196,3 +196,58 @@ def test_checkpoint_without_plan(tmp_path: Path, shared_data: Path, unetr_model)
     ckpt = save_checkpoint(tmp_path / "noplan.safetensors", unetr_model)
     with pytest.raises(InputError, match=r"noplan.safetensors: checkpoint has no preprocessing plan"):
         predict_files(ckpt, [shared_data / BODY], tmp_path / "out", progress=False)
+
+
+# --------------------------------------------------------------------------- the output folder
+
+
+def test_check_output_folder(tmp_path: Path):
+    from hiend_model.predict import check_output_folder
+
+    nifti = tmp_path / "scans"
+    _touch(nifti / "a_0000.nii.gz")
+    dicom = tmp_path / "study"
+    _touch(dicom / "p1" / "CT" / "IM0001")  # no NIfTI files: a folder searched for series
+    assert check_output_folder(tmp_path / "out", [nifti, dicom]) == (tmp_path / "out").resolve()
+    assert check_output_folder(nifti / "pred", [nifti])  # a NIfTI folder is read one level deep
+    with pytest.raises(InputError, match=r"^--out .*scans: is the input folder .*scans;"):
+        check_output_folder(nifti, [nifti])
+    with pytest.raises(
+        InputError, match=r"^--out .*study/p1/CT/x: lies inside the DICOM input folder .*study,"
+    ):
+        check_output_folder(dicom / "p1" / "CT" / "x", [nifti, dicom])
+    (tmp_path / "alias").symlink_to(dicom / "p1")
+    with pytest.raises(InputError, match=r"^--out .*alias/CT: lies inside the DICOM input folder"):
+        check_output_folder(tmp_path / "alias" / "CT", [dicom])
+    with pytest.raises(InputError, match=r"is the input folder .*alias"):
+        check_output_folder(dicom / "p1", [tmp_path / "alias"])
+    # an input file (a zip or a multi-frame file) has no inside; its folder is a fine --out
+    assert check_output_folder(tmp_path, [_touch(tmp_path / "series.zip")])
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(InputError, match=r"^.*loop/x: a symbolic-link loop"):
+        check_output_folder(tmp_path / "loop" / "x", [nifti])
+
+
+@pytest.mark.parametrize(
+    ("overlap", "sw", "mc", "match"),
+    [
+        (1.0, 1, 0.0, r"^--overlap 1.0: expected a fraction of the window in \[0, 1\)$"),
+        (-0.5, 1, 0.0, r"^--overlap -0.5:"),
+        (float("nan"), 1, 0.0, r"^--overlap nan:"),
+        (0.5, 0, 0.0, r"^--sw-batch 0: expected a whole number"),
+        (0.5, 1, float("nan"), r"^--min-component nan:"),
+        (0.5, 1, 1.5, r"^--min-component 1.5:"),
+    ],
+)
+def test_check_options(overlap, sw, mc, match):
+    from hiend_model.predict import check_options
+
+    with pytest.raises(InputError, match=match):
+        check_options(overlap, sw, mc)
+
+
+def test_check_options_accepts_the_edges():
+    from hiend_model.predict import check_options
+
+    check_options(0.0, 1, 0.0)
+    check_options(0.99, 64, 1.0)

@@ -7,7 +7,7 @@ work itself is library code (:mod:`hiend_model.predict`, :mod:`~hiend_model.chec
 ``hiend-model convert SRC DST --from official-pretrain|official-finetune``  the paper's .pth -> ours
 
 Exit codes: 0 success, 2 bad input (one line on stderr naming the file or value; an option value that
-is out of range or not of its type included), 130 / 143 predict stopped by SIGINT / SIGTERM (one line;
+is out of range or not of its type included), 130 / 143 predict or convert stopped by SIGINT / SIGTERM (one line;
 temporaries removed, every output file written so far complete), 1 unexpected.
 
 Everything a user or a file supplied (paths, names, metadata) is printed through
@@ -129,6 +129,9 @@ class Terminated(KeyboardInterrupt):
     Ctrl-C runs for it: atomic writes remove their temporaries, the progress display stops)."""
 
 
+_STOPPED = "outputs already written are whole, no temporary file left"
+
+
 @contextlib.contextmanager
 def stopped_by_signals(what: str) -> Iterator[None]:
     """SIGINT and SIGTERM stop ``what`` the same way: the clean-ups run, one line on stderr, exit code
@@ -143,10 +146,10 @@ def stopped_by_signals(what: str) -> Iterator[None]:
     try:
         yield
     except Terminated:
-        print(f"error: {what} terminated (SIGTERM); no partial output left", file=sys.stderr)
+        print(f"error: {what} terminated (SIGTERM); {_STOPPED}", file=sys.stderr)
         raise typer.Exit(128 + signal.SIGTERM) from None
     except KeyboardInterrupt:
-        print(f"error: {what} interrupted (SIGINT); no partial output left", file=sys.stderr)
+        print(f"error: {what} interrupted (SIGINT); {_STOPPED}", file=sys.stderr)
         raise typer.Exit(128 + signal.SIGINT) from None
     finally:
         if main:
@@ -297,7 +300,7 @@ def convert(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace DST if it exists (never SRC itself)."),
 ) -> None:
     """Convert the paper's checkpoint to ours; every size except head counts comes from the tensors."""
-    with cli_errors():
+    with stopped_by_signals("convert"), cli_errors():
         from .official import convert_official
 
         for option, value in (("--num-heads", num_heads), ("--decoder-num-heads", decoder_num_heads)):
