@@ -35,9 +35,10 @@ import json
 import os
 import re
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from hiend_data.atomic import atomic_path, fsync_dir, write_text
 from hiend_data.errors import InputError
@@ -69,12 +70,20 @@ class RunLock:
     removes the file (while still holding the lock; a run that opened the old file meanwhile sees that
     it is gone and tries again) and the folders :meth:`acquire` created when they are still empty (a run
     refused during setup leaves nothing behind). Under DDP rank 0, the rank that writes RUN, takes it.
+    POSIX locks do not exclude the process that holds them (and closing any descriptor of the file
+    would drop them), so the folders this process holds are also kept in :attr:`held`: a second run in
+    the same process (two threads of a Python program) is refused the same way.
     """
+
+    #: the run folders this process holds, by (device, inode), with their lock's folder
+    held: ClassVar[dict[tuple[int, int], Path]] = {}
+    _held_guard = threading.Lock()
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self.path = self.root / LOCK_NAME
         self.fd: int | None = None
+        self.key: tuple[int, int] | None = None
         #: folders made by :meth:`acquire`, deepest first (removed by :meth:`release` while empty)
         self.created: list[Path] = []
 
@@ -89,8 +98,30 @@ class RunLock:
             missing.append(folder)
         self.root.mkdir(parents=True, exist_ok=True)
         self.created = missing
+        info = self.root.stat()
+        with self._held_guard:
+            if (info.st_dev, info.st_ino) in self.held:
+                self.created = []
+                raise InputError(self._busy(f"pid {os.getpid()}, this process"))
+            self.key = (info.st_dev, info.st_ino)
+            self.held[self.key] = self.root
+        try:
+            self._lock()
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def _busy(self, holder: str) -> str:
+        return (
+            f"{self.root}: another hiend-train run ({holder}) is using this run folder; "
+            "wait for it to end or choose another --out"
+        )
+
+    def _lock(self) -> None:
+        """Take the POSIX lock on RUN/.lock (retrying while a releasing holder removes the file)."""
         if fcntl is None:  # pragma: no cover
-            return self
+            return
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
             try:
@@ -101,10 +132,7 @@ class RunLock:
                 self.created = []  # the folder is the other run's now
                 if exc.errno not in (errno.EACCES, errno.EAGAIN):
                     raise
-                raise InputError(
-                    f"{self.root}: another hiend-train run ({holder}) is using this run folder; "
-                    "wait for it to end or choose another --out"
-                ) from None
+                raise InputError(self._busy(holder)) from None
             try:
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -112,10 +140,9 @@ class RunLock:
             if same:
                 break
             os.close(fd)  # the previous holder removed the file while this one waited: lock the new one
+        self.fd = fd
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()}\n".encode())
-        self.fd = fd
-        return self
 
     def release(self) -> None:
         """Remove RUN/.lock and unlock; remove the folders :meth:`acquire` made if nothing was written."""
@@ -123,6 +150,10 @@ class RunLock:
             self.path.unlink(missing_ok=True)
             os.close(self.fd)
             self.fd = None
+        if self.key is not None:
+            with self._held_guard:
+                self.held.pop(self.key, None)
+            self.key = None
         for folder in self.created:
             try:
                 folder.rmdir()
