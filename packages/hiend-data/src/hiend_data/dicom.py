@@ -72,6 +72,9 @@ POSITION_TOLERANCE_MM = 0.1
 POSITION_TOLERANCE_STEP = 0.10
 #: ImageOrientationPatient: each vector's length within 1 +- this, their dot product within +- this
 ORIENTATION_TOLERANCE = 1e-3
+#: fewer than 4 slices of another orientation are dropped as a scout only when their plane is more than
+#: this many degrees from the volume's (else they are a damaged slice of the volume: refused)
+SCOUT_MIN_ANGLE = 30.0
 #: a zip member declaring more than ZIP_RATIO_FROM bytes may be at most ZIP_MAX_RATIO times its
 #: compressed size (DICOM pixel data deflates a few times; deflate's ceiling is about 1030:1)
 ZIP_RATIO_FROM = 16 * 2**20
@@ -112,7 +115,9 @@ def _unzipped(path: Path) -> Iterator[Path]:
     Refused from the archive's directory, before anything is written: members declaring more than
     :func:`~hiend_data.limits.max_volume_bytes` in total (``HIEND_MAX_VOLUME_BYTES``), a member above
     ``ZIP_RATIO_FROM`` bytes declaring more than ``ZIP_MAX_RATIO`` times its compressed size (a zip bomb),
-    two members of one name (one would overwrite the other), a name leading outside the folder.
+    two members of one name (one would overwrite the other), a name leading outside the folder, a
+    symbolic link (stored by ``zip -y``: it would unpack as a small text file and its slice be skipped).
+    A member that is itself a zip (by name or content) is refused too: its slices would be skipped.
     Declared sizes can lie, so each member is inflated in chunks and refused as soon as it yields more
     than it declared: at most the declared total ever reaches the disk.
     """
@@ -142,6 +147,11 @@ def _unzipped(path: Path) -> Iterator[Path]:
             target = (root / info.filename).resolve()
             if root not in target.parents:
                 raise InputError(f"{path}: zip entry {info.filename!r} points outside the archive")
+            if info.create_system == 3 and stat.S_ISLNK(info.external_attr >> 16):
+                raise InputError(
+                    f"{path}: zip entry {info.filename!r} is a symbolic link (links inside a zip are not "
+                    "followed: a slice would be lost); zip the files themselves"
+                )
             if str(target) in seen:
                 raise InputError(f"{path}: two zip entries named {info.filename!r}")
             seen.add(str(target))
@@ -156,11 +166,20 @@ def _unzipped(path: Path) -> Iterator[Path]:
 
 
 def _inflate(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> None:
-    """One member to ``target``, stopping as soon as it yields more bytes than it declared."""
+    """One member to ``target``, stopping as soon as it yields more bytes than it declared; a member
+    that is itself a zip (named ``*.zip`` or starting with a zip header) refused."""
     target.parent.mkdir(parents=True, exist_ok=True)
     written = 0
+    nested = InputError(
+        f"{path}: zip entry {info.filename!r} is itself a zip (nested archives are not opened: its "
+        "slices would be lost); unpack it first"
+    )
+    if info.filename.lower().endswith(".zip"):
+        raise nested
     with zf.open(info) as src, open(target, "wb") as dst:
         while chunk := src.read(2**20):
+            if not written and chunk.startswith(b"PK\x03\x04"):
+                raise nested
             written += len(chunk)
             if written > info.file_size:
                 raise InputError(
@@ -314,19 +333,31 @@ def _pick_series(where: Path, scans: list[Any], series: str | Sequence[str] | No
     return next(iter(groups.values()))
 
 
+def _transfer_syntax(ds: Any) -> Any:
+    meta = getattr(ds, "file_meta", None)
+    return meta.get("TransferSyntaxUID") if meta is not None else None
+
+
 def _check_decoder(where: Path, ds: Any) -> None:
-    """Refuse a compressed transfer syntax whose decoder is missing, naming what to install."""
+    """Refuse a TransferSyntaxUID that is no transfer syntax (a damaged or lying file meta), and a
+    compressed one whose decoder is missing, naming what to install."""
     from pydicom.pixels import get_decoder
 
-    meta = getattr(ds, "file_meta", None)
-    uid = meta.get("TransferSyntaxUID") if meta is not None else None
-    if uid is None or not uid.is_compressed:
+    uid = _transfer_syntax(ds)
+    if uid is None:
+        return
+    if not uid.is_transfer_syntax:
+        raise InputError(
+            f"{where}: {_label(ds)}: TransferSyntaxUID {uid!r} is not a transfer syntax pydicom knows "
+            "(a damaged file meta?)"
+        )
+    if not uid.is_compressed:
         return
     try:
         decoder = get_decoder(uid)
     except NotImplementedError:
         raise InputError(
-            f"{where}: transfer syntax {uid.name} ({uid}) cannot be decoded by pydicom; "
+            f"{where}: {_label(ds)}: transfer syntax {uid.name} ({uid}) cannot be decoded by pydicom; "
             "convert the series to an uncompressed transfer syntax"
         ) from None
     if not decoder.is_available:
@@ -334,8 +365,46 @@ def _check_decoder(where: Path, ds: Any) -> None:
         pkgs = sorted({w for dep in decoder.missing_dependencies for w in _packages(dep)})
         hint = f"pip install {' '.join(pkgs)}" if pkgs else "install a pydicom decoder plugin"
         raise InputError(
-            f"{where}: compressed transfer syntax {uid.name} ({uid}) and no decoder installed "
-            f"({needs}): {hint}"
+            f"{where}: {_label(ds)}: compressed transfer syntax {uid.name} ({uid}) and no decoder "
+            f"installed ({needs}): {hint}"
+        )
+
+
+def _check_pixel_data(where: Path, ds: Any) -> None:
+    """One slice's (or multi-frame file's) pixel data as hiend reads it: integer ``PixelData`` (not
+    float, which dicom2nifti would drop), one sample per pixel (grayscale), and, in an uncompressed
+    transfer syntax, exactly ``Rows x Columns x BitsAllocated / 8 x NumberOfFrames`` bytes (one pad
+    byte allowed): shorter is a file cut short, longer a header that lies about the image size."""
+    who = _label(ds)
+    if "PixelData" not in ds:
+        raise InputError(
+            f"{where}: {who}: float pixel data (FloatPixelData / DoubleFloatPixelData) is not read; "
+            "expected integer PixelData"
+        )
+    samples = ds.get("SamplesPerPixel", 1)
+    if samples != 1:
+        raise InputError(
+            f"{where}: {who}: SamplesPerPixel {_value(samples)} (a colour image); expected grayscale (1)"
+        )
+    uid = _transfer_syntax(ds)
+    if uid is not None and uid.is_transfer_syntax and uid.is_compressed:
+        return  # encapsulated frames: their decoder checks them
+    try:
+        bits = int(ds.Rows) * int(ds.Columns) * int(ds.BitsAllocated) * int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise InputError(f"{where}: {who}: unusable image size ({exc})") from None
+    expected = (bits + 7) // 8
+    elem = ds.get_item("PixelData")
+    length = elem.length if elem.value is None else len(elem.value)
+    if elem.value is None and getattr(elem, "value_tell", None) is not None:  # deferred: what the file holds
+        with contextlib.suppress(OSError, TypeError):
+            length = min(length, os.path.getsize(ds.filename) - elem.value_tell)
+    if length not in (expected, expected + 1):
+        say = "undefined" if length == 0xFFFFFFFF else str(length)
+        raise InputError(
+            f"{where}: {who}: PixelData holds {say} bytes, expected {expected} (Rows {ds.Rows} x Columns "
+            f"{ds.Columns} x {ds.BitsAllocated} bits x {ds.get('NumberOfFrames', 1) or 1} frames): "
+            "a file cut short or a header that does not match its pixels"
         )
 
 
@@ -450,16 +519,23 @@ def _value(v: Any) -> str:
         return repr(str(v).strip())
 
 
-def _volume_slices(series: list[Any], orientations: list[np.ndarray]) -> list[int]:
+def _volume_slices(where: Path, series: list[Any], orientations: list[np.ndarray]) -> list[int]:
     """Indices of the slices dicom2nifti builds the volume from, in its order: without localizers
     (ImageType LOCALIZER, CT PROJECTION IMAGE) and, where several orientations are present, without
-    those of fewer than 4 slices; sorted along the axis of the largest position range."""
-    keep = []
+    those of fewer than 4 slices; sorted along the axis of the largest position range.
+
+    Such a minority, and a localizer, is left out only when it lies in another plane (a scout: its
+    plane more than ``SCOUT_MIN_ANGLE`` degrees from the volume's); one in (nearly) the volume's own
+    plane is refused, not silently left out (it may be the volume's first or last slice): a slice with
+    another orientation there is tilted, mirrored or rotated in plane, and a localizer there is a
+    slice of the volume flagged wrongly."""
+    scouts, keep = [], []
     for i, ds in enumerate(series):
         kind = [str(t).upper() for t in (ds.get("ImageType") or [])]
         if "LOCALIZER" in kind or ("CT" in str(ds.get("Modality", "")) and "PROJECTION IMAGE" in kind):
-            continue
-        keep.append(i)
+            scouts.append(i)
+        else:
+            keep.append(i)
     groups: list[list[int]] = []
     for i in keep:
         for g in groups:
@@ -470,7 +546,32 @@ def _volume_slices(series: list[Any], orientations: list[np.ndarray]) -> list[in
             groups.append([i])
     if len(groups) > 1:
         keep = [i for g in groups if len(g) >= 4 for i in g]
+    if not keep:
+        return keep
+    main = orientations[keep[0]]
+    for i in scouts + [g[0] for g in groups if len(g) < 4]:
+        angle = _plane_angle(orientations[i], main)
+        if angle > SCOUT_MIN_ANGLE:
+            continue
+        what = (
+            f"flagged as a localizer (ImageType {_value(series[i].get('ImageType'))})"
+            if i in scouts
+            else f"ImageOrientationPatient {_shown_value(np.round(orientations[i], 4))}, not the other "
+            f"slices' {_shown_value(np.round(main, 4))}"
+        )
+        raise InputError(
+            f"{where}: {_label(series[i])}: {what}, in a plane {angle:.2g} degrees from the volume's "
+            f"(a scout's is more than {SCOUT_MIN_ANGLE:g} away): a tilted, mirrored or mislabelled slice "
+            "of the volume, not left out silently"
+        )
     return keep
+
+
+def _plane_angle(a: np.ndarray, b: np.ndarray) -> float:
+    """Degrees (0 to 90) between the planes of two ImageOrientationPatient values."""
+    na, nb = np.cross(a[:3], a[3:]), np.cross(b[:3], b[3:])
+    cos = abs(float(na @ nb)) / max(float(np.linalg.norm(na) * np.linalg.norm(nb)), 1e-12)
+    return float(np.degrees(np.arccos(min(cos, 1.0))))
 
 
 def _check_stack(where: Path, who: list[str], pos: np.ndarray, ori: np.ndarray) -> None:
@@ -503,13 +604,20 @@ def _check_stack(where: Path, who: list[str], pos: np.ndarray, ori: np.ndarray) 
     )
 
 
-def _check_geometry(where: Path, chosen: list[Any], multi: Any) -> None:
+def _check_geometry(where: Path, chosen: list[Any], multi: Any) -> int | None:
     """Geometry of the one series: each slice's (or frame's) values usable, the volume's slices of one
-    size and pixel spacing, and every slice where the affine puts it (:func:`_check_stack`)."""
+    size, pixel spacing and rescale (:func:`_check_rescale`), and every slice where the affine puts it
+    (:func:`_check_stack`). Returns how many slices the volume must have (None: dicom2nifti refuses)."""
     if multi is not None:
         frames = _frame_geometry(where, multi)
         if not frames:
-            return
+            return None
+        declared = multi.get("NumberOfFrames", 1)
+        if _value(declared) != str(len(frames)):
+            raise InputError(
+                f"{where}: {_label(multi)}: NumberOfFrames {_value(declared)} but {len(frames)} per-frame "
+                "functional groups"
+            )
         who = [f[0] for f in frames]
         for name, _, _, spc in frames[1:]:
             if not np.allclose(spc, frames[0][3], rtol=1e-4, atol=0):
@@ -520,22 +628,73 @@ def _check_geometry(where: Path, chosen: list[Any], multi: Any) -> None:
         _check_positions(where, who, [f[1] for f in frames])
         if all(np.allclose(f[2], frames[0][2], rtol=0.001, atol=0.001) for f in frames):
             _check_stack(where, who, np.array([f[1] for f in frames]), frames[0][2])
-        return
+        return len(frames)
     geo = [_geometry(where, _label(ds), ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient"),
                      ds.get("PixelSpacing")) for ds in chosen]  # fmt: skip
     _check_positions(where, [_label(ds) for ds in chosen], [g[0] for g in geo])
-    keep = _volume_slices(chosen, [g[1] for g in geo])
+    keep = _volume_slices(where, chosen, [g[1] for g in geo])
     if len(keep) < 4:
-        return  # dicom2nifti refuses: fewer than 4 slices
+        return None  # dicom2nifti refuses: fewer than 4 slices
     used = [chosen[i] for i in keep]
     _check_same(
         where, used, ("Rows", "Columns", "PixelSpacing"), "slices of different sizes or pixel spacing"
     )
+    _check_rescale(where, used)
     if not all(np.allclose(geo[i][1], geo[keep[0]][1], rtol=0.001, atol=0.001) for i in keep):
-        return  # dicom2nifti refuses: mixed slice orientations
+        return None  # dicom2nifti refuses: mixed slice orientations
     pos = np.array([geo[i][0] for i in keep])
     order = np.argsort(pos[:, int(np.argmax(np.ptp(pos, axis=0)))], kind="stable")  # dicom2nifti's sort
     _check_stack(where, [_label(used[j]) for j in order], pos[order], geo[keep[0]][1])
+    return len(keep)
+
+
+def _rescale_of(where: Path, who: str, item: Any) -> tuple[float, float] | None:
+    """``item``'s (RescaleSlope, RescaleIntercept) (a slice, or a PixelValueTransformationSequence
+    item), None where it holds neither. One without the other, a value that is not a finite number and
+    a slope of 0 (every voxel the intercept) are refused."""
+    has = ("RescaleSlope" in item, "RescaleIntercept" in item)
+    if not any(has):
+        return None
+    if not all(has):
+        there, missing = ("RescaleSlope", "RescaleIntercept")[:: 1 if has[0] else -1]
+        raise InputError(f"{where}: {who} has {there} but no {missing}; cannot rescale its values")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            slope, intercept = float(item.RescaleSlope), float(item.RescaleIntercept)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"{where}: {who}: RescaleSlope {_value(item.RescaleSlope)} / RescaleIntercept "
+            f"{_value(item.RescaleIntercept)} are not numbers"
+        ) from None
+    if not (np.isfinite(slope) and np.isfinite(intercept)) or slope == 0:
+        raise InputError(
+            f"{where}: {who}: RescaleSlope {slope:g} / RescaleIntercept {intercept:g}: the slope must be a "
+            "finite non-zero number and the intercept finite"
+        )
+    return slope, intercept
+
+
+def _check_rescale(where: Path, used: list[Any]) -> None:
+    """Each slice's stored values become modality values (HU) its own way, one slice at a time (each
+    slice's own slope and intercept: :func:`_rescale_of`); all slices must say how, the same way: all
+    with RescaleSlope/RescaleIntercept, all with a ModalityLUTSequence, or none (stored values as they
+    are). A slice missing them amid rescaled ones would keep its stored values among HU."""
+
+    def how(ds: Any) -> str:
+        scale = _rescale_of(where, _label(ds), ds)
+        if ds.get("ModalityLUTSequence"):
+            return "a ModalityLUTSequence"
+        return "RescaleSlope/RescaleIntercept" if scale else "no rescale (neither RescaleSlope nor a LUT)"
+
+    first = how(used[0])
+    for ds in used[1:]:
+        other = how(ds)
+        if other != first:
+            raise InputError(
+                f"{where}: slices rescaled differently: {_label(used[0])} has {first}, {_label(ds)} has "
+                f"{other}; stored values and modality values (HU) would be mixed"
+            )
 
 
 def _check_positions(where: Path, who: list[str], positions: list[np.ndarray]) -> None:
@@ -563,18 +722,26 @@ def _prepare_multiframe(where: Path, ds: Any) -> list[tuple[float, float]]:
     if not frames:
         raise InputError(f"{where}: a multi-frame image without per-frame functional groups (no positions)")
     shared = ds.get("SharedFunctionalGroupsSequence")
-    default = (float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0))
-    if shared and "PixelValueTransformationSequence" in shared[0]:
+    label = _label(ds)
+    default = _rescale_of(where, label, ds) or (1.0, 0.0)
+    if shared and shared[0].get("PixelValueTransformationSequence"):
         item = shared[0].PixelValueTransformationSequence[0]
-        default = (float(item.get("RescaleSlope", 1)), float(item.get("RescaleIntercept", 0)))
+        default = _rescale_of(where, f"{label} shared functional groups", item) or default
         del shared[0].PixelValueTransformationSequence
+    own = [bool(f.get("PixelValueTransformationSequence")) for f in frames]
+    if any(own) and not all(own):
+        k = own.index(not own[0]) + 1
+        raise InputError(
+            f"{where}: {label}: frames rescaled differently: frame 1 {'has' if own[0] else 'has no'} "
+            f"PixelValueTransformationSequence, frame {k} {'has none' if own[0] else 'has one'}"
+        )
     scales = []
     seen: dict[tuple[float, ...], int] = {}
     for i, frame in enumerate(frames):
         scale = default
-        if "PixelValueTransformationSequence" in frame:
+        if own[i]:
             item = frame.PixelValueTransformationSequence[0]
-            scale = (float(item.get("RescaleSlope", 1)), float(item.get("RescaleIntercept", 0)))
+            scale = _rescale_of(where, f"{label} frame {i + 1}", item) or default
             del frame.PixelValueTransformationSequence
         scales.append(scale)
         content = frame.get("FrameContentSequence")
@@ -631,11 +798,28 @@ def _convert(where: Path, series: list[Any]) -> Any:
         why = _D2N_REASONS.get(code, f"cannot assemble a volume ({code})")
         raise InputError(f"{where}: {why}") from None
     except Exception as exc:
-        raise InputError(f"{where}: cannot read the series ({type(exc).__name__}: {exc})") from None
+        raise InputError(
+            f"{where}: {_culprit(series)}cannot read the series ({type(exc).__name__}: {exc})"
+        ) from None
     finally:
         for q, level in zip(quiet, levels, strict=True):
             q.setLevel(level)
     return result["NII"]
+
+
+def _culprit(series: list[Any]) -> str:
+    """``"NAME: "`` of the first dataset whose pixel data does not decode (after a failed conversion,
+    to name the file at fault), else ``""``."""
+    import copy
+
+    for ds in series:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                copy.deepcopy(ds).pixel_array  # noqa: B018
+        except Exception:
+            return f"{_label(ds)}: "
+    return ""
 
 
 def _compact(img: Any) -> Any:
@@ -680,9 +864,9 @@ def _series(
         if not datasets:
             raise InputError(f"{path}: no DICOM files found")
         if path.is_file() and len(datasets) == 1 and _sop_class(datasets[0]) in SEG_SOP_CLASSES:
-            yield datasets, None
+            yield datasets, None, None
             return
-        images = [ds for ds in datasets if _is_image_object(ds, headers_only)]
+        images = _unique_instances(path, [ds for ds in datasets if _is_image_object(ds, headers_only)])
         if not images:
             kinds: dict[str, int] = {}
             for ds in datasets:
@@ -692,6 +876,12 @@ def _series(
             raise InputError(
                 f"{path}: only non-image DICOM objects ({found}); expected an image series{hint}"
             )
+        for ds in images:
+            if not str(ds.get("SeriesInstanceUID", "") or "").strip():
+                raise InputError(
+                    f"{path}: {_label(ds)}: an image without SeriesInstanceUID (a file cut short, or one "
+                    "that does not parse as it claims?)"
+                )
         chosen = _pick_series(path, images, series)
         for ds in chosen:
             if not _is_scan(ds, headers_only):
@@ -701,6 +891,7 @@ def _series(
                 )
         _check_same(path, chosen, ("PatientID", "StudyInstanceUID", "FrameOfReferenceUID"),
                     "files of two patients, studies or frames of reference in one series")  # fmt: skip
+        _check_same(path, chosen, ("Modality", "SOPClassUID"), "images of two kinds in one series")
         multi = [ds for ds in chosen if _is_multiframe(ds)]
         if multi and len(chosen) > 1:
             raise InputError(
@@ -710,12 +901,40 @@ def _series(
         if not headers_only:
             for ds in chosen:
                 _check_decoder(path, ds)
+                _check_pixel_data(path, ds)
         if not multi and len(chosen) == 1:
             raise InputError(
                 f"{path}: a single-slice DICOM image, not a volume (give the folder of its series)"
             )
-        _check_geometry(path, chosen, multi[0] if multi else None)
-        yield chosen, (multi[0] if multi else None)
+        slices = _check_geometry(path, chosen, multi[0] if multi else None)
+        yield chosen, (multi[0] if multi else None), slices
+
+
+def _unique_instances(where: Path, images: list[Any]) -> list[Any]:
+    """``images`` with each SOPInstanceUID once: files sharing one must be byte-for-byte copies (the
+    same slice saved twice, read once); two different files under one SOPInstanceUID (an edited copy,
+    a re-export mixed in) are refused, naming both."""
+    out: list[Any] = []
+    first: dict[str, Any] = {}
+    for ds in images:
+        uid = str(ds.get("SOPInstanceUID", "") or "").strip()
+        if not uid:
+            out.append(ds)
+            continue
+        if uid not in first:
+            first[uid] = ds
+            out.append(ds)
+            continue
+        try:
+            same = Path(first[uid].filename).read_bytes() == Path(ds.filename).read_bytes()
+        except (OSError, TypeError):
+            same = False
+        if not same:
+            raise InputError(
+                f"{where}: {_label(first[uid])} and {_label(ds)}: two different files with one "
+                f"SOPInstanceUID {uid} (an edited copy or two exports mixed?)"
+            )
+    return out
 
 
 def series_headers(path: str | os.PathLike[str], series: str | Sequence[str] | None = None) -> list[Any]:
@@ -724,7 +943,7 @@ def series_headers(path: str | os.PathLike[str], series: str | Sequence[str] | N
     of the scan references (:func:`hiend_data.dicom_seg.write_seg`). Same refusals as :func:`read_dicom`.
     """
     path = Path(path)
-    with _series(path, series, headers_only=True) as (chosen, multi):
+    with _series(path, series, headers_only=True) as (chosen, multi, _):
         if multi is None and len(chosen) == 1 and _sop_class(chosen[0]) in SEG_SOP_CLASSES:
             raise InputError(f"{path}: a DICOM Segmentation, not an image series")
         return chosen
@@ -740,11 +959,17 @@ def read_dicom(path: str | os.PathLike[str], series: str | Sequence[str] | None 
     :class:`ImportError` (with the pip command) when the ``dicom`` extra is not installed.
     """
     path = Path(path)
-    with _series(path, series) as (chosen, multi):
+    with _series(path, series) as (chosen, multi, slices):
         if multi is None and len(chosen) == 1 and _sop_class(chosen[0]) in SEG_SOP_CLASSES:
             return read_seg(path, chosen[0])
         scales = _prepare_multiframe(path, multi) if multi is not None else []
         img = _convert(path, chosen)
         if len(img.shape) != 3:
             raise InputError(f"{path}: {len(img.shape)}-D series {tuple(img.shape)}, expected a 3-D volume")
+        if slices is not None and img.shape[2] != slices:
+            # dicom2nifti left slices out (or added some) that hiend's checks counted: never guess which
+            raise InputError(
+                f"{path}: the volume was assembled from {img.shape[2]} slices, not the {slices} checked; "
+                "a slice the converter could not use?"
+            )
         return _compact(_rescale_frames(img, scales) if scales else img)
