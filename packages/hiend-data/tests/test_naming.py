@@ -266,3 +266,18 @@ def test_case_names_are_limited_in_utf8_bytes_too():
         safe_case_name("肝" * 81, "m.csv")
     with pytest.raises(InputError, match="longer than 200 characters"):
         safe_case_name("a" * 201)
+
+
+def test_dicom_folders_follow_symlinked_folders_once(tmp_path):
+    from hiend_data.naming import dicom_folders, is_dicom_source
+
+    store = tmp_path / "pacs" / "series1"
+    store.mkdir(parents=True)
+    (store / "IM0001").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    root = tmp_path / "dataset"
+    (root / "patient7").mkdir(parents=True)
+    (root / "patient7" / "CT").symlink_to(store, target_is_directory=True)
+    (root / "patient7" / "loop").symlink_to(root, target_is_directory=True)  # a link to an ancestor
+    (root / "broken").symlink_to(tmp_path / "nowhere")
+    assert is_dicom_source(root / "patient7")
+    assert dicom_folders(root) == [root / "patient7" / "CT"]

@@ -106,6 +106,7 @@ USER_ERRNOS = frozenset(
         "ENOTDIR",
         "EISDIR",
         "ENAMETOOLONG",
+        "ELOOP",
     )
     if hasattr(errno, n)
 )

@@ -113,9 +113,34 @@ def is_dicom_zip(path: str | os.PathLike[str], look: int = 8) -> bool:
 
 
 def _visible_files(folder: Path) -> Iterable[Path]:
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts):
-            yield p
+    """The regular files below ``folder`` at any depth, sorted by their path below it: symbolic links
+    to files and folders followed (a series folder linked into a dataset is found, as the DICOM reader
+    reads it), each real folder walked once (a link to an ancestor cannot loop), entries named ``.*``
+    and broken links skipped."""
+    out: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [folder]
+    while stack:
+        here = stack.pop()
+        try:
+            st = here.stat()
+            entries = sorted(os.scandir(here), key=lambda e: e.name)
+        except OSError:  # unreadable, vanished or a loop the kernel refuses: nothing to find there
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir():  # follows links
+                    stack.append(Path(entry.path))
+                elif entry.is_file():
+                    out.append(Path(entry.path))
+            except OSError:
+                continue
+    return sorted(out, key=lambda p: p.relative_to(folder).parts)
 
 
 def is_dicom_source(path: str | os.PathLike[str]) -> bool:
