@@ -359,3 +359,18 @@ def test_file_names_print_as_written(ckpt, phantom, tmp_path, name, how):
     assert f"] {name}: done" in proc.stderr  # the bar's description, markup shown as written
     assert proc.stdout.strip() == str(tmp_path / "o\\x1b[2Jut" / f"{name}.nii.gz")
     assert (out / f"{name}.nii.gz").is_file()
+
+
+def test_convert_refuses_the_papers_checkpoint_with_nan(tmp_path):
+    from hiend_model.official import export_official_finetuned
+
+    model = _unetr()
+    state = export_official_finetuned(model, wrap=True)
+    next(v for v in state["state_dict"].values() if v.is_floating_point()).view(-1)[5] = float("nan")
+    pth = tmp_path / "paper.pth"
+    torch.save(state, pth)
+    proc = script(
+        "convert", pth, tmp_path / "ours.safetensors", "--from", "official-finetune", "--num-heads", 2
+    )
+    one_line_exit_2(proc, "paper.pth: tensor", "1 of its")
+    assert not (tmp_path / "ours.safetensors").exists()

@@ -24,7 +24,7 @@ import torch
 from hiend_data import Plan
 from hiend_data.errors import InputError
 
-from .checkpoint import check_state_dict, load_checkpoint, save_checkpoint
+from .checkpoint import check_finite, check_state_dict, load_checkpoint, save_checkpoint
 from .config import PRESETS, MAEConfig, UNETRConfig, default_taps, validated
 from .kinds import MAE_KIND, UNETR_KIND, get_kind, lookup_kind
 from .mae import HiEndMAE
@@ -44,7 +44,8 @@ _HEADS = ("num_heads", "decoder_num_heads")
 
 # -- reading ---------------------------------------------------------------------------------------
 def read_state_dict(path_or_state_dict: str | Path | dict) -> StateDict:
-    """A checkpoint path or dict -> bare state dict (``state_dict`` unwrapped, ``module.`` stripped)."""
+    """A checkpoint path or dict -> bare state dict (``state_dict`` unwrapped, ``module.`` stripped).
+    Weights holding NaN or inf are refused naming the first such tensor (:func:`check_finite`)."""
     if isinstance(path_or_state_dict, dict):
         obj, name = path_or_state_dict, "state dict"
     else:
@@ -71,6 +72,7 @@ def read_state_dict(path_or_state_dict: str | Path | dict) -> StateDict:
         if not isinstance(value, torch.Tensor):
             raise InputError(f"{name}: entry {key!r} is a {type(value).__name__}, not a tensor")
         sd[key.removeprefix("module.")] = value
+    check_finite(name, sd)
     return sd
 
 

@@ -617,6 +617,10 @@ def predict_files(
     written, so a bad file stops the run with an InputError naming it and nothing half-done. Outputs
     lie on their input's own grid and affine; dtype uint8 up to 256 classes, else uint16. Returns the
     paths written, in input order. All members are held in memory (on ``device``) together.
+    Refused before anything is read: option values out of range (:func:`check_options`) and an
+    ``out_dir`` that is an input folder or lies inside a DICOM one (:func:`check_output_folder`); a
+    checkpoint whose weights hold NaN or inf is refused when loaded; ensemble members must also agree on
+    their label names (:func:`check_ensemble`).
 
     ``output_format`` (:data:`FORMATS`): ``"nifti"``; ``"dicom-seg"``: ``{case}.dcm``, a DICOM
     Segmentation referencing the input series (:func:`hiend_data.dicom_seg.write_seg`; every input
