@@ -850,3 +850,46 @@ def test_zip_members_bounded_by_the_volume_limit(small, tmp_path, monkeypatch):
         assert len(list((root / "s").iterdir())) == 8
     monkeypatch.setenv("HIEND_MAX_VOLUME_BYTES", str(declared - 1))
     _refused(archive, "the zip's members declare .* MiB unpacked, more than the volume limit")
+
+
+def test_each_slice_rescaled_with_its_own_slope(small, tmp_path):
+    """One slice of the real block stored at twice the resolution (slope 0.5): the volume is still
+    the source HU, voxel for voxel, every slice with its own slope."""
+    hu, affine = small
+    folder = write_series(hu, affine, tmp_path / "s")
+    f = _by_instance(folder)[3]
+    ds = pydicom.dcmread(f)
+    stored = ds.pixel_array.astype(np.int64) * 2 + (int(ds.RescaleIntercept) + 1024) * 2
+    assert stored.max() < 65536
+    ds.PixelData, ds.RescaleSlope, ds.RescaleIntercept = stored.astype(np.uint16).tobytes(), "0.5", "-1024"
+    ds.save_as(f, enforce_file_format=True)
+    np.testing.assert_array_equal(load_volume(folder).array, hu)
+
+
+def test_a_slice_the_converter_leaves_out_is_refused(small, tmp_path, monkeypatch):
+    """The last guard: the volume must have the slices hiend checked. A float slice (which
+    ``_check_pixel_data`` refuses first) is dropped by dicom2nifti when that check is off."""
+    from hiend_data import dicom
+
+    hu, affine = small
+    folder = write_series(hu, affine, tmp_path / "s")
+    f = _by_instance(folder)[-1]
+    ds = pydicom.dcmread(f)
+    ds.FloatPixelData = ds.pixel_array.astype(np.float32).tobytes()
+    del ds.PixelData
+    ds.save_as(f, enforce_file_format=True)
+    _refused(folder, f"{f.name}: float pixel data")
+    monkeypatch.setattr(dicom, "_check_pixel_data", lambda where, ds: None)
+    _refused(folder, "the volume was assembled from 7 slices, not the 8 checked")
+
+
+def test_plane_angle_of_two_orientations():
+    from hiend_data.dicom import _plane_angle
+
+    axial = np.array([1.0, 0, 0, 0, 1, 0])
+    a = np.radians(0.5)
+    assert _plane_angle(axial, axial) == 0.0
+    assert _plane_angle(axial, np.array([1.0, 0, 0, 0, -1, 0])) == 0.0  # mirrored: same plane
+    assert _plane_angle(axial, np.array([0.0, 1, 0, -1, 0, 0])) == 0.0  # rotated in plane
+    assert _plane_angle(axial, np.array([1.0, 0, 0, 0, np.cos(a), np.sin(a)])) == pytest.approx(0.5)
+    assert _plane_angle(axial, np.array([1.0, 0, 0, 0, 0, -1])) == pytest.approx(90.0)  # coronal scout
