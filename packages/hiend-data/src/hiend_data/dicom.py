@@ -9,15 +9,17 @@ nibabel image in RAS+, so from here on a DICOM series is read exactly like a NIf
 
 **Which files.** Every file under the folder, at any depth; symbolic links to files and folders are
 followed (also out of the folder), each real folder is walked once (no loops) and a file reached by two
-paths is read once; names starting with ``.`` are skipped; a broken link is refused (it may be a lost
-slice). Files without the DICOM Part 10 marker are skipped; one that has it but does not parse is
-refused. A ``.zip`` is unpacked into a temporary folder first (see :func:`_unzipped` for its limits).
+paths is read once, as is a byte-for-byte copy under another name (same SOPInstanceUID; two different
+files under one SOPInstanceUID are refused); names starting with ``.`` are skipped; a broken link is
+refused (it may be a lost slice). Files without the DICOM Part 10 marker are skipped; one that has it
+but does not parse is refused. A ``.zip`` is unpacked into a temporary folder first (see :func:`_unzipped` for its limits).
 
 **One series.** The image objects (not SR, RTSTRUCT, SEG, RTDOSE, ...) grouped by SeriesInstanceUID;
 several are refused unless ``series=`` picks one. Every file of the chosen series must agree on
-PatientID, StudyInstanceUID and FrameOfReferenceUID, and the slices the volume is built from on Rows,
-Columns and PixelSpacing: a SeriesInstanceUID shared by another patient's files (a copy, a symlink, a
-badly anonymised export) is refused, never merged.
+PatientID, StudyInstanceUID, FrameOfReferenceUID, Modality and SOPClassUID, and the slices the volume is
+built from on Rows, Columns, PixelSpacing and how they are rescaled (:func:`_check_rescale`): a
+SeriesInstanceUID shared by another patient's files (a copy, a symlink, a badly anonymised export) is
+refused, never merged.
 
 Refused with one :class:`~hiend_data.errors.InputError` line naming the folder (zip, file) and, where
 one file is at fault, that file (its path below the folder):
@@ -25,7 +27,12 @@ one file is at fault, that file (its path below the folder):
 * no DICOM file at all; only non-image objects;
 * several image series (their SeriesInstanceUIDs and SeriesDescriptions are listed; ``series=`` picks
   one); files of one series that disagree on patient, study, frame of reference, size or pixel spacing;
-* an image file of the series without pixel data (a slice lost in transfer), wherever it sits;
+* an image file of the series without pixel data (a slice lost in transfer), wherever it sits; an
+  image without SeriesInstanceUID (a file cut in its header); pixel data that is float, colour, or
+  (uncompressed) not Rows x Columns x BitsAllocated / 8 bytes (:func:`_check_pixel_data`); a
+  TransferSyntaxUID that is no transfer syntax;
+* RescaleSlope 0 or not finite, RescaleIntercept not finite, one without the other, slices (frames)
+  rescaled different ways;
 * missing or unusable geometry: no ImagePositionPatient / ImageOrientationPatient / PixelSpacing, a
   value that is not a finite number, PixelSpacing not > 0, ImageOrientationPatient not two unit vectors
   at right angles (to 1e-3); SliceThickness is not used (the step comes from the positions);
@@ -34,15 +41,20 @@ one file is at fault, that file (its path below the folder):
   k x step, the step fitted first to last as dicom2nifti does); measured in 3-D, so drift along the
   normal and off the stack line both count, and no slice's voxels are placed farther than that;
   fewer than 4 slices (dicom2nifti's localizer rule);
-* gantry tilt (slices not perpendicular to the stack) and mixed slice orientations (dicom2nifti);
+* gantry tilt (slices not perpendicular to the stack) and mixed slice orientations (dicom2nifti); a
+  slice of another orientation, or flagged as a localizer, in the volume's own plane
+  (:func:`_volume_slices`); a volume assembled from other slices than those checked;
 * compressed transfer syntaxes whose decoder is not installed (the message names the package);
 * a ``.zip`` whose members declare more than the volume limit in total (``HIEND_MAX_VOLUME_BYTES``), a
   member inflating more than 200:1 (above 16 MiB), a member longer than it declares, two members of
-  one name, a name leading outside the folder (:func:`_unzipped`).
+  one name, a name leading outside the folder, a symbolic link entry, a zip inside the zip
+  (:func:`_unzipped`).
 
 Images of the series flagged as localizers (ImageType LOCALIZER, CT projection images) and a minority
 orientation of fewer than 4 slices are dropped (dicom2nifti's rule, as scanners store scouts in the
-series); the checks on size, spacing and positions apply to the slices that remain.
+series) when their plane is more than ``SCOUT_MIN_ANGLE`` degrees from the volume's; the checks on size,
+spacing, rescale and positions apply to the slices that remain. Not detectable: slices missing at
+either end of the stack (the rest is a valid, shorter series).
 """
 
 from __future__ import annotations
