@@ -24,7 +24,8 @@ below a symbolic-link loop is an :class:`~hiend_data.errors.InputError` naming i
 :func:`atomic_path` yields the temporary path for writers that take a file name (nibabel, safetensors,
 ``torch.save``); :func:`atomic_open` yields an open file; :func:`write_bytes` / :func:`write_text` are the
 one-liners. The file's permissions follow the process umask like a plain ``open(path, "w")``
-(``mkstemp`` alone would create it 0600).
+(it is created 0600, then given those). The temporary's name is chosen before the file is created, so
+an interruption (Ctrl-C, SIGTERM raised as an exception) at any instant leaves no temporary behind.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,7 +63,7 @@ def _suffix(name: str) -> str:
 
 
 def _temp_affixes(name: str) -> tuple[str, str]:
-    """``mkstemp``'s (prefix, suffix) for a destination named ``name``: at most
+    """The temporary name's (prefix, suffix) for a destination named ``name``: at most
     ``1 + MAX_TEMP_STEM + 1`` and ``4 + MAX_TEMP_SUFFIX`` bytes, whatever ``name`` is."""
     stem = name
     if len(name.encode("utf-8", "surrogateescape")) > MAX_TEMP_STEM:
@@ -133,12 +134,27 @@ def atomic_path(path: str | os.PathLike[str], *, mkdir: bool = True) -> Iterator
     try:
         if mkdir:
             path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     except OSError as exc:
         _name_destination(exc, path, None)
         raise
-    os.close(fd)
+    tmp: str | None = None
     try:
+        # The name is chosen before the file exists, so a signal (KeyboardInterrupt, a SIGTERM turned
+        # into an exception) at any point after creation is inside this block's clean-up.
+        for _ in range(100):
+            candidate = os.path.join(path.parent, f"{prefix}{secrets.token_hex(4)}{suffix}")
+            try:
+                tmp = candidate  # before the file exists: the clean-up below sees it however we leave
+                os.close(os.open(candidate, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+                break
+            except FileExistsError:
+                tmp = None
+            except OSError as exc:
+                tmp = None
+                exc.filename = str(path)  # EACCES, ENOSPC, ...: the destination's folder, not the name
+                raise
+        else:  # pragma: no cover - 100 collisions of 32 random bits
+            raise FileExistsError(17, "no free temporary name", str(path))
         os.chmod(tmp, 0o666 & ~_umask())
         yield Path(tmp)
         if not os.path.exists(tmp):
@@ -147,10 +163,11 @@ def atomic_path(path: str | os.PathLike[str], *, mkdir: bool = True) -> Iterator
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
         if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
             _name_destination(exc, path, tmp)
         raise

@@ -657,6 +657,10 @@ def predict_files(
     names = output_label_names(infos, labels, num_classes)
     # every class is a segment (named or "label N"): the same segment numbers in every scan's SEG
     seg_names = {v: names.get(v) or f"label {v}" for v in range(1, num_classes)}
+    if seg:  # a name a SEG cannot hold is refused before any output (--format both: not after the NIfTI)
+        from hiend_data.dicom_seg import check_segment_names
+
+        check_segment_names(seg_names, labels if labels is not None else paths[0])
     models = [load_checkpoint(p, expected_kind="unetr", map_location=device)[0] for p in paths]
     model, plan = models[0], infos[0].plan
     cases = collect_cases(inputs)
