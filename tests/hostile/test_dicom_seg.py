@@ -144,17 +144,20 @@ def _dataset_json(path: Path, name: str) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("name", "fragment"),
-    [("liver\\spleen", "backslash"), ("x" * 65, "65 characters")],
-    ids=["backslash", "long"],
+    ("name", "fragment", "fmt"),
+    [
+        ("liver\\spleen", "backslash", "dicom-seg"),
+        ("x" * 65, "65 characters", "dicom-seg"),
+        ("x" * 65, "65 characters", "both"),
+    ],
+    ids=["backslash", "long", "long-both"],
 )
-def test_segment_names_a_seg_cannot_hold_refused_by_predict(ckpt, tmp_path, name, fragment):
+def test_segment_names_a_seg_cannot_hold_refused_by_predict(ckpt, tmp_path, name, fragment, fmt):
+    """Refused before any output: with ``--format both`` not even the NIfTI is written."""
     ct = H.series(tmp_path / "ct")
     labels = _dataset_json(tmp_path / "dataset.json", name)
     out = tmp_path / "out"
-    proc = run(
-        "hiend-model", "predict", ckpt, ct, "--out", out, "--format", "dicom-seg", "--labels", labels, "-q"
-    )
+    proc = run("hiend-model", "predict", ckpt, ct, "--out", out, "--format", fmt, "--labels", labels, "-q")
     one_line_exit_2(proc, "label 1 name", fragment)
     assert not out.exists() or not list(out.iterdir())
 
