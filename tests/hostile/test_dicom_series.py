@@ -465,17 +465,23 @@ def test_a_file_whose_meta_lies_or_that_is_cut_in_its_header_is_refused(tmp_path
         ("symlink", "zip entry 'series/IM0007' is a symbolic link"),
         ("nested", "zip entry 'series/more.zip' is itself a zip"),
         ("nested, no .zip", "zip entry 'series/IM0007' is itself a zip"),
+        ("zip in the folder", "more.zip is a zip of DICOM files among the series' files"),
     ],
 )
 def test_a_zip_entry_that_would_be_skipped_is_refused(tmp_path, entry, says):
-    """The last slice as a symbolic link entry (``zip -y``) or inside a zip in the zip: both used to
-    unpack as a non-DICOM file, skipped: a volume one slice short."""
+    """The last slice as a symbolic link entry (``zip -y``), inside a zip in the zip, or inside a zip
+    in the series folder: each used to be a non-DICOM file, skipped: a volume one slice short."""
     series = tmp_path / "series"
     _series(series, [3.0 * k for k in range(8)])
     last = series / "IM0007"
     inner = tmp_path / "inner.zip"
     with zipfile.ZipFile(inner, "w") as zf:
         zf.write(last, "series/IM0007")
+    if entry == "zip in the folder":
+        last.unlink()
+        inner.rename(series / "more.zip")
+        one_line_exit_2(run("hiend-data", "inspect", series), str(series), says)
+        return
     archive = tmp_path / "s.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for f in sorted(series.iterdir())[:-1]:

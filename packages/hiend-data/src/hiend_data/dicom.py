@@ -12,7 +12,8 @@ followed (also out of the folder), each real folder is walked once (no loops) an
 paths is read once, as is a byte-for-byte copy under another name (same SOPInstanceUID; two different
 files under one SOPInstanceUID are refused); names starting with ``.`` are skipped; a broken link is
 refused (it may be a lost slice). Files without the DICOM Part 10 marker are skipped; one that has it
-but does not parse is refused. A ``.zip`` is unpacked into a temporary folder first (see :func:`_unzipped` for its limits).
+but does not parse is refused. A ``.zip`` is unpacked into a temporary folder first (see
+:func:`_unzipped` for its limits).
 
 **One series.** The image objects (not SR, RTSTRUCT, SEG, RTDOSE, ...) grouped by SeriesInstanceUID;
 several are refused unless ``series=`` picks one. Every file of the chosen series must agree on
@@ -76,6 +77,7 @@ import numpy as np
 from .dicom_seg import LABELMAP_SEG_SOP_CLASS, SEG_SOP_CLASS, SEG_SOP_CLASSES, read_seg
 from .errors import InputError
 from .limits import ENV, max_volume_bytes
+from .naming import is_dicom_zip
 
 INSTALL = "pip install 'hiend-data[dicom]'"
 
@@ -254,7 +256,8 @@ def _label(ds: Any) -> str:
 
 def _read_headers(where: Path, root: Path, files: list[Path], headers_only: bool = False) -> list[Any]:
     """Every DICOM dataset among ``files`` (pixel data deferred, or not read with ``headers_only``);
-    files that are not DICOM are skipped."""
+    files that are not DICOM are skipped, except a zip holding DICOM files (refused: hiend does not open
+    archives inside a series, and skipping it would lose its slices)."""
     pydicom, _ = _require()
     from pydicom.errors import InvalidDicomError
 
@@ -268,6 +271,11 @@ def _read_headers(where: Path, root: Path, files: list[Path], headers_only: bool
                 else:
                     ds = pydicom.dcmread(f, defer_size="4 KB")
         except InvalidDicomError:
+            if is_dicom_zip(f):
+                raise InputError(
+                    f"{where}: {_below(root, f)} is a zip of DICOM files among the series' files (its "
+                    "slices would be left out); unpack it in place or move it out"
+                ) from None
             continue  # not DICOM (no 'DICM' preamble): a README, a NIfTI, ...
         except Exception as exc:  # a file that says it is DICOM but does not parse
             raise InputError(
