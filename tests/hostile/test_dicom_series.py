@@ -569,3 +569,16 @@ def test_a_frame_with_an_unusable_rescale_or_a_wrong_frame_count_is_refused(tmp_
     ok = {"RescaleSlope": 1, "RescaleIntercept": -1024}
     path = _multiframe(tmp_path / "mf.dcm", rescale=[ok, ok, frame2, ok, ok, ok], **tags)
     one_line_exit_2(run("hiend-data", "inspect", path), str(path), says)
+
+
+def test_a_frame_without_in_stack_position_number_is_refused_by_name(tmp_path):
+    """dicom2nifti places frames by it: without it, an AttributeError naming nothing."""
+    path = _multiframe(tmp_path / "mf.dcm")
+    ds = pydicom.dcmread(path)
+    del ds.PerFrameFunctionalGroupsSequence[3].FrameContentSequence[0].InStackPositionNumber
+    ds.save_as(path, enforce_file_format=True)
+    one_line_exit_2(
+        run("hiend-data", "inspect", path),
+        str(path),
+        "frame 4 has a FrameContentSequence without InStackPositionNumber",
+    )

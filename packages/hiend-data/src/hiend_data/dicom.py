@@ -766,6 +766,10 @@ def _prepare_multiframe(where: Path, ds: Any) -> list[tuple[float, float]]:
         scales.append(scale)
         content = frame.get("FrameContentSequence")
         number = content[0].get("InStackPositionNumber") if content else None
+        if content and number is None:  # dicom2nifti places frames by it: an AttributeError there
+            raise InputError(
+                f"{where}: frame {i + 1} has a FrameContentSequence without InStackPositionNumber"
+            )
         if number is not None and int(number) != i + 1:
             raise InputError(
                 f"{where}: frame {i + 1} has InStackPositionNumber {number}; "
