@@ -374,3 +374,180 @@ def test_convert_refuses_the_papers_checkpoint_with_nan(tmp_path):
     )
     one_line_exit_2(proc, "paper.pth: tensor", "1 of its")
     assert not (tmp_path / "ours.safetensors").exists()
+
+
+# -- 8. checkpoint metadata that lies in other ways ------------------------------------------------
+
+
+def _with_metadata(src: Path, dst: Path, **fields: str) -> Path:
+    """``dst``: ``src`` with metadata entries replaced by raw JSON text (``plan='{"window": ...}'``)."""
+    from safetensors import safe_open
+
+    with safe_open(str(src), framework="pt") as fh:
+        meta = fh.metadata()
+    for key, text in fields.items():
+        top, _, sub = key.partition("__")
+        if sub:
+            whole = json.loads(meta[top])
+            whole[sub] = json.loads(text)
+            text = json.dumps(whole)
+        meta[top] = text
+    save_file(load_file(str(src)), str(dst), metadata=meta)
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"plan__spacing": "[0, 6, 6]"}, "spacing (0.0, 6.0, 6.0) must be finite and > 0"),
+        ({"plan__spacing": "[NaN, 6, 6]"}, "spacing (nan, 6.0, 6.0)"),
+        ({"plan__window": "[250, -175]"}, "low must be below high"),
+        ({"plan__window": "[-Infinity, Infinity]"}, "window [-inf, inf]: each end must be a finite"),
+        ({"plan__window": "[-1e308, 1e308]"}, "window [-1e+308, 1e+308]"),
+        ({"config__num_classes": "0"}, "metadata 'config': invalid UNETRConfig: num_classes=0"),
+        ({"config__num_classes": "1000000"}, "1000000"),
+        ({"config__in_chans": "2"}, "encoder.patch_embed.proj.weight"),
+        ({"extra__labels": '{"01": "liver"}'}, "label key '01'"),
+        ({"extra__labels": '{"1": "liver", "2": "liver"}'}, "labels 1 and 2 are both named 'liver'"),
+        ({"extra__labels": '{"7": "liver"}'}, "label value(s) [7] are not foreground classes"),
+        ({"extra__labels": '{"1": "li\\u001b[2Jver"}'}, "'li\\x1b[2Jver', which holds a control"),
+        ({"extra": '"text"'}, "metadata 'extra' is a JSON str, expected an object"),
+        ({"versions": "[1, 2]"}, "metadata 'versions' is a JSON list, expected an object"),
+    ],
+    ids=[
+        "spacing-0", "spacing-nan", "window-reversed", "window-inf", "window-huge", "classes-0",
+        "classes-1e6", "in-chans", "label-key-01", "label-name-twice", "label-beyond-classes",
+        "label-esc", "extra-not-object", "versions-not-object",
+    ],
+)  # fmt: skip
+def test_checkpoint_metadata_that_lies(ckpt, phantom, tmp_path, fields, said):
+    """predict and info: one line naming the file (before: info tracebacks for a non-object extra or
+    versions; a window of +-1e308 blamed the scan, after numpy overflow warnings)."""
+    bad = _with_metadata(ckpt, tmp_path / "lying.safetensors", **fields)
+    out = tmp_path / "pred"
+    one_line_exit_2(
+        script("predict", bad, phantom / "imagesTs", "--out", out, "-q"), "lying.safetensors", said
+    )
+    assert not out.exists()
+    if "foreground classes" not in said:  # (info does not compare names with the classes)
+        proc = cli("info", bad, "--json") if "x1b" in said else script("info", bad)
+        one_line_exit_2(proc, "lying.safetensors", said)
+
+
+@pytest.mark.parametrize("classes", [1, 70000])
+def test_models_whose_class_count_cannot_make_a_label_map(phantom, tmp_path, classes):
+    """One class labels every voxel background; more than 65,536 would wrap in a uint16 label map."""
+    torch.manual_seed(0)
+    mae = build("tiny", img_size=32, patch_size=16, embed_dim=24, depth=4, num_heads=2, decoder_embed_dim=24,
+                decoder_num_heads=2)  # fmt: skip
+    model = UNETR.from_mae(mae, num_classes=classes, feature_size=4)
+    path = save_checkpoint(tmp_path / f"c{classes}.safetensors", model, plan=PLAN)
+    out = tmp_path / "pred"
+    one_line_exit_2(
+        script("predict", path, phantom / "imagesTs", "--out", out, "-q"),
+        f"c{classes}.safetensors",
+        f"a model of {classes} classes cannot segment",
+    )
+    assert not out.exists()
+
+
+# -- 9. weights of other dtypes, ensembles with a pre-training member, devices --------------------
+
+
+def _cast(dtype, value):
+    def change(name, t):
+        t = t.to(dtype) if t.is_floating_point() else t
+        if name == "out.bias":
+            t[0] = value
+        return t
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("dtype", "value", "said"),
+    [
+        (torch.float16, float("inf"), "1 of its 3 values are NaN or inf"),
+        (torch.bfloat16, float("-inf"), "1 of its 3 values are NaN or inf"),
+        (torch.bfloat16, float("nan"), "1 of its 3 values are NaN or inf"),
+        (torch.float64, 1e300, "1 of its 3 values are beyond the range of float32"),
+    ],
+    ids=["float16-inf", "bfloat16-minus-inf", "bfloat16-nan", "float64-beyond-float32"],
+)
+def test_weights_of_other_dtypes(ckpt, phantom, tmp_path, dtype, value, said):
+    """A float64 1e300 is finite in the file but inf in the float32 model: before, info said nothing
+    and predict called it NaN or inf; now both say what it is."""
+    bad = _corrupt(ckpt, tmp_path / "wide.safetensors", _cast(dtype, value))
+    out = tmp_path / "pred"
+    one_line_exit_2(script("info", bad), "wide.safetensors: tensor 'out.bias'", said)
+    one_line_exit_2(cli("predict", bad, phantom / "imagesTs", "--out", out, "-q"), "'out.bias'", said)
+    assert not out.exists()
+
+
+def test_pretraining_checkpoint_in_an_ensemble(ckpt, phantom, tmp_path):
+    torch.manual_seed(0)
+    mae = build("tiny", img_size=32, patch_size=16, embed_dim=24, depth=4, num_heads=2, decoder_embed_dim=24,
+                decoder_num_heads=2)  # fmt: skip
+    pre = save_checkpoint(tmp_path / "mae.safetensors", mae, plan=PLAN)
+    out = tmp_path / "pred"
+    for args in ((ckpt, pre), (pre, ckpt)):
+        one_line_exit_2(
+            script("predict", *args, phantom / "imagesTs", "--out", out, "-q"),
+            "mae.safetensors: expected a unetr checkpoint, got mae",
+        )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("device", ["cuda:99", "cuda:-1", "cuda:\uff11", "gpu", "cpu\x1b[2J"])
+def test_devices_that_are_not_there(ckpt, phantom, tmp_path, device):
+    out = tmp_path / "pred"
+    proc = script("predict", ckpt, phantom / "imagesTs", "--out", out, "-q", "--device", device)
+    line = one_line_exit_2(proc, "device '")
+    assert "\x1b" not in line and not out.exists()
+
+
+# -- 10. an output folder that holds an input file ------------------------------------------------
+
+
+def test_output_folder_holding_an_input_file(ckpt, phantom, tmp_path):
+    """``predict m scans/a_0000.nii.gz --out scans``: a.nii.gz would join the scans (the next run on
+    the folder would read the label map as a scan); the same through a symlink or ``..``."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    scan = scans / "phantom_002_0000.nii.gz"
+    scan.write_bytes((phantom / "imagesTs" / "phantom_002_0000.nii.gz").read_bytes())
+    (tmp_path / "link").symlink_to(scans)
+    for out, how in ((scans, script), (scans / ".." / "scans", cli), (tmp_path / "link", cli)):
+        one_line_exit_2(
+            how("predict", ckpt, scan, "--out", out, "-q"), f"--out {out}", "folder holding the input"
+        )
+    assert [p.name for p in scans.iterdir()] == ["phantom_002_0000.nii.gz"]
+    ok = cli("predict", ckpt, scan, "--out", scans / "labels", "-q")  # a subfolder is fine
+    assert ok.exit_code == 0 and (scans / "labels" / "phantom_002.nii.gz").is_file(), ok.stderr
+
+
+# -- 11. a NIfTI scan that does not say where its voxels lie ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("qform", "sform"), [(0, 0), (1, 0), (0, 2)], ids=["none", "qform-only", "sform-only"]
+)
+def test_scan_whose_header_sets_no_form(ckpt, phantom, tmp_path, qform, sform):
+    """Both codes 0: nibabel's fallback guesses the orientation (left/right may swap): refused. One form
+    set is enough, and the label map keeps the input's forms."""
+    src = nib.load(str(phantom / "imagesTs" / "phantom_002_0000.nii.gz"))
+    img = nib.Nifti1Image(np.asarray(src.dataobj), None)
+    img.header.set_qform(src.affine, code=qform)
+    img.header.set_sform(src.affine, code=sform)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    nib.save(img, str(scans / "x_0000.nii.gz"))
+    out = tmp_path / "pred"
+    proc = script("predict", ckpt, scans, "--out", out, "-q")
+    if qform == sform == 0:
+        one_line_exit_2(proc, "x_0000.nii.gz: neither a qform nor an sform is set")
+        assert not out.exists()
+        return
+    assert proc.returncode == 0, proc.stderr
+    hdr = nib.load(str(out / "x.nii.gz")).header
+    assert (int(hdr["qform_code"]), int(hdr["sform_code"])) == (qform, sform)

@@ -221,8 +221,15 @@ def test_check_output_folder(tmp_path: Path):
         check_output_folder(tmp_path / "alias" / "CT", [dicom])
     with pytest.raises(InputError, match=r"is the input folder .*alias"):
         check_output_folder(dicom / "p1", [tmp_path / "alias"])
-    # an input file (a zip or a multi-frame file) has no inside; its folder is a fine --out
-    assert check_output_folder(tmp_path, [_touch(tmp_path / "series.zip")])
+    # an input file (a zip, a multi-frame file, a NIfTI scan) has no inside, but its folder is not a
+    # fine --out: the label maps would join it (the next run on the folder reads them as scans)
+    with pytest.raises(InputError, match=r"^--out .*: is the folder holding the input .*series.zip;"):
+        check_output_folder(tmp_path, [_touch(tmp_path / "series.zip")])
+    with pytest.raises(InputError, match=r"is the folder holding the input .*a_0000.nii.gz"):
+        check_output_folder(nifti, [nifti / "a_0000.nii.gz"])
+    with pytest.raises(InputError, match=r"is the folder holding the input .*CT"):
+        check_output_folder(dicom / "p1", [dicom / "p1" / "CT"])  # beside a series folder
+    assert check_output_folder(tmp_path / "pred", [tmp_path / "series.zip"])
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     with pytest.raises(InputError, match=r"^.*loop/x: a symbolic-link loop"):
         check_output_folder(tmp_path / "loop" / "x", [nifti])

@@ -23,6 +23,7 @@ describing it (:func:`checkpoint_summary`) refuse it, naming the first such tens
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from hiend_data.jsonfile import parse_json
 from hiend_data.labels import label_names_from_json, label_names_to_json
 
 from .__about__ import __version__
+from .config import validated
 from .kinds import KINDS, SOURCES, build_empty, get_kind, kind_of
 
 __all__ = [
@@ -200,12 +202,21 @@ def _parse_metadata(path: Path, metadata: dict[str, str] | None) -> CheckpointIn
         fields[name] = parse_json(raw, f"{path}: metadata {name!r}")
     if not isinstance(fields["config"], dict) or not fields["config"]:
         raise InputError(f"{path}: metadata 'config' is missing or not a JSON object")
+    for name in ("versions", "extra"):
+        if fields[name] is not None and not isinstance(fields[name], dict):
+            got = type(fields[name]).__name__
+            raise InputError(f"{path}: metadata {name!r} is a JSON {got}, expected an object (or null)")
+    try:
+        validated(KINDS[kind].config_class, fields["config"])
+    except InputError as exc:
+        raise InputError(f"{path}: metadata 'config': {exc}") from None
     plan = None
     if fields["plan"] is not None:
         try:
             plan = Plan.model_validate(fields["plan"])
         except ValidationError as exc:
             raise from_validation_error(exc, f"{path}: metadata 'plan' is invalid") from None
+        _check_window(path, plan)
     return CheckpointInfo(
         kind=kind,
         config=fields["config"],
@@ -214,6 +225,23 @@ def _parse_metadata(path: Path, metadata: dict[str, str] | None) -> CheckpointIn
         extra=fields["extra"] or {},
         path=path,
     )
+
+
+#: The largest magnitude (HU) a checkpoint plan's CT window end may have: far beyond any scanner's
+#: range (-1024 .. about 30,000), and small enough that the window's float32 arithmetic stays exact.
+MAX_WINDOW_HU = 1e6
+
+
+def _check_window(path: Path, plan: Any) -> None:
+    """InputError naming ``path`` unless the plan's window ends are finite and within
+    :data:`MAX_WINDOW_HU`: a window of ``[-1e308, 1e308]`` or ``[-inf, inf]`` maps every scan to NaN or
+    one grey value, which would be blamed on the scan."""
+    lo, hi = plan.window
+    if not all(math.isfinite(v) and abs(v) <= MAX_WINDOW_HU for v in (lo, hi)):
+        raise InputError(
+            f"{path}: metadata 'plan' window [{lo}, {hi}]: each end must be a finite number of HU within "
+            f"+-{MAX_WINDOW_HU:,.0f}"
+        )
 
 
 def _check_kind(path: Path, info: CheckpointInfo, expected_kind: str | None) -> None:
@@ -292,26 +320,36 @@ def _non_finite(tensor: Any) -> int:
 
 
 class _FiniteCheck:
-    """Collects the non-finite tensors of one file (fed one tensor at a time) and raises at the end."""
+    """Collects the non-finite tensors of one file (fed one tensor at a time) and raises at the end.
+
+    ``add(name, tensor, stored)``: ``tensor`` as the model holds it; ``stored`` the file's own tensor
+    when it was cast (a float64 value beyond float32's range is finite in the file and inf in the
+    model: refused too, and said so)."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = path
-        self.first: tuple[str, int, int] | None = None  # (name, bad values, values)
+        self.first: tuple[str, int, int, bool] | None = None  # (name, bad values, values, overflow)
         self.bad_tensors = 0
 
-    def add(self, name: str, tensor: Any) -> None:
+    def add(self, name: str, tensor: Any, stored: Any = None) -> None:
         bad = _non_finite(tensor)
         if bad:
             self.bad_tensors += 1
             if self.first is None:
-                self.first = (name, bad, int(tensor.numel()))
+                overflow = stored is not None and stored is not tensor and not _non_finite(stored)
+                self.first = (name, bad, int(tensor.numel()), overflow)
 
     def check(self) -> None:
         if self.first is None:
             return
-        name, bad, total = self.first
+        name, bad, total, overflow = self.first
         others = self.bad_tensors - 1
         more = f" (and {others} more tensor{'s' if others > 1 else ''} with NaN or inf)" if others else ""
+        if overflow:
+            raise InputError(
+                f"{self.path}: tensor {name!r}: {bad} of its {total} values are beyond the range of "
+                f"float32, the model's dtype (inf once cast){more}; the weights are corrupt or diverged"
+            )
         raise InputError(
             f"{self.path}: tensor {name!r}: {bad} of its {total} values are NaN or inf{more}; "
             "the weights are corrupt or come from a diverged run, and would predict nothing"
@@ -330,13 +368,16 @@ def check_finite(path: Path | str, tensors: Any) -> None:
 
 
 def check_file_finite(path: str | os.PathLike[str]) -> None:
-    """Read every tensor of a checkpoint file (one at a time) and apply :func:`check_finite`."""
+    """Read every tensor of a checkpoint file (one at a time) and apply :func:`check_finite`, a float64
+    tensor as the float32 the model would hold (a value beyond float32's range is refused here too)."""
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
             check = _FiniteCheck(path)
             for key in fh.keys():
-                check.add(key, fh.get_tensor(key))
+                t = fh.get_tensor(key)
+                wide = t.is_floating_point() and t.element_size() > 4  # the model holds float32
+                check.add(key, t.to(torch.float32) if wide else t, t)
     except (SafetensorError, OSError) as exc:
         raise _open_error(path, exc) from None
     check.check()
@@ -378,7 +419,7 @@ def load_checkpoint(
                 for key in fh.keys():
                     t = fh.get_tensor(key)
                     loaded[key] = t if t.dtype == state[key].dtype else t.to(state[key].dtype)
-                    finite.add(key, loaded[key])
+                    finite.add(key, loaded[key], t)
                 finite.check()  # before the model holds them
                 model.load_state_dict(loaded, strict=True, assign=True)
                 del loaded
@@ -386,8 +427,9 @@ def load_checkpoint(
                 # One tensor at a time straight into the initialised model.
                 with torch.no_grad():
                     for key in fh.keys():
-                        state[key].copy_(fh.get_tensor(key))
-                        finite.add(key, state[key])
+                        t = fh.get_tensor(key)
+                        state[key].copy_(t)
+                        finite.add(key, state[key], t)
                 finite.check()
     except (SafetensorError, OSError) as exc:
         raise _open_error(path, exc) from None
@@ -418,8 +460,10 @@ def parameter_names(kind: str, config: dict[str, Any]) -> set[str]:
 def checkpoint_summary(path: str | os.PathLike[str], check_values: bool = True) -> dict[str, Any]:
     """JSON-ready description of a checkpoint: metadata, parameter counts.
 
-    ``check_values``: read every tensor once and refuse weights holding NaN or inf
-    (:func:`check_file_finite`), as loading would; False reads the header only (fast for GB files).
+    The tensors' names and shapes must be those of the model the config describes
+    (:func:`check_state_dict`, from the header): ``in_chans`` or ``num_classes`` that lie are refused
+    as loading refuses them. ``check_values``: read every tensor once and refuse weights holding NaN or
+    inf (:func:`check_file_finite`), as loading would; False reads the header only (fast for GB files).
 
     What ``hiend-model info`` prints: ``path``, ``file_bytes``, ``kind``, ``parameters``,
     ``parameters_by_module`` (per top-level module), ``buffer_values``, ``tensors``, ``config``, ``plan``
@@ -429,9 +473,12 @@ def checkpoint_summary(path: str | os.PathLike[str], check_values: bool = True) 
     info = read_checkpoint_info(path)
     names = info.label_names
     shapes = tensor_shapes(path)
+    model, _ = build_empty(info.kind, info.config)  # meta device: shapes and names, no memory
+    check_state_dict(path, model.state_dict(), {k: _Shape(list(s)) for k, s in shapes.items()})
+    param_names = {name for name, _ in model.named_parameters()}
+    del model
     if check_values:
         check_file_finite(path)
-    param_names = parameter_names(info.kind, info.config)
     numel = {k: int(torch.Size(s).numel()) for k, s in shapes.items()}
     by_module: dict[str, int] = {}
     for k, n in numel.items():

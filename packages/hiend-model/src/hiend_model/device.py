@@ -30,7 +30,9 @@ def resolve_device(name: str | None, local_rank: int = 0) -> Any:
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else ("mps" if has_mps else "cpu")
     kind, _, index = spec.partition(":")
-    if kind not in ("cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+    if kind not in ("cpu", "cuda", "mps") or (
+        index and (kind != "cuda" or not (index.isascii() and index.isdigit()))
+    ):
         raise InputError(f"device {name!r}: expected {DEVICE_HELP}")
     if kind == "cuda":
         if not torch.cuda.is_available():

@@ -28,6 +28,7 @@ from hiend_data import load_volume, preprocess_case, restore_label, save_volume
 from hiend_data.dicom import series_headers
 from hiend_data.discovery import unique_ids
 from hiend_data.errors import InputError, markup
+from hiend_data.io import check_oriented
 from hiend_data.naming import (
     ChannelGroup,
     check_unique,
@@ -473,16 +474,24 @@ def check_output_folder(out_dir: str | os.PathLike[str], inputs: Sequence[str | 
     inputs would read the outputs as scans. The rule, for every input kind, links resolved:
 
     * ``--out`` is never an input folder itself (a folder of NIfTI scans or of DICOM series: the label
-      maps and SEGs would join the scans);
+      maps and SEGs would join the scans), nor the folder holding an input file or series folder
+      (``predict m scans/a_0000.nii.gz --out scans``: ``a.nii.gz`` would join the scans there; beside
+      a DICOM series or zip, the NIfTI label map would turn the folder into a folder of scans);
     * ``--out`` never lies inside an input folder searched for DICOM series (a folder with no NIfTI
       files of its own: the search goes down every subfolder, so the outputs would be read as series).
 
     A folder of NIfTI scans is only read one level deep: an output folder inside it is fine. Input
-    files (NIfTI, a .zip, a multi-frame DICOM) are guarded file by file (an output never replaces one).
+    files (NIfTI, a .zip, a multi-frame DICOM) are also guarded file by file (an output never replaces
+    one).
     """
     out = resolved(out_dir)
     for item in inputs:
         folder = Path(item)
+        if folder.exists() and out == resolved(folder).parent:
+            raise InputError(
+                f"--out {out_dir}: is the folder holding the input {folder}; the outputs would join the "
+                "scans there: choose an output folder outside the inputs"
+            )
         if not folder.is_dir():
             continue
         where = resolved(folder)
@@ -534,6 +543,7 @@ def _check_inputs(
                 "source series); this scan is NIfTI: use --format nifti"
             )
         vol = load_volume(list(case.files), series=series or None)  # (says what to install for DICOM)
+        check_oriented(vol)
         if len(case.files) == 1 and is_dicom_source(case.files[0]):
             from hiend_data.dicom_seg import is_segmentation
 
@@ -547,6 +557,20 @@ def _check_inputs(
                 f"{case.files[0]}: case {case.name!r} has {channels} channel(s), the model takes {in_chans}"
             )
         del vol
+
+
+def check_num_classes(path: Any, num_classes: int) -> None:
+    """InputError naming the checkpoint unless its model has 2 .. ``MAX_LABEL + 1`` (65,536) classes:
+    one class predicts background everywhere, and a label map holds class indices up to
+    :data:`hiend_data.limits.MAX_LABEL` (uint16; a larger index would wrap)."""
+    from hiend_data.limits import MAX_LABEL
+
+    if not 2 <= num_classes <= MAX_LABEL + 1:
+        why = "it would label every voxel background" if num_classes < 2 else "label maps hold at most"
+        raise InputError(
+            f"{path}: a model of {num_classes} classes cannot segment: {why}"
+            + (f" {MAX_LABEL + 1} classes (0..{MAX_LABEL})" if num_classes >= 2 else "")
+        )
 
 
 def _require_seg_writer() -> None:
@@ -646,6 +670,7 @@ def predict_files(
     infos = [read_checkpoint_info(p, expected_kind="unetr") for p in paths]
     check_ensemble(infos)
     num_classes = int(infos[0].config.get("num_classes", 2))
+    check_num_classes(infos[0].path, num_classes)
     try:
         largest = (
             parse_keep_largest(keep_largest, num_classes)
