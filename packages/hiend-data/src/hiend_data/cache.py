@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import os
@@ -75,7 +76,7 @@ from pydantic import (
 from .atomic import atomic_open, check_output_path, write_bytes
 from .discovery import Case, discover
 from .errors import InputError, from_validation_error, shown
-from .io import load_label, load_volume
+from .io import check_oriented, load_label, load_volume
 from .jsonfile import read_json
 from .labels import LabelNameError, label_names_from_dataset, label_names_from_json, label_names_to_json
 from .naming import path_inside, safe_case_name
@@ -160,6 +161,7 @@ def process_case(case: Case, out: str | os.PathLike[str], plan: Plan, max_indice
     if meta_path.exists():
         meta_path.unlink()  # from here on the case is incomplete until the new metadata lands
     image = load_volume(case.images, series=case.series or None)
+    check_oriented(image)
     label = load_label(case.label, like=image) if case.label is not None else None
     pre = preprocess_case(image, plan, label)
     del image, label
@@ -559,7 +561,9 @@ class CaseMeta(BaseModel):
 
 
 def _npy_header(path: Path) -> tuple[np.dtype, tuple[int, ...], bool]:
-    """(dtype, shape, fortran_order) of the ``.npy`` file ``path``, from its header alone."""
+    """(dtype, shape, fortran_order) of the ``.npy`` file ``path``, from its header alone; InputError
+    naming it when the file does not hold the bytes its header claims (cut short, or a header claiming a
+    huge shape: memory-mapping it would fail, or read beyond the data, only when a crop is taken)."""
     with open(path, "rb") as fh:
         try:
             version = np.lib.format.read_magic(fh)
@@ -569,7 +573,16 @@ def _npy_header(path: Path) -> tuple[np.dtype, tuple[int, ...], bool]:
             shape, fortran, dtype = read[version](fh)
         except ValueError as exc:
             raise InputError(f"{path}: not a valid .npy file ({exc})") from None
-    return np.dtype(dtype), tuple(shape), bool(fortran)
+        offset = fh.tell()
+    dtype = np.dtype(dtype)
+    claimed = math.prod(shape) * dtype.itemsize
+    size = os.stat(path).st_size - offset
+    if size != claimed:
+        raise InputError(
+            f"{path}: its header claims {dtype} {list(shape)} ({claimed} bytes) but the file holds "
+            f"{size} bytes of data ({'cut short' if size < claimed else 'more than claimed'})"
+        )
+    return dtype, tuple(shape), bool(fortran)
 
 
 def _check_array(
@@ -596,6 +609,41 @@ def _check_array(
     return got
 
 
+def _nonfinite_field(value: Any, name: str = "") -> str | None:
+    """The first field of ``value`` (JSON, walked) holding NaN or an infinity (JSON's ``NaN`` /
+    ``Infinity`` tokens, or ``1e400``), as ``record.original_affine.0.0``; None when every number is
+    finite."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else name or "value"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if (found := _nonfinite_field(item, f"{name}.{key}" if name else str(key))) is not None:
+            return found
+    return None
+
+
+def _check_counts(path: Path, meta: Any) -> None:
+    """The voxel counts agree with the index lists they describe: each class counts at least the
+    indices listed for it (lists are capped, counts are not) and at least one; a labelled case's
+    foreground is the sum of its class counts; no count exceeds the volume's voxels. The training
+    loss weights classes by these counts: a lie would weight them silently wrong."""
+    voxels = math.prod(meta.shape)
+    listed = [b - a for a, b in itertools.pairwise(meta.class_offsets)]
+    for value, count, n in zip(meta.classes, meta.class_counts, listed, strict=True):
+        if not 1 <= n <= count:
+            raise InputError(
+                f"{path}: class_counts: class {value} counts {count} voxels but lists {n} (expected 1..{count})"
+            )
+    if meta.labelled and sum(meta.class_counts) != meta.n_foreground:
+        raise InputError(
+            f"{path}: n_foreground {meta.n_foreground} is not the sum of class_counts ({sum(meta.class_counts)})"
+        )
+    if meta.n_foreground > voxels:
+        raise InputError(
+            f"{path}: n_foreground {meta.n_foreground} is more than the {voxels} voxels of shape"
+        )
+
+
 def _checked_meta(path: Path, data: Any) -> dict[str, Any]:
     """The metadata ``data`` of the case file ``path`` if reading can trust it (module docstring,
     "Reading trusts nothing"); InputError naming ``path`` and the field otherwise."""
@@ -603,6 +651,8 @@ def _checked_meta(path: Path, data: Any) -> dict[str, Any]:
         meta = CaseMeta.model_validate(data)
     except ValidationError as exc:
         raise from_validation_error(exc, str(path)) from None
+    if (field_ := _nonfinite_field(data)) is not None:
+        raise InputError(f"{path}: {field_} is not a finite number")
     name = path.name.removesuffix(".json")
     safe_case_name(meta.case_id, f"{path}: case_id")
     if meta.case_id != name:
@@ -639,9 +689,19 @@ def _checked_meta(path: Path, data: Any) -> dict[str, Any]:
             f"{path}: classes / class_counts / class_offsets disagree (classes ascending, one count "
             "each, offsets from 0 one more, ascending)"
         )
+    _check_counts(path, meta)
     if meta.labelled:
         if meta.label_dtype is None:
             raise InputError(f"{path}: label_dtype: missing for a labelled case")
+        if meta.label_dtype not in ("uint8", "uint16", "int32", "int64"):
+            raise InputError(
+                f"{path}: label_dtype {meta.label_dtype!r}: expected uint8, uint16, int32 or int64"
+            )
+        top = np.iinfo(np.dtype(meta.label_dtype)).max
+        if meta.classes and meta.classes[-1] > top:
+            raise InputError(
+                f"{path}: classes: {meta.classes[-1]} cannot be a value of {meta.label_dtype} labels"
+            )
         _check_array(
             path, name, "_seg", "label_dtype",
             lambda d: d.kind in "iu" and str(d) == meta.label_dtype, meta.label_dtype, shape,
@@ -653,7 +713,9 @@ def _checked_meta(path: Path, data: Any) -> dict[str, Any]:
             )
     elif n_classes:
         raise InputError(f"{path}: classes {meta.classes} in a case that is not labelled")
-    _check_array(path, name, "_fg", "n_foreground", lambda d: d == np.int64, "int64", None)
+    (n,) = _check_array(path, name, "_fg", "n_foreground", lambda d: d == np.int64, "int64", None)
+    if n > meta.n_foreground or (meta.n_foreground and not n):
+        raise InputError(f"{path}: n_foreground {meta.n_foreground}, {name}_fg.npy lists {n} voxels")
     return data
 
 

@@ -39,9 +39,11 @@ Integrity rules (refused with one :class:`InputError` line naming the file; noth
 
 from __future__ import annotations
 
+import contextlib
 import os
 import unicodedata
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -426,21 +428,44 @@ def write_seg(
     return out
 
 
+@contextlib.contextmanager
+def _quiet_text() -> Iterator[None]:
+    """pydicom's warnings about a file's text (an escape sequence or a byte its character set does not
+    know) silenced: they would print on stderr, beside the one line a refusal is; what the text holds
+    is checked where it matters (:func:`segment_names`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
 def _open_seg(path: Path) -> Any:
     hd = _require()
     try:
-        return hd.seg.segread(path)
+        with _quiet_text():
+            return hd.seg.segread(path)
     except Exception as exc:  # noqa: BLE001 - anything highdicom cannot parse is a bad file here
         raise InputError(f"{path}: not a readable DICOM Segmentation ({type(exc).__name__}: {exc})") from None
 
 
 def segment_names(path: str | os.PathLike[str]) -> dict[int, str]:
     """Segment number -> SegmentLabel of the SEG at ``path``, from its header alone (no frame is read
-    or parsed); ``{}`` for a DICOM file that is not a Segmentation."""
-    ds = _seg_header(Path(path))
+    or parsed); ``{}`` for a DICOM file that is not a Segmentation. A SegmentLabel is a label name:
+    one that :func:`hiend_data.labels.check_label_name` refuses (empty, control characters such as
+    ESC) is an InputError naming the file and the segment, as in a dataset.json."""
+    from .labels import check_label_name
+
+    path = Path(path)
+    ds = _seg_header(path)
     if ds is None:
         return {}
-    return {int(item.SegmentNumber): str(item.SegmentLabel) for item in ds.get("SegmentSequence", [])}
+    names = {}
+    with _quiet_text():
+        for item in ds.get("SegmentSequence", []):
+            number = int(item.SegmentNumber)
+            names[number] = check_label_name(
+                str(item.get("SegmentLabel", "")), number, f"{path}: SegmentLabel"
+            )
+    return names
 
 
 def is_segmentation(path: str | os.PathLike[str]) -> bool:

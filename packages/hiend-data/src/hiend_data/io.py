@@ -317,6 +317,25 @@ def load_volume(
     return Volume(array=arr, affine=first.affine, path=first.path, header=first.header, dicom=first.dicom)
 
 
+def check_oriented(vol: Volume) -> None:
+    """InputError naming the file of a NIfTI scan whose header sets neither a qform nor an sform (both
+    codes 0): it does not say how its voxels lie in the patient, and nibabel's fallback (ANALYZE's
+    radiological x flip) is a guess that can swap left and right, silently, for a model that turns the
+    scan to its plan's orientation. The rule of every command that reads a scan to learn from or to
+    segment (``preprocess``, ``predict``); one form with a code > 0 is enough (its own output keeps
+    the input's forms). DICOM and in-memory volumes always carry their geometry."""
+    import nibabel as nib
+
+    hdr = vol.header
+    if isinstance(hdr, nib.Nifti1Header) and vol.dicom is None:  # NIfTI-2's header is a subclass
+        if int(hdr["qform_code"]) <= 0 and int(hdr["sform_code"]) <= 0:
+            raise InputError(
+                f"{vol.path}: neither a qform nor an sform is set (both codes 0): the file does not say "
+                "where its voxels lie in the patient (left and right could be swapped); set one, e.g. "
+                "nibabel's img.set_sform(affine, code=1)"
+            )
+
+
 def check_same_grid(ref: Volume, other: Volume, atol: float = 1e-4) -> None:
     """Raise :class:`InputError` unless ``other`` has ``ref``'s spatial shape and affine (within ``atol`` mm)."""
     if ref.shape != other.shape:
@@ -412,8 +431,12 @@ def load_label(path: str | os.PathLike[str], like: Volume | None = None) -> Volu
         from .geometry import place_on_grid
 
         placed = place_on_grid(vol.array, vol.affine, like.shape, like.affine)
-        if placed is not None:
-            vol = Volume(array=placed, affine=np.asarray(like.affine), path=path, header=vol.header)
+        if placed is None:
+            raise InputError(
+                f"{path}: its frames do not lie on the voxels of {like.path}'s grid {like.shape}, or "
+                "label voxels fall outside it"
+            )
+        vol = Volume(array=placed, affine=np.asarray(like.affine), path=path, header=vol.header)
     if like is not None:
         check_same_grid(like, vol)
     return vol

@@ -12,6 +12,12 @@ A label name is non-empty text that is not only blanks and holds no control or f
 to dataset.json, labels.json and checkpoints alike, so a name that could not be stored or printed
 safely is refused where it enters (:class:`LabelNameError`) instead of making a cache unreadable later.
 
+One structure, one value (:func:`check_label_values`, for every source): a label value is at most
+:data:`~hiend_data.limits.MAX_LABEL` (65535, what a label map holds), and two values never carry the
+same name (an nnU-Net v2 dataset.json, name -> value, cannot even write that; scores and segments
+named twice could not be told apart). In the stored JSON form a value is written one way only: decimal
+digits without a leading zero (``"1"``, never ``"01"`` or ``"1.0"``), so that files compare as text.
+
 Every problem is one :class:`~hiend_data.errors.InputError` line naming the file and what is wrong.
 """
 
@@ -25,6 +31,7 @@ from typing import Any
 
 from .errors import InputError
 from .jsonfile import read_json
+from .limits import MAX_LABEL
 
 __all__ = [
     "read_label_names",
@@ -32,6 +39,7 @@ __all__ = [
     "label_names_to_json",
     "label_names_from_json",
     "check_label_name",
+    "check_label_values",
     "LabelNameError",
 ]
 
@@ -57,13 +65,50 @@ def check_label_name(name: object, value: object, where: object) -> str:
     return name  # type: ignore[return-value]
 
 
+def _decimal(key: object) -> int | None:
+    """The value of a label key written in ASCII decimal digits (``"7"``, ``"007"``), else None; a key
+    of more than 12 digits (far above :data:`~hiend_data.limits.MAX_LABEL`, and beyond what ``int()``
+    converts at 4,300 digits) counts as MAX_LABEL + 1, refused as too large."""
+    if not (isinstance(key, str) and key.isascii() and key.isdigit()):
+        return None
+    return int(key) if len(key) <= 12 else MAX_LABEL + 1
+
+
+def _short(key: object) -> str:
+    text = repr(key)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_value(value: int, where: object, key: object = None) -> None:
+    if value > MAX_LABEL:
+        shown = str(value) if key is None else _short(key).strip("'")
+        raise InputError(
+            f"{where}: label value {shown} is above {MAX_LABEL} (label maps hold values 0..{MAX_LABEL})"
+        )
+
+
+def check_label_values(names: Mapping[int, str], where: object) -> dict[int, str]:
+    """``names`` (value -> name) sorted by value, or InputError naming ``where``: a value above
+    :data:`~hiend_data.limits.MAX_LABEL`, or two values with the same name."""
+    seen: dict[str, int] = {}
+    for value, name in sorted(names.items()):
+        _check_value(value, where)
+        if name in seen:
+            raise InputError(
+                f"{where}: labels {seen[name]} and {value} are both named {name!r}; each structure has one value"
+            )
+        seen[name] = value
+    return dict(sorted(names.items()))
+
+
 def read_label_names(path: str | os.PathLike[str]) -> dict[int, str]:
     """Label value -> name (background left out, sorted by value) from an nnU-Net ``dataset.json``.
 
     Understands nnU-Net v2 (``"labels": {"liver": 1}``) and v1/MSD (``"labels": {"1": "liver"}``).
     Refused, each with an InputError naming ``path``: no ``labels`` map, region-based labels (lists of
-    values), values that are not non-negative integers, a value given twice, only background, and (a
-    :class:`LabelNameError`) a name that :func:`check_label_name` refuses, background's included.
+    values), values that are not non-negative integers or are above MAX_LABEL, a value given twice, a
+    name given to two values, only background, and (a :class:`LabelNameError`) a name that
+    :func:`check_label_name` refuses, background's included.
     """
     path = Path(path)
     return label_names_from_dataset(read_json(path), path)
@@ -76,8 +121,8 @@ def label_names_from_dataset(data: Any, path: str | os.PathLike[str]) -> dict[in
         raise InputError(f"{path}: no 'labels' map (name -> value) in this dataset.json")
     out: dict[int, str] = {}
     for key, val in labels.items():
-        if isinstance(val, str) and str(key).isdigit():  # v1: value -> name
-            value, name = int(key), val
+        if isinstance(val, str) and _decimal(key) is not None:  # v1: value -> name
+            value, name = _decimal(key), val
         elif isinstance(val, int) and not isinstance(val, bool):
             value, name = val, str(key)
         elif isinstance(val, list | tuple):
@@ -88,6 +133,7 @@ def label_names_from_dataset(data: Any, path: str | os.PathLike[str]) -> dict[in
             raise InputError(f"{path}: label {key!r} has value {val!r}, expected a non-negative integer")
         if value < 0:
             raise InputError(f"{path}: label {key!r} has negative value {value}")
+        _check_value(value, path, key if isinstance(val, str) else None)
         check_label_name(name, value, path)
         if value in out:
             raise InputError(f"{path}: label value {value} given twice ({out[value]!r} and {name!r})")
@@ -95,7 +141,7 @@ def label_names_from_dataset(data: Any, path: str | os.PathLike[str]) -> dict[in
     out.pop(0, None)
     if not out:
         raise InputError(f"{path}: only background in 'labels'; no structure is named")
-    return dict(sorted(out.items()))
+    return check_label_values(out, path)
 
 
 def label_names_to_json(names: Mapping[int, str]) -> dict[str, str]:
@@ -105,19 +151,24 @@ def label_names_to_json(names: Mapping[int, str]) -> dict[str, str]:
 
 def label_names_from_json(obj: Any, where: str) -> dict[int, str]:
     """``{"1": "liver"}`` -> ``{1: "liver"}`` (sorted by value); InputError naming ``where`` unless
-    ``obj`` is an object whose keys are label values >= 1 written as decimal digits and whose values are
-    names :func:`check_label_name` accepts."""
+    ``obj`` is an object whose keys are label values 1..MAX_LABEL written as decimal digits without a
+    leading zero and whose values are names :func:`check_label_name` accepts, no two the same
+    (:func:`check_label_values`)."""
     if not isinstance(obj, dict):
         raise InputError(
             f'{where}: label names must be an object like {{"1": "liver"}}, got {type(obj).__name__}'
         )
     out: dict[int, str] = {}
     for key, name in obj.items():
-        if not (isinstance(key, str) and key.isascii() and key.isdigit() and int(key) >= 1):
-            raise InputError(f"{where}: label key {key!r} is not a label value >= 1 (decimal digits)")
-        value = int(key)
-        check_label_name(name, value, where)
+        value = _decimal(key)
         if value in out:
             raise InputError(f"{where}: label value {value} given twice ({out[value]!r} and {name!r})")
+        if value is not None:
+            _check_value(value, where, key)
+        if value is None or value < 1 or key != str(value):
+            raise InputError(
+                f"{where}: label key {_short(key)} is not a label value >= 1 (decimal digits, no leading zero)"
+            )
+        check_label_name(name, value, where)
         out[value] = name
-    return dict(sorted(out.items()))
+    return check_label_values(out, where)
