@@ -34,9 +34,10 @@ def _score_and_report(
 
     from .plot import Plotter
     from .report import print_table, summary_json, write_outputs
-    from .score import default_workers, read_label_source, score_folders
+    from .score import check_no_loop, default_workers, read_label_source, score_folders
 
     _check_numbers(tolerance, workers)
+    check_no_loop(out)
     if out.exists() and not out.is_dir():  # say so before minutes of scoring
         raise InputError(f"--out {out}: exists and is not a folder")
     plotter = Plotter()  # imports matplotlib in another process while we score

@@ -14,6 +14,7 @@ listed under ``missing_predictions``; a prediction without a reference is listed
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from collections.abc import Sequence
@@ -115,8 +116,11 @@ def _index(folder: Path, what: str) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         cid = label_case_name(path)
-        if cid is None or not path.is_file() or path.name.startswith("."):
+        if cid is None or path.name.startswith("."):
             continue
+        if not path.is_file():  # named as a label map but unreadable: never scored as "missing"
+            what_is = "a broken symbolic link or a symbolic-link loop" if path.is_symlink() else "not a file"
+            raise InputError(f"{path}: a {what} label map's name, but {what_is}")
         if cid in found:
             if is_seg_name(path) != is_seg_name(found[cid]):  # the same map twice: keep the NIfTI one
                 if is_seg_name(found[cid]):
@@ -129,10 +133,26 @@ def _index(folder: Path, what: str) -> dict[str, Path]:
     return found
 
 
+def check_no_loop(path: str | os.PathLike[str]) -> None:
+    """InputError naming ``path`` when it, or a folder above it, is a symbolic-link loop (it can be
+    neither read nor written: said so, not "no such file" or "file exists")."""
+    try:
+        Path(path).resolve()
+    except RuntimeError:  # Python 3.11's pathlib: "Symlink loop from ..."
+        pass
+    except OSError as exc:  # later Pythons: ELOOP
+        if exc.errno != errno.ELOOP:
+            raise
+    else:
+        return
+    raise InputError(f"{path}: a symbolic-link loop (too many levels of symbolic links)")
+
+
 def match_cases(pred: Path, ref: Path) -> Matching:
     """Pair predictions with references; both folders (matched by case name) or both single files."""
     pred, ref = Path(pred), Path(ref)
     for path in (pred, ref):
+        check_no_loop(path)
         if not path.exists():
             raise FileNotFoundError(2, "no such file or directory", str(path))
     if pred.is_file() != ref.is_file():
@@ -342,6 +362,7 @@ def score_folders(
     if not math.isfinite(tolerance) or tolerance < 0:
         raise InputError(f"--tolerance {tolerance}: must be a finite number of mm >= 0")
     matching = match_cases(pred, ref)
+    seg_names = check_seg_names(matching.pairs, labels)
     values = list(labels) if labels is not None else None
     pairs = matching.pairs
     workers = max(1, int(workers))
@@ -365,22 +386,43 @@ def score_folders(
                 FOREGROUND: r["labels"][FOREGROUND],
             }
     if labels is None:  # unnamed: a DICOM-SEG's segment labels name its values (reference first)
-        seg_names = _seg_label_names(pairs)
         labels = {v: seg_names.get(v, str(v)) for v in values}
     names = {str(v): labels[v] for v in values}
     return summarize(results, names, tolerance, matching)
 
 
-def _seg_label_names(pairs: Sequence[CasePair]) -> dict[int, str]:
-    """Segment number -> label of the first DICOM-SEG among the references, else the predictions."""
+def _placeholder(value: int, name: str) -> bool:
+    """``label 3`` for segment 3: what ``hiend-model predict`` names a class it has no name for."""
+    return name == f"label {value}"
+
+
+def check_seg_names(pairs: Sequence[CasePair], labels: dict[int, str] | None) -> dict[int, str]:
+    """The names the DICOM-SEGs among ``pairs`` give their segments (references first), after checking
+    that they agree: every SEG names each segment number as ``labels`` (``--labels``) names that value,
+    or, without ``labels``, as the first SEG that names it. A SEG whose segment 1 is ``spleen`` scored
+    against maps whose 1 is ``liver`` would be scored as the same structure, silently: an InputError
+    names the SEG, the segment and both names. hiend's placeholder ``label N`` (predict without names)
+    agrees with any name. Reads each SEG's header only."""
+    from hiend_data.dicom_seg import segment_names
+
+    known: dict[int, tuple[str, str]] = {v: (n, "--labels") for v, n in (labels or {}).items()}
     for what in ("ref", "pred"):
         for pair in pairs:
             path = getattr(pair, what)
-            if path is not None and is_seg_name(path):
-                from hiend_data.dicom_seg import segment_names
-
-                return segment_names(path)
-    return {}
+            if path is None or not is_seg_name(path):
+                continue
+            for value, name in segment_names(path).items():
+                if _placeholder(value, name):
+                    continue
+                if value not in known:
+                    known[value] = (name, path.name)
+                elif known[value][0] != name:
+                    other, where = known[value]
+                    raise InputError(
+                        f"{path}: segment {value} is {name!r} but {where} names label {value} {other!r}: "
+                        "the maps do not mean the same structures"
+                    )
+    return {v: n for v, (n, _) in known.items()}
 
 
 def _mean(xs: list[float]) -> float | None:
