@@ -17,6 +17,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hostile_cli import one_line_exit_2, run
 
@@ -187,3 +188,118 @@ def test_an_output_below_a_symlink_loop_is_one_line(made, tmp_path, below):
         run("hiend-data", "preprocess", made[0], out, "--spacing", "4"), str(out), "symbolic-link loop"
     )
     one_line_exit_2(run("hiend-data", "phantom", out, "--cases", "1"), str(out), "symbolic-link loop")
+
+
+# -- more lies: numbers that are not finite, counts that disagree, arrays cut short, labels.json ----
+
+
+def _replace(old: str, new: str):
+    """Edit the metadata's JSON text (for tokens json.dumps would not write, such as ``NaN``)."""
+
+    def change(meta):
+        text = json.dumps(meta)
+        assert old in text, old
+        return text.replace(old, new, 1)
+
+    return change
+
+
+def _cache_with_text(made, tmp_path, change):
+    cache, meta_path = _cache_with(made, tmp_path, _set())
+    meta_path.write_text(change(json.loads(meta_path.read_text())))
+    return cache, meta_path
+
+
+def _shift_offsets(meta):
+    offsets = meta["class_offsets"]
+    offsets[-2], offsets[-1] = offsets[-1], offsets[-2]  # decreasing at the end
+
+
+def _counts(meta):
+    meta["class_counts"] = [1] * len(meta["class_counts"])
+
+
+def _classes_beyond_dtype(meta):
+    meta["classes"][-1] = 70000
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (_replace('"image_scale": 0.00392', '"image_scale": Infinity, "x": 0.00392'), "image_scale"),
+        (_replace('"original_affine": [[', '"original_affine": [[NaN, '), "record.original_affine"),
+        (_replace('"n_foreground": ', '"n_foreground": 1e400, "was": '), "n_foreground"),
+        (lambda m: json.dumps({**m, "spacing_note": float("inf")}), "spacing_note is not a finite number"),
+        (lambda m: (_shift_offsets(m), json.dumps(m))[1], "class_offsets disagree"),
+        (lambda m: (_counts(m), json.dumps(m))[1], "class_counts: class 1 counts 1 voxels but lists"),
+        (lambda m: json.dumps({**m, "n_foreground": 5}), "n_foreground 5 is not the sum of class_counts"),
+        (lambda m: (_classes_beyond_dtype(m), json.dumps(m))[1], "classes: 70000 cannot be a value of uint8"),
+    ],
+    ids=["inf-token", "nan-token", "1e400", "inf-extra-field", "offsets-decreasing", "counts-lie",
+         "foreground-lie", "class-beyond-dtype"],
+)  # fmt: skip
+def test_case_metadata_numbers_that_lie(made, tmp_path, change, said):
+    """Before: a NaN in the record, class counts that the training loss weights by, a foreground count
+    and classes a uint8 label cannot hold were all read as written (exit 0)."""
+    cache, meta_path = _cache_with_text(made, tmp_path, change)
+    for command in (["inspect", cache], ["bench", cache, "--seconds", "0.1"]):
+        one_line_exit_2(run("hiend-data", *command), str(meta_path), said)
+
+
+@pytest.mark.parametrize("how", ["huge-shape", "cut-short", "longer"])
+def test_a_npy_whose_header_claims_other_bytes(made, tmp_path, how):
+    """A header claiming a 4-GiB shape (the metadata agreeing), or data cut short: before, inspect said
+    nothing and bench died in a memory map with a traceback."""
+    cache, meta_path = _cache_with(made, tmp_path, _set())
+    npy = cache / "cases" / "phantom_000.npy"
+    meta = json.loads(meta_path.read_text())
+    if how == "huge-shape":
+        shape = (1, 2048, 2048, 1024)
+        header = {"descr": "|u1", "fortran_order": False, "shape": shape}
+        with open(npy, "wb") as fh:
+            np.lib.format.write_array_header_1_0(fh, header)
+            fh.write(b"\0" * 1000)
+        meta["shape"] = list(shape[1:])  # the metadata agrees (the record's crop box too)
+        start = meta["record"]["crop_start"]
+        meta["record"]["crop_stop"] = [a + n for a, n in zip(start, shape[1:], strict=True)]
+        meta_path.write_text(json.dumps(meta))
+    else:
+        data = npy.read_bytes()
+        npy.write_bytes(data[:-100] if how == "cut-short" else data + b"\0" * 100)
+    for command in (["inspect", cache], ["bench", cache, "--seconds", "0.1"]):
+        one_line_exit_2(run("hiend-data", *command), "phantom_000.npy: its header claims uint8")
+
+
+@pytest.mark.parametrize(
+    ("labels", "said"),
+    [
+        ({str(v): f"l{v}" for v in range(1, 70_001)}, "label value 65536 is above 65535"),
+        ({"01": "liver"}, "label key '01'"),
+        ({"1.0": "liver"}, "label key '1.0'"),
+        ({"-1": "liver"}, "label key '-1'"),
+        ({"1": "liver", "2": "liver"}, "labels 1 and 2 are both named 'liver'"),
+        ({"9" * 5000: "liver"}, "label value 999"),
+    ],
+    ids=["70000-labels", "leading-zero", "float", "negative", "same-name", "5000-digits"],
+)
+def test_labels_json_values_that_are_not_label_values(made, tmp_path, labels, said):
+    cache, _ = _cache_with(made, tmp_path, _set())
+    (cache / "labels.json").write_text(json.dumps({"labels": labels}))
+    one_line_exit_2(run("hiend-data", "inspect", cache), str(cache / "labels.json"), said)
+
+
+def test_preprocess_refuses_a_scan_with_neither_qform_nor_sform(made, tmp_path):
+    """Both codes 0: the orientation is nibabel's guess (left/right may swap): refused, nothing cached."""
+    import nibabel as nib
+
+    raw = tmp_path / "raw"
+    shutil.copytree(made[0], raw)
+    scan = raw / "imagesTr" / "phantom_000_0000.nii.gz"
+    src = nib.load(str(scan))
+    img = nib.Nifti1Image(np.asarray(src.dataobj), None)
+    img.header.set_qform(src.affine, code=0)
+    img.header.set_sform(src.affine, code=0)
+    nib.save(img, str(scan))
+    proc = run("hiend-data", "preprocess", raw, tmp_path / "cache", "--spacing", "4", "--no-progress")
+    one_line_exit_2(proc, "phantom_000_0000.nii.gz: neither a qform nor an sform is set")
+    assert not list((tmp_path / "cache").glob("cases/*.json"))

@@ -611,10 +611,10 @@ def _check_array(
 
 def _nonfinite_field(value: Any, name: str = "") -> str | None:
     """The first field of ``value`` (JSON, walked) holding NaN or an infinity (JSON's ``NaN`` /
-    ``Infinity`` tokens, or ``1e400``), as ``record.original_affine.0.0``; None when every number is
-    finite."""
+    ``Infinity`` tokens, or ``1e400``) and its value, as ``record.original_affine.0.0 nan``; None when
+    every number is finite."""
     if isinstance(value, float):
-        return None if math.isfinite(value) else name or "value"
+        return None if math.isfinite(value) else f"{name or 'value'} {value}"
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, item in items:
         if (found := _nonfinite_field(item, f"{name}.{key}" if name else str(key))) is not None:
