@@ -229,7 +229,7 @@ def _classes_beyond_dtype(meta):
         (_replace('"image_scale": 0.00392', '"image_scale": Infinity, "x": 0.00392'), "image_scale"),
         (_replace('"original_affine": [[', '"original_affine": [[NaN, '), "record.original_affine"),
         (_replace('"n_foreground": ', '"n_foreground": 1e400, "was": '), "n_foreground"),
-        (lambda m: json.dumps({**m, "spacing_note": float("inf")}), "spacing_note is not a finite number"),
+        (lambda m: json.dumps({**m, "spacing_note": float("inf")}), "spacing_note inf is not a finite number"),
         (lambda m: (_shift_offsets(m), json.dumps(m))[1], "class_offsets disagree"),
         (lambda m: (_counts(m), json.dumps(m))[1], "class_counts: class 1 counts 1 voxels but lists"),
         (lambda m: json.dumps({**m, "n_foreground": 5}), "n_foreground 5 is not the sum of class_counts"),
