@@ -452,3 +452,18 @@ def test_real_scan_foreground_share(shared_data, tmp_path) -> None:
         ref, _ = augment(image[(slice(None), *recs[i].source)], None, recs[i].aug)
         # the default cache stores uint8 codes: decoding is folded into the scale (an ulp apart)
         np.testing.assert_allclose(images[i], ref, rtol=1e-6, atol=1e-6)
+
+
+def test_plan_and_sampler_config_refuse_nan_and_infinity():
+    import pydantic
+
+    from hiend_data import Plan
+    from hiend_data.sampling.config import SamplerConfig
+
+    for make in (
+        lambda: Plan(spacing=(float("nan"), 1.5, 1.5)),
+        lambda: Plan(window=(-175.0, float("inf"))),
+        lambda: SamplerConfig(pos=float("inf")),
+    ):
+        with pytest.raises(pydantic.ValidationError, match="finite number"):
+            make()

@@ -48,7 +48,7 @@ class Plan(BaseModel):
             case records its own dtype, and one stored otherwise is rewritten by the next preprocess).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     orientation: str = "RAS"
     spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class SamplerConfig(BaseModel):
     """How crops are drawn and augmented. Sizes in voxels, probabilities in [0, 1]."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     num_samples: int = Field(8, ge=1, description="crops per volume")
     crop_size: tuple[int, int, int] = (96, 96, 96)
