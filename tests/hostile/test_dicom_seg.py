@@ -197,3 +197,82 @@ def test_predict_keeps_the_inputs_qform_and_sform(ckpt, tmp_path):
                 "qoffset_z", "srow_x", "srow_y", "srow_z", "pixdim"):  # fmt: skip
         np.testing.assert_array_equal(b[key], a[key], err_msg=key)
     np.testing.assert_allclose(b.get_qform(), qform, atol=1e-5)
+
+
+# -- segment names that disagree or drive the terminal; frames off the grid ------------------------
+
+
+def _label(number: int, text: str):
+    def edit(ds) -> None:
+        ds.SegmentSequence[number - 1].SegmentLabel = text
+
+    return edit
+
+
+def _swap_names(ds) -> None:
+    ds.SegmentSequence[0].SegmentLabel, ds.SegmentSequence[1].SegmentLabel = "spleen", "liver"
+
+
+@pytest.mark.parametrize(
+    ("edit", "which", "fragments"),
+    [
+        (_swap_names, "pred", ("segment 1 is 'spleen' but good.dcm names label 1 'liver'",)),
+        (_label(2, "kidney"), "ref", ("good.dcm: segment 2 is 'spleen' but bad.dcm names label 2 'kidney'",)),
+        (_label(1, "li\x1b[31mver\x07"), "pred", ("SegmentLabel: label 1 has name", "control")),
+        (_label(1, "   "), "ref", ("SegmentLabel: label 1", "empty")),  # DICOM strips the blanks
+    ],
+    ids=["swapped", "renamed-reference", "escape", "blank"],
+)
+def test_segment_names_that_disagree_or_drive_the_terminal(tmp_path, edit, which, fragments):
+    """Before: a SEG whose segment 1 is 'spleen' scored against one whose 1 is 'liver' as the same
+    structure (Dice 1.0, exit 0), and a SegmentLabel holding ESC printed two pydicom warnings."""
+    ct = H.series(tmp_path / "ct")
+    good = H.seg_of(ct, tmp_path / "good.dcm")
+    bad = _edited(good, tmp_path / "bad.dcm", edit)
+    pred, ref = (bad, good) if which == "pred" else (good, bad)
+    out = tmp_path / "scores"
+    line = one_line_exit_2(run("hiend-eval", "score", pred, ref, "--out", out), "bad.dcm", *fragments)
+    assert "\x1b" not in line and not out.exists()
+
+
+def test_segment_names_checked_against_labels_and_placeholders_agree(ckpt, tmp_path):
+    """--labels names 1 'liver': a SEG naming it 'spleen' is refused; hiend's own 'label N' (predict
+    without names) agrees with any name."""
+    ct = H.series(tmp_path / "ct")
+    good = H.seg_of(ct, tmp_path / "good.dcm")
+    labels = _dataset_json(tmp_path / "dataset.json", "spleen2")
+    one_line_exit_2(
+        run("hiend-eval", "score", good, good, "--out", tmp_path / "s1", "--labels", labels),
+        "good.dcm: segment 1 is 'liver' but --labels names label 1 'spleen2'",
+    )
+    unnamed = H.seg_of(ct, tmp_path / "unnamed.dcm", names={1: "label 1", 2: "label 2"})
+    proc = run("hiend-eval", "score", unnamed, good, "--out", tmp_path / "s2")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "s2" / "summary.json").read_text())["names"]["1"] == "liver"
+
+
+@pytest.mark.parametrize(("axis", "mm"), [(0, 1.0), (2, 1.4)], ids=["half-voxel-in-plane", "between-slices"])
+def test_seg_frames_off_the_image_grid(tmp_path, axis, mm):
+    """Frames moved off the voxel centres: preprocess says so (before: 'grid (12, 10, 3) disagrees
+    with ... (12, 10, 5)', which blamed the shape); score names both grids."""
+
+    def shift(ds) -> None:
+        for frame in ds.PerFrameFunctionalGroupsSequence:
+            plane = frame.PlanePositionSequence[0]
+            pos = [float(v) for v in plane.ImagePositionPatient]
+            pos[axis] += mm
+            plane.ImagePositionPatient = pos
+
+    ct = H.series(tmp_path / "data" / "ct")
+    good = H.seg_of(ct, tmp_path / "data" / "good.dcm")
+    _edited(good, tmp_path / "data" / "moved.dcm", shift)
+    (tmp_path / "data" / "m.txt").write_text("ct,moved.dcm\n")
+    one_line_exit_2(
+        _preprocess(tmp_path / "data" / "m.txt", tmp_path / "cache"),
+        "moved.dcm: its frames do not lie on the voxels of",
+    )
+    _no_case_written(tmp_path / "cache")
+    one_line_exit_2(
+        run("hiend-eval", "score", tmp_path / "data" / "moved.dcm", good, "--out", tmp_path / "s"),
+        "on different grids",
+    )

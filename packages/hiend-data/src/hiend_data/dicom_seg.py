@@ -459,9 +459,14 @@ def segment_names(path: str | os.PathLike[str]) -> dict[int, str]:
     if ds is None:
         return {}
     names = {}
+    items = list(ds.get("SegmentSequence") or [])
+    numbers = [int(item.get("SegmentNumber", 0)) for item in items]
     with _quiet_text():
-        for item in ds.get("SegmentSequence", []):
-            number = int(item.SegmentNumber)
+        for number, item in zip(numbers, items, strict=True):
+            if number in names:  # as reading its pixels refuses it (_described_segments)
+                raise InputError(
+                    f"{path}: segment number {number} is described {numbers.count(number)} times"
+                )
             names[number] = check_label_name(
                 str(item.get("SegmentLabel", "")), number, f"{path}: SegmentLabel"
             )
