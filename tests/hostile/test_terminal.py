@@ -2,7 +2,8 @@
 so a name holding ESC / BEL sequences, rich markup (``[/bold]``, ``a[@click=(]b``) or mathtext
 (``$\\frac$``) is printed (or drawn) literally: escaped, never obeyed, never a traceback. Numbers that
 make no sense (``--workers -3``, a non-finite ``--tolerance`` or ``HIEND_MAX_VOLUME_BYTES``) are one
-line, exit 2."""
+line, exit 2. Score's folders: an entry named as a label map that cannot be read (a broken link, a
+loop, a folder) is refused, never scored as missing; a symbolic-link loop is named as one."""
 
 from __future__ import annotations
 
@@ -86,4 +87,54 @@ def test_a_volume_limit_that_is_not_a_finite_number(tmp_path, value):
         run("hiend-data", "inspect", pred / "case_a.nii.gz", env={"HIEND_MAX_VOLUME_BYTES": value}),
         "HIEND_MAX_VOLUME_BYTES",
         value,
+    )
+
+
+# -- folders whose entries cannot be read: never scored as "missing" --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "entry", "said"),
+    [
+        ("pred", "loop", "case_a.nii.gz: a prediction label map's name, but a broken symbolic link or"),
+        ("pred", "dangling", "case_a.nii.gz: a prediction label map's name, but a broken symbolic link"),
+        ("ref", "loop", "case_b.nii.gz: a reference label map's name, but a broken symbolic link"),
+        ("pred", "folder", "case_b.nii.gz: a prediction label map's name, but not a file"),
+    ],
+    ids=["pred-loop", "pred-dangling", "ref-loop", "pred-folder"],
+)
+def test_score_refuses_label_map_names_it_cannot_read(tmp_path, where, entry, said):
+    """Before: a prediction that is a broken link was scored as missing (Dice 0, exit 0), and a
+    reference that is one was left out of the scores without a word."""
+    pred, ref = _maps(tmp_path)
+    folder = pred if where == "pred" else ref
+    name = "case_a.nii.gz" if where == "pred" and entry != "folder" else "case_b.nii.gz"
+    target = folder / name
+    target.unlink(missing_ok=True)
+    if entry == "loop":
+        target.symlink_to(target)
+    elif entry == "dangling":
+        target.symlink_to(tmp_path / "gone.nii.gz")
+    else:
+        target.mkdir()
+    out = tmp_path / "out"
+    one_line_exit_2(run("hiend-eval", "score", pred, ref, "--out", out), said)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("which", ["pred", "ref", "out", "below-out"])
+def test_score_names_symlink_loops(tmp_path, which):
+    """Before: 'no such file or directory' for a loop given as a folder, 'file exists' for --out."""
+    pred, ref = _maps(tmp_path)
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    args = {
+        "pred": (loop, ref, tmp_path / "out"),
+        "ref": (pred, loop, tmp_path / "out"),
+        "out": (pred, ref, loop),
+        "below-out": (pred, ref, loop / "x"),
+    }[which]
+    shown = args[2] if which.endswith("out") else loop
+    one_line_exit_2(
+        run("hiend-eval", "score", args[0], args[1], "--out", args[2]), f"{shown}: a symbolic-link loop"
     )
