@@ -836,7 +836,7 @@ def test_slices_without_pixels_or_of_another_patient_refused(small, tmp_path):
 
 
 def test_zip_members_bounded_by_the_volume_limit(small, tmp_path, monkeypatch):
-    from hiend_data.dicom import _unzipped
+    from hiend_data.dicom.files import _unzipped
 
     hu, affine = small
     folder = write_series(hu, affine, tmp_path / "s")
@@ -869,7 +869,7 @@ def test_each_slice_rescaled_with_its_own_slope(small, tmp_path):
 def test_a_slice_the_converter_leaves_out_is_refused(small, tmp_path, monkeypatch):
     """The last guard: the volume must have the slices hiend checked. A float slice (which
     ``_check_pixel_data`` refuses first) is dropped by dicom2nifti when that check is off."""
-    from hiend_data import dicom
+    from hiend_data.dicom import reader
 
     hu, affine = small
     folder = write_series(hu, affine, tmp_path / "s")
@@ -879,12 +879,12 @@ def test_a_slice_the_converter_leaves_out_is_refused(small, tmp_path, monkeypatc
     del ds.PixelData
     ds.save_as(f, enforce_file_format=True)
     _refused(folder, f"{f.name}: float pixel data")
-    monkeypatch.setattr(dicom, "_check_pixel_data", lambda where, ds: None)
+    monkeypatch.setattr(reader, "_check_pixel_data", lambda where, ds: None)
     _refused(folder, "the volume was assembled from 7 slices, not the 8 checked")
 
 
 def test_plane_angle_of_two_orientations():
-    from hiend_data.dicom import _plane_angle
+    from hiend_data.dicom.geometry import _plane_angle
 
     axial = np.array([1.0, 0, 0, 0, 1, 0])
     a = np.radians(0.5)
