@@ -400,9 +400,9 @@ def _with_metadata(src: Path, dst: Path, **fields: str) -> Path:
     ("fields", "said"),
     [
         ({"plan__spacing": "[0, 6, 6]"}, "spacing (0.0, 6.0, 6.0) must be finite and > 0"),
-        ({"plan__spacing": "[NaN, 6, 6]"}, "spacing (nan, 6.0, 6.0)"),
+        ({"plan__spacing": "[NaN, 6, 6]"}, "metadata 'plan'"),  # (the Plan's own rule)
         ({"plan__window": "[250, -175]"}, "low must be below high"),
-        ({"plan__window": "[-Infinity, Infinity]"}, "window [-inf, inf]: each end must be a finite"),
+        ({"plan__window": "[-Infinity, Infinity]"}, "metadata 'plan'"),
         ({"plan__window": "[-1e308, 1e308]"}, "window [-1e+308, 1e+308]"),
         ({"config__num_classes": "0"}, "metadata 'config': invalid UNETRConfig: num_classes=0"),
         ({"config__num_classes": "1000000"}, "1000000"),
