@@ -138,3 +138,30 @@ def test_score_names_symlink_loops(tmp_path, which):
     one_line_exit_2(
         run("hiend-eval", "score", args[0], args[1], "--out", args[2]), f"{shown}: a symbolic-link loop"
     )
+
+
+@pytest.mark.parametrize(
+    ("cmd", "fragment"),
+    [
+        (("hiend-data", "bench", ".", "--seconds", "abc"), "--seconds 'abc'"),
+        (("hiend-data", "inspect", ".", "--bogus\x1b[2J"), "no such option: --bogus\\x1b[2J"),
+        (("hiend-eval", "score", "a", "b", "--out", "c", "--workers", "x"), "--workers 'x'"),
+        (("hiend-model", "predict", "a", "b", "--out", "c", "--sw-batch", "1.5"), "--sw-batch '1.5'"),
+    ],
+)
+def test_usage_errors_are_one_line_in_every_cli(cmd, fragment):
+    """A value of the wrong type or an unknown option: one line (what was typed shown escaped), never
+    click's usage box, in every package's command line."""
+    one_line_exit_2(run(*cmd), fragment)
+
+
+@pytest.mark.parametrize("seconds", ["inf", "1e400", "nan", "0", "100000"])
+def test_a_benchmark_that_would_not_end_is_refused(tmp_path, seconds):
+    from hiend_data import Plan
+    from hiend_data.cache import preprocess_dataset
+    from hiend_data.phantom import make_phantom_dataset
+
+    raw = make_phantom_dataset(tmp_path / "raw", cases=1, seed=1)
+    cache = tmp_path / "cache"
+    preprocess_dataset(raw, cache, Plan(spacing=(8.0, 8.0, 8.0), crop_size=(16, 16, 16)), progress=False)
+    one_line_exit_2(run("hiend-data", "bench", cache, "--seconds", seconds), f"--seconds {float(seconds)}")

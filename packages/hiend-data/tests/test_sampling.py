@@ -467,3 +467,13 @@ def test_plan_and_sampler_config_refuse_nan_and_infinity():
     ):
         with pytest.raises(pydantic.ValidationError, match="finite number"):
             make()
+
+
+def test_plan_refuses_a_window_beyond_a_million_hu():
+    import pydantic
+
+    from hiend_data import Plan
+
+    with pytest.raises(pydantic.ValidationError, match="beyond"):
+        Plan(window=(-1e308, 1e308))
+    assert Plan(window=(-1e6, 1e6)).window == (-1e6, 1e6)

@@ -206,7 +206,7 @@ def test_bad_values_are_one_line_not_the_usage_box(unetr_ckpt: Path, tmp_path: P
 
 
 def test_given_value_of_an_option():
-    from hiend_model.cli import _given
+    from hiend_data.errors import _given
 
     assert _given(["a", "--overlap", "1", "--sw-batch=3"], ["--overlap"]) == "1"
     assert _given(["--sw-batch=3", "--sw-batch", "4"], ["--sw-batch"]) == "4"  # the last one counts

@@ -18,6 +18,10 @@ from .sampling import CropSampler, SamplerConfig
 CONFIGS = ("pretrain", "finetune")
 
 
+#: the longest a benchmark may be asked to run (one day)
+MAX_SECONDS = 86400.0
+
+
 def config_named(name: str) -> SamplerConfig:
     """``SamplerConfig.pretrain()`` or ``SamplerConfig.finetune()`` by name."""
     if name not in CONFIGS:
@@ -38,8 +42,8 @@ def bench_sampler(
     the image: ``"uint8"``, ``"int16"``, ``"float16"``, ``"float32"``, several joined by ``+``; crops are
     float32 whatever it is).
     """
-    if not seconds > 0:
-        raise InputError(f"--seconds {seconds}: must be > 0")
+    if not 0 < seconds <= MAX_SECONDS:  # NaN and inf included: a benchmark must end
+        raise InputError(f"--seconds {seconds}: expected a number of seconds in (0, {MAX_SECONDS:g}]")
     sampler = CropSampler(cache, cfg, seed=seed)
     order = sampler.epoch_order(0)
     rng = sampler.rng(0)

@@ -15,9 +15,10 @@ from typing import Any
 import typer
 
 from .cli_sampling import register as _register_sampling
-from .errors import InputError, cli_errors, from_validation_error, shown
+from .errors import InputError, OneLineErrors, cli_errors, from_validation_error, shown
 
 app = typer.Typer(
+    cls=OneLineErrors,
     name="hiend-data",
     no_args_is_help=True,
     add_completion=False,

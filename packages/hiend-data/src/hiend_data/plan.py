@@ -21,6 +21,10 @@ CACHE_DTYPES = ("auto", "uint8", "int16", "float16", "float32")
 CT_STEP_TOLERANCE_HU = 2.0
 
 
+#: the largest magnitude a window end may have (CT values lie within about -1024..+30000 HU)
+MAX_WINDOW_HU = 1e6
+
+
 class Plan(BaseModel):
     """How to preprocess a scan.
 
@@ -101,6 +105,8 @@ class Plan(BaseModel):
         lo, hi = self.window
         if not lo < hi:
             raise ValueError(f"window {self.window}: low must be below high")
+        if max(abs(lo), abs(hi)) > MAX_WINDOW_HU:  # 1e308 would overflow the window's arithmetic
+            raise ValueError(f"window {self.window}: beyond +-{MAX_WINDOW_HU:g} HU")
         if self.modality == "mri" and self.cache_dtype in ("uint8", "int16"):
             raise ValueError(
                 f"cache_dtype {self.cache_dtype!r} stores a CT window's [0, 1]; MRI z-scores need "

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import typer
 
+from hiend_data.errors import OneLineErrors
+
 app = typer.Typer(
+    cls=OneLineErrors,
     name="hiend-eval",
     no_args_is_help=True,
     add_completion=False,

@@ -27,72 +27,14 @@ from enum import Enum
 from pathlib import Path
 
 import typer
-from typer.core import TyperGroup
 
-from hiend_data.errors import InputError, cli_errors, shown
+from hiend_data.errors import InputError, OneLineErrors, cli_errors, shown
 
 from .device import DEVICE_HELP
 from .kinds import SOURCES
 
-
-def _given(args: list[str], opts: list[str]) -> str | None:
-    """The last value given on the command line ``args`` to an option spelled one of ``opts``."""
-    value = None
-    for i, arg in enumerate(args):
-        for opt in opts:
-            if arg == opt and i + 1 < len(args):
-                value = args[i + 1]
-            elif opt.startswith("--") and arg.startswith(opt + "="):
-                value = arg[len(opt) + 1 :]
-    return value
-
-
-def usage_error_line(exc: Exception, args: list[str]) -> str:
-    """One line for a usage error click raises: ``--sw-batch '1.5': input should be a valid integer``
-    (the option, the value as given, click's reason), ``no such option: --x``; control characters
-    shown."""
-    param = getattr(exc, "param", None)
-    opts = list(getattr(param, "opts", None) or [])
-    if not isinstance(exc, typer.BadParameter) or not opts or param.param_type_name != "option":
-        text = exc.format_message()
-        return shown(text[:1].lower() + text[1:])
-    reason = exc.message.removeprefix("Value error, ")
-    reason = reason[:1].lower() + reason[1:]
-    value = _given(args, opts)
-    return shown(f"{opts[0]} {value!r}: {reason}" if value is not None else f"{opts[0]}: {reason}")
-
-
-#: usage errors that keep click's message with the usage: nothing the user typed is in them
-_WITH_USAGE = ("MissingParameter", "NoArgsIsHelpError")
-
-
-class _OneLineErrors(TyperGroup):
-    """The commands' group: a usage error (an option value that is not a number or not one of the
-    choices, an unknown option or command) is one line ``error: --sw-batch '1.5': ...`` and exit 2, as
-    every bad input, never the usage box (which would print what was typed raw). A missing argument
-    keeps click's message with the usage."""
-
-    @contextlib.contextmanager
-    def _one_line(self, args: list[str]) -> Iterator[None]:
-        try:
-            yield
-        except typer.TyperException as exc:  # click's UsageError and its kinds: exit code 2
-            if getattr(exc, "exit_code", None) != 2 or type(exc).__name__ in _WITH_USAGE:
-                raise
-            print(f"error: {usage_error_line(exc, args)}", file=sys.stderr)
-            raise typer.Exit(2) from None
-
-    def make_context(self, info_name, args, parent=None, **extra):  # noqa: ANN001, ANN201 (click's)
-        with self._one_line(list(args)):
-            return super().make_context(info_name, args, parent=parent, **extra)
-
-    def invoke(self, ctx):  # noqa: ANN001, ANN201 (click's signature)
-        with self._one_line([*ctx._protected_args, *ctx.args]):
-            return super().invoke(ctx)
-
-
 app = typer.Typer(
-    cls=_OneLineErrors,
+    cls=OneLineErrors,
     name="hiend-model",
     no_args_is_help=True,
     add_completion=False,
