@@ -10,7 +10,7 @@
 5. ``hiend-train pretrain``: Hi-End-MAE pre-training of the ``tiny`` preset on 32^3 crops (192 mm) of
    the training images, with reconstruction previews.
 6. ``hiend-train finetune``: a UNETR initialised from that pre-training, Dice + cross-entropy, with the
-   demo's recipe (see ``FINETUNE`` below and BENCHMARKS.md for how it was found); ``last.safetensors``
+   demo's recipe (``tools/recipes/demo_finetune.toml``; see BENCHMARKS.md for how it was found); ``last.safetensors``
    carries the model, its config and the plan.
 7. ``hiend-model predict``: label maps of the held-out ``imagesTs`` on each scan's own grid and affine.
 8. ``hiend-eval score``: Dice / HD95 / NSD per organ against ``labelsTs``, summary.json, per_case.csv
@@ -51,28 +51,10 @@ def sh(*args: str) -> str:
     return proc.stdout
 
 
-#: the demo's fine-tuning recipe (BENCHMARKS.md, "The demo's recipe"): left/right flips and rot90 off
-#: (they swap the patient's sides, so a left kidney would be labelled on the right), class-balanced
-#: crop centres (small organs as often as the lungs), class-weighted cross-entropy (a class at 0.3 % of
-#: the voxels is otherwise pushed to probability ~0 and stops learning), one volume of 4 crops per step.
-FINETUNE = [
-    "--feature-size",
-    "8",
-    "--batch-size",
-    "1",
-    "--num-samples",
-    "4",
-    "--lr",
-    "5e-3",
-    "--set",
-    "sampler.flip_axes=[1,2]",
-    "--set",
-    "sampler.rot90_prob=0",
-    "--set",
-    "sampler.class_balanced=true",
-    "--class-weights",
-    "inverse_sqrt",
-]
+#: the demo's fine-tuning recipe, one TOML file shared by tools/demo.py and
+#: tools/bench/label_efficiency.py (its comments say why each setting): hiend-train's CONFIG argument
+RECIPE = Path(__file__).resolve().parent / "recipes" / "demo_finetune.toml"
+FINETUNE = [str(RECIPE)]
 #: predict's connected-component clean-up: liver, spleen and each kidney are one piece; vertebrae and
 #: lungs drop islands under 10 % of their largest piece (BENCHMARKS.md: +0.05 held-out mean Dice)
 CLEAN = ["--keep-largest", "1,2,3,4", "--min-component", "0.1"]

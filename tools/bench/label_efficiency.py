@@ -39,6 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import tomllib
+
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_CT = ROOT.parent / "shared" / "data" / "ct"
 BIN = Path(sys.executable).parent
@@ -91,25 +93,10 @@ SIZES = {
 SPACING_MM = 3.0
 #: crops of the tiny preset (patch 8): 32^3 voxels = 96 mm at 3 mm, 4^3 tokens
 CROP = 32
-#: the one fine-tuning recipe every arm gets (the demo's; see tools/demo.py)
-FINETUNE = [
-    "--feature-size",
-    "8",
-    "--batch-size",
-    "1",
-    "--num-samples",
-    "4",
-    "--lr",
-    "5e-3",
-    "--set",
-    "sampler.flip_axes=[1,2]",
-    "--set",
-    "sampler.rot90_prob=0",
-    "--set",
-    "sampler.class_balanced=true",
-    "--class-weights",
-    "inverse_sqrt",
-]
+#: the demo's fine-tuning recipe, one TOML file shared by tools/demo.py and
+#: tools/bench/label_efficiency.py (its comments say why each setting): hiend-train's CONFIG argument
+RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "demo_finetune.toml"
+FINETUNE = [str(RECIPE)]
 #: the one pre-training recipe both decoders get
 PRETRAIN = ["--num-samples", "4", "--lr", "1.5e-3", "--val-fraction", "0.1", "--preview-every", "0"]
 
@@ -527,7 +514,7 @@ def write_results(
         "size": name,
         "config": size.__dict__ | {"shots": list(size.shots), "seeds": list(size.seeds)},
         "plan": {"spacing_mm": SPACING_MM, "crop": CROP},
-        "finetune_recipe": FINETUNE,
+        "finetune_recipe": tomllib.loads(RECIPE.read_text()),
         "pretrain_recipe": PRETRAIN,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "seconds": None if seconds is None else round(seconds, 1),
