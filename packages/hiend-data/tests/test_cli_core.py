@@ -74,6 +74,18 @@ def test_preprocess_command(tmp_path, nii):
     assert cache.plan.spacing == (2.0, 2.0, 2.0) and cache.plan.window == (-100.0, 300.0)
 
 
+def test_preprocess_takes_the_cache_as_out_or_as_its_option_once(tmp_path, nii):
+    src = tmp_path / "pool"
+    nii.write(src / "s1.nii.gz", nii.tiny_ct(), np.diag([3.0, 3.0, 3.0, 1.0]))
+    res = _run("preprocess", src, "--out", tmp_path / "c", "--workers", "0", "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert Cache.open(tmp_path / "c").cases == ["s1"]
+    for args, fragment in (((), "as OUT or as --out"), ((tmp_path / "a", "--out", tmp_path / "b"), "got")):
+        res = _run("preprocess", src, *args)
+        assert res.exit_code == 2 and fragment in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "match"),
     [

@@ -1,5 +1,13 @@
 """Command line of hiend-data. Heavy imports happen inside commands so ``--help`` is fast.
 
+``hiend-data inspect PATH``, ``hiend-data preprocess SRC [OUT | --out OUT]``, ``hiend-data phantom OUT``,
+``hiend-data bench CACHE``. The conventions of every hiend command line: the output folder is ``--out``
+(``preprocess`` also takes it as its second argument, as DESIGN.md writes it); ``--workers N`` is N
+worker processes, ``0`` the calling process alone; ``--progress/--no-progress`` (``-q``) shows or hides
+progress bars. Exit codes: 0 success; 2 bad input or usage (one line on stderr naming the file or
+value); 130 / 143 stopped by SIGINT / SIGTERM (``preprocess``: workers stopped, temporaries removed,
+finished cases kept); 1 a bug (a traceback).
+
 Whatever a user or a file supplied (paths, label and segment names, case ids) is printed through
 :func:`hiend_data.errors.shown` (control characters escaped); ``--json`` output is escaped by
 ``json.dumps`` itself.
@@ -183,7 +191,12 @@ def preprocess(
         help="nnU-Net v2 dataset folder, folder of NIfTI files and/or DICOM series folders (recursive) "
         "or manifest file (one 'image[,label]' per line; an image may be a DICOM series folder or .zip).",
     ),
-    out: Path = typer.Argument(..., help="Cache folder to write (created; reruns skip finished cases)."),
+    out_arg: Path | None = typer.Argument(
+        None, metavar="[OUT]", help="Cache folder to write (created; reruns skip finished cases); or --out."
+    ),
+    out_opt: Path | None = typer.Option(
+        None, "--out", help="The cache folder, as every hiend command spells its output (or OUT)."
+    ),
     spacing: str | None = typer.Option(
         None, "--spacing", metavar="MM", help="Target spacing: MM (isotropic) or MM,MM,MM. Default 1.5."
     ),
@@ -203,7 +216,9 @@ def preprocess(
     skip_bad: bool = typer.Option(
         False, "--skip-bad", help="Report bad cases and go on instead of stopping."
     ),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    progress: bool = typer.Option(
+        True, "--progress/--no-progress", " /-q", help="Show a progress bar (-q: no)."
+    ),
     series: list[str] | None = typer.Option(
         None,
         "--series",
@@ -226,6 +241,13 @@ def preprocess(
         import time
 
         from pydantic import ValidationError
+
+        if (out_arg is None) == (out_opt is None):
+            raise InputError(
+                "preprocess: give the cache folder once, as OUT or as --out"
+                + (f" (got {shown(out_arg)} and {shown(out_opt)})" if out_arg is not None else "")
+            )
+        out = out_arg if out_arg is not None else out_opt
 
         from .cache import Terminated, preprocess_dataset
         from .labels import read_label_names
