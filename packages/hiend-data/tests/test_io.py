@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from hiend_data import InputError, Volume, load_volume, save_volume
-from hiend_data.io import channel_files, load_label
+from hiend_data.io import load_label
+from hiend_data.naming import channel_siblings
 
 REAL = [  # file, shape, spacing, orientation, dtype (from ../shared/data/README.md)
     ("body_ct_3mm_ras.nii.gz", (122, 101, 112), (3.0, 3.0, 3.0), ("R", "A", "S"), np.int32),
@@ -56,7 +57,7 @@ def test_nnunet_channels_load_as_c_first(tmp_path, nii):
     f0 = nii.write(tmp_path / "case_0000.nii.gz", a)
     nii.write(tmp_path / "case_0001.nii.gz", a * 2)
     nii.write(tmp_path / "other_0000.nii.gz", a)
-    files = channel_files(f0)
+    files = channel_siblings(f0)
     assert [f.name for f in files] == ["case_0000.nii.gz", "case_0001.nii.gz"]
     vol = load_volume(files)
     assert vol.array.shape == (2, 5, 6, 7) and vol.channels == 2 and vol.shape == (5, 6, 7)

@@ -11,7 +11,6 @@ import pytest
 
 from hiend_data import InputError, load_volume
 from hiend_data.discovery import discover
-from hiend_data.io import channel_files
 from hiend_data.naming import (
     ChannelGroup,
     case_name,
@@ -170,7 +169,7 @@ def test_channel_siblings_gap_names_the_missing_file(tmp_path):
     with pytest.raises(InputError, match=rf"^{missing}: channel file missing"):
         channel_siblings(tmp_path / "ct_0000.nii.gz")
     with pytest.raises(InputError, match=rf"^{missing}: channel file missing"):
-        channel_files(tmp_path / "ct_0000.nii.gz")  # load_volume's lookup is the same rule
+        load_volume(channel_siblings(tmp_path / "ct_0000.nii.gz"))  # load_volume's lookup is the same rule
 
 
 # ---------------------------------------------------------------------- load_volume and discovery
@@ -191,8 +190,8 @@ def real_folder(tmp_path, ct_dir):
 
 def test_load_volume_and_discovery_agree_with_naming(real_folder):
     f0 = real_folder / "body_0000.nii.gz"
-    files = channel_files(f0)
-    assert files == channel_siblings(f0) == [f0, real_folder / "body_0001.nii.gz"]
+    files = channel_siblings(f0)
+    assert files == [f0, real_folder / "body_0001.nii.gz"]
 
     cases = {c.case_id: c for c in discover(real_folder)}
     assert set(cases) == {"body", "sub__body", "plain", "lone_0001"}  # _0000 dropped, collisions prefixed
@@ -220,7 +219,7 @@ def test_discovery_refuses_a_gapped_channel_set(real_folder):
     ):
         discover(real_folder)
     with pytest.raises(InputError, match=rf"^{missing}: channel file missing"):
-        load_volume(channel_files(real_folder / "body_0000.nii.gz"))
+        load_volume(channel_siblings(real_folder / "body_0000.nii.gz"))
 
 
 def test_manifest_and_nnunet_names_follow_the_rule(tmp_path):

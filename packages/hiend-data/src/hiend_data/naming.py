@@ -6,7 +6,8 @@ in one folder; a label or a prediction is ``{case}{ext}``. hiend reads it like t
 ``hiend-eval score``):
 
 * **extension**: one of :data:`IMAGE_SUFFIXES` (``.nii.gz``, ``.nii``); :func:`strip_suffix` gives the stem,
-  or None for a name that is not an image file.
+  or None for a name that is not an image file. Which format reads a path is
+  :mod:`hiend_data.readers`' table (:func:`~hiend_data.readers.reader_for`).
 * **DICOM** (read by :mod:`hiend_data.dicom`, the ``[dicom]`` extra): a file is DICOM by its content
   (the ``DICM`` marker after the 128-byte preamble, :func:`is_dicom_file`), whatever its name; a scan
   is a folder holding one series (:func:`is_dicom_source`), a ``.zip`` of one, or one multi-frame file.
@@ -63,7 +64,9 @@ __all__ = [
     "dicom_case_name",
 ]
 
-#: File endings hiend reads as images (longest first, so ``.nii.gz`` wins over a bare ``.gz``).
+#: File endings of the images whose files name cases and channels (``{case}_0000.nii.gz``): the NIfTI
+#: reader's (:data:`hiend_data.readers.READERS`, whose ``channel_files`` formats these are; a format
+#: added there with channel files adds its endings here). Longest first, so ``.nii.gz`` wins over ``.gz``.
 IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 #: ``{case}_{dddd}``: an nnU-Net channel file's stem.
 CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -200,7 +203,9 @@ def image_suffix(name: str | os.PathLike[str]) -> str | None:
 
 
 def is_image(name: str | os.PathLike[str]) -> bool:
-    """True when the file name ends in an image extension (``.nii`` or ``.nii.gz``)."""
+    """True when the file name ends in an image extension of :data:`IMAGE_SUFFIXES` (``.nii`` or
+    ``.nii.gz``): a name that can be a channel file. It says nothing about other formats: which reader
+    reads a path, and "no reader" for one none takes, is :func:`hiend_data.readers.reader_for`."""
     return image_suffix(name) is not None
 
 
