@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hiend_data.errors import InputError
-from hiend_model import UNETR, HiEndMAE, build
+from hiend_model import PRESETS, UNETR, HiEndMAE, UNETRConfig, build
 from hiend_model.checkpoint import load_checkpoint, model_kind, read_checkpoint_info, save_checkpoint
 from hiend_model.kinds import (
     KINDS,
@@ -14,7 +14,6 @@ from hiend_model.kinds import (
     SOURCES,
     UNETR_KIND,
     build_empty,
-    build_model,
     get_kind,
     kind_of,
 )
@@ -46,14 +45,28 @@ def test_kind_of_models_and_the_checkpoint_names():
 
 
 def test_build_empty_is_on_meta_and_shaped_like_a_real_model():
-    real = build_model("pretrain", {**build("tiny", **TINY).config.model_dump()})
-    empty, on_meta = build_empty(MAE_KIND, real.config)
-    assert on_meta and all(t.is_meta for t in empty.state_dict().values())
-    assert {k: v.shape for k, v in empty.state_dict().items()} == {
-        k: v.shape for k, v in real.state_dict().items()
-    }
+    real = build("tiny", **TINY)
+    for kind in ("pretrain", MAE_KIND):  # any name of the kind, a dict or a config
+        empty, on_meta = build_empty(kind, {**real.config.model_dump()})
+        assert on_meta and all(t.is_meta for t in empty.state_dict().values())
+        assert {k: v.shape for k, v in empty.state_dict().items()} == {
+            k: v.shape for k, v in real.state_dict().items()
+        }
+    empty, _ = build_empty(MAE_KIND, real.config)
+    assert empty.config == real.config
     with pytest.raises(InputError, match="depth"):
-        build_model("mae", {**real.config.model_dump(), "depth": 0})
+        build_empty("mae", {**real.config.model_dump(), "depth": 0})
+
+
+def test_build_is_the_one_builder_of_both_kinds():
+    unetr_cfg = UNETRConfig(**build("tiny", **TINY).config.encoder_fields(), num_classes=3, feature_size=4)
+    unetr = build(unetr_cfg)
+    assert isinstance(unetr, UNETR) and unetr.config == unetr_cfg
+    deeper = build(unetr_cfg, depth=8)
+    assert deeper.config.depth == 8 and deeper.config.tap_blocks == (2, 4, 6)
+    assert isinstance(build("tiny", **TINY), HiEndMAE) and isinstance(build(PRESETS["tiny"]), HiEndMAE)
+    with pytest.raises(InputError, match="num_classes"):
+        build(unetr_cfg, num_classes=0)
 
 
 def test_expected_kind_takes_any_alias(tmp_path):

@@ -1,4 +1,5 @@
-"""The paper's ablation baseline, plain MAE (He et al. 2022): ``MAEConfig.decoder="mae"``.
+"""The paper's ablation baseline, plain MAE (He et al. 2022): ``MAEConfig.decoder="plain"`` (``"mae"``,
+its old name, still accepted and read from saved checkpoints).
 
 Only the final normed encoder output is projected (``decoder_embed``), then ``decoder_depth`` (default 5)
 plain self-attention blocks, norm and head; masking, loss, outputs and checkpoints as for Hi-End-MAE.
@@ -20,14 +21,14 @@ from hiend_data.errors import InputError
 from hiend_model import PRESETS, UNETR, HiEndMAE, MAEConfig, build
 from hiend_model.checkpoint import load_checkpoint, save_checkpoint
 from hiend_model.config import resolve_config
-from hiend_model.mae import CrossBlock, MAEDecoder
+from hiend_model.decoder_blocks import CrossBlock, PlainMAEDecoder
 from hiend_model.official import export_official_pretrained, load_official_pretrained, load_unetr_init
 
 
 @pytest.fixture(scope="module")
 def mae() -> HiEndMAE:
     torch.manual_seed(0)
-    return build("tiny", decoder="mae", attn_backend="math").eval()
+    return build("tiny", decoder="plain", attn_backend="math").eval()
 
 
 def _batch(seed: int, B: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,12 +38,14 @@ def _batch(seed: int, B: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
 
 # -- config ----------------------------------------------------------------------------------------
 def test_config_defaults_and_overrides():
-    hi, plain = MAEConfig(), MAEConfig(decoder="mae")
+    hi, plain = MAEConfig(), MAEConfig(decoder="plain")
     assert (hi.decoder, hi.decoder_depth, hi.cross_depth) == ("hiend", 2, 3)
-    assert (plain.decoder, plain.decoder_depth, plain.cross_depth) == ("mae", 5, 0)
+    assert (plain.decoder, plain.decoder_depth, plain.cross_depth) == ("plain", 5, 0)
+    assert MAEConfig(decoder="mae") == plain  # the old name of the same decoder
     assert plain.tap_blocks == (3, 6, 9)  # still the UNETR's skips
     # Presets carry numbers; switching the decoder re-derives the depths unless they are given.
-    cfg = resolve_config("vit-b16", decoder="mae")
+    cfg = resolve_config("vit-b16", decoder="plain")
+    assert resolve_config("vit-b16", decoder="mae") == cfg
     assert (cfg.decoder_depth, cfg.cross_depth) == (5, 0)
     assert resolve_config("tiny", decoder="mae", decoder_depth=8).decoder_depth == 8
     assert resolve_config("tiny", decoder="mae", decoder_depth=0).decoder_depth == 0
@@ -62,7 +65,8 @@ def test_config_defaults_and_overrides():
     ("fields", "word"),
     [
         (dict(decoder="mae", cross_depth=3), "cross_depth=3"),
-        (dict(decoder="plain"), "decoder"),
+        (dict(decoder="plain", cross_depth=3), "cross_depth=3"),
+        (dict(decoder="vit"), "decoder"),
         (dict(decoder="mae", decoder_depth=-1), "decoder_depth=-1"),
     ],
 )
@@ -127,7 +131,7 @@ def test_loss_gradient_comes_from_masked_rows_only():
     """d loss / d (normed decoder tokens) is zero on the class token and every visible token and non-zero
     on every masked one: the head and everything below it learn from masked patches only."""
     torch.manual_seed(0)
-    model = build("tiny", decoder="mae", attn_backend="math")
+    model = build("tiny", decoder="plain", attn_backend="math")
     x, noise = _batch(2)
     seen = {}
 
@@ -150,7 +154,7 @@ def test_loss_gradient_comes_from_masked_rows_only():
 
 # -- structure -------------------------------------------------------------------------------------
 def test_no_cross_attention_and_one_projection(mae):
-    assert isinstance(mae.decoder, MAEDecoder)
+    assert isinstance(mae.decoder, PlainMAEDecoder)
     assert not any(isinstance(m, CrossBlock) or getattr(m, "cross", False) for m in mae.modules())
     assert not hasattr(mae, "encoder_to_decoder")
     linears_from_encoder_width = [
@@ -181,7 +185,7 @@ def test_same_encoder_as_hiend(mae):
     assert list(ea) == list(eb)
     assert {k: v.shape for k, v in ea.items()} == {k: v.shape for k, v in eb.items()}
     # and the whole encoder (weights and the computation) transfers between the two
-    mae2 = build("tiny", decoder="mae", attn_backend="math").eval()
+    mae2 = build("tiny", decoder="plain", attn_backend="math").eval()
     mae2.load_state_dict({**mae2.state_dict(), **{f"encoder.{k}": v for k, v in ea.items()}})
     x, noise = _batch(3)
     ids = noise.argsort(1)[:, :54]
@@ -211,7 +215,7 @@ def expected_params(cfg: MAEConfig) -> tuple[int, int]:
     enc = (P * D + D) + D + cfg.depth * _block_params(D, cfg.mlp_ratio) + 2 * D
     if cfg.pos_embed == "learned":
         enc += cfg.num_patches * D
-    n_proj = 1 if cfg.decoder == "mae" else len(cfg.tap_blocks) + 1
+    n_proj = 1 if cfg.decoder == "plain" else len(cfg.tap_blocks) + 1
     dec = (
         n_proj * (D * Dd + Dd)
         + Dd
@@ -237,7 +241,7 @@ def test_parameter_counts_tiny_exact(mae):
 
 
 @pytest.mark.parametrize("preset", ["vit-b16", "vit-l12", "vit-l16", "tiny"])
-@pytest.mark.parametrize("decoder", ["hiend", "mae"])
+@pytest.mark.parametrize("decoder", ["hiend", "plain"])
 def test_parameter_counts_by_formula_at_every_preset(preset, decoder):
     with torch.device("meta"):  # sizes only
         model = build(preset, decoder=decoder)
@@ -248,9 +252,9 @@ def test_parameter_counts_by_formula_at_every_preset(preset, decoder):
 def test_checkpoint_round_trip_is_bit_identical(tmp_path: Path, mae):
     path = save_checkpoint(tmp_path / "plain.safetensors", mae)
     model, info = load_checkpoint(path, expected_kind="mae")
-    assert info.kind == "mae" and info.config["decoder"] == "mae"
+    assert info.kind == "mae" and info.config["decoder"] == "plain"
     assert (info.config["decoder_depth"], info.config["cross_depth"]) == (5, 0)
-    assert model.config == mae.config and isinstance(model.decoder, MAEDecoder)
+    assert model.config == mae.config and isinstance(model.decoder, PlainMAEDecoder)
     sa, sb = mae.state_dict(), model.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     x, noise = _batch(4, B=1)
@@ -277,8 +281,23 @@ def test_checkpoint_written_before_the_field_loads_as_hiend(tmp_path: Path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_checkpoint_saved_with_the_old_decoder_name_loads_as_plain(tmp_path: Path, mae):
+    path = save_checkpoint(tmp_path / "plain.safetensors", mae)
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    config = {**json.loads(meta["config"]), "decoder": "mae"}
+    old = tmp_path / "old.safetensors"
+    save_file(tensors, str(old), metadata={**meta, "config": json.dumps(config)})
+    model, info = load_checkpoint(old, expected_kind="mae")
+    assert info.config["decoder"] == "mae" and model.config == mae.config
+    assert model.config.decoder == "plain" and isinstance(model.decoder, PlainMAEDecoder)
+    sa, sb = mae.state_dict(), model.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def test_official_layout_refuses_the_baseline(mae):
-    with pytest.raises(InputError, match="decoder='mae'"):
+    with pytest.raises(InputError, match="decoder='plain'"):
         export_official_pretrained(mae)
     with torch.device("meta"):
         sd = export_official_pretrained(build("tiny"))
@@ -336,7 +355,7 @@ def _phantom_crops(B: int = 2) -> torch.Tensor:
 
 def test_loss_falls_on_a_fixed_batch():
     torch.manual_seed(0)
-    model = build("tiny", decoder="mae", attn_backend="math").train()
+    model = build("tiny", decoder="plain", attn_backend="math").train()
     x = _phantom_crops()
     noise = torch.rand(2, 216, generator=torch.Generator().manual_seed(1))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))  # the paper's betas

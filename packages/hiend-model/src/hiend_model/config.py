@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from hiend_data.errors import InputError, from_validation_error
 
+from .decoders import DECODERS, decoder_name, default_taps
+
 AttnBackend = Literal["auto", "xformers", "sdpa", "math"]
 Triple = tuple[int, int, int]
 
@@ -27,11 +29,6 @@ def _triple(value: object) -> object:
     if isinstance(value, (list, tuple)) and len(value) == 1:
         return (value[0],) * 3
     return value
-
-
-def default_taps(depth: int) -> tuple[int, ...]:
-    """Blocks whose outputs feed the decoder / UNETR skips: (3, 6, 9) for depth 12 (0-based)."""
-    return (depth // 4, depth // 2, (3 * depth) // 4)
 
 
 class EncoderConfig(BaseModel):
@@ -126,10 +123,8 @@ def finite_error(exc: ValidationError, prefix: str) -> InputError | None:
     return None
 
 
-DecoderKind = Literal["hiend", "mae"]
-#: decoder_depth when unset: Hi-End-MAE's 2 self-attention blocks (before its cross-attention blocks);
-#: plain MAE's 5 blocks, as many as Hi-End-MAE's 2 self + 3 cross.
-DEFAULT_DECODER_DEPTH: dict[str, int] = {"hiend": 2, "mae": 5}
+#: The decoders' names (:data:`hiend_model.decoders.DECODERS`; ``"mae"`` is accepted for ``"plain"``).
+DecoderKind = Literal["hiend", "plain"]
 #: Fields whose unset value depends on ``decoder`` (resolve_config re-derives them when it changes).
 DECODER_DEPENDENT = ("decoder_depth", "cross_depth")
 
@@ -137,12 +132,14 @@ DECODER_DEPENDENT = ("decoder_depth", "cross_depth")
 class MAEConfig(EncoderConfig):
     """Masked-autoencoder pre-training model: the encoder and one of two decoders.
 
-    ``decoder="hiend"`` (default): Hi-End-MAE's hierarchical encoder-driven decoder, ``decoder_depth``
+    ``decoder`` names an entry of :data:`hiend_model.decoders.DECODERS`, which gives the unset depths:
+    ``"hiend"`` (default): Hi-End-MAE's hierarchical encoder-driven decoder, ``decoder_depth``
     self-attention blocks (default 2) then ``cross_depth`` cross-attention blocks (default and required:
-    one per tapped block). ``decoder="mae"``: the paper's ablation baseline, plain MAE (He et al. 2022),
-    ``decoder_depth`` plain self-attention blocks (default 5) on the projected final encoder output
-    only; ``cross_depth`` is 0 (no cross-attention). The unset depths (None) are resolved on validation,
-    so a dumped config always holds numbers.
+    one per tapped block). ``"plain"`` (``"mae"`` is accepted for it, and read so from saved
+    checkpoints): the paper's ablation baseline, plain MAE (He et al. 2022), ``decoder_depth`` plain
+    self-attention blocks (default 5) on the projected final encoder output only; ``cross_depth`` is 0
+    (no cross-attention). The unset depths (None) are resolved on validation, so a dumped config always
+    holds numbers.
     """
 
     pos_embed: Literal["sincos", "learned"] = "sincos"
@@ -152,6 +149,11 @@ class MAEConfig(EncoderConfig):
     decoder_depth: int | None = None
     cross_depth: int | None = None
     mask_ratio: float = 0.75
+
+    @field_validator("decoder", mode="before")
+    @classmethod
+    def _decoder_name(cls, value: object) -> object:
+        return decoder_name(value)
 
     @model_validator(mode="after")
     def _check_mae(self):  # noqa: ANN202
@@ -165,19 +167,20 @@ class MAEConfig(EncoderConfig):
                 f"decoder_embed_dim={self.decoder_embed_dim} is not divisible by "
                 f"decoder_num_heads={self.decoder_num_heads}"
             )
+        spec = DECODERS[self.decoder]
         if self.decoder_depth is None:
-            object.__setattr__(self, "decoder_depth", DEFAULT_DECODER_DEPTH[self.decoder])
+            object.__setattr__(self, "decoder_depth", spec.default_depth)
         if self.decoder_depth < 0:
             raise ValueError(f"decoder_depth={self.decoder_depth} must be >= 0")
-        n_taps = len(self.tap_blocks or ())
+        taps = spec.taps(self.depth, self.tap_blocks)
         if self.cross_depth is None:
-            object.__setattr__(self, "cross_depth", n_taps if self.decoder == "hiend" else 0)
-        if self.decoder == "mae" and self.cross_depth != 0:
+            object.__setattr__(self, "cross_depth", spec.cross_depth(taps))
+        if self.cross_depth != spec.cross_depth(taps) and not spec.cross_attention:
             raise ValueError(
-                f"cross_depth={self.cross_depth} with decoder='mae': the plain MAE decoder has no "
+                f"cross_depth={self.cross_depth} with decoder={self.decoder!r}: the plain MAE decoder has no "
                 "cross-attention blocks (leave cross_depth unset or 0; decoder_depth counts its blocks)"
             )
-        if self.decoder == "hiend" and self.cross_depth != n_taps:
+        if self.cross_depth != spec.cross_depth(taps):
             raise ValueError(
                 f"cross_depth={self.cross_depth} must equal the number of tap_blocks "
                 f"{self.tap_blocks} (one cross-attention block per tapped block)"
@@ -274,7 +277,7 @@ def resolve_config(preset_or_config: str | MAEConfig | dict, **overrides: object
     """A preset name, a config or a dict of fields -> a validated :class:`MAEConfig`.
 
     Overriding ``decoder`` with another value also re-derives ``decoder_depth`` and ``cross_depth``
-    (unless they are overridden too): ``resolve_config("vit-b16", decoder="mae")`` has 5 plain blocks.
+    (unless they are overridden too): ``resolve_config("vit-b16", decoder="plain")`` has 5 plain blocks.
 
     Raises InputError for an unknown preset (listing the known ones) or invalid fields.
     """
@@ -288,7 +291,9 @@ def resolve_config(preset_or_config: str | MAEConfig | dict, **overrides: object
         base = dict(preset_or_config)
     else:
         raise InputError(f"expected a preset name, MAEConfig or dict, got {type(preset_or_config).__name__}")
-    if "decoder" in overrides and overrides["decoder"] != base.get("decoder", "hiend"):
+    if "decoder" in overrides and decoder_name(overrides["decoder"]) != decoder_name(
+        base.get("decoder", "hiend")
+    ):
         # Another decoder: its own default depths unless they are given too.
         for name in DECODER_DEPENDENT:
             if name not in overrides:

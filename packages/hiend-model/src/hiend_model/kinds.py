@@ -34,7 +34,6 @@ __all__ = [
     "get_kind",
     "lookup_kind",
     "kind_of",
-    "build_model",
     "build_empty",
 ]
 
@@ -103,25 +102,22 @@ def kind_of(model: Any) -> Kind | None:
     return None
 
 
-def build_model(kind: str | Kind, config: dict[str, Any] | BaseModel) -> Any:
-    """A freshly initialised model of ``kind`` from its config (fields or an instance; InputError if invalid)."""
+def build_empty(kind: str | Kind, config: dict[str, Any] | BaseModel) -> tuple[Any, bool]:
+    """``(model, on_meta)``: the ``kind`` model a config (fields or an instance; InputError if invalid)
+    describes, built by :func:`hiend_model.mae.build` on the meta device when it can be (no random
+    init, no memory: for shapes and parameter names, or for assigning weights read from a file), else
+    normally initialised (``on_meta`` False)."""
+    import torch  # start-up time: see the module docstring
+
+    from .mae import build
+
     kind = get_kind(kind)
     if not isinstance(config, kind.config_class):
         config = validated(
             kind.config_class, dict(config.model_dump() if isinstance(config, BaseModel) else config)
         )
-    return kind.model_class(config)
-
-
-def build_empty(kind: str | Kind, config: dict[str, Any] | BaseModel) -> tuple[Any, bool]:
-    """``(model, on_meta)``: built on the meta device when it can be (no random init, no memory: for
-    shapes and parameter names, or for assigning weights read from a file), else a normally
-    initialised model (``on_meta`` False)."""
-    import torch  # start-up time: see the module docstring
-
-    kind = get_kind(kind)
     try:
         with torch.device("meta"):
-            return build_model(kind, config), True
+            return build(config), True
     except (NotImplementedError, RuntimeError):  # a layer that needs real data while being built
-        return build_model(kind, config), False
+        return build(config), False

@@ -3,16 +3,18 @@
 DESIGN.md, "What Hi-End-MAE computes", steps 1-8. Shapes: images [B, C, H, W, D]; grid g = (H/p, W/p,
 D/p); L = prod(g) tokens; P = p^3 C values per patch; keep = int(L (1 - mask_ratio)) visible tokens.
 
-``MAEConfig.decoder="mae"`` swaps steps 4-6 for the paper's ablation baseline, plain MAE (He et al.
-2022): only the final normed encoder output is projected (``decoder_embed``), then ``decoder_depth``
-plain self-attention blocks, norm and head (:class:`MAEDecoder`). Masking, loss, outputs and
-reconstruction are shared.
+Steps 4-6 (projection, decoder) are the entry of :data:`hiend_model.decoders.DECODERS` that
+``MAEConfig.decoder`` names: ``"hiend"``, or ``"plain"``, the paper's ablation baseline, plain MAE (He et
+al. 2022): only the final normed encoder output is projected (``decoder_embed``), then
+``decoder_depth`` plain self-attention blocks, norm and head
+(:class:`~hiend_model.decoder_blocks.PlainMAEDecoder`). Masking, loss, outputs and reconstruction are
+shared.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +22,10 @@ from torch import nn
 
 from hiend_data.errors import InputError
 
-from .attention import Attention
-from .config import MAEConfig, resolve_config
-from .vit import Block, Mlp, ViTEncoder, check_images, init_weights, patchify, sincos_pos_embed_3d, unpatchify
+from .config import MAEConfig, UNETRConfig, resolve_config, validated
+from .decoders import DECODERS
+from .unetr import UNETR
+from .vit import ViTEncoder, check_images, init_weights, patchify, sincos_pos_embed_3d, unpatchify
 
 
 @dataclass
@@ -39,95 +42,8 @@ class MAEOutput:
     mask: torch.Tensor
 
 
-class CrossBlock(nn.Module):
-    """Decoder block: x + self_attn(norm0(x)); x + cross_attn(norm1(x), context); x + mlp(norm2(x)).
-
-    ``context`` [B, M, C] (projected encoder block output, not normed) gives keys and values.
-    """
-
-    def __init__(
-        self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, eps: float, backend: str
-    ) -> None:
-        super().__init__()
-        self.norm0 = nn.LayerNorm(dim, eps=eps)
-        self.self_attn = Attention(dim, num_heads, qkv_bias=qkv_bias, backend=backend)
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.cross_attn = Attention(dim, num_heads, qkv_bias=qkv_bias, cross=True, backend=backend)
-        self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.norm0(x))
-        x = x + self.cross_attn(self.norm1(x), context)
-        return x + self.mlp(self.norm2(x))
-
-
-class Decoder(nn.Module):
-    """2 self-attention blocks, then one cross-attention block per tapped encoder block, norm, head."""
-
-    def __init__(self, cfg: MAEConfig) -> None:
-        super().__init__()
-        dim, heads, eps, be = (
-            cfg.decoder_embed_dim,
-            cfg.decoder_num_heads,
-            cfg.layer_norm_eps,
-            cfg.attn_backend,
-        )
-        self.blocks = nn.ModuleList(
-            Block(dim, heads, cfg.mlp_ratio, cfg.qkv_bias, eps, 0.0, be) for _ in range(cfg.decoder_depth)
-        )
-        self.cross_attention_blocks = nn.ModuleList(
-            CrossBlock(dim, heads, cfg.mlp_ratio, cfg.qkv_bias, eps, be) for _ in range(cfg.cross_depth)
-        )
-        self.norm = nn.LayerNorm(dim, eps=eps)
-        self.head = nn.Linear(dim, cfg.patch_dim)
-
-    def features(self, x: torch.Tensor, contexts: list[torch.Tensor]) -> torch.Tensor:
-        """x [B, 1+L, Dd]; contexts deep to shallow, each [B, 1+keep, Dd] -> normed tokens [B, 1+L, Dd]."""
-        for blk in self.blocks:
-            x = blk(x)
-        for blk, ctx in zip(self.cross_attention_blocks, contexts, strict=True):
-            x = blk(x, ctx)
-        return self.norm(x)
-
-    def forward(self, x: torch.Tensor, contexts: list[torch.Tensor]) -> torch.Tensor:
-        """-> head output [B, 1+L, P]."""
-        return self.head(self.features(x, contexts))
-
-
-class MAEDecoder(nn.Module):
-    """Plain MAE decoder (the paper's ablation baseline): ``decoder_depth`` self-attention blocks, norm,
-    head. No cross-attention; ``contexts`` is accepted (and must be empty) so both decoders share a call."""
-
-    def __init__(self, cfg: MAEConfig) -> None:
-        super().__init__()
-        dim, heads, eps, be = (
-            cfg.decoder_embed_dim,
-            cfg.decoder_num_heads,
-            cfg.layer_norm_eps,
-            cfg.attn_backend,
-        )
-        self.blocks = nn.ModuleList(
-            Block(dim, heads, cfg.mlp_ratio, cfg.qkv_bias, eps, 0.0, be) for _ in range(cfg.decoder_depth)
-        )
-        self.norm = nn.LayerNorm(dim, eps=eps)
-        self.head = nn.Linear(dim, cfg.patch_dim)
-
-    def features(self, x: torch.Tensor, contexts: Sequence[torch.Tensor] = ()) -> torch.Tensor:
-        """x [B, 1+L, Dd] -> normed tokens [B, 1+L, Dd]."""
-        if contexts:
-            raise ValueError("the plain MAE decoder takes no encoder contexts")
-        for blk in self.blocks:
-            x = blk(x)
-        return self.norm(x)
-
-    def forward(self, x: torch.Tensor, contexts: Sequence[torch.Tensor] = ()) -> torch.Tensor:
-        """-> head output [B, 1+L, P]."""
-        return self.head(self.features(x, contexts))
-
-
 class HiEndMAE(nn.Module):
-    """The Hi-End-MAE pre-training model (or, with ``config.decoder="mae"``, the plain-MAE baseline).
+    """The Hi-End-MAE pre-training model (or, with ``config.decoder="plain"``, the plain-MAE baseline).
 
     ``forward(images [B, C, H, W, D], noise [B, L] | None) -> MAEOutput``. State-dict keys follow the
     paper's layout except ``encoder.pos_embed`` (paper: ``encoder_pos_embed``) and the patch embedding,
@@ -135,7 +51,12 @@ class HiEndMAE(nn.Module):
 
     Plain MAE: the encoder keys are the same; the one projection is ``decoder_embed`` (there is no
     ``encoder_to_decoder``), the decoder ``decoder.blocks.{i}``, ``decoder.norm``, ``decoder.head``
-    (:class:`MAEDecoder`); ``mask_token`` and the ``decoder_pos_embed`` buffer as for Hi-End-MAE.
+    (:class:`~hiend_model.decoder_blocks.PlainMAEDecoder`); ``mask_token`` and the ``decoder_pos_embed``
+    buffer as for Hi-End-MAE.
+
+    ``decoder_spec`` is the config's entry of :data:`~hiend_model.decoders.DECODERS`; ``taps`` the
+    encoder blocks the decoder reads (shallow to deep; none for plain MAE); ``projection`` the encoder
+    -> decoder projection (``encoder_to_decoder`` or ``decoder_embed``).
     """
 
     def __init__(self, config: MAEConfig) -> None:
@@ -160,20 +81,21 @@ class HiEndMAE(nn.Module):
             grad_checkpointing=cfg.grad_checkpointing,
             backend=cfg.attn_backend,
         )
-        if cfg.decoder == "mae":
-            # Plain MAE: the final normed output alone is projected to the decoder width.
-            self.decoder_embed = nn.Linear(cfg.embed_dim, cfg.decoder_embed_dim)
-        else:
-            # 0..n-1 project the tapped block outputs (shallow to deep), n the final normed output.
-            self.encoder_to_decoder = nn.ModuleList(
-                nn.Linear(cfg.embed_dim, cfg.decoder_embed_dim) for _ in range(len(cfg.tap_blocks) + 1)
-            )
+        self.decoder_spec = spec = DECODERS[cfg.decoder]
+        self.taps = spec.taps(cfg.depth, cfg.tap_blocks)
+        decoder_class = spec.module_class
+        self.add_module(spec.projection_name, decoder_class.projection(cfg, len(self.taps)))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_embed_dim))
         self.register_buffer(
             "decoder_pos_embed", sincos_pos_embed_3d(cfg.grid, cfg.decoder_embed_dim).unsqueeze(0)
         )
-        self.decoder = MAEDecoder(cfg) if cfg.decoder == "mae" else Decoder(cfg)
+        self.decoder = decoder_class(cfg)
         self.reset_parameters()
+
+    @property
+    def projection(self) -> nn.Module:
+        """The encoder -> decoder projection (``encoder_to_decoder`` or ``decoder_embed``)."""
+        return getattr(self, self.decoder_spec.projection_name)
 
     def reset_parameters(self) -> None:
         init_weights(self)
@@ -215,27 +137,19 @@ class HiEndMAE(nn.Module):
     def forward_encoder(
         self, patches: torch.Tensor, ids_keep: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Visible patches -> (final normed [B, 1+keep, D], tapped block outputs shallow to deep;
-        plain MAE: no taps, an empty list)."""
+        """Visible patches -> (final normed [B, 1+keep, D], outputs of the blocks in :attr:`taps`, shallow
+        to deep; plain MAE: none)."""
         P = patches.shape[-1]
         visible = patches.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, P))
         latent, outs = self.encoder(visible, ids_keep)
-        if self.config.decoder == "mae":
-            return latent, []
-        return latent, [outs[t] for t in self.config.tap_blocks]
+        return latent, [outs[t] for t in self.taps]
 
     def forward_decoder(
         self, latent: torch.Tensor, taps: list[torch.Tensor], ids_shuffle: torch.Tensor
     ) -> torch.Tensor:
         """-> normed decoder tokens [B, 1+L, Dd] in shuffled order (class token, visible, masked)."""
         B, L = ids_shuffle.shape
-        if self.config.decoder == "mae":
-            contexts: list[torch.Tensor] = []
-            x = self.decoder_embed(latent)
-        else:
-            proj = self.encoder_to_decoder
-            contexts = [proj[i](t) for i, t in enumerate(taps)][::-1]  # deep to shallow
-            x = proj[len(taps)](latent)
+        x, contexts = self.decoder.project(self.projection, latent, taps)  # contexts deep to shallow
         Dd = x.shape[-1]
         mask_tokens = self.mask_token.expand(B, L - (x.shape[1] - 1), -1)
         pos = self.decoder_pos_embed.expand(B, -1, -1).gather(1, ids_shuffle.unsqueeze(-1).expand(-1, -1, Dd))
@@ -295,7 +209,18 @@ class HiEndMAE(nn.Module):
         return self.unpatchify(masked), self.unpatchify(rec)
 
 
-def build(preset_or_config: str | MAEConfig | dict = "vit-b16", **overrides: object) -> HiEndMAE:
-    """A pre-training model from a preset name (``vit-b16``, ``vit-l12``, ``vit-l16``, ``tiny``), a
-    :class:`MAEConfig` or a dict of its fields; keyword overrides replace fields."""
+def build(preset_or_config: str | MAEConfig | UNETRConfig | dict = "vit-b16", **overrides: object) -> Any:
+    """hiend's one model builder: a freshly initialised model of either kind from its config.
+
+    ``preset_or_config``: a pre-training preset name (``vit-b16``, ``vit-l12``, ``vit-l16``, ``tiny``),
+    a :class:`MAEConfig` or a dict of its fields -> :class:`HiEndMAE`; a :class:`UNETRConfig` ->
+    :class:`~hiend_model.unetr.UNETR` (from a file's config: :func:`hiend_model.kinds.build_empty`).
+    Keyword overrides replace fields (changing ``depth`` re-derives unset ``tap_blocks``, changing
+    ``decoder`` its depths). InputError names an unknown preset or an invalid field.
+    """
+    if isinstance(preset_or_config, UNETRConfig):
+        fields = {**preset_or_config.model_dump(), **overrides}
+        if "depth" in overrides and "tap_blocks" not in overrides:
+            fields["tap_blocks"] = None
+        return UNETR(validated(UNETRConfig, fields))
     return HiEndMAE(resolve_config(preset_or_config, **overrides))

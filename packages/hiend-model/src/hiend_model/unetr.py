@@ -9,6 +9,7 @@ stage is a transposed conv; any other patch (the paper's 12): trilinear resize t
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +17,11 @@ from torch import nn
 
 from hiend_data.errors import InputError
 
-from .config import UNETRConfig, validated
-from .mae import HiEndMAE
+from .config import MAEConfig, UNETRConfig, validated
 from .vit import ViTEncoder, check_images, init_weights, patchify
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .mae import HiEndMAE  # (hiend_model.mae builds UNETRs too: it imports this module)
 
 
 class InstanceNorm(nn.Module):
@@ -180,7 +183,7 @@ class UNETR(nn.Module):
         drop_path). To start from a file (a hiend "mae" checkpoint or the paper's pre-training .pth) use
         :func:`hiend_model.official.load_unetr_init`.
         """
-        if not isinstance(mae, HiEndMAE):
+        if not (isinstance(mae, nn.Module) and isinstance(getattr(mae, "config", None), MAEConfig)):
             hint = (
                 " (load a checkpoint with hiend_model.official.load_unetr_init)"
                 if isinstance(mae, (str, os.PathLike, dict))
