@@ -22,7 +22,8 @@ from hiend_model import PRESETS, UNETR, HiEndMAE, MAEConfig, build
 from hiend_model.checkpoint import load_checkpoint, save_checkpoint
 from hiend_model.config import resolve_config
 from hiend_model.decoder_blocks import CrossBlock, PlainMAEDecoder
-from hiend_model.official import export_official_pretrained, load_official_pretrained, load_unetr_init
+from hiend_model.official import export_official_pretrained, load_official_pretrained
+from hiend_model.pretrained import load_unetr_init
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,8 @@ def test_from_mae_carries_the_encoder(pos):
 
 def test_from_mae_checkpoints(tmp_path):
     from hiend_model.checkpoint import save_checkpoint
-    from hiend_model.official import export_official_pretrained, load_unetr_init
+    from hiend_model.official import export_official_pretrained
+    from hiend_model.pretrained import load_unetr_init
 
     mae = _mae()
     path = tmp_path / "mae.safetensors"

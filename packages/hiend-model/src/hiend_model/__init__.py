@@ -24,8 +24,9 @@ _LAZY = {
     "export_official_finetuned": ".official",
     "infer_arch_from_state_dict": ".official",
     "convert_official": ".official",
-    "load_pretrained_mae": ".official",
-    "load_unetr_init": ".official",
+    "load_pretrained_mae": ".pretrained",
+    "load_unetr_init": ".pretrained",
+    "DECODERS": ".decoders",
     "save_checkpoint": ".checkpoint",
     "load_checkpoint": ".checkpoint",
     "read_checkpoint_info": ".checkpoint",
@@ -52,6 +53,7 @@ __all__ = [
     "convert_official",
     "load_pretrained_mae",
     "load_unetr_init",
+    "DECODERS",
     "save_checkpoint",
     "load_checkpoint",
     "read_checkpoint_info",
@@ -64,6 +66,7 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from .checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
     from .config import PRESETS, MAEConfig, UNETRConfig
+    from .decoders import DECODERS
     from .mae import HiEndMAE, MAEOutput, build
     from .official import (
         convert_official,
@@ -72,10 +75,9 @@ if TYPE_CHECKING:  # pragma: no cover
         infer_arch_from_state_dict,
         load_official_finetuned,
         load_official_pretrained,
-        load_pretrained_mae,
-        load_unetr_init,
     )
     from .predict import ensemble_probabilities, predict_ensemble, predict_files, predict_volume
+    from .pretrained import load_pretrained_mae, load_unetr_init
     from .unetr import UNETR
 
 

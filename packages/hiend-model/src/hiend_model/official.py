@@ -6,14 +6,19 @@ patch embedding a Conv3d, ``encoder_pos_embed`` at the top level). Fine-tuned la
 ``{"state_dict": ...}`` and carry a ``module.`` prefix (DistributedDataParallel); bare dicts work too.
 Everything is read with ``torch.load(weights_only=True)``: no code is unpickled.
 
-Also here, as the loaders that know both the paper's files and hiend's: :func:`convert_official` (what
-``hiend-model convert`` runs), :func:`load_pretrained_mae` and :func:`load_unetr_init` (a UNETR
-initialised from a pre-training file of either format: ``hiend-train finetune --init PATH``).
+Also here: :func:`convert_official` (what ``hiend-model convert`` runs: a ``.pth`` to a hiend
+checkpoint). Loading a model from a file of either format (a hiend ``.safetensors`` or the paper's
+``.pth``) is :mod:`hiend_model.pretrained`.
+
+The paper's two layouts are named by training ``stage``: ``pretrain`` (a
+:class:`~hiend_model.mae.HiEndMAE`, kind ``mae``) and ``finetune`` (a :class:`~hiend_model.unetr.UNETR`,
+kind ``unetr``); see :mod:`hiend_model.kinds`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import os
 import re
@@ -24,10 +29,11 @@ import torch
 from hiend_data import Plan
 from hiend_data.errors import InputError
 
-from .checkpoint import check_finite, check_state_dict, load_checkpoint, save_checkpoint
+from .checkpoint import save_checkpoint
 from .config import PRESETS, MAEConfig, UNETRConfig, default_taps, validated
 from .kinds import MAE_KIND, UNETR_KIND, get_kind, lookup_kind
 from .mae import HiEndMAE
+from .tensors import check_finite, check_state_dict
 from .unetr import UNETR
 from .vit import sincos_pos_embed_3d
 
@@ -76,8 +82,8 @@ def read_state_dict(path_or_state_dict: str | Path | dict) -> StateDict:
     return sd
 
 
-def _kind_of(sd: StateDict) -> str:
-    """The paper's layout of a state dict by its keys: a kind's ``stage`` name, or ``"unknown"``."""
+def _stage_of(sd: StateDict) -> str:
+    """The paper's layout of a state dict by its keys: a ``stage`` name, or ``"unknown"``."""
     if "encoder.cls_token" in sd or "mask_token" in sd:
         return MAE_KIND.stage
     if any(k.startswith("vit.") for k in sd):
@@ -85,16 +91,16 @@ def _kind_of(sd: StateDict) -> str:
     return "unknown"
 
 
-def _require_kind(sd: StateDict, kind: str) -> None:
-    found = _kind_of(sd)
-    if found != kind:
+def _require_stage(sd: StateDict, stage: str) -> None:
+    found = _stage_of(sd)
+    if found != stage:
         hint = {
             MAE_KIND.stage: f"a pre-training checkpoint (load_official_pretrained, --from {MAE_KIND.source})",
             UNETR_KIND.stage: "a fine-tuned UNETR checkpoint (load_official_finetuned, --from "
             f"{UNETR_KIND.source})",
             "unknown": "not in either of the paper's layouts",
         }[found]
-        raise InputError(f"expected the paper's {kind} layout but the checkpoint is {hint}")
+        raise InputError(f"expected the paper's {stage} layout but the checkpoint is {hint}")
 
 
 def _count(sd: StateDict, prefix: str) -> int:
@@ -130,27 +136,28 @@ def _img_from_rows(L: int, patch: int, key: str, img_size=None) -> tuple[int, in
 # -- architecture inference ------------------------------------------------------------------------
 def infer_arch_from_state_dict(
     sd: StateDict | str | Path,
-    kind: str,
+    stage: str,
     num_heads: int | None = None,
     decoder_num_heads: int | None = None,
     img_size=None,
 ) -> dict:
-    """Every architecture field the tensors reveal, for ``kind`` "pretrain" or "finetune".
+    """Every architecture field the tensors reveal, for the paper's layout of ``stage`` "pretrain" or
+    "finetune" (the other names of its kind are accepted too: ``mae``, ``official-pretrain``, ...).
 
     Head counts cannot be read off the tensors: they default to the released model's (16). Also
     assumed unless given: cubic inputs (img_size from the cube root of the token count), taps (3, 6, 9)-style
     defaults for the depth, mask_ratio 0.75, LayerNorm eps 1e-6 (pretrain) / 1e-5 (finetune).
     """
-    found = lookup_kind(kind)  # any name of hiend_model.kinds: "mae" / "official-pretrain" too
+    found = lookup_kind(stage)  # any name of hiend_model.kinds: "mae" / "official-pretrain" too
     if found is None:
-        raise InputError(f"kind={kind!r} must be 'pretrain' or 'finetune'")
-    kind = found.stage
+        raise InputError(f"stage={stage!r} must be 'pretrain' or 'finetune'")
+    stage = found.stage
     if not isinstance(sd, dict):
         sd = read_state_dict(sd)
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    _require_kind(sd, kind)
+    _require_stage(sd, stage)
     arch: dict = {}
-    if kind == "pretrain":
+    if stage == MAE_KIND.stage:
         w = _get(sd, "encoder.patch_embed.proj.weight")
         if w.ndim != 5:
             raise InputError(
@@ -230,13 +237,14 @@ def _mismatch_with_released(inferred: dict, released: dict, what: str) -> None:
         )
 
 
-def _resolve_arch(sd: StateDict, kind: str, arch: dict) -> dict:
+def _resolve_arch(sd: StateDict, stage: str, arch: dict) -> dict:
     inferred = infer_arch_from_state_dict(
-        sd, kind, arch.get("num_heads"), arch.get("decoder_num_heads"), arch.get("img_size")
+        sd, stage, arch.get("num_heads"), arch.get("decoder_num_heads"), arch.get("img_size")
     )
     if not arch:
-        released = RELEASED_PRETRAIN if kind == "pretrain" else RELEASED_FINETUNE
-        _mismatch_with_released(inferred, released, "ViT-L/12" if kind == "pretrain" else "ViT-L/12 UNETR")
+        pre = stage == MAE_KIND.stage
+        released = RELEASED_PRETRAIN if pre else RELEASED_FINETUNE
+        _mismatch_with_released(inferred, released, "ViT-L/12" if pre else "ViT-L/12 UNETR")
         base = {**released, **{k: inferred[k] for k in ("num_classes", "pos_embed") if k in inferred}}
         return base
     out = {**inferred, **arch}
@@ -277,9 +285,9 @@ def load_official_pretrained(path_or_state_dict: str | Path | dict, **arch: obje
             "decoder only (decoder='hiend')"
         )
     sd = read_state_dict(path_or_state_dict)
-    _require_kind(sd, "pretrain")
+    _require_stage(sd, MAE_KIND.stage)
     unetr_only = set(UNETRConfig.model_fields) - set(MAEConfig.model_fields)
-    fields = {k: v for k, v in _resolve_arch(sd, "pretrain", dict(arch)).items() if k not in unetr_only}
+    fields = {k: v for k, v in _resolve_arch(sd, MAE_KIND.stage, dict(arch)).items() if k not in unetr_only}
     cfg = validated(MAEConfig, fields)
     model = HiEndMAE(cfg)
     load_into(model, {k: v.float() for k, v in pretrained_to_ours(sd).items()})
@@ -289,7 +297,7 @@ def load_official_pretrained(path_or_state_dict: str | Path | dict, **arch: obje
 def export_official_pretrained(mae, wrap: bool = False) -> dict:
     """HiEndMAE -> state dict in the paper's pre-training layout (``wrap``: ``{"state_dict": module.*}``).
 
-    A plain-MAE baseline (``decoder="mae"``) is refused: the paper's layout has no such decoder.
+    A plain-MAE baseline (``decoder="plain"``) is refused: the paper's layout has no such decoder.
     """
     cfg = mae.config
     if cfg.decoder != "hiend":
@@ -396,8 +404,8 @@ def load_official_finetuned(path_or_state_dict: str | Path | dict, **arch: objec
     from the tensors.
     """
     sd = read_state_dict(path_or_state_dict)
-    _require_kind(sd, "finetune")
-    fields = _resolve_arch(sd, "finetune", dict(arch))
+    _require_stage(sd, UNETR_KIND.stage)
+    fields = _resolve_arch(sd, UNETR_KIND.stage, dict(arch))
     mae_only = set(MAEConfig.model_fields) - set(UNETRConfig.model_fields)
     cfg = validated(UNETRConfig, {k: v for k, v in fields.items() if k not in mae_only})
     model = UNETR(cfg)
@@ -459,45 +467,6 @@ def convert_official(
     return save_checkpoint(dst, model, plan=Plan.paper(), extra=extra)
 
 
-def load_pretrained_mae(source: str | os.PathLike[str] | dict, **arch: object) -> HiEndMAE:
-    """A pre-training model from a file of either format.
-
-    ``source``: a hiend ``.safetensors`` checkpoint of kind ``"mae"`` (its config is used; ``arch``
-    must be empty), or the paper's pre-training checkpoint, a path or its state dict (``arch``: see
-    :func:`load_official_pretrained`; head counts default to the released model's).
-    """
-    if isinstance(source, (str, os.PathLike)) and Path(source).suffix == ".safetensors":
-        if arch:
-            raise InputError(
-                f"{source}: a hiend checkpoint holds its architecture; "
-                f"{', '.join(sorted(arch))} apply to the paper's .pth only"
-            )
-        mae, _ = load_checkpoint(source, expected_kind=MAE_KIND.name)
-        return mae
-    if isinstance(source, (str, os.PathLike, dict)):
-        return load_official_pretrained(source, **arch)
-    raise InputError(f"expected a checkpoint path or the paper's state dict, got {type(source).__name__}")
-
-
-def load_unetr_init(
-    source: str | os.PathLike[str] | dict | HiEndMAE,
-    num_classes: int,
-    feature_size: int = 16,
-    *,
-    arch: dict | None = None,
-    **overrides: object,
-) -> UNETR:
-    """A UNETR whose encoder comes from a pre-training model: :meth:`UNETR.from_mae` of
-    :func:`load_pretrained_mae` (``source`` may also be a HiEndMAE).
-
-    ``arch``: the paper's architecture fields for a ``.pth`` (e.g. ``{"num_heads": 4}``); ``overrides``:
-    UNETRConfig fields of the new model (e.g. ``drop_path``). What ``hiend-train finetune --init PATH``
-    runs for a pre-training checkpoint.
-    """
-    mae = source if isinstance(source, HiEndMAE) else load_pretrained_mae(source, **(arch or {}))
-    return UNETR.from_mae(mae, num_classes=num_classes, feature_size=feature_size, **overrides)
-
-
 __all__ = [
     "load_official_pretrained",
     "load_official_finetuned",
@@ -506,8 +475,17 @@ __all__ = [
     "infer_arch_from_state_dict",
     "read_state_dict",
     "convert_official",
-    "load_pretrained_mae",
-    "load_unetr_init",
     "RELEASED_PRETRAIN",
     "RELEASED_FINETUNE",
 ]
+
+#: Moved to :mod:`hiend_model.pretrained` (they load hiend's files too); still found here, on first
+#: use, for hiend-train until its imports name the new module (that module imports this one, so this
+#: one cannot import it at the top).
+_MOVED = {"load_pretrained_mae": "pretrained", "load_unetr_init": "pretrained"}
+
+
+def __getattr__(name: str):  # noqa: ANN202 - PEP 562, transitional
+    if name in _MOVED:
+        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -181,11 +181,11 @@ class UNETR(nn.Module):
         ``mae``: a :class:`~hiend_model.mae.HiEndMAE` (its encoder's state is copied; the class token is
         dropped, the encoder's LayerNorm eps kept). ``overrides`` replace UNETRConfig fields (e.g.
         drop_path). To start from a file (a hiend "mae" checkpoint or the paper's pre-training .pth) use
-        :func:`hiend_model.official.load_unetr_init`.
+        :func:`hiend_model.pretrained.load_unetr_init`.
         """
         if not (isinstance(mae, nn.Module) and isinstance(getattr(mae, "config", None), MAEConfig)):
             hint = (
-                " (load a checkpoint with hiend_model.official.load_unetr_init)"
+                " (load a checkpoint with hiend_model.pretrained.load_unetr_init)"
                 if isinstance(mae, (str, os.PathLike, dict))
                 else ""
             )
