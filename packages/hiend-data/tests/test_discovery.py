@@ -8,12 +8,20 @@ import numpy as np
 import pytest
 
 from hiend_data import InputError
-from hiend_data.discovery import Case, discover, kfold, split
+from hiend_data.discovery import Case, collect_cases, discover, kfold, split
 
 
 def _touch(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"x")
+    return path
+
+
+def _dicom_file(path):
+    """A file with the DICOM marker (128-byte preamble, ``DICM``): enough for discovery, which reads
+    nothing else."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)
     return path
 
 
@@ -195,3 +203,72 @@ def test_split_uses_numpy_seed_only():
     perm = np.random.default_rng(7).permutation(10)
     _, va = split(_cases(10), 0.3, seed=7)
     assert sorted(c.case_id for c in va) == sorted(f"c{i:03d}" for i in perm[:3])
+
+
+# ------------------------------------------------------------------ scans named on a command line
+
+
+def test_collect_cases_groups_channels(tmp_path):
+    d = tmp_path / "in"
+    for name in ["b.nii", "a.nii.gz", "c_0000.nii.gz", "c_0001.nii.gz", "d_0001.nii.gz", "notes.txt",
+                 "sub/e.nii.gz", ".hidden.nii.gz"]:  # fmt: skip
+        _touch(d / name)
+    extra = _touch(tmp_path / "f_0000.nii.gz")
+    cases = collect_cases([d, extra, d / "a.nii.gz", d / "c_0001.nii.gz"])  # named twice: counted once
+    assert [(c.name, [f.name for f in c.files]) for c in cases] == [
+        ("a", ["a.nii.gz"]),
+        ("b", ["b.nii"]),
+        ("c", ["c_0000.nii.gz", "c_0001.nii.gz"]),
+        ("d_0001", ["d_0001.nii.gz"]),
+        ("f", ["f_0000.nii.gz"]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("names", "args", "match"),
+    [
+        (["x_0000.nii.gz", "x_0002.nii.gz"], ["."], r"x_0001.nii.gz: channel file missing; case 'x'"),
+        (["p/a.nii.gz", "q/a.nii.gz"], ["p", "q"], r"both be written as a.nii.gz"),
+        (["a.nii.gz", "a_0000.nii.gz"], ["."], r"both be written as a.nii.gz"),
+        (
+            ["scan.nrrd"],
+            ["scan.nrrd"],
+            r"scan.nrrd: not a NIfTI file name .* nor a DICOM series .*: no reader",
+        ),
+        (["notes.txt"], ["."], r"folder holds no .nii/.nii.gz files and no DICOM series$"),
+        ([], ["missing.nii.gz"], r"missing.nii.gz: no such file or folder"),
+        ([], [], r"no input scans"),
+    ],
+)
+def test_collect_cases_errors(tmp_path, names, args, match):
+    for n in names:
+        _touch(tmp_path / n)
+    with pytest.raises(InputError, match=match):
+        collect_cases([tmp_path / a for a in args])
+
+
+def test_a_folder_of_nifti_and_a_dicom_series_gives_both_to_predict_and_discovery(tmp_path):
+    """One rule (folder_scans): predict used to read such a folder's NIfTI files only, discovery both."""
+    root = tmp_path / "mixed"
+    _touch(root / "a.nii.gz")
+    _touch(root / "b_0000.nii.gz")
+    _touch(root / "b_0001.nii.gz")
+    _dicom_file(root / "patient1" / "CT" / "1.2.3.4")
+    _dicom_file(root / "patient2" / "CT" / "IM0001.dcm")
+    _touch(root / "sub" / "c.nii.gz")  # below the folder: discovery's, not predict's
+    assert [(c.name, len(c.files)) for c in collect_cases([root])] == [
+        ("a", 1),
+        ("b", 2),
+        ("patient1__CT", 1),
+        ("patient2__CT", 1),
+    ]
+    cases = discover(root)
+    assert [c.case_id for c in cases] == ["a", "b", "c", "patient1__CT", "patient2__CT"]
+    assert cases[3].images == [root / "patient1" / "CT"]
+
+
+def test_two_files_of_one_folder_naming_one_case_are_both_named(tmp_path):
+    _touch(tmp_path / "x.nii.gz")
+    _touch(tmp_path / "x_0000.nii.gz")
+    with pytest.raises(InputError, match=r"x_0000.nii.gz and .*x.nii.gz: both give case id 'x'"):
+        discover(tmp_path)

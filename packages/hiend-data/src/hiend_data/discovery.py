@@ -1,4 +1,5 @@
-"""Finding the cases of a dataset: nnU-Net v2 raw folders, folders of NIfTI files, manifest files.
+"""Finding the cases of a dataset (nnU-Net v2 raw folders, folders of scans, manifest files) and the
+scans named on a command line (:func:`collect_cases`, ``hiend-model predict``).
 
 :func:`discover` returns a list of :class:`Case` (id, channel files, optional label file):
 
@@ -8,17 +9,21 @@
   naming the first missing file. A ``"dataset"`` entry in ``dataset.json`` (case -> {"images": [...],
   "label": ...}) or nnU-Net v1's ``"training"`` list is honoured; every path must stay inside the
   dataset folder.
-* any other folder: every ``.nii`` / ``.nii.gz`` below it (recursive, unlabelled, hidden files and
-  folders skipped), grouped into cases by :func:`hiend_data.naming.group_channels`: ``{case}_0000``,
-  ``{case}_0001``, ... in one folder are one multi-channel case named ``{case}`` (channel order); a gap
-  in them is an :class:`InputError` naming the first missing file (never split into separate cases); a
-  lone ``x_0001`` or any other file is a one-channel case named by its stem (``x_0000`` alone: ``x``).
+* any other folder (:func:`folder_scans`, the rule ``predict`` shares): every ``.nii`` / ``.nii.gz``
+  below it (recursive, unlabelled, hidden files and folders skipped), grouped into cases by
+  :func:`hiend_data.naming.group_channels`: ``{case}_0000``, ``{case}_0001``, ... in one folder are one
+  multi-channel case named ``{case}`` (channel order); a gap in them is an :class:`InputError` naming
+  the first missing file (never split into separate cases); a lone ``x_0001`` or any other file is a
+  one-channel case named by its stem (``x_0000`` alone: ``x``); **and** every DICOM series below it
+  (a folder directly holding DICOM files, named by the folder; a ``.zip`` of a series): a folder
+  holding both gives both.
 * a manifest file: one ``image[,label]`` per line (comma or tab; ``#`` comments and blank lines skipped),
-  paths relative to the manifest's folder; the case is named by its file alone
-  (:func:`hiend_data.naming.case_name`: ``x_0000.nii.gz`` -> ``x``).
+  paths relative to the manifest's folder, each one that a reader of :mod:`hiend_data.readers` takes;
+  the case is named by its file alone (:func:`hiend_data.naming.case_name`: ``x_0000.nii.gz`` -> ``x``).
 
-Case ids are made unique by prefixing parent folders (``siteA__ct``) only where names collide. All file
-naming is :mod:`hiend_data.naming`'s one rule.
+Case ids are made unique by prefixing parent folders (``siteA__ct``) only where names collide; two
+sources of one folder naming one case (``x.nii.gz`` beside ``x_0000.nii.gz``) are an InputError naming
+both. All file naming is :mod:`hiend_data.naming`'s one rule.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import os
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +40,8 @@ import numpy as np
 from .errors import InputError
 from .jsonfile import read_json
 from .naming import (
+    IMAGE_SUFFIXES,
+    ChannelGroup,
     case_name,
     channel_file,
     check_unique,
@@ -41,12 +49,12 @@ from .naming import (
     dicom_folders,
     group_channels,
     image_suffix,
-    is_dicom_source,
     is_image,
     safe_case_name,
     split_channel,
     strip_suffix,
 )
+from .readers import READERS, case_name_of, find_reader, no_reader_message
 
 
 @dataclass(frozen=True)
@@ -73,16 +81,20 @@ def discover(src: str | os.PathLike[str], include_test: bool = False) -> list[Ca
     else:
         cases = _from_folder(src)
     if not cases:
-        raise InputError(f"{src}: no NIfTI cases found (.nii / .nii.gz) and no DICOM series folders")
+        found = " and ".join(f"no {r.name} cases ({r.plural})" for r in READERS)
+        raise InputError(f"{src}: {found} found")
     # case ids become file names in caches, predictions, reports: one gate (hiend_data.naming)
     source = src / "dataset.json" if (src.is_dir() and (src / "dataset.json").exists()) else src
     for c in cases:
         safe_case_name(c.case_id, source)
     check_unique([c.case_id for c in cases], source)
-    ids = [c.case_id for c in cases]
-    dup = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
-    if dup:
-        raise InputError(f"{src}: duplicate case ids {dup[:5]}")
+    seen: dict[str, Case] = {}
+    for c in cases:  # two sources of one folder naming one case (x.nii.gz beside x_0000.nii.gz)
+        if c.case_id in seen:
+            raise InputError(
+                f"{c.images[0]} and {seen[c.case_id].images[0]}: both give case id {c.case_id!r} (in {src})"
+            )
+        seen[c.case_id] = c
     return sorted(cases, key=lambda c: c.case_id)
 
 
@@ -106,8 +118,10 @@ def _from_nnunet(root: Path, include_test: bool) -> list[Case]:
     meta = _read_dataset_json(root)
     djson = root / "dataset.json"
     ending = meta.get("file_ending", ".nii.gz")
-    if not isinstance(ending, str) or ending not in (".nii.gz", ".nii"):
-        raise InputError(f"{djson}: file_ending {ending!r} is not supported (use .nii.gz or .nii)")
+    if not isinstance(ending, str) or ending not in IMAGE_SUFFIXES:
+        raise InputError(
+            f"{djson}: file_ending {ending!r} is not supported (use {' or '.join(IMAGE_SUFFIXES)})"
+        )
     names = meta.get("channel_names", meta.get("modality", {"0": "CT"}))
     if not isinstance(names, dict) or not names:
         raise InputError(f'{djson}: channel_names must be an object like {{"0": "CT"}}')
@@ -203,44 +217,119 @@ def _check_exist(cases: list[Case]) -> list[Case]:
 
 def unique_ids(keys: list[tuple[Path, str]], root: Path) -> list[str]:
     """Case ids from ``(folder relative to root, case name)``: the name, prefixed by parent folders
-    (``a__b__name``) only where names collide."""
+    (``a__b__name``) only where names collide. Names that still collide with every parent folder
+    prefixed (two sources in one folder naming one case: ``x.nii.gz`` beside ``x_0000.nii.gz``) are
+    returned as they are, for the caller to refuse naming both files."""
     paths = [parent for parent, _name in keys]
     stems = [name for _parent, name in keys]
     ids = list(stems)
-    for depth in range(1, 64):
+    for depth in range(1, max((len(p.parts) for p in paths), default=0) + 1):
         seen: dict[str, int] = defaultdict(int)
         for i in ids:
             seen[i] += 1
         clash = [k for k, i in enumerate(ids) if seen[i] > 1]
         if not clash:
-            return ids
+            break
         for k in clash:
-            parts = paths[k].parts[-depth:] if depth <= len(paths[k].parts) else paths[k].parts
-            ids[k] = "__".join([*parts, stems[k]]).replace(os.sep, "__")
-    raise InputError(f"{root}: cannot make unique case ids")
+            ids[k] = "__".join([*paths[k].parts[-depth:], stems[k]]).replace(os.sep, "__")
+    return ids
+
+
+def _visible(path: Path, root: Path) -> bool:
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def folder_scans(root: str | os.PathLike[str], recursive: bool = True) -> list[ChannelGroup]:
+    """The scans of a folder: **one rule for ``hiend-data preprocess`` (discovery) and ``hiend-model
+    predict``** (:func:`collect_cases`), whatever mix of formats the folder holds:
+
+    * its image files (``.nii`` / ``.nii.gz``) grouped into cases by
+      :func:`hiend_data.naming.group_channels` (``{case}_0000``, ``{case}_0001``, ... in one folder are
+      one case); at any depth with ``recursive`` (discovery), else the folder's own files only
+      (``predict``: a folder of scans, its subfolders being e.g. earlier outputs);
+    * **and** every DICOM series below it, at any depth (:func:`hiend_data.naming.dicom_folders`: each
+      folder directly holding DICOM files one scan named by the folder, each ``.zip`` of a series one
+      named by the file without ``.zip``).
+
+    A folder holding NIfTI files and a DICOM series gives both. Hidden files and folders (``.*``) are
+    skipped. Names are made unique by :func:`unique_ids` (parent folders prefixed where names collide,
+    ``patient1__CT``); two sources of one folder naming one case keep their name, for the caller to
+    refuse. Order: the image cases (order of their files), then the series (sorted)."""
+    root = Path(root)
+    if recursive:
+        candidates = (p for p in root.rglob("*") if _visible(p, root))
+    else:
+        candidates = (p for p in root.iterdir() if not p.name.startswith("."))
+    files = sorted(p for p in candidates if p.is_file() and is_image(p))
+    groups = group_channels(files)  # gaps in a channel set raise InputError naming the missing file
+    keys = [(g.files[0].parent.relative_to(root), g.name) for g in groups]
+    sources = [g.files for g in groups]
+    for folder in dicom_folders(root, skip=files):
+        keys.append((folder.relative_to(root).parent, dicom_case_name(folder)))
+        sources.append((folder,))
+    ids = unique_ids(keys, root)
+    return [ChannelGroup(i, f) for i, f in zip(ids, sources, strict=True)]
 
 
 def _from_folder(root: Path) -> list[Case]:
-    """Cases of a plain folder (recursive): :func:`hiend_data.naming.group_channels` of its image files."""
+    """Cases of a plain folder (recursive): :func:`folder_scans`."""
     if (root / "imagesTr").is_dir() and (root / "labelsTr").is_dir():
         raise InputError(
             f"{root}: looks like an nnU-Net dataset (imagesTr/, labelsTr/) but has no dataset.json"
         )
-    files = sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file() and is_image(p) and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
-    groups = group_channels(files)  # gaps in a channel set raise InputError naming the missing file
-    keys = [(g.files[0].parent.relative_to(root), g.name) for g in groups]
-    images = [list(g.files) for g in groups]
-    # every folder directly holding DICOM files is one case named by the folder, every .zip one named
-    # by the file without .zip (hiend_data.naming)
-    for folder in dicom_folders(root, skip=files):
-        keys.append((folder.relative_to(root).parent, dicom_case_name(folder)))
-        images.append([folder])
-    ids = unique_ids(keys, root)
-    return [Case(i, im) for i, im in zip(ids, images, strict=True)]
+    return [Case(g.name, list(g.files)) for g in folder_scans(root, recursive=True)]
+
+
+def collect_cases(inputs: Sequence[str | os.PathLike[str]]) -> list[ChannelGroup]:
+    """The scans named by files and folders on a command line (``hiend-model predict``), each a
+    :class:`~hiend_data.naming.ChannelGroup` (its name: the output's, ``{name}.nii.gz``; its files in
+    channel order).
+
+    * a folder: :func:`folder_scans` without recursion for image files: its own ``.nii`` / ``.nii.gz``
+      files and every DICOM series below it (the one rule discovery uses);
+    * a file: read by its reader (:func:`hiend_data.readers.find_reader`): an image file (channel files
+      given one by one are grouped, :func:`hiend_data.naming.group_channels`), or a ``.zip`` of a DICOM
+      series or a multi-frame DICOM file, one scan named by its file name without the suffix.
+
+    The same file named twice (alone and through its folder) counts once. Raises InputError for a
+    missing path, a file no reader takes, a folder holding no scan, channels with gaps, names that are
+    not one plain file name, and two scans that would be written to the same output name.
+    """
+    if not inputs:
+        raise InputError("no input scans given")
+    scans: list[ChannelGroup] = []
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = folder_scans(path, recursive=False)
+            if not found:
+                raise InputError(f"{path}: folder holds no {' and no '.join(r.plural for r in READERS)}")
+            scans += found
+        elif path.is_file():
+            reader = find_reader(path)
+            if reader is None:
+                raise InputError(no_reader_message(path))
+            if reader.channel_files:
+                files.append(path)
+            else:
+                scans.append(ChannelGroup(case_name_of(path, reader), (path,)))
+        else:
+            raise InputError(f"{path}: no such file or folder")
+    known = {f for scan in scans for f in scan.files}
+    scans += [g for g in group_channels(files) if not set(g.files) <= known]
+    for scan in scans:  # output names come from input file names: one plain file name each
+        safe_case_name(scan.name, scan.files[0])
+    check_unique([scan.name for scan in scans], "the inputs' output names")
+    seen: dict[str, ChannelGroup] = {}
+    for scan in scans:
+        if scan.name in seen:
+            raise InputError(
+                f"{scan.files[0]} and {seen[scan.name].files[0]} would both be written as "
+                f"{scan.name}.nii.gz: segment them into different output folders"
+            )
+        seen[scan.name] = scan
+    return scans
 
 
 def _from_manifest(path: Path) -> list[Case]:
@@ -262,16 +351,12 @@ def _from_manifest(path: Path) -> list[Case]:
         image = base / fields[0]
         label = base / fields[1] if len(fields) == 2 and fields[1] else None
         for f in [image, *([label] if label else [])]:
-            dicom = f.exists() and is_dicom_source(f) and (f is image or f.is_file())
-            if not is_image(f) and not dicom:
+            if find_reader(f) is None:  # the table of hiend_data.readers: no guess
                 raise InputError(
-                    f"{path}:{n}: {f.name!r} is not a NIfTI file name (.nii / .nii.gz)"
-                    + (
-                        " nor a DICOM series (folder, .zip or DICOM file)"
-                        if f is image
-                        else " nor a DICOM-SEG file"
-                    )
+                    f"{path}:{n}: {f.name!r} is not {' nor '.join(r.what for r in READERS)}: no reader for it"
                 )
+            if f is label and f.is_dir():
+                raise InputError(f"{path}:{n}: label {f.name!r} is a folder; a label map is one file")
             if not f.exists():
                 raise InputError(f"{path}:{n}: {f} does not exist")
         images.append(image)

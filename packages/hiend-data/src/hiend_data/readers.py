@@ -12,8 +12,9 @@ A reader has
 
 * ``name`` (``"NIfTI"``), ``what`` (one input in messages: ``"a NIfTI file name (.nii or .nii.gz)"``)
   and ``plural`` (many in messages: ``".nii/.nii.gz files"``);
-* ``suffixes``: the file-name endings it claims (NIfTI: :data:`hiend_data.naming.IMAGE_SUFFIXES`; DICOM:
-  ``.zip``, as its files are DICOM by their content, whatever their name);
+* ``suffixes``: the endings of its file names (NIfTI: :data:`hiend_data.naming.IMAGE_SUFFIXES`; DICOM:
+  ``.zip`` and ``.dcm``, though a DICOM file is one by its content, whatever its name), left out of
+  the case a file names (:func:`case_name_of`);
 * ``channel_files``: whether its files are named ``{case}_{dddd}{suffix}`` and grouped into cases by
   :mod:`hiend_data.naming` (NIfTI) or name a case each by themselves (a DICOM series folder or zip);
 * ``reads_folders``: whether a folder can be one of its inputs (a DICOM series folder);
@@ -44,7 +45,7 @@ from typing import Protocol
 
 from .errors import InputError
 from .limits import check_volume_bytes
-from .naming import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom_file, is_dicom_source, is_image
+from .naming import DICOM_NAME_SUFFIXES, IMAGE_SUFFIXES, case_name, is_dicom_file, is_dicom_source, is_image
 from .nifti import open_nifti
 from .volume import DicomOrigin, Volume, image_volume
 
@@ -59,6 +60,7 @@ __all__ = [
     "reader_for",
     "no_reader_message",
     "is_segmentation_file",
+    "case_name_of",
 ]
 
 Series = str | Sequence[str] | None
@@ -110,7 +112,7 @@ class DicomReader:
     name = "DICOM"
     what = "a DICOM series (folder, .zip or DICOM file)"
     plural = "DICOM series"
-    suffixes = DICOM_SUFFIXES
+    suffixes = DICOM_NAME_SUFFIXES
     channel_files = False
     reads_folders = True
     partial_labels = True
@@ -182,3 +184,20 @@ def is_segmentation_file(path: str | os.PathLike[str]) -> bool:
     from .dicom_seg import is_segmentation
 
     return is_segmentation(path)
+
+
+def case_name_of(path: str | os.PathLike[str], reader: Reader) -> str:
+    """The case a source read by ``reader`` names by itself: for a format with channel files,
+    :func:`hiend_data.naming.case_name` (``x_0000.nii.gz`` -> ``x``); else a folder's name (``.`` or
+    ``..``: the folder's resolved name) or the file's name without the reader's suffix (any letter case;
+    other dots, as in UID-named files, stay): ``ct.zip`` -> ``ct``."""
+    path = Path(path)
+    if reader.channel_files:
+        return case_name(path) or path.name
+    if path.is_dir():
+        return path.name if path.name not in ("", ".", "..") else path.resolve().name
+    name = path.name
+    for suffix in reader.suffixes:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
