@@ -116,7 +116,7 @@ class HiEndMAE(nn.Module):
         return unpatchify(patches, self.patch_size, self.grid, self.config.in_chans)
 
     def check_images(self, images: torch.Tensor) -> None:
-        """InputError unless images is [B, in_chans, *img_size] and finite."""
+        """InputError unless images is [B, in_chans, *img_size] (shapes only: :func:`~hiend_model.vit.check_images`)."""
         cfg = self.config
         check_images(images, cfg.in_chans, cfg.patch_size, cfg.img_size)
 

@@ -148,7 +148,7 @@ class UNETR(nn.Module):
         return tokens.transpose(1, 2).reshape(B, h, *self.grid)
 
     def check_images(self, images: torch.Tensor) -> None:
-        """InputError unless images is finite [B, in_chans, *img_size]."""
+        """InputError unless images is [B, in_chans, *img_size] (shapes only: :func:`~hiend_model.vit.check_images`)."""
         cfg = self.config
         check_images(
             images,

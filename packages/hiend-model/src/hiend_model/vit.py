@@ -21,8 +21,15 @@ from .attention import Attention
 def check_images(
     images: torch.Tensor, in_chans: int, patch_size: int, img_size: tuple[int, ...], hint: str = ""
 ) -> None:
-    """InputError unless ``images`` is a finite [B, in_chans, *img_size] tensor (sizes divisible by the
-    patch). ``hint`` is appended to the size-mismatch message."""
+    """InputError unless ``images`` is a [B, in_chans, *img_size] tensor (sizes divisible by the patch).
+    ``hint`` is appended to the size-mismatch message.
+
+    Shapes only, never values: every model forward runs this, and reading a value of a GPU tensor
+    (``torch.isfinite(images).all()``) would be a device-to-host sync each training step. Values are
+    checked where the images enter: a scan holding NaN or inf is refused when it is read
+    (:func:`hiend_data.io.load_volume`) and again after preprocessing (predict), the cache writer
+    refuses one, and training checks its crops on the host.
+    """
     if images.ndim != 5:
         raise InputError(f"images must be [B, C, H, W, D], got shape {tuple(images.shape)}")
     if images.shape[1] != in_chans:
@@ -34,8 +41,6 @@ def check_images(
         raise InputError(
             f"images spatial size {size} differs from the model's img_size {tuple(img_size)}{hint}"
         )
-    if not torch.isfinite(images).all():
-        raise InputError("images contain NaN or infinite values")
 
 
 def patchify(images: torch.Tensor, p: int) -> torch.Tensor:
