@@ -35,9 +35,11 @@ def _score_and_report(
 ) -> None:
     from hiend_data.errors import InputError, shown
 
+    from .labelnames import read_label_source
+    from .matching import check_no_loop
     from .plot import Plotter
     from .report import print_table, summary_json, write_outputs
-    from .score import check_no_loop, default_workers, read_label_source, score_folders
+    from .score import default_workers, score_folders
 
     _check_numbers(tolerance, workers)
     check_no_loop(out)
@@ -170,7 +172,7 @@ def _checkpoint_has_names(ckpt: Path) -> bool:
     unreadable here just means no names)."""
     from hiend_data.errors import InputError
 
-    from .score import read_checkpoint_label_names
+    from .labelnames import read_checkpoint_label_names
 
     try:
         return bool(read_checkpoint_label_names(ckpt))

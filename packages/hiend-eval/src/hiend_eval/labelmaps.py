@@ -3,7 +3,7 @@
 One pass per map (``scipy.ndimage.find_objects``) gives every label's bounding box; each label is then
 scored inside the union box of its prediction and reference boxes, grown by one voxel (so erosion at
 the box edge sees background, exactly as on the whole image), with every metric of the registry of
-:mod:`hiend_eval.metrics`. The numbers are those of :func:`hiend_eval.metrics.score_masks` on the
+:mod:`hiend_eval.registry`. The numbers are those of :func:`hiend_eval.metrics.score_masks` on the
 full-size masks; only the work is smaller.
 
 "foreground" is the union of all scored labels (every label value > 0 of the given list), scored as one
@@ -19,7 +19,9 @@ from functools import partial
 
 import numpy as np
 
-from .metrics import Scores, _check_tolerance, _spacing, pair_scores
+from .metrics import check_tolerance, pair_scores
+from .registry import Scores
+from .surfaces import spacing_mm
 
 FOREGROUND = "foreground"
 
@@ -122,8 +124,8 @@ def score_label_maps(
     """
     pred, ref = np.asarray(pred), np.asarray(ref)
     _check_maps(pred, ref)
-    tolerance = _check_tolerance(tolerance)
-    sp = tuple(float(s) for s in _spacing(spacing, pred.ndim))
+    tolerance = check_tolerance(tolerance)
+    sp = tuple(float(s) for s in spacing_mm(spacing, pred.ndim))
     if boxes is None:
         pred, ref, sp = c_order(pred, ref, sp)
         boxes = (label_boxes(pred), label_boxes(ref))

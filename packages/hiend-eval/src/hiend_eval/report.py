@@ -1,7 +1,7 @@
 """Outputs of ``hiend-eval score``: ``summary.json``, ``per_case.csv``, a PNG and a terminal table.
 
 The CSV columns and the table's metric columns are the metrics of the registry
-(:data:`hiend_eval.metrics.REGISTRY`), in its order. Every file is written with
+(:data:`hiend_eval.registry.REGISTRY`), in its order. Every file is written with
 :func:`hiend_data.atomic.atomic_path` (a temporary file beside it, fsync-ed, renamed into place), and
 the renames wait until every file has been written: a run that fails leaves the old outputs as they
 were and no temporary file behind.
@@ -22,8 +22,8 @@ from pathlib import Path
 from hiend_data.atomic import atomic_path, fsync_dir
 from hiend_data.errors import InputError
 
-from .metrics import registered_metrics
 from .plot import Plotter
+from .registry import registered_metrics
 
 SUMMARY = "summary.json"
 PER_CASE = "per_case.csv"
