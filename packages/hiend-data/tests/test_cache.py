@@ -11,6 +11,7 @@ import pytest
 from hiend_data import InputError, Plan, load_volume, preprocess_case, restore_label
 from hiend_data import cache as cache_mod
 from hiend_data.cache import Cache, preprocess_dataset
+from hiend_data.cache import process as cache_process
 from hiend_data.io import load_label
 
 
@@ -121,7 +122,7 @@ def test_skips_done_cases_and_recomputes_on_plan_or_source_change(dataset, tmp_p
 
 def test_interrupted_case_is_not_listed_and_is_redone(dataset, tmp_path, monkeypatch):
     out = tmp_path / "c"
-    real = cache_mod._atomic_npy
+    real = cache_process._atomic_npy
     calls = []
 
     def dying(path, array):
@@ -132,13 +133,13 @@ def test_interrupted_case_is_not_listed_and_is_redone(dataset, tmp_path, monkeyp
             raise KeyboardInterrupt
         real(path, array)
 
-    monkeypatch.setattr(cache_mod, "_atomic_npy", dying)
+    monkeypatch.setattr(cache_process, "_atomic_npy", dying)
     with pytest.raises(KeyboardInterrupt):
         preprocess_dataset(dataset, out, Plan(), workers=0, progress=False)
     assert Cache.open(out).cases == ["case0"]  # case1 has its image but no metadata: not a case
     assert (out / "cases" / "case1.npy").exists() and not (out / "cases" / "case1.json").exists()
 
-    monkeypatch.setattr(cache_mod, "_atomic_npy", real)
+    monkeypatch.setattr(cache_process, "_atomic_npy", real)
     cache = preprocess_dataset(dataset, out, Plan(), workers=0, progress=False)
     assert cache.cases == ["case0", "case1", "case2"]
     assert not list((out / "cases").glob(".*tmp*"))  # leftovers cleaned
@@ -327,22 +328,22 @@ def test_sigterm_mid_case_removes_temporaries_and_raises_terminated(dataset, tmp
     import signal
 
     out = tmp_path / "c"
-    real = cache_mod._atomic_npy
+    real = cache_process._atomic_npy
 
     def terminated_mid_write(path, array):
         if path.name == "case1_seg.npy":
-            with cache_mod.atomic_open(path, "wb") as fh:
+            with cache_process.atomic_open(path, "wb") as fh:
                 fh.write(b"half of it")
                 os.kill(os.getpid(), signal.SIGTERM)  # the handler raises here
         real(path, array)
 
-    monkeypatch.setattr(cache_mod, "_atomic_npy", terminated_mid_write)
+    monkeypatch.setattr(cache_process, "_atomic_npy", terminated_mid_write)
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(cache_mod.Terminated) as err:
         preprocess_dataset(dataset, out, Plan(), workers=0, progress=False)
     assert err.value.code == 143 and signal.getsignal(signal.SIGTERM) is before
     assert not [p.name for p in (out / "cases").iterdir() if p.name.startswith(".")]
-    monkeypatch.setattr(cache_mod, "_atomic_npy", real)
+    monkeypatch.setattr(cache_process, "_atomic_npy", real)
     assert preprocess_dataset(dataset, out, Plan(), workers=0, progress=False).cases == [
         "case0",
         "case1",
