@@ -303,7 +303,8 @@ def test_run_with_a_real_tiny_checkpoint(tmp_path, shared_data, seg):
     import torch
 
     from hiend_data import Plan
-    from hiend_eval.score import read_labels, score_folders
+    from hiend_eval.labelnames import read_labels
+    from hiend_eval.score import score_folders
     from hiend_model.checkpoint import save_checkpoint
     from hiend_model.config import MAEConfig
     from hiend_model.mae import HiEndMAE
@@ -424,7 +425,7 @@ def test_bad_checkpoint_as_labels(folders, make, needle):
 
 
 def test_read_label_source_dispatches_on_the_suffix(folders):
-    from hiend_eval.score import read_label_source, read_labels
+    from hiend_eval.labelnames import read_label_source, read_labels
 
     root, _, _ = folders
     ckpt = _hiend_checkpoint(root / "u.SAFETENSORS", {"labels": {"2": "spleen", "1": "liver"}})

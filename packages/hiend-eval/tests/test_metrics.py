@@ -6,10 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
-from hiend_eval import assd, diagonal_mm, dice, empty_flag, hd95, iou, nsd, score_masks, surface, volume_ml
-from hiend_eval.metrics import surface_distances
+from hiend_eval import assd, diagonal_mm, dice, empty_flag, hd95, iou, nsd, score_masks, volume_ml
+from hiend_eval.surfaces import surface_distances
 
 
 def _line() -> tuple[np.ndarray, np.ndarray]:
@@ -88,22 +87,6 @@ def test_percentile_is_the_larger_direction():
     assert sorted(d_pred) == [0, 0, 0, 37] and list(d_ref) == [0, 0, 0]
     assert hd95(pred, ref, 1.0) == pytest.approx(0.85 * 37)  # position 2.85 of [0, 0, 0, 37]
     assert hd95(ref, pred, 1.0) == pytest.approx(0.85 * 37)  # symmetric
-
-
-@pytest.mark.parametrize("shape", [(7, 9, 5), (1, 8, 8), (6, 1, 1), (1, 1, 1), (12, 3, 20)])
-def test_surface_is_mask_minus_six_connected_erosion(shape):
-    rng = np.random.default_rng(sum(shape))
-    mask = ndimage.binary_closing(rng.random(shape) < 0.6) if min(shape) > 2 else rng.random(shape) < 0.6
-    expected = mask & ~ndimage.binary_erosion(
-        mask, structure=ndimage.generate_binary_structure(3, 1), border_value=0
-    )
-    np.testing.assert_array_equal(surface(mask), expected)
-
-
-def test_full_array_mask_has_only_its_border_as_surface():
-    mask = np.ones((4, 5, 6), bool)
-    s = surface(mask)
-    assert s.sum() == 4 * 5 * 6 - 2 * 3 * 4 and not s[1:-1, 1:-1, 1:-1].any()
 
 
 def test_absent_from_both_is_nan():

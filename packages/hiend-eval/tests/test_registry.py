@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 import hiend_eval.metrics
 from hiend_eval import EMPTY_COMPUTE, REGISTRY, Metric, PairStats, register, score_label_maps, score_masks
 from hiend_eval.cli import app
-from hiend_eval.score import match_cases
 
 SEG = "ct/body_ct_3mm_ras_30slices_seg.nii.gz"
 
@@ -175,20 +174,3 @@ def test_scores_travel_between_processes():
     s = score_masks(pred, np.zeros_like(pred), (1.0, 2.0, 3.0))
     back = pickle.loads(pickle.dumps(s))
     assert back.flag == "false_positive" and back.hd95 == s.hd95 and list(back.values) == list(s.values)
-
-
-def test_matching_follows_hiend_data_naming(tmp_path):
-    for name in ("A_0000.nii.gz", "B.nii", "x_0001.nii.gz", ".A.nii.gz.tmp.nii.gz", "notes.txt"):
-        (tmp_path / "pred").mkdir(exist_ok=True)
-        (tmp_path / "pred" / name).write_bytes(b"")
-    for name in ("A.nii.gz", "B.nii.gz", "x.nii.gz"):
-        (tmp_path / "ref").mkdir(exist_ok=True)
-        (tmp_path / "ref" / name).write_bytes(b"")
-    m = match_cases(tmp_path / "pred", tmp_path / "ref")
-    assert [(p.case, p.pred.name if p.pred else None) for p in m.pairs] == [
-        ("A", "A_0000.nii.gz"),
-        ("B", "B.nii"),
-        ("x", None),
-    ]
-    # x_0001 names a case of its own (a channel file only beside its _0000), hidden and non-image files are skipped
-    assert m.missing_predictions == ["x"] and m.unmatched_predictions == ["x_0001.nii.gz"]

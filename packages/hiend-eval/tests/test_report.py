@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 import hiend_eval.plot
 from hiend_eval import score_label_maps
 from hiend_eval.cli import app
+from hiend_eval.matching import Matching
 from hiend_eval.report import PER_CASE, PLOT, SUMMARY, write_outputs
-from hiend_eval.score import Matching, summarize
+from hiend_eval.summary import summarize
 
 
 def _summary() -> dict:
