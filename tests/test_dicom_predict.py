@@ -16,10 +16,10 @@ import torch
 from typer.testing import CliRunner
 
 from hiend_data import Plan
+from hiend_data.discovery import collect_cases
 from hiend_model.checkpoint import save_checkpoint
 from hiend_model.cli import app
 from hiend_model.mae import build
-from hiend_model.predict import collect_cases
 from hiend_model.unetr import UNETR
 
 ROOT = Path(__file__).resolve().parents[1]
