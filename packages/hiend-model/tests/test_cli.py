@@ -15,10 +15,12 @@ import torch
 from typer.testing import CliRunner
 
 from hiend_data import Plan, load_volume
+from hiend_data.errors import InputError
 from hiend_model.checkpoint import load_checkpoint
-from hiend_model.cli import app
+from hiend_model.cli import app, keep_largest_values, split_checkpoint_args
 from hiend_model.official import export_official_finetuned, export_official_pretrained
 from hiend_model.predict import predict_volume
+from hiend_model.window import WindowSettings
 
 BODY = "ct/body_ct_3mm_ras_30slices.nii.gz"
 
@@ -41,7 +43,9 @@ def test_predict_command(tmp_path: Path, shared_data: Path, unetr_ckpt: Path, un
     ref = nib.load(shared_data / BODY)
     assert img.shape == ref.shape
     np.testing.assert_allclose(img.affine, ref.affine, atol=1e-6)
-    expect = predict_volume(unetr_model, load_volume(shared_data / BODY), tiny.plan(), sw_batch_size=4)
+    expect = predict_volume(
+        unetr_model, load_volume(shared_data / BODY), tiny.plan(), WindowSettings(sw_batch_size=4)
+    )
     np.testing.assert_array_equal(np.asarray(img.dataobj), expect)
 
 
@@ -92,7 +96,7 @@ def test_convert_finetuned_then_info_then_predict(tmp_path: Path, shared_data: P
     pred = nib.load(out / "piece.nii.gz")
     assert pred.shape == (40, 40, 30)
     np.testing.assert_allclose(pred.affine, nib.load(piece).affine, atol=1e-6)
-    expect = predict_volume(converted, load_volume(piece), Plan.paper(), sw_batch_size=8)
+    expect = predict_volume(converted, load_volume(piece), Plan.paper(), WindowSettings(sw_batch_size=8))
     np.testing.assert_array_equal(np.asarray(pred.dataobj), expect)
     assert len(np.unique(expect)) > 1
 
@@ -241,3 +245,25 @@ def test_sigterm_and_sigint_stop_cleanly(tmp_path: Path, capsys):
         with stopped_by_signals("predict"):
             raise KeyboardInterrupt
     assert stop.value.exit_code == 130 and "interrupted (SIGINT)" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ splitting the arguments
+
+
+def test_split_checkpoint_args():
+    assert split_checkpoint_args(["a.safetensors", "b.SAFETENSORS", "x.nii.gz", "dir"]) == (
+        [Path("a.safetensors"), Path("b.SAFETENSORS")],
+        [Path("x.nii.gz"), Path("dir")],
+    )
+    assert split_checkpoint_args(["model.bin", "x.nii"]) == ([Path("model.bin")], [Path("x.nii")])
+    with pytest.raises(InputError, match=r"c.safetensors: a checkpoint after the first input x.nii.gz"):
+        split_checkpoint_args(["a.safetensors", "x.nii.gz", "c.safetensors"])
+    with pytest.raises(InputError, match=r"b.safetensors: no input scans given"):
+        split_checkpoint_args(["a.safetensors", "b.safetensors"])
+
+
+def test_keep_largest_text_becomes_label_values():
+    assert keep_largest_values(" 1, 4") == [1, 4]
+    assert keep_largest_values("all") == "all" and keep_largest_values("") == []
+    with pytest.raises(InputError, match=r"^--keep-largest '1,x': 'x' is not a label value$"):
+        keep_largest_values("1,x")

@@ -14,16 +14,12 @@ from hiend_data import Plan, load_volume, preprocess_case, restore_label
 from hiend_data.errors import InputError
 from hiend_model.checkpoint import read_checkpoint_info, save_checkpoint
 from hiend_model.cli import app
+from hiend_model.ensemble import check_ensemble, ensemble_probabilities, label_differences, plan_differences
 from hiend_model.inference import argmax_labels, sliding_window_logits
-from hiend_model.predict import (
-    check_ensemble,
-    ensemble_probabilities,
-    plan_differences,
-    predict_ensemble,
-    predict_files,
-    predict_volume,
-    split_checkpoint_args,
-)
+from hiend_model.predict import predict_ensemble, predict_files, predict_volume
+from hiend_model.window import WindowSettings
+
+SW2 = WindowSettings(sw_batch_size=2)
 
 BODY = "ct/body_ct_3mm_ras_30slices.nii.gz"
 
@@ -67,9 +63,9 @@ def test_single_member_ensemble_is_the_single_model(
     logits = sliding_window_logits(unetr_model, image, unetr_model.config.img_size, 0.5, 2, out_device="cpu")
     today = np.asarray(restore_label(argmax_labels(logits, np.uint8), pre.record))
     assert len(np.unique(today)) > 1
-    np.testing.assert_array_equal(predict_ensemble([unetr_model], volume, plan, sw_batch_size=2), today)
-    np.testing.assert_array_equal(predict_volume(unetr_model, volume, plan, sw_batch_size=2), today)
-    labels, probs = predict_ensemble([unetr_model], volume, plan, sw_batch_size=2, return_probabilities=True)
+    np.testing.assert_array_equal(predict_ensemble([unetr_model], volume, plan, SW2), today)
+    np.testing.assert_array_equal(predict_volume(unetr_model, volume, plan, SW2), today)
+    labels, probs = predict_ensemble([unetr_model], volume, plan, SW2, return_probabilities=True)
     np.testing.assert_array_equal(labels, today)
     torch.testing.assert_close(probs, torch.softmax(logits, 0), rtol=0, atol=1e-6)
 
@@ -93,7 +89,7 @@ def test_two_members_average_their_probabilities(tmp_path: Path, shared_data: Pa
     volume = load_volume(shared_data / BODY)
     probs, mean, expect = _reference(models, volume, plan)
 
-    labels, got = predict_ensemble(models, volume, plan, sw_batch_size=2, return_probabilities=True)
+    labels, got = predict_ensemble(models, volume, plan, SW2, return_probabilities=True)
     assert got.dtype == torch.float32 and got.shape == mean.shape
     torch.testing.assert_close(got, mean, rtol=0, atol=1e-6)
     for p in probs:  # the mean is neither member
@@ -101,14 +97,14 @@ def test_two_members_average_their_probabilities(tmp_path: Path, shared_data: Pa
     np.testing.assert_array_equal(labels, expect)
     assert labels.shape == volume.array.shape and labels.dtype == np.uint8
     # The members disagree somewhere, and the ensemble is not just one of them.
-    singles = [predict_volume(m, volume, plan, sw_batch_size=2) for m in models]
+    singles = [predict_volume(m, volume, plan, SW2) for m in models]
     assert (singles[0] != singles[1]).any()
 
     pre = preprocess_case(volume, plan)
     image = torch.from_numpy(np.ascontiguousarray(pre.image, dtype=np.float32))
     calls: list[tuple[int, int]] = []
     direct = ensemble_probabilities(
-        models, image, plan, sw_batch_size=2, progress=lambda d, t: calls.append((d, t))
+        models, image, plan, WindowSettings(sw_batch_size=2, progress=lambda d, t: calls.append((d, t)))
     )
     torch.testing.assert_close(direct, mean, rtol=0, atol=1e-6)
     assert calls[-1][0] == calls[-1][1]
@@ -223,18 +219,6 @@ def test_plan_differences():
 # --------------------------------------------------------------------------- command line
 
 
-def test_split_checkpoint_args():
-    assert split_checkpoint_args(["a.safetensors", "b.SAFETENSORS", "x.nii.gz", "dir"]) == (
-        [Path("a.safetensors"), Path("b.SAFETENSORS")],
-        [Path("x.nii.gz"), Path("dir")],
-    )
-    assert split_checkpoint_args(["model.bin", "x.nii"]) == ([Path("model.bin")], [Path("x.nii")])
-    with pytest.raises(InputError, match=r"c.safetensors: a checkpoint after the first input x.nii.gz"):
-        split_checkpoint_args(["a.safetensors", "x.nii.gz", "c.safetensors"])
-    with pytest.raises(InputError, match=r"b.safetensors: no input scans given"):
-        split_checkpoint_args(["a.safetensors", "b.safetensors"])
-
-
 def test_cli_ensemble_usage_errors(tmp_path: Path, shared_data: Path, unetr_ckpt: Path):
     out = tmp_path / "out"
     _one_line_error(run("predict", unetr_ckpt, unetr_ckpt, "--out", out), "no input scans given")
@@ -250,8 +234,6 @@ def test_cli_ensemble_usage_errors(tmp_path: Path, shared_data: Path, unetr_ckpt
 
 
 def test_label_differences():
-    from hiend_model.predict import label_differences
-
     a = {1: "liver", 2: "spine"}
     assert label_differences(a, dict(a)) == []
     assert label_differences(a, None) == [] and label_differences(None, a) == []  # no names: no claim

@@ -10,7 +10,13 @@ import pytest
 
 from hiend_data import load_volume
 from hiend_data.errors import InputError
-from hiend_model.postprocess import clean_components, parse_keep_largest
+from hiend_model.postprocess import (
+    check_min_component,
+    clean_components,
+    keep_largest_classes,
+    label_values,
+    parse_keep_largest,
+)
 from hiend_model.predict import predict_files
 
 BODY = "ct/body_ct_3mm_ras_30slices.nii.gz"
@@ -53,6 +59,36 @@ def test_parse_keep_largest() -> None:
         parse_keep_largest("1,7", 7)
     with pytest.raises(ValueError, match="'x' is not a label value"):
         parse_keep_largest("1,x", 7)
+
+
+def test_label_values_then_the_classes_check() -> None:
+    assert label_values("1, 4") == [1, 4] and label_values(" all ") == "all" and label_values("") == []
+    with pytest.raises(ValueError, match=r"^--keep-largest '1,x': 'x' is not a label value$"):
+        label_values("1,x")
+    assert keep_largest_classes([1, 4], 7) == [1, 4] and keep_largest_classes("all", 3) == [1, 2]
+    assert keep_largest_classes(np.array([2], dtype=np.int64), 3) == [2]
+    with pytest.raises(ValueError, match=r"^--keep-largest 0: not a class of the model \(1..6\)$"):
+        keep_largest_classes([0], 7)
+    with pytest.raises(ValueError, match=r"^--keep-largest 1.5: not a label value$"):
+        keep_largest_classes([1.5], 7)
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        (float("nan"), r"^--min-component nan:"),
+        (1.5, r"^--min-component 1.5:"),
+        (-0.5, r"^--min-component -0.5:"),
+    ],
+)
+def test_min_component_out_of_range_is_refused(value, match) -> None:
+    with pytest.raises(InputError, match=match):
+        check_min_component(value)
+
+
+def test_min_component_edges_are_accepted() -> None:
+    check_min_component(0.0)
+    check_min_component(1.0)
 
 
 def test_predict_cleans_components_and_refuses_bad_values(

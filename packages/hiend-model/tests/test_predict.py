@@ -16,6 +16,7 @@ from hiend_data import Plan, load_volume
 from hiend_data.errors import InputError
 from hiend_model.checkpoint import save_checkpoint
 from hiend_model.predict import collect_cases, predict_files, predict_volume
+from hiend_model.window import WindowSettings
 
 BODY = "ct/body_ct_3mm_ras_30slices.nii.gz"
 ABDOMEN = "ct/abdomen_ct_1.5mm_lps.nii.gz"
@@ -98,7 +99,7 @@ def test_prediction_lands_on_the_original_grid(shared_data: Path, scan: str):
     plan = Plan.paper()  # RAS, 1.5 mm: the LPS scan is flipped, the 3 mm scan resampled, both cropped
     hu = 0.0
     t = (hu - plan.window[0]) / (plan.window[1] - plan.window[0])
-    pred = predict_volume(Threshold(t).eval(), vol, plan, sw_batch_size=8)
+    pred = predict_volume(Threshold(t).eval(), vol, plan, WindowSettings(sw_batch_size=8))
     assert pred.shape == vol.array.shape and pred.dtype == np.uint8
     ref = vol.array > hu
     interior = ndimage.binary_erosion(ref, border_value=1) | ~ndimage.binary_dilation(ref)
@@ -139,7 +140,9 @@ def test_predict_files_on_real_scans(tmp_path: Path, shared_data: Path, unetr_ck
         labels = np.asarray(img.dataobj)
         assert labels.max() < 3
         # Same numbers as the in-memory API with the checkpoint's plan.
-        expect = predict_volume(unetr_model, load_volume(shared_data / src), tiny.plan(), sw_batch_size=2)
+        expect = predict_volume(
+            unetr_model, load_volume(shared_data / src), tiny.plan(), WindowSettings(sw_batch_size=2)
+        )
         np.testing.assert_array_equal(labels, expect)
 
 
@@ -198,63 +201,30 @@ def test_checkpoint_without_plan(tmp_path: Path, shared_data: Path, unetr_model)
         predict_files(ckpt, [shared_data / BODY], tmp_path / "out", progress=False)
 
 
-# --------------------------------------------------------------------------- the output folder
+# --------------------------------------------------------------------- the window settings
 
 
-def test_check_output_folder(tmp_path: Path):
-    from hiend_model.predict import check_output_folder
-
-    nifti = tmp_path / "scans"
-    _touch(nifti / "a_0000.nii.gz")
-    dicom = tmp_path / "study"
-    _touch(dicom / "p1" / "CT" / "IM0001")  # no NIfTI files: a folder searched for series
-    assert check_output_folder(tmp_path / "out", [nifti, dicom]) == (tmp_path / "out").resolve()
-    assert check_output_folder(nifti / "pred", [nifti])  # a NIfTI folder is read one level deep
-    with pytest.raises(InputError, match=r"^--out .*scans: is the input folder .*scans;"):
-        check_output_folder(nifti, [nifti])
-    with pytest.raises(
-        InputError, match=r"^--out .*study/p1/CT/x: lies inside the DICOM input folder .*study,"
-    ):
-        check_output_folder(dicom / "p1" / "CT" / "x", [nifti, dicom])
-    (tmp_path / "alias").symlink_to(dicom / "p1")
-    with pytest.raises(InputError, match=r"^--out .*alias/CT: lies inside the DICOM input folder"):
-        check_output_folder(tmp_path / "alias" / "CT", [dicom])
-    with pytest.raises(InputError, match=r"is the input folder .*alias"):
-        check_output_folder(dicom / "p1", [tmp_path / "alias"])
-    # an input file (a zip, a multi-frame file, a NIfTI scan) has no inside, but its folder is not a
-    # fine --out: the label maps would join it (the next run on the folder reads them as scans)
-    with pytest.raises(InputError, match=r"^--out .*: is the folder holding the input .*series.zip;"):
-        check_output_folder(tmp_path, [_touch(tmp_path / "series.zip")])
-    with pytest.raises(InputError, match=r"is the folder holding the input .*a_0000.nii.gz"):
-        check_output_folder(nifti, [nifti / "a_0000.nii.gz"])
-    with pytest.raises(InputError, match=r"is the folder holding the input .*CT"):
-        check_output_folder(dicom / "p1", [dicom / "p1" / "CT"])  # beside a series folder
-    assert check_output_folder(tmp_path / "pred", [tmp_path / "series.zip"])
-    (tmp_path / "loop").symlink_to(tmp_path / "loop")
-    with pytest.raises(InputError, match=r"^.*loop/x: a symbolic-link loop"):
-        check_output_folder(tmp_path / "loop" / "x", [nifti])
+def test_predict_files_takes_one_window_settings(tmp_path: Path, shared_data: Path, unetr_ckpt: Path):
+    [a] = predict_files(unetr_ckpt, [shared_data / BODY], tmp_path / "a", progress=False, sw_batch_size=3)
+    calls: list[tuple[int, int]] = []
+    settings = WindowSettings(sw_batch_size=3, progress=lambda d, t: calls.append((d, t)))
+    [b] = predict_files(unetr_ckpt, [shared_data / BODY], tmp_path / "b", progress=False, settings=settings)
+    np.testing.assert_array_equal(np.asarray(nib.load(a).dataobj), np.asarray(nib.load(b).dataobj))
+    assert calls and calls[-1][0] == calls[-1][1]  # the settings' callback ran (no bar asked for)
+    with pytest.raises(TypeError, match=r"sw_batch_size given both directly and in settings"):
+        predict_files(unetr_ckpt, [shared_data / BODY], tmp_path / "c", sw_batch_size=2, settings=settings)
+    with pytest.raises(InputError, match=r"^--overlap 1.0:"):
+        predict_files(unetr_ckpt, [shared_data / BODY], tmp_path / "c", overlap=1.0)
+    assert not (tmp_path / "c").exists()
 
 
-@pytest.mark.parametrize(
-    ("overlap", "sw", "mc", "match"),
-    [
-        (1.0, 1, 0.0, r"^--overlap 1.0: expected a fraction of the window in \[0, 1\)$"),
-        (-0.5, 1, 0.0, r"^--overlap -0.5:"),
-        (float("nan"), 1, 0.0, r"^--overlap nan:"),
-        (0.5, 0, 0.0, r"^--sw-batch 0: expected a whole number"),
-        (0.5, 1, float("nan"), r"^--min-component nan:"),
-        (0.5, 1, 1.5, r"^--min-component 1.5:"),
-    ],
-)
-def test_check_options(overlap, sw, mc, match):
-    from hiend_model.predict import check_options
+def test_predictor_keeps_its_settings(shared_data: Path, unetr_model, tiny):
+    from hiend_model.predict import Predictor
 
-    with pytest.raises(InputError, match=match):
-        check_options(overlap, sw, mc)
-
-
-def test_check_options_accepts_the_edges():
-    from hiend_model.predict import check_options
-
-    check_options(0.0, 1, 0.0)
-    check_options(0.99, 64, 1.0)
+    volume = load_volume(shared_data / BODY)
+    predictor = Predictor(unetr_model, tiny.plan(), WindowSettings(sw_batch_size=2))
+    assert predictor.settings.sw_batch_size == 2 and predictor.members == [unetr_model]
+    calls: list[tuple[int, int]] = []
+    labels = predictor.predict(volume, progress=lambda d, t: calls.append((d, t)))
+    np.testing.assert_array_equal(labels, predict_volume(unetr_model, volume, tiny.plan()))
+    assert calls[-1][0] == calls[-1][1] and predictor.settings.progress is None

@@ -6,6 +6,10 @@ work itself is library code (:mod:`hiend_model.predict`, :mod:`~hiend_model.chec
 ``hiend-model info CKPT [--json]``               what a checkpoint holds
 ``hiend-model convert SRC DST --from official-pretrain|official-finetune``  the paper's .pth -> ours
 
+The command line's own parsing is here: telling checkpoints from inputs in ``predict CKPT... INPUT...``
+(:func:`split_checkpoint_args`), ``--keep-largest`` text to label values (:func:`keep_largest_values`),
+the window options to one :class:`~hiend_model.window.WindowSettings`; the library checks the values.
+
 Exit codes: 0 success, 2 bad input (one line on stderr naming the file or value; an option value that
 is out of range or not of its type included), 130 / 143 predict or convert stopped by SIGINT / SIGTERM (one line;
 temporaries removed, every output file written so far complete), 1 unexpected.
@@ -19,10 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from enum import Enum
 from pathlib import Path
 
@@ -32,6 +37,7 @@ from hiend_data.errors import InputError, OneLineErrors, cli_errors, shown
 
 from .device import DEVICE_HELP
 from .kinds import SOURCES
+from .postprocess import label_values
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -98,6 +104,45 @@ def stopped_by_signals(what: str) -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
+CHECKPOINT_SUFFIX = ".safetensors"
+
+
+def split_checkpoint_args(args: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[Path]]:
+    """``CKPT1 [CKPT2 ...] INPUT...`` -> (checkpoints, inputs).
+
+    The first argument is always a checkpoint; the arguments after it whose names end with
+    ``.safetensors`` are further ensemble members, up to the first one that does not, which is the first
+    input. A ``.safetensors`` name after that is an InputError (checkpoints go before the inputs), and so
+    is a command line without inputs.
+    """
+    paths = [Path(a) for a in args]
+    if not paths:
+        raise InputError("no checkpoint given")
+    n = 1
+    while n < len(paths) and paths[n].name.lower().endswith(CHECKPOINT_SUFFIX):
+        n += 1
+    ckpts, inputs = paths[:n], paths[n:]
+    if not inputs:
+        raise InputError(f"{ckpts[-1]}: no input scans given after the checkpoint(s)")
+    for p in inputs:
+        if p.name.lower().endswith(CHECKPOINT_SUFFIX):
+            raise InputError(
+                f"{p}: a checkpoint after the first input {inputs[0]}; name every ensemble "
+                "checkpoint before the inputs"
+            )
+    return ckpts, inputs
+
+
+def keep_largest_values(text: str) -> list[int] | str:
+    """``--keep-largest`` text -> label values or ``"all"`` (:func:`hiend_model.postprocess.label_values`);
+    InputError naming a part that is not a whole number. Whether they are classes of the model is
+    checked by ``predict_files`` once the checkpoint is read."""
+    try:
+        return label_values(text)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
 @app.command(help=_PREDICT_HELP)
 def predict(
     ckpt: Path = typer.Argument(
@@ -160,25 +205,23 @@ def predict(
 ) -> None:
     """Segment scans with one checkpoint or an ensemble of them (help text: _PREDICT_HELP)."""
     with stopped_by_signals("predict"), cli_errors():
-        from .predict import predict_files, split_checkpoint_args
+        from .predict import WindowSettings, predict_files
 
         ckpts, scans = split_checkpoint_args([ckpt, *inputs])
+        settings = WindowSettings(overlap=overlap, tta=tta, sw_batch_size=sw_batch, device=device, amp=amp)
+        largest = keep_largest_values(keep_largest)
         written = predict_files(
             ckpts if len(ckpts) > 1 else ckpts[0],
             scans,
             out,
-            device=device,
-            overlap=overlap,
-            tta=tta,
             progress=not quiet,
-            sw_batch_size=sw_batch,
-            amp=amp,
             output_format=output_format,
             labels=labels,
             seg_type=seg_type,
             series=series,
-            keep_largest=keep_largest,
+            keep_largest=largest,
             min_component=min_component,
+            settings=settings,
         )
         for path in written:
             typer.echo(shown(path))

@@ -12,7 +12,10 @@ their product clamped below at ``max(min, 1e-3)``; zero padding split ``diff // 
 the same numbers (``tests/test_inference.py`` checks it, ``tools/bench/sliding_window_vs_monai.py``
 times both).
 
-Whole scans (files in, label maps on the inputs' grids out) are :mod:`hiend_model.predict`, built on this.
+The run's settings (overlap, flips, windows per call, device, autocast, progress) may come as one
+:class:`hiend_model.window.WindowSettings` (``settings=``), as :mod:`hiend_model.predict` passes them.
+Ensembles are :mod:`hiend_model.ensemble`; whole scans (files in, label maps on the inputs' grids out)
+are :mod:`hiend_model.predict`, built on both.
 """
 
 from __future__ import annotations
@@ -27,21 +30,17 @@ import torch.nn.functional as F
 
 from hiend_data.errors import InputError
 
+from .window import FLIPS_ALL, Progress, WindowSettings, flip_set
+
 __all__ = [
     "FLIPS_ALL",
+    "WindowSettings",
     "gaussian_importance_map",
     "window_starts",
     "sliding_window_logits",
     "argmax_labels",
     "label_dtype",
 ]
-
-#: The eight axis-flip combinations of a 3-D volume (spatial axes 0, 1, 2), identity first.
-FLIPS_ALL: tuple[tuple[int, ...], ...] = tuple(
-    c for r in range(4) for c in itertools.combinations((0, 1, 2), r)
-)
-
-Progress = Callable[[int, int], None]
 
 
 def gaussian_importance_map(
@@ -106,17 +105,6 @@ def _check_args(
     return roi
 
 
-def _flip_set(tta: bool | Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
-    if tta is True:
-        return FLIPS_ALL
-    if tta is False or tta is None:
-        return ((),)
-    flips = tuple(tuple(sorted(int(a) for a in f)) for f in tta)
-    if not flips or any(a not in (0, 1, 2) for f in flips for a in f):
-        raise InputError(f"tta flips {tta!r} must be a non-empty list of spatial axis tuples from (0, 1, 2)")
-    return flips
-
-
 def _model_device(model: Callable) -> torch.device:
     params = getattr(model, "parameters", None)
     if params is not None:
@@ -138,6 +126,8 @@ def sliding_window_logits(
     out_device: torch.device | str | None = None,
     progress: Progress | None = None,
     amp: bool = False,
+    *,
+    settings: WindowSettings | None = None,
 ) -> torch.Tensor:
     """Blend a network's window logits over a whole volume.
 
@@ -157,13 +147,31 @@ def sliding_window_logits(
         out_device: where the output and weight map live (default: the image's device).
         progress: called as ``progress(windows_done, windows_total)`` after each model call.
         amp: run the model under bfloat16 autocast on CUDA (logits are accumulated in float32).
+        settings: ``overlap``, ``sw_batch_size``, ``tta``, ``device``, ``amp`` and ``progress`` as one
+            :class:`~hiend_model.window.WindowSettings` (what :mod:`hiend_model.predict` passes); with it,
+            those six arguments stay at their defaults (a TypeError otherwise: one source for each).
 
     Returns:
         float32 logits ``[K, X, Y, Z]`` (or ``[B, K, X, Y, Z]`` for a batched image) on ``out_device``:
         the weighted mean of the windows' logits at every voxel.
     """
+    if settings is not None:
+        given = [
+            name
+            for name, value, default in (
+                ("overlap", overlap, 0.5),
+                ("sw_batch_size", sw_batch_size, 1),
+                ("tta", tta, False),
+                ("amp", amp, False),
+            )
+            if value != default
+        ] + [name for name, value in (("device", device), ("progress", progress)) if value is not None]
+        if given:
+            raise TypeError(f"sliding_window_logits: {', '.join(given)} given both directly and in settings")
+        overlap, sw_batch_size, tta = settings.overlap, settings.sw_batch_size, settings.tta
+        device, amp, progress = settings.device, settings.amp, settings.progress
     roi = _check_args(image, roi, overlap, sw_batch_size, blend)
-    flips = _flip_set(tta)
+    flips = flip_set(tta)
     batched = image.ndim == 5
     if not batched:
         image = image[None]

@@ -12,9 +12,14 @@ part of it (on the demo's held-out phantoms 6-connectivity gives a mean organ Di
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import numpy as np
+from hiend_data.errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def clean_components(
@@ -23,6 +28,7 @@ def clean_components(
     """Return a copy of ``labels`` (integer ``[X, Y, Z]``) where each value of ``keep_largest`` keeps only
     its largest 6-connected component and every other non-zero value drops the components smaller
     than ``min_fraction`` (0..1) of its own largest one (0: keep everything)."""
+    import numpy as np  # on use: the CLI reads --keep-largest's syntax from this module without numpy
     from scipy import ndimage as ndi
 
     if not 0.0 <= min_fraction <= 1.0:
@@ -53,21 +59,49 @@ def clean_components(
     return out
 
 
-def parse_keep_largest(text: str, num_classes: int) -> list[int]:
-    """``"1,2,3"`` / ``"all"`` / ``""`` -> label values, each checked against the model's classes
-    (``1..num_classes-1``); a bad value raises ``ValueError`` naming it."""
+def check_min_component(value: float) -> None:
+    """InputError ``--min-component 1.5: ...`` unless ``value`` is a fraction in [0, 1] (NaN refused)."""
+    if not 0.0 <= value <= 1.0:  # NaN fails every comparison
+        raise InputError(f"--min-component {value}: expected a fraction in [0, 1]")
+
+
+def label_values(text: str) -> list[int] | str:
+    """``--keep-largest`` text -> label values: ``"1, 2,3"`` -> ``[1, 2, 3]``, ``"all"`` -> ``"all"``,
+    ``""`` -> ``[]``; ``ValueError`` naming a part that is not a whole number. Which values are classes
+    of the model is :func:`keep_largest_classes`' check (it needs the checkpoint)."""
     text = text.strip()
-    if not text:
-        return []
-    if text == "all":
-        return list(range(1, num_classes))
+    if not text or text == "all":
+        return [] if not text else "all"
     out = []
     for part in text.split(","):
         try:
-            value = int(part)
+            out.append(int(part))
         except ValueError:
             raise ValueError(f"--keep-largest {text!r}: {part!r} is not a label value") from None
+    return out
+
+
+def keep_largest_classes(values: Iterable[int] | str, num_classes: int) -> list[int]:
+    """Label values (or ``"all"``: every foreground class) checked against the model's classes
+    ``1..num_classes-1``; ``ValueError`` naming the first that is not one."""
+    if isinstance(values, str):
+        if values != "all":
+            raise ValueError(f"--keep-largest {values!r}: expected label values or 'all'")
+        return list(range(1, num_classes))
+    out = []
+    for value in values:
+        try:
+            value = operator.index(value)
+        except TypeError:
+            raise ValueError(f"--keep-largest {value!r}: not a label value") from None
         if not 1 <= value < num_classes:
             raise ValueError(f"--keep-largest {value}: not a class of the model (1..{num_classes - 1})")
         out.append(value)
     return out
+
+
+def parse_keep_largest(text: str, num_classes: int) -> list[int]:
+    """``"1,2,3"`` / ``"all"`` / ``""`` -> label values, each checked against the model's classes
+    (``1..num_classes-1``): :func:`label_values` then :func:`keep_largest_classes`; a bad value raises
+    ``ValueError`` naming it."""
+    return keep_largest_classes(label_values(text), num_classes)
