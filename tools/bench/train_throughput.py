@@ -30,8 +30,8 @@ def model_only(
     import torch
 
     from hiend_model import build
-    from hiend_train.loop import autocast
     from hiend_train.optim import build_optimizer
+    from hiend_train.precision import autocast
 
     dev = torch.device(device)
     torch.manual_seed(0)
@@ -98,7 +98,7 @@ def main() -> int:
     from hiend_data.phantom import make_phantom_dataset
     from hiend_train import pretrain
     from hiend_train.config import PretrainConfig
-    from hiend_train.loop import resolve_precision
+    from hiend_train.precision import resolve_precision
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

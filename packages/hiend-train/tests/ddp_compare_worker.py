@@ -22,8 +22,8 @@ from safetensors.torch import save_file
 
 from hiend_train import finetune
 from hiend_train.config import FinetuneConfig
-from hiend_train.loop import Task
 from hiend_train.runner import Context, execute
+from hiend_train.task import Task
 
 if __name__ == "__main__":
     cfg = FinetuneConfig.model_validate_json(Path(sys.argv[1]).read_text())

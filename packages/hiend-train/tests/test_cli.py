@@ -190,3 +190,17 @@ def test_pretrain_then_finetune_from_it(tmp_path, phantom_cache):
     info = read_checkpoint_info(tmp_path / "ft" / "best.safetensors", expected_kind="unetr")
     assert info.config["num_classes"] == 7 and info.config["depth"] == 4
     assert info.extra["init"] == str(tmp_path / "pre" / "last.safetensors")
+
+
+def test_a_non_finite_loss_is_one_line_and_its_own_exit_code(tmp_path, phantom_cache):
+    """Not bad input (2) and not a bug (1): exit 3, one line saying what to change."""
+    res = invoke(
+        "pretrain", "--cache", str(phantom_cache), "--out", str(tmp_path / "r"), "-q", "--preset", "tiny",
+        "--set", "model.img_size=32", "--set", "model.depth=4", "--set", "model.embed_dim=48",
+        "--set", "model.decoder_embed_dim=24", "--workers", "0", "--device", "cpu", "--epochs", "1",
+        "--num-samples", "2", "--preview-every", "0", "--lr", "1e30", "--warmup-epochs", "0",
+    )  # fmt: skip
+    assert res.exit_code == 3, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: non-finite loss ("), res.stderr
+    assert "lower lr" in lines[0] and "Traceback" not in res.output

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from hiend_data.errors import InputError
+from hiend_model.config import MAEConfig, resolve_config
 from hiend_train.cli import _resolve, parse_sets
 from hiend_train.config import FinetuneConfig, PretrainConfig, load_config
 
@@ -84,3 +85,45 @@ def test_resolved_config_round_trips_through_json(tmp_path):
     cfg = FinetuneConfig(cache=tmp_path, init=tmp_path / "m.safetensors", model={"drop_path": 0.1})
     again = FinetuneConfig(**json.loads(json.dumps(cfg.model_dump(mode="json"))))
     assert again == cfg
+
+
+@pytest.mark.parametrize(
+    ("flags", "sets", "message"),
+    [
+        ({"lr": float("inf")}, [], "^command line: lr: inf is not a finite number$"),
+        ({}, ["warmup_epochs=Infinity"], "warmup_epochs: inf is not"),
+        ({}, ["clip_grad=NaN"], "clip_grad: nan is not"),
+        ({}, ["save_every_minutes=inf"], "save_every_minutes: inf is not"),  # text, parsed by pydantic
+        ({}, ["model.mask_ratio=nan"], "model.mask_ratio: nan is not"),
+        ({}, ["sampler.pad_value=-Infinity"], "sampler.pad_value: -inf is not"),
+    ],
+)
+def test_a_non_finite_value_is_refused_naming_field_and_value(flags, sets, message):
+    with pytest.raises(InputError, match=message):
+        _resolve("pretrain", None, flags, sets, resume=False)
+
+
+def test_a_non_finite_value_shadowed_by_a_later_layer_is_refused_too(tmp_path):
+    path = tmp_path / "cfg.toml"
+    path.write_text("lr = inf\n")
+    with pytest.raises(InputError, match=rf"^{path}: lr: inf is not a finite number$"):
+        _resolve("pretrain", path, {"lr": 1e-3}, [], resume=False)
+    with pytest.raises(ValueError, match="finite"):
+        PretrainConfig(betas=(0.9, float("nan")))
+
+
+def test_model_configs_refuse_non_finite_numbers():
+    with pytest.raises(InputError, match="^invalid MAEConfig: mlp_ratio: inf is not a finite number$"):
+        resolve_config("tiny", mlp_ratio=float("inf"))
+    with pytest.raises(ValueError, match="finite"):
+        MAEConfig(layer_norm_eps="nan")
+
+
+def test_kind_of_older_configs_is_read_as_stage(tmp_path):
+    path = tmp_path / "old.toml"
+    path.write_text('kind = "pretrain"\nepochs = 3\n')
+    cfg = _resolve("pretrain", path, {}, [], resume=False)
+    assert (cfg.stage, cfg.epochs) == ("pretrain", 3) and "kind" not in cfg.model_dump()
+    assert PretrainConfig(kind="pretrain").stage == "pretrain"
+    with pytest.raises(InputError, match=r"^command line: stage 'pretrain' is not a finetune config$"):
+        _resolve("finetune", None, {}, ["stage=pretrain"], resume=False)

@@ -1,11 +1,10 @@
-"""Runs that are stopped, misconfigured or pointed at other data (issue 11): conflicting settings,
---resume on another cache, a save interrupted between its files, a folder whose run never saved,
-data with NaN named by case."""
+"""Runs misconfigured or pointed at other data: a field given twice, every value validated,
+--resume on another cache, data with NaN named by case. (Saves interrupted between their files:
+test_checkpointing.py; signals: test_signals.py; a folder whose run never saved: test_runner.py.)"""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -17,10 +16,8 @@ from safetensors.torch import load_file
 from hiend_data import Plan
 from hiend_data.cache import preprocess_dataset
 from hiend_data.errors import InputError
-from hiend_train import finetune, pretrain, runner
+from hiend_train import finetune, pretrain
 from hiend_train.cli import _resolve, parse_sets
-from hiend_train.loop import NonFiniteLoss
-from hiend_train.rundir import RunDir
 
 
 class Killed(BaseException):
@@ -34,7 +31,7 @@ def assert_bit_identical(a: Path, b: Path) -> None:
         assert torch.equal(wa[k], wb[k]), k
 
 
-# -- 1. one field, one value ---------------------------------------------------------------------
+# -- one field, one value ---------------------------------------------------------------------
 
 
 def test_a_field_given_twice_on_the_command_line_is_an_error_naming_it():
@@ -99,7 +96,7 @@ def test_the_file_is_still_overridden_by_valid_flags(tmp_path):
         _resolve("pretrain", path, {}, ["lr=null"], resume=False)
 
 
-# -- 2. --resume on another cache ----------------------------------------------------------------
+# -- --resume on another cache ----------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -145,110 +142,7 @@ def test_resume_on_a_cache_with_other_cases_is_refused(tiny, tmp_path, phantom_c
         pretrain.run(cfg.model_copy(update={"cache": fewer}), resume=True)
 
 
-# -- 3. a save interrupted between its two files ---------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("target", "epoch", "resumed_at"),
-    [("last.safetensors", 2, 1), ("state.pt", 2, 2), ("state.pt", 1, 1)],
-)
-def test_a_save_killed_between_its_files_resumes_to_the_uninterrupted_weights(
-    tiny, tmp_path, monkeypatch, target, epoch, resumed_at
-):
-    """The process dies as the save at the end of ``epoch`` is about to put ``target`` in place:
-    --resume continues (from that save or the one before) to the weights of a run never interrupted."""
-    fields = dict(epochs=3, warmup_epochs=0.5)
-    straight = pretrain.run(tiny("pretrain", out=tmp_path / "straight", **fields))
-    cfg = tiny("pretrain", out=tmp_path / "run", **fields)
-    run = RunDir(cfg.out)
-    real_replace = os.replace
-    seen: list[str] = []
-
-    def dying_replace(src, dst, *args, **kwargs):
-        dst = Path(dst)
-        if dst.parent == run.root and dst.name == target:
-            seen.append(dst.name)
-            if len(seen) == epoch:  # one save per epoch
-                raise Killed(dst)
-        return real_replace(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(os, "replace", dying_replace)
-    with pytest.raises(Killed):
-        pretrain.run(cfg)
-    monkeypatch.setattr(os, "replace", real_replace)
-    resumed = pretrain.run(cfg, resume=True)
-    assert resumed.fit.epochs == 3 and resumed.fit.steps == straight.fit.steps
-    assert_bit_identical(run.last, RunDir(straight.out).last)
-    state = torch.load(run.state_path, weights_only=True)
-    assert (state["epoch"], state["step"]) == (3, straight.fit.steps)
-    assert not run.staged_states()  # the next save cleaned up what the interrupted one left
-    resume = next(r for r in run.read_log() if r["event"] == "resume")
-    assert resume["epoch"] == resumed_at
-
-
-def test_a_staged_state_alone_is_a_save_that_never_happened(tiny, tmp_path):
-    cfg = tiny("pretrain", out=tmp_path / "run", epochs=1)
-    pretrain.run(cfg)
-    run = RunDir(cfg.out)
-    assert sorted(p.name for p in run.root.iterdir()) == [
-        "config.json", "last.safetensors", "log.jsonl", "split.json", "state.pt",
-    ]  # fmt: skip
-    # a staged state of a save killed before its weights: last.safetensors + state.pt still agree
-    state = torch.load(run.state_path, weights_only=True)
-    torch.save({**state, "step": 99}, run.staged_state_path(99))
-    again = pretrain.run(cfg, resume=True)
-    assert again.fit.history == [] and again.fit.steps == state["step"]  # finished: nothing to do
-
-
-# -- 4. a folder whose run never saved is started again ----------------------------------------------
-
-
-def test_num_classes_below_the_largest_label_is_refused_before_anything_is_written(tiny, tmp_path):
-    cfg = tiny("finetune", out=tmp_path / "ft", num_classes=3, epochs=1)
-    with pytest.raises(
-        InputError, match=r"num_classes=3: the cache .* has label 6 \(case '\w+'\); .* at least 7"
-    ):
-        finetune.run(cfg)
-    assert not cfg.out.exists()
-
-
-def test_a_run_stopped_before_its_first_checkpoint_can_be_started_again(tiny, tmp_path, monkeypatch):
-    cfg = tiny("pretrain", out=tmp_path / "run", epochs=1)
-
-    def killed_after_setup(*args, **kwargs):
-        raise Killed("right after setup")
-
-    monkeypatch.setattr(runner, "fit", killed_after_setup)
-    with pytest.raises(Killed):
-        pretrain.run(cfg)
-    monkeypatch.undo()
-    run = RunDir(cfg.out)
-    assert run.config_path.is_file() and [r["event"] for r in run.read_log()] == ["start", "setup"]
-    with pytest.raises(
-        InputError,
-        match=r"nothing to resume \(the run there stopped before its first checkpoint; start it again without --resume\)",
-    ):
-        pretrain.run(cfg, resume=True)
-    result = pretrain.run(cfg)  # a fresh start reuses the folder
-    assert result.fit.epochs == 1 and run.last.is_file()
-    assert [r["event"] for r in run.read_log()].count("start") == 1  # a fresh log
-
-
-def test_a_run_that_diverged_before_saving_can_be_started_again_with_other_settings(tiny, tmp_path):
-    cfg = tiny("pretrain", out=tmp_path / "run", epochs=1, lr=1e30, warmup_epochs=0)
-    with pytest.raises(NonFiniteLoss):
-        pretrain.run(cfg)
-    (cfg.out / "previews").mkdir()  # what such a run may leave beside its config
-    (cfg.out / "previews" / "epoch_0001.png").write_bytes(b"stale")
-    result = pretrain.run(cfg.model_copy(update={"lr": 1e-3}))
-    assert result.fit.epochs == 1 and not (cfg.out / "previews").exists()
-    assert json.loads((cfg.out / "config.json").read_text())["lr"] == 1e-3
-    # once a checkpoint exists the folder is a run again: never overwritten
-    with pytest.raises(InputError, match="already holds a run"):
-        pretrain.run(cfg.model_copy(update={"lr": 1e-3}))
-
-
-# -- 6. NaN in the data: the case is named ---------------------------------------------------------
+# -- NaN in the data: the case is named ---------------------------------------------------------
 
 
 @pytest.fixture
@@ -295,63 +189,3 @@ def test_nan_in_a_validation_case_names_it(tiny, tmp_path, poisoned, every):
         InputError, match=rf"case '{victim}' .* NaN or infinite values \(crops of validation\)"
     ):
         pretrain.run(cfg)
-
-
-# -- 7. a scheduler's SIGTERM: stop at the next step with a checkpoint ------------------------------
-
-
-@pytest.fixture
-def request_after(monkeypatch):
-    """``request_after(n)``: the stop mark is set while optimizer step ``n`` runs (as a SIGTERM
-    arriving then would), counted by the loop's learning-rate lookups at each step's start."""
-    import signal
-
-    from hiend_train import loop
-    from hiend_train.signals import REQUEST
-
-    monkeypatch.setattr(REQUEST, "signum", None)
-    real = loop.lr_at
-    calls = {"n": 0}
-
-    def arm(n: int) -> None:
-        def lr_at(step, *args, **kwargs):
-            calls["n"] += 1
-            if step + 1 == n and calls["n"] > 1:  # the first lookup is the epoch's set-up, not a step
-                REQUEST.request(signal.SIGTERM)
-            return real(step, *args, **kwargs)
-
-        monkeypatch.setattr(loop, "lr_at", lr_at)
-
-    return arm
-
-
-@pytest.mark.parametrize("at", [2, 3])  # inside the first epoch (3 steps each), and at its end
-def test_a_signal_stops_at_the_next_step_saved_and_resume_is_exact(tiny, tmp_path, request_after, at):
-    from hiend_train.signals import REQUEST
-
-    fields = dict(epochs=3, warmup_epochs=0.5)
-    straight = pretrain.run(tiny("pretrain", out=tmp_path / "straight", **fields))
-    assert straight.fit.steps == 9  # 3 steps an epoch: step 3 is the first epoch's last
-    cfg = tiny("pretrain", out=tmp_path / "run", **fields)
-    request_after(at)
-    stopped = pretrain.run(cfg)
-    assert (stopped.fit.stopped, stopped.fit.signal, stopped.fit.steps) == (True, "SIGTERM", at)
-    run = RunDir(cfg.out)
-    state = torch.load(run.state_path, weights_only=True)
-    assert state["step"] == at and (state["epoch"], state["batch"]) == ((1, 0) if at == 3 else (0, at))
-    stop = [r for r in run.read_log() if r["event"] == "stop"]
-    assert stop == [{**stop[0], "step": at, "signal": "SIGTERM"}]
-    REQUEST.clear()
-    resumed = pretrain.run(cfg, resume=True)
-    assert resumed.fit.signal is None and resumed.fit.steps == straight.fit.steps
-    assert_bit_identical(run.last, RunDir(straight.out).last)
-
-
-def test_a_signal_at_an_epoch_end_skips_validation_and_says_so(tiny, tmp_path, request_after):
-    cfg = tiny("finetune", out=tmp_path / "run", epochs=3, val_every=1, val_fraction=0.34)
-    request_after(2)  # finetune: 4 training cases at batch 2 -> 2 steps an epoch
-    result = finetune.run(cfg)
-    assert (result.fit.signal, result.fit.steps, result.fit.epochs) == ("SIGTERM", 2, 1)
-    log = RunDir(cfg.out).read_log()
-    assert any(r["event"] == "warning" and "validation skipped" in r["message"] for r in log)
-    assert not any("val_dice" in r for r in log if r["event"] == "epoch")

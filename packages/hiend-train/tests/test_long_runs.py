@@ -1,10 +1,10 @@
-"""Long runs: checkpoints inside an epoch and exact mid-epoch resume, keep_last, save_every_minutes,
-the gradient norm, TensorBoard, the run's ETA and torch.compile."""
+"""Long runs: exact mid-epoch resume, the epoch sampler, long-run flags, the gradient norm in the log,
+TensorBoard and a compiled run. (Periodic checkpoints and keep_last: test_checkpointing.py; the
+ETA: test_progress.py.)"""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 
@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from hiend_data.errors import InputError
 from hiend_model.checkpoint import read_checkpoint_info
-from hiend_train import loop, pretrain, runner
+from hiend_train import pretrain, runner
 from hiend_train.cli import app
 from hiend_train.data import EpochSampler
 from hiend_train.events import TensorBoardSink
@@ -114,80 +114,6 @@ def test_epoch_sampler_starts_part_way_through_the_same_order():
         part.set_start(6)
 
 
-def test_periodic_checkpoints_keep_the_newest_and_resume_falls_back_to_a_consistent_one(tiny, tmp_path):
-    cfg = config(tiny, tmp_path / "run", save_every_steps=2, keep_last=2, epochs=1)
-    pretrain.run(cfg)
-    run = RunDir(cfg.out)
-    # steps 2 and 4 inside the epoch, 6 at its end: the newest 2 are kept, both files of each
-    assert [s for s, _, _ in run.periodic()] == [4, 6]
-    assert sorted(p.name for p in run.checkpoints.iterdir()) == [
-        "step_00000004.pt",
-        "step_00000004.safetensors",
-        "step_00000006.pt",
-        "step_00000006.safetensors",
-    ]
-    step6 = run.checkpoints / "step_00000006.safetensors"
-    assert step6.read_bytes() == run.last.read_bytes()
-    if hasattr(os, "link"):  # a hard link where the filesystem has them: no second copy written
-        assert os.stat(step6).st_ino == os.stat(run.last).st_ino
-    assert torch.load(run.checkpoints / "step_00000004.pt", weights_only=True)["batch"] == 4
-    # later saves replace last.safetensors by a new file: the older copies keep their own weights
-    assert (
-        read_checkpoint_info(run.checkpoints / "step_00000004.safetensors").extra["hiend_train"]["step"] == 4
-    )
-    # a run stopped between writing last.safetensors and state.pt: the two disagree, the newest
-    # periodic checkpoint whose files agree is used, with a warning
-    shutil.copyfile(run.checkpoints / "step_00000004.pt", run.state_path)
-    (run.checkpoints / "step_00000006.pt").unlink()
-    more = cfg.model_copy(update={"epochs": 2})  # epochs is not a runtime field: refused ...
-    with pytest.raises(InputError, match=r"epochs changed"):
-        pretrain.run(more, resume=True)
-    resumed = pretrain.run(cfg, resume=True)
-    assert resumed.fit.steps == 6 and resumed.fit.history[-1]["epoch"] == 1
-    log = run.read_log()
-    warning = next(r for r in log if r["event"] == "warning")
-    assert (
-        "last.safetensors (epoch 1, batch 0, step 6) and state.pt (epoch 0, batch 4, step 4) disagree"
-        in warning["message"]
-    )
-    assert (
-        next(r for r in log if r["event"] == "resume")["checkpoint"]
-        == "checkpoints/step_00000004.safetensors"
-    )
-    # nothing consistent at all: one line naming what disagrees
-    shutil.copyfile(run.checkpoints / "step_00000004.pt", run.state_path)
-    for _, _, state in run.periodic():
-        state.unlink()
-    with pytest.raises(InputError, match=r"no checkpoint to resume from \(last.safetensors .* disagree\)"):
-        pretrain.run(cfg, resume=True)
-
-
-def test_save_every_minutes_saves_by_wall_time(tiny, tmp_path, monkeypatch):
-    """40 simulated seconds per optimizer step, a save every minute: after steps 2, 4 and 6."""
-    started = [0]
-    set_lr = loop.set_lr
-
-    def counting_set_lr(optimizer, lr):  # called once at the start of every optimizer step
-        started[0] += 1
-        return set_lr(optimizer, lr)
-
-    monkeypatch.setattr(loop, "set_lr", counting_set_lr)
-    monkeypatch.setattr(loop, "clock", lambda: 40.0 * started[0])
-    cfg = config(tiny, tmp_path / "run", save_every_minutes=1.0, keep_last=5, epochs=1)
-    pretrain.run(cfg)
-    run = RunDir(cfg.out)
-    assert [s for s, _, _ in run.periodic()] == [2, 4, 6]
-    assert [torch.load(p, weights_only=True)["batch"] for _, _, p in run.periodic()] == [2, 4, 0]
-
-
-def test_keep_last_zero_keeps_no_step_copies(tiny, tmp_path):
-    cfg = config(tiny, tmp_path / "run", save_every_steps=1, keep_last=0, epochs=1)
-    pretrain.run(cfg)
-    run = RunDir(cfg.out)
-    assert run.periodic() == [] and run.last.is_file()
-    assert torch.load(run.state_path, weights_only=True)["step"] == 6
-
-
 def test_long_run_flags_reach_the_config_and_bad_values_are_one_line(tmp_path, phantom_cache):
     out = tmp_path / "run"
     res = CliRunner().invoke(
@@ -208,14 +134,6 @@ def test_grad_norm_is_logged_and_is_the_norm_before_clipping(tiny, tmp_path):
     assert all(np.isfinite(r["grad_norm"]) and r["grad_norm"] > 1e-3 for r in steps)  # clipped to 1e-3 after
     epoch = next(r for r in log if r["event"] == "epoch")
     assert epoch["grad_norm"] == pytest.approx(np.mean([r["grad_norm"] for r in steps]), rel=1e-9)
-
-
-def test_grad_norm_matches_clip_grad_norm():
-    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
-    net(torch.randn(5, 4)).square().sum().backward()
-    expected = torch.nn.utils.clip_grad_norm_(net.parameters(), float("inf"))
-    assert torch.allclose(loop.grad_norm(net.parameters()), expected)
-    assert float(loop.grad_norm(torch.nn.Linear(2, 2).parameters())) == 0.0
 
 
 def test_tensorboard_scalars_equal_log_jsonl(tiny, tmp_path):
@@ -281,72 +199,6 @@ def test_tensorboard_missing_is_one_line_of_bad_input(tiny, tmp_path, monkeypatc
     with pytest.raises(InputError, match="tensorboard package is not installed"):
         pretrain.run(cfg)
     assert not (tmp_path / "run").exists()  # refused before anything is written
-
-
-def test_run_eta_counts_the_whole_run(monkeypatch):
-    now = [100.0]
-    monkeypatch.setattr(loop.time, "perf_counter", lambda: now[0])
-    eta = loop.RunEta(remaining=10)
-    assert eta.text() == "run ETA -:--:--"
-    now[0] += 8.0
-    eta.advance()
-    eta.advance()  # 4 s per micro-batch, 8 left
-    assert eta.seconds() == pytest.approx(32.0) and eta.text() == "run ETA 0:00:32"
-    assert loop.format_duration(3 * 3600 + 5 * 60 + 7) == "3:05:07"
-    assert loop.format_duration(50 * 3600) == "50:00:00"
-    columns = [getattr(c, "text_format", "") for c in loop.progress_bar(False).columns]
-    assert "{task.fields[eta]}" in columns
-
-
-def test_eta_of_a_run_covers_its_epochs_and_stop():
-    cfg = loop.TrainConfig(epochs=5, grad_accum=2)
-    assert loop._remaining(cfg, loop.ResumePoint(), 5, 6) == 30
-    assert loop._remaining(cfg, loop.ResumePoint(epoch=1, batch=2, step=4), 5, 6) == 22
-    stopped = cfg.model_copy(update={"stop_after_steps": 7})
-    assert loop._remaining(stopped, loop.ResumePoint(epoch=1, batch=2, step=4), 5, 6) == 6
-
-
-def test_compile_flag_is_recorded_and_wraps_the_model_the_loss_calls(tiny, tmp_path, monkeypatch):
-    compiled = []
-
-    def fake_compile(model):  # torch.compile on the CPU takes minutes: record the call instead
-        compiled.append(model)
-        return model
-
-    monkeypatch.setattr(runner.torch, "compile", fake_compile)
-    cfg = tiny("pretrain", out=tmp_path / "run", epochs=1, compile=True)
-    result = pretrain.run(cfg)
-    assert compiled == [result.model]
-    run = RunDir(cfg.out)
-    assert json.loads(run.config_path.read_text())["compile"] is True
-    assert next(r for r in run.read_log() if r["event"] == "setup")["compile"] is True
-    assert pretrain.PretrainConfig().compile is False  # off by default
-    # compile is a runtime field: a run may be resumed with it switched off
-    assert "compile" not in cfg.identity()
-
-
-@pytest.mark.filterwarnings(
-    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
-)  # torch.compile's import
-def test_checkpoints_of_a_compiled_model_have_the_plain_keys(tiny, tmp_path):
-    from hiend_model import build
-
-    model = build("tiny", **tiny("pretrain").model)
-    wrapped = torch.compile(model)  # lazy: nothing is compiled until it is called
-    assert any(k.startswith("_orig_mod.") for k in wrapped.state_dict())
-    task = loop.Task(
-        kind="pretrain",
-        model=wrapped,
-        ddp_model=wrapped,
-        loss_fn=None,
-        loader=None,
-        sampler=None,
-        dataset=None,
-        plan=None,
-    )
-    loop.save_weights(task, tmp_path / "w.safetensors", 1, 2)
-    assert set(load_file(str(tmp_path / "w.safetensors"))) == set(model.state_dict())
-    assert loop.unwrap(wrapped) is model and loop.unwrap(model) is model
 
 
 @pytest.mark.slow

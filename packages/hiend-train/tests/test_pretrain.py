@@ -111,7 +111,7 @@ def test_without_matplotlib_previews_are_skipped_with_one_note(tiny, monkeypatch
 
 @pytest.mark.parametrize("log_every", [1, 100])  # caught at a log line, or at the latest at the epoch's end
 def test_non_finite_loss_stops_the_run_before_saving(tiny, log_every):
-    from hiend_train.loop import NonFiniteLoss
+    from hiend_train.progress import NonFiniteLoss
 
     cfg = tiny("pretrain", epochs=2, lr=1e30, warmup_epochs=0, log_every=log_every)
     with pytest.raises(NonFiniteLoss, match=r"non-finite loss \(nan\) at epoch 1 by step \d+"):

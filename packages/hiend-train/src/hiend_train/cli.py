@@ -4,24 +4,43 @@
 ``hiend-train finetune [CONFIG] --cache DIR --out RUN [--init CKPT | --preset NAME] [--labels JSON] [--resume] ...``
 
 Config precedence: defaults < CONFIG (.toml / .json) < flags. ``--resume`` without CONFIG continues
-from ``RUN/config.json``. Under torchrun every process runs the same command (DDP).
-Exit codes: 0 success, 2 bad input (one line on stderr naming the file or value), 130 interrupted by
-SIGINT (one line; the last checkpoint stays intact, ``--resume`` continues from it), 143 (138) a
-SIGTERM (SIGUSR1) from a scheduler: the run saved a checkpoint at the next optimizer step and stopped
-(one line; ``--resume`` continues; :mod:`hiend_train.signals`), 1 anything else.
+from ``RUN/config.json``. Under torchrun every process runs the same command (DDP). The options both
+commands share are one list (:data:`SHARED`; each sets the config field of its name), and each
+command adds its own (:data:`PRETRAIN`, :data:`FINETUNE`).
+
+Exit codes (every error is one line on stderr):
+
+- 0: the run finished (or stopped at ``--stop-after`` / ``--stop-after-steps``); the last line of
+  stdout is a JSON summary;
+- 1: a bug (anything not listed here; a traceback);
+- 2: bad input, naming the file or value (:func:`hiend_data.errors.cli_errors`);
+- 3: the loss became NaN or infinite (:data:`NON_FINITE`); the last checkpoint is as it was;
+- 130: interrupted by SIGINT; the last checkpoint stays intact, ``--resume`` continues from it;
+- 143 (138): a SIGTERM (SIGUSR1) from a scheduler: the run saved a checkpoint at the next optimizer
+  step and stopped; ``--resume`` continues (:mod:`hiend_train.signals`).
+
+``--workers N``: DataLoader worker processes per training process; 0 loads in the main process.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import signal
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from hiend_data.errors import InputError, cli_errors, shown
+
+if TYPE_CHECKING:  # (torch stays unimported until a command runs)
+    from .config import TrainConfig
+    from .runner import RunResult
 
 app = typer.Typer(
     name="hiend-train",
@@ -90,14 +109,16 @@ def _flag_text(field: str, value: Any) -> str:
     return name if isinstance(value, bool) else f"{name} {value}"
 
 
-def _resolve(kind: str, config: Path | None, flags: dict[str, Any], sets: list[str], resume: bool) -> Any:
+def _resolve(
+    stage: str, config: Path | None, flags: dict[str, Any], sets: list[str], resume: bool
+) -> TrainConfig:
     """The run's config: defaults < ``RUN/config.json`` (``--resume`` without CONFIG) < CONFIG < flags
     and ``--set``. A field given by a flag and a ``--set``, or by two ``--set``, is an InputError; a
     value a later layer replaces is validated all the same (:func:`hiend_train.config.make_config`)."""
     from .config import FinetuneConfig, PretrainConfig, make_config, read_config_file
     from .rundir import RunDir
 
-    cls = PretrainConfig if kind == "pretrain" else FinetuneConfig
+    cls = PretrainConfig if stage == "pretrain" else FinetuneConfig
     file_fields = read_config_file(config) if config is not None else {}
     origins: dict[str, str] = {}
     extra = parse_sets(sets, origins)
@@ -130,9 +151,13 @@ def _resolve(kind: str, config: Path | None, flags: dict[str, Any], sets: list[s
 #: exit code of a run stopped by SIGINT (128 + the signal's number, as shells report it)
 INTERRUPTED = 130
 
+#: exit code of a run whose loss became NaN or infinite (a property of the run, not bad input nor a bug)
+NON_FINITE = 3
 
-def _interrupted(cfg: Any) -> str:
+
+def _interrupted(cfg: TrainConfig) -> str:
     """The line for a run stopped by SIGINT: what is on disk and how to go on."""
+    from .checkpointing import last_saved
     from .rundir import RunDir
 
     if cfg.out is None:
@@ -142,12 +167,12 @@ def _interrupted(cfg: Any) -> str:
         return (
             f"{run.root}: interrupted (SIGINT) before the first checkpoint; start it again without --resume"
         )
-    at = run.last_saved() or {}
+    at = last_saved(run) or {}
     where = f" (epoch {at.get('epoch')}, batch {at.get('batch', 0)}, step {at.get('step')})" if at else ""
     return f"{run.root}: interrupted (SIGINT); the last checkpoint{where} is intact: continue with --resume"
 
 
-def _preempted(result: Any) -> str:
+def _preempted(result: RunResult) -> str:
     """The line for a run stopped by SIGTERM / SIGUSR1 (:mod:`hiend_train.signals`)."""
     fit = result.fit
     return (
@@ -156,13 +181,13 @@ def _preempted(result: Any) -> str:
     )
 
 
-def _execute(kind: str, cfg: Any, resume: bool) -> None:
+def _execute(stage: str, cfg: TrainConfig, resume: bool) -> None:
     """Run and report: every line to the terminal goes through :func:`hiend_data.errors.shown` (the
     run folder's name is the user's and may hold control characters); the JSON summary is escaped by
     ``json.dumps``."""
-    from .loop import NonFiniteLoss
+    from .progress import NonFiniteLoss
 
-    if kind == "pretrain":
+    if stage == "pretrain":
         from .pretrain import run
     else:
         from .finetune import run
@@ -173,7 +198,7 @@ def _execute(kind: str, cfg: Any, resume: bool) -> None:
             result = run(cfg, resume=resume)
     except NonFiniteLoss as exc:
         print(f"error: {shown(exc)}", file=sys.stderr)
-        raise typer.Exit(1) from None
+        raise typer.Exit(NON_FINITE) from None
     except KeyboardInterrupt:  # SIGINT (Ctrl-C): one line, exit 130, the last checkpoint as it was
         print(f"error: {shown(_interrupted(cfg))}", file=sys.stderr)
         raise typer.Exit(INTERRUPTED) from None
@@ -196,238 +221,179 @@ def _execute(kind: str, cfg: Any, resume: bool) -> None:
         )
 
 
-_CONFIG = typer.Argument(None, help="Config file (.toml or .json) with any of the config fields.")
-_CACHE = typer.Option(None, "--cache", help="hiend-data cache folder (hiend-data preprocess).")
-_OUT = typer.Option(None, "--out", "-o", help="Run folder (config.json, log.jsonl, checkpoints, state.pt).")
-_PRESET = typer.Option(None, "--preset", help="Model preset: vit-b16, vit-l12, vit-l16, tiny.")
-_EPOCHS = typer.Option(None, "--epochs", min=1, help="Epochs (passes over the training cases).")
-_BATCH = typer.Option(None, "--batch-size", min=1, help="Volumes per step and process.")
-_SAMPLES = typer.Option(None, "--num-samples", min=1, help="Crops per volume.")
-_WORKERS = typer.Option(None, "--workers", min=0, help="DataLoader workers per process.")
-_SEED = typer.Option(None, "--seed", help="Seed of weights, split, crops and masks.")
-_DEVICE = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N.")
-_PRECISION = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16.")
-_ACCUM = typer.Option(None, "--grad-accum", min=1, help="Micro-batches per optimizer step.")
-_LR = typer.Option(None, "--lr", help="Peak learning rate.")
-_WARMUP = typer.Option(None, "--warmup-epochs", help="Linear warm-up epochs before the cosine.")
-_VAL_EVERY = typer.Option(None, "--val-every", min=1, help="Validate every N epochs.")
-_VAL_FRACTION = typer.Option(None, "--val-fraction", help="Fraction of cases held out (seeded).")
-_STOP = typer.Option(None, "--stop-after", min=1, help="Stop after this epoch (continue with --resume).")
-_STOP_STEPS = typer.Option(
-    None,
-    "--stop-after-steps",
-    min=1,
-    help="Stop after this optimizer step, mid-epoch too (continue with --resume).",
-)
-_SAVE_STEPS = typer.Option(
-    None, "--save-every-steps", min=1, help="Also checkpoint every N optimizer steps (resumable mid-epoch)."
-)
-_SAVE_MINUTES = typer.Option(
-    None, "--save-every-minutes", help="Also checkpoint every M minutes of wall time (resumable mid-epoch)."
-)
-_KEEP_LAST = typer.Option(
-    None, "--keep-last", min=0, help="Periodic checkpoints kept in RUN/checkpoints (default 3)."
-)
-_TENSORBOARD = typer.Option(
-    None,
-    "--tensorboard",
-    help="Also write RUN/tb/ for TensorBoard (pip install 'hiend-train\\[tensorboard]').",
-    show_default=False,
-)
-_COMPILE = typer.Option(
-    None,
-    "--compile",
-    help="torch.compile the model (off by default; slow to compile on a CPU).",
-    show_default=False,
-)
-_RESUME = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped.")
-_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
-_SET = typer.Option([], "--set", help=_SET_HELP)
+@dataclass(frozen=True)
+class Flag:
+    """One command-line option that sets the config field ``field``: its type (None: not given), its
+    names and help, and typer's other arguments (``min``, ``show_default``)."""
+
+    field: str
+    type: object
+    names: tuple[str, ...]
+    help: str
+    extra: dict[str, Any] = dc_field(default_factory=dict)
+
+    def option(self) -> Any:
+        return typer.Option(None, *self.names, help=self.help, **self.extra)
 
 
-@app.command()
-def pretrain(
-    config: Path | None = _CONFIG,
-    cache: Path | None = _CACHE,
-    out: Path | None = _OUT,
-    preset: str | None = _PRESET,
-    epochs: int | None = _EPOCHS,
-    batch_size: int | None = _BATCH,
-    num_samples: int | None = _SAMPLES,
-    workers: int | None = _WORKERS,
-    seed: int | None = _SEED,
-    device: str | None = _DEVICE,
-    precision: str | None = _PRECISION,
-    grad_accum: int | None = _ACCUM,
-    lr: float | None = _LR,
-    warmup_epochs: float | None = _WARMUP,
-    val_every: int | None = _VAL_EVERY,
-    val_fraction: float | None = _VAL_FRACTION,
-    stop_after: int | None = _STOP,
-    stop_after_steps: int | None = _STOP_STEPS,
-    save_every_steps: int | None = _SAVE_STEPS,
-    save_every_minutes: float | None = _SAVE_MINUTES,
-    keep_last: int | None = _KEEP_LAST,
-    tensorboard: bool | None = _TENSORBOARD,
-    compile_: bool | None = _COMPILE,
-    preview_every: int | None = typer.Option(
-        None, "--preview-every", min=0, help="Reconstruction PNG every N epochs (0: never)."
-    ),
-    resume: bool = _RESUME,
-    quiet: bool = _QUIET,
-    set_: list[str] = _SET,
-) -> None:
-    """Pre-train a Hi-End-MAE on a cache (the paper's recipe unless told otherwise)."""
-    flags = dict(
-        cache=cache,
-        out=out,
-        preset=preset,
-        epochs=epochs,
-        batch_size=batch_size,
-        num_samples=num_samples,
-        workers=workers,
-        seed=seed,
-        device=device,
-        precision=precision,
-        grad_accum=grad_accum,
-        lr=lr,
-        warmup_epochs=warmup_epochs,
-        val_every=val_every,
-        val_fraction=val_fraction,
-        stop_after=stop_after,
-        stop_after_steps=stop_after_steps,
-        save_every_steps=save_every_steps,
-        save_every_minutes=save_every_minutes,
-        keep_last=keep_last,
-        tensorboard=tensorboard,
-        compile=compile_,
-        preview_every=preview_every,
-        progress=False if quiet else None,
-    )
-    with cli_errors():
-        _execute("pretrain", _resolve("pretrain", config, flags, set_, resume), resume)
+def _flag(field: str, kind: object, *names: str, help: str, **extra: Any) -> Flag:
+    return Flag(field, kind, names or ("--" + field.replace("_", "-"),), help, extra)
 
 
-@app.command()
-def finetune(
-    config: Path | None = _CONFIG,
-    cache: Path | None = _CACHE,
-    out: Path | None = _OUT,
-    init: Path | None = typer.Option(
-        None,
-        "--init",
-        help="hiend mae/unetr .safetensors or the paper's "
-        "pre-training .pth (without it: a random --preset encoder).",
+#: the options both commands take (the one list of them), in --help's order
+SHARED: tuple[Flag, ...] = (
+    _flag("cache", Path, help="hiend-data cache folder (hiend-data preprocess)."),
+    _flag("out", Path, "--out", "-o", help="Run folder (config.json, log.jsonl, checkpoints, state.pt)."),
+    _flag("preset", str, help="Model preset: vit-b16, vit-l12, vit-l16, tiny."),
+    _flag("epochs", int, help="Epochs (passes over the training cases).", min=1),
+    _flag("batch_size", int, help="Volumes per step and process.", min=1),
+    _flag("num_samples", int, help="Crops per volume.", min=1),
+    _flag("workers", int, help="DataLoader workers per process.", min=0),
+    _flag("seed", int, help="Seed of weights, split, crops and masks."),
+    _flag("device", str, help="auto | cpu | cuda | cuda:N."),
+    _flag("precision", str, help="auto | fp32 | bf16 | fp16."),
+    _flag("grad_accum", int, help="Micro-batches per optimizer step.", min=1),
+    _flag("lr", float, help="Peak learning rate."),
+    _flag("warmup_epochs", float, help="Linear warm-up epochs before the cosine."),
+    _flag("val_every", int, help="Validate every N epochs.", min=1),
+    _flag("val_fraction", float, help="Fraction of cases held out (seeded)."),
+    _flag("stop_after", int, help="Stop after this epoch (continue with --resume).", min=1),
+    _flag(
+        "stop_after_steps",
+        int,
+        help="Stop after this optimizer step, mid-epoch too (continue with --resume).",
+        min=1,
     ),
-    preset: str | None = _PRESET,
-    num_classes: int | None = typer.Option(
-        None, "--num-classes", help="Classes with background (default: 1 + the cache's largest label)."
+    _flag(
+        "save_every_steps", int, help="Also checkpoint every N optimizer steps (resumable mid-epoch).", min=1
     ),
-    feature_size: int | None = typer.Option(None, "--feature-size", min=1, help="UNETR feature size."),
-    class_weights: str | None = typer.Option(
-        None,
-        "--class-weights",
-        help="Cross-entropy class weights: none (the paper's loss) or inverse_sqrt "
-        "(1/sqrt of each class's voxel share in the training cases; a list via --set class_weights=[...]).",
+    _flag(
+        "save_every_minutes",
+        float,
+        help="Also checkpoint every M minutes of wall time (resumable mid-epoch).",
     ),
-    epochs: int | None = _EPOCHS,
-    batch_size: int | None = _BATCH,
-    num_samples: int | None = _SAMPLES,
-    workers: int | None = _WORKERS,
-    seed: int | None = _SEED,
-    device: str | None = _DEVICE,
-    precision: str | None = _PRECISION,
-    grad_accum: int | None = _ACCUM,
-    lr: float | None = _LR,
-    warmup_epochs: float | None = _WARMUP,
-    val_every: int | None = _VAL_EVERY,
-    val_fraction: float | None = _VAL_FRACTION,
-    stop_after: int | None = _STOP,
-    stop_after_steps: int | None = _STOP_STEPS,
-    save_every_steps: int | None = _SAVE_STEPS,
-    save_every_minutes: float | None = _SAVE_MINUTES,
-    keep_last: int | None = _KEEP_LAST,
-    tensorboard: bool | None = _TENSORBOARD,
-    compile_: bool | None = _COMPILE,
-    train_cases: int | None = typer.Option(
-        None,
-        "--train-cases",
-        help="Train on N of the training split's cases (seeded, nested in N; "
-        "the validation cases stay the same).",
+    _flag("keep_last", int, help="Periodic checkpoints kept in RUN/checkpoints (default 3).", min=0),
+    _flag(
+        "tensorboard",
+        bool,
+        help="Also write RUN/tb/ for TensorBoard (pip install 'hiend-train\\[tensorboard]').",
+        show_default=False,
     ),
-    fold: int | None = typer.Option(
-        None,
-        "--fold",
-        help="k-fold: validate on fold k (0-based), train on "
-        "the others (with --folds; replaces --val-fraction).",
+    _flag(
+        "compile",
+        bool,
+        help="torch.compile the model (off by default; slow to compile on a CPU).",
+        show_default=False,
     ),
-    folds: int | None = typer.Option(None, "--folds", help="k-fold: number of seeded folds K."),
-    layer_decay: float | None = typer.Option(
-        None,
-        "--layer-decay",
+)
+
+#: the options of one command only
+PRETRAIN: tuple[Flag, ...] = (
+    _flag("preview_every", int, help="Reconstruction PNG every N epochs (0: never).", min=0),
+)
+FINETUNE: tuple[Flag, ...] = (
+    _flag(
+        "init",
+        Path,
+        help="hiend mae/unetr .safetensors or the paper's pre-training .pth (without it: a random --preset encoder).",
+    ),
+    _flag("num_classes", int, help="Classes with background (default: 1 + the cache's largest label)."),
+    _flag("feature_size", int, help="UNETR feature size.", min=1),
+    _flag(
+        "class_weights",
+        str,
+        help="Cross-entropy class weights: none (the paper's loss) or inverse_sqrt (1/sqrt of each class's "
+        "voxel share in the training cases; a list via --set class_weights=[...]).",
+    ),
+    _flag(
+        "train_cases",
+        int,
+        help="Train on N of the training split's cases (seeded, nested in N; the validation cases stay the same).",
+    ),
+    _flag(
+        "fold",
+        int,
+        help="k-fold: validate on fold k (0-based), train on the others (with --folds; replaces --val-fraction).",
+    ),
+    _flag("folds", int, help="k-fold: number of seeded folds K."),
+    _flag(
+        "layer_decay",
+        float,
         help="Layer-wise lr decay in (0, 1]: encoder block i gets lr x decay^(depth - i), "
         "patch and position embedding decay^(depth + 1), decoder lr.",
     ),
-    encoder_lr_scale: float | None = typer.Option(
-        None,
-        "--encoder-lr-scale",
+    _flag(
+        "encoder_lr_scale",
+        float,
         help="Multiplier on the encoder's learning rate (with --layer-decay: both).",
     ),
-    freeze_encoder: bool | None = typer.Option(
-        None,
-        "--freeze-encoder",
+    _flag(
+        "freeze_encoder",
+        bool,
         help="Keep the ViT encoder's weights fixed; train the decoder only.",
         show_default=False,
     ),
-    labels: Path | None = typer.Option(
-        None,
-        "--labels",
+    _flag(
+        "labels",
+        Path,
         help="nnU-Net dataset.json whose label names the checkpoints carry "
         "(default: the cache's, from the dataset.json it was preprocessed from).",
     ),
-    resume: bool = _RESUME,
-    quiet: bool = _QUIET,
-    set_: list[str] = _SET,
-) -> None:
-    """Fine-tune a UNETR (Dice + CE) on a labelled cache; best.safetensors by validation Dice."""
-    flags = dict(
-        cache=cache,
-        out=out,
-        init=init,
-        preset=preset,
-        num_classes=num_classes,
-        feature_size=feature_size,
-        class_weights=class_weights,
-        epochs=epochs,
-        batch_size=batch_size,
-        num_samples=num_samples,
-        workers=workers,
-        seed=seed,
-        device=device,
-        precision=precision,
-        grad_accum=grad_accum,
-        lr=lr,
-        warmup_epochs=warmup_epochs,
-        val_every=val_every,
-        val_fraction=val_fraction,
-        stop_after=stop_after,
-        stop_after_steps=stop_after_steps,
-        save_every_steps=save_every_steps,
-        save_every_minutes=save_every_minutes,
-        keep_last=keep_last,
-        tensorboard=tensorboard,
-        compile=compile_,
-        train_cases=train_cases,
-        fold=fold,
-        folds=folds,
-        layer_decay=layer_decay,
-        encoder_lr_scale=encoder_lr_scale,
-        freeze_encoder=freeze_encoder,
-        labels=labels,
-        progress=False if quiet else None,
+)
+
+#: the arguments every command has besides its flags: (name, type, typer's parameter)
+_FIXED: tuple[tuple[str, object, Any], ...] = (
+    (
+        "config",
+        Path | None,
+        typer.Argument(None, help="Config file (.toml or .json) with any of the config fields."),
+    ),
+    (
+        "resume",
+        bool,
+        typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
+    ),
+    ("quiet", bool, typer.Option(False, "--quiet", "-q", help="No progress bar.")),
+    ("set_", list[str], typer.Option([], "--set", help=_SET_HELP)),
+)
+
+
+def _command(stage: str, flags: tuple[Flag, ...], doc: str) -> Callable[..., None]:
+    """The command of ``stage``: a function whose signature typer reads (the fixed arguments, then
+    one option per flag), that turns the flags given into config fields and runs."""
+
+    def command(**values: Any) -> None:
+        given = {f.field: values[f.field] for f in flags}
+        given["progress"] = False if values["quiet"] else None
+        resume = values["resume"]
+        with cli_errors():
+            _execute(stage, _resolve(stage, values["config"], given, values["set_"], resume), resume)
+
+    kw = inspect.Parameter.KEYWORD_ONLY
+    fixed = [inspect.Parameter(n, kw, default=d, annotation=t) for n, t, d in _FIXED]
+    options = [inspect.Parameter(f.field, kw, default=f.option(), annotation=f.type | None) for f in flags]
+    params = [fixed[0], *options, *fixed[1:]]
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__name__ = command.__qualname__ = stage
+    command.__doc__ = doc
+    return command
+
+
+pretrain = app.command(name="pretrain")(
+    _command(
+        "pretrain",
+        SHARED + PRETRAIN,
+        "Pre-train a Hi-End-MAE on a cache (the paper's recipe unless told otherwise).",
     )
-    with cli_errors():
-        _execute("finetune", _resolve("finetune", config, flags, set_, resume), resume)
+)
+finetune = app.command(name="finetune")(
+    _command(
+        "finetune",
+        SHARED + FINETUNE,
+        "Fine-tune a UNETR (Dice + CE) on a labelled cache; best.safetensors by validation Dice.",
+    )
+)
 
 
 def main() -> None:

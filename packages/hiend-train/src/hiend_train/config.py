@@ -37,6 +37,22 @@ RUNTIME_FIELDS = frozenset(
 )
 
 
+#: keys of earlier versions and the field each is now (config files, RUN/config.json of older runs):
+#: ``kind`` was the run's stage; ``kind`` now means the model's kind (mae | unetr) only
+LEGACY_KEYS = {"kind": "stage"}
+
+
+def current_keys(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` with the keys of :data:`LEGACY_KEYS` under their current names (the current name
+    wins where both are given; :func:`make_config` refuses the two when they disagree)."""
+    out = dict(fields)
+    for old, new in LEGACY_KEYS.items():
+        if old in out:
+            value = out.pop(old)
+            out.setdefault(new, value)
+    return out
+
+
 class TrainConfig(BaseModel):
     """Fields shared by pre-training and fine-tuning."""
 
@@ -97,6 +113,12 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        """``kind = "pretrain" | "finetune"`` (the name before ``stage``) is read as ``stage``."""
+        return current_keys(data) if isinstance(data, dict) else data
+
+    @model_validator(mode="before")
+    @classmethod
     def _finite(cls, data: Any) -> Any:
         """NaN or infinity anywhere in the given fields (the ``model`` and ``sampler`` tables and lists
         included, which ``allow_inf_nan=False`` does not reach) is an error naming the field."""
@@ -123,7 +145,7 @@ class PretrainConfig(TrainConfig):
     """Hi-End-MAE pre-training: AdamW (0.9, 0.95), wd 0.05, lr 1e-4, 10 warm-up epochs then cosine,
     8 crops per volume, mixed precision on CUDA."""
 
-    kind: Literal["pretrain"] = "pretrain"
+    stage: Literal["pretrain"] = "pretrain"
     preview_every: int = Field(10, ge=0, description="reconstruction PNG every N epochs (0: never)")
 
 
@@ -131,7 +153,7 @@ class FinetuneConfig(TrainConfig):
     """UNETR fine-tuning: AdamW 1e-4, wd 1e-5, 50 warm-up epochs then cosine, Dice + cross-entropy,
     4 crops per volume, sliding-window validation (overlap 0.5) by mean foreground Dice."""
 
-    kind: Literal["finetune"] = "finetune"
+    stage: Literal["finetune"] = "finetune"
     init: Path | None = Field(
         None, description="hiend mae/unetr .safetensors or the paper's pre-training .pth"
     )
@@ -344,10 +366,11 @@ def make_config(
         fields.update({k: v for k, v in layer.items() if v is not None})
     fields.update(dict.fromkeys(nulls))
     check_tables_finite(fields, str(source))
-    kind = fields.get("kind")
-    expected = cls.model_fields["kind"].default if "kind" in cls.model_fields else None
-    if kind is not None and expected is not None and kind != expected:
-        raise InputError(f"{source}: kind {kind!r} is not a {expected} config")
+    expected = cls.model_fields["stage"].default if "stage" in cls.model_fields else None
+    for key in ("stage", *LEGACY_KEYS):  # the key as given (kind: an older config)
+        stage = fields.get(key)
+        if stage is not None and expected is not None and stage != expected:
+            raise InputError(f"{source}: {key} {stage!r} is not a {expected} config")
     try:
         return cls(**fields)
     except ValidationError as exc:

@@ -7,7 +7,7 @@ import itertools
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,8 +20,15 @@ from hiend_data.torch_augment import NO_AUGMENT, augment_batch
 
 from .dist import DistEnv
 
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
 
-def open_cache(path: str | os.PathLike[str] | None) -> Any:
+    from hiend_data.sampling import SamplerConfig
+
+    from .config import TrainConfig
+
+
+def open_cache(path: str | os.PathLike[str] | None) -> Cache:
     """The hiend-data cache at ``path`` (InputError when missing, not a cache, or empty)."""
     if path is None:
         raise InputError('no cache given (--cache DIR, or cache = "DIR" in the config file)')
@@ -50,6 +57,27 @@ def nonfinite_message(root: str | os.PathLike[str] | None, names: Sequence[str],
     )
 
 
+def nonfinite_cases(images: torch.Tensor, names: Sequence[str]) -> list[str]:
+    """The names of the crops of ``images`` ``[N, ...]`` that hold NaN or infinite values (each name
+    once, in order; ``names[i]`` names crop i, as in a batch of :func:`hiend_data.torch.collate_crops`)."""
+    if images.numel() == 0 or not images.is_floating_point():
+        return []
+    bad = (~torch.isfinite(images.detach().reshape(images.shape[0], -1)).all(dim=1)).nonzero().flatten()
+    return list(dict.fromkeys(names[i] if i < len(names) else f"crop {i}" for i in bad.tolist()))
+
+
+def check_finite(
+    images: torch.Tensor, names: Sequence[str], root: str | os.PathLike[str] | None, where: str
+) -> None:
+    """InputError naming the cache at ``root``, the case(s) and their image file
+    (:func:`nonfinite_message`) when crops ``images`` of the cases ``names`` hold NaN or infinite
+    values. Images are checked here, on the CPU where they enter (DataLoader workers, validation),
+    not in the model's forward, where the check would be a device-to-host sync every step."""
+    bad = nonfinite_cases(images, names)
+    if bad:
+        raise InputError(nonfinite_message(root, bad, where))
+
+
 def case_error(root: str | os.PathLike[str], name: str, error: Exception, where: str) -> str:
     """The one line for an InputError ``error`` raised while cropping case ``name`` of the cache at
     ``root`` (the sampler's messages name no case): the NaN message when the case's image is not
@@ -69,7 +97,8 @@ class NamedCases(Dataset):
 
     ``dataset[i]`` as the CropDataset gives it; an InputError while cropping case i (e.g. "cannot
     sample from an empty volume" for an image that is NaN throughout) becomes one line naming the
-    cache, the case and its file (:func:`case_error`). In a DataLoader worker the line travels to the
+    cache, the case and its file (:func:`case_error`), and so do crops that hold NaN or infinite
+    values (a float32 cache edited after preprocessing). In a DataLoader worker the line travels to the
     main process as an item ``{"error": line}`` (a worker's exception would arrive wrapped in its
     traceback), which :func:`collate_checked` passes on and the training loop raises.
     """
@@ -82,14 +111,20 @@ class NamedCases(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        name = self.dataset.case_names[int(index)]
+        where = f"epoch {self.dataset.epoch + 1}"
         try:
-            return self.dataset[index]
+            item = self.dataset[index]
         except InputError as exc:
-            where = f"epoch {self.dataset.epoch + 1}"
-            message = case_error(self.root, self.dataset.case_names[int(index)], exc, where)
-            if torch.utils.data.get_worker_info() is not None:
-                return {"error": message}
-            raise InputError(message) from None
+            message = case_error(self.root, name, exc, where)
+        else:  # the crops are checked here, on the CPU where they enter (not on the device each step)
+            bad = nonfinite_cases(item["image"], [name] * len(item["image"]))
+            if not bad:
+                return item
+            message = nonfinite_message(self.root, bad, where)
+        if torch.utils.data.get_worker_info() is not None:
+            return {"error": message}
+        raise InputError(message) from None
 
 
 def collate_checked(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -112,7 +147,7 @@ class EpochSampler(DistributedSampler):
     ``len()`` stays the whole epoch's count: the schedule counts whole epochs.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # DistributedSampler's
         super().__init__(*args, **kwargs)
         self.start = 0
 
@@ -195,7 +230,9 @@ def few_shot_split(
     return [i for i in train if i in chosen], val
 
 
-def split_augmentation(sampler_cfg: Any, augment_on: str) -> tuple[Any, Any]:
+def split_augmentation(
+    sampler_cfg: SamplerConfig, augment_on: str
+) -> tuple[SamplerConfig, SamplerConfig | None]:
     """``(the DataLoader's SamplerConfig, the SamplerConfig to apply on the device or None)``.
 
     ``augment_on="cpu"``: the workers do everything (``(sampler_cfg, None)``). ``"gpu"``: the workers only
@@ -210,7 +247,7 @@ def split_augmentation(sampler_cfg: Any, augment_on: str) -> tuple[Any, Any]:
 
 
 def device_augment(
-    aug_cfg: Any, images: torch.Tensor, labels: torch.Tensor | None = None
+    aug_cfg: SamplerConfig | None, images: torch.Tensor, labels: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The crops of one batch, already on the device, augmented as ``aug_cfg`` says (None: unchanged).
 
@@ -223,8 +260,8 @@ def device_augment(
 
 
 def make_train_loader(
-    cfg: Any, cache: Any, indices: list[int], env: DistEnv, sampler_cfg: Any
-) -> tuple[Any, ...]:
+    cfg: TrainConfig, cache: Cache, indices: list[int], env: DistEnv, sampler_cfg: SamplerConfig
+) -> tuple[CropDataset, EpochSampler, DataLoader[dict[str, Any]], SamplerConfig | None]:
     """:func:`make_loader` with a run config's loader fields and its ``augment_on``:
     ``(dataset, sampler, loader, device augmentation config or None)`` (:func:`split_augmentation`)."""
     loader_cfg, aug_cfg = split_augmentation(sampler_cfg, cfg.augment_on)
@@ -234,16 +271,28 @@ def make_train_loader(
     return dataset, sampler, loader, aug_cfg
 
 
+def close_loader(loader: object) -> None:
+    """End the persistent worker processes of a DataLoader now (a run's workers end with the run,
+    however it ends). Left to the interpreter's exit they would wait there: they ignore SIGTERM
+    (:func:`hiend_train.signals.worker_ignores_signals`), which is how multiprocessing ends daemonic
+    children before joining them."""
+    iterator = getattr(loader, "_iterator", None)
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+        loader._iterator = None  # type: ignore[attr-defined]
+
+
 def make_loader(
-    cache: Any,
-    sampler_cfg: Any,
+    cache: Cache,
+    sampler_cfg: SamplerConfig,
     indices: list[int],
     batch_size: int,
     workers: int,
     seed: int,
     env: DistEnv,
     prefetch: int = 2,
-) -> tuple[Any, Any, Any]:
+) -> tuple[CropDataset, EpochSampler, DataLoader[dict[str, Any]]]:
     """-> (CropDataset over the whole cache, :class:`EpochSampler` over ``indices``, DataLoader).
 
     A batch is ``batch_size`` volumes of this process's share of the cases (shuffled per epoch by

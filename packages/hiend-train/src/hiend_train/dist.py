@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 from hiend_data.errors import InputError
 from hiend_model.device import resolve_device
+
+#: any object :func:`broadcast_object` carries
+T = TypeVar("T")
 
 __all__ = ["DistEnv", "resolve_device", "setup", "teardown", "all_sum", "broadcast_object"]
 
@@ -32,7 +35,7 @@ class DistEnv:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    device: Any = None  # torch.device
+    device: torch.device | None = None
 
     @property
     def distributed(self) -> bool:
@@ -72,14 +75,14 @@ def teardown(env: DistEnv) -> None:
         dist.destroy_process_group()
 
 
-def all_sum(env: DistEnv, tensor: Any) -> Any:
+def all_sum(env: DistEnv, tensor: torch.Tensor) -> torch.Tensor:
     """Sum of a tensor over all processes, in place (identity on one process)."""
     if env.distributed:
         dist.all_reduce(tensor)
     return tensor
 
 
-def broadcast_object(env: DistEnv, obj: Any) -> Any:
+def broadcast_object(env: DistEnv, obj: T) -> T:
     """Rank 0's ``obj`` on every process."""
     if not env.distributed:
         return obj

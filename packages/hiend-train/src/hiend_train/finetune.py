@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hiend_data.cache import LABELS_NAME
+from hiend_data.cache import LABELS_NAME, Cache
 from hiend_data.errors import InputError
 from hiend_data.labels import label_names_to_json, read_label_names
 from hiend_data.sampling import SamplerConfig
@@ -23,14 +23,14 @@ from hiend_model.official import load_unetr_init
 from hiend_model.unetr import UNETR
 
 from .config import FinetuneConfig
-from .data import device_augment, make_train_loader
+from .data import check_finite, device_augment, make_train_loader
 from .dist import all_sum
-from .loop import Task, naming_bad_cases
 from .losses import dice_ce_loss, dice_counts, inverse_sqrt_weights, mean_dice
 from .runner import Context, RunResult, execute, wrap_ddp
+from .task import Batch, Task
 
 
-def largest_label(cache: Any) -> tuple[int, str | None]:
+def largest_label(cache: Cache) -> tuple[int, str | None]:
     """(the largest label value in the cache, a case holding it) from the cases' metadata (nothing is
     read from the label maps); InputError for an unlabelled case."""
     top, where = 0, None
@@ -45,7 +45,7 @@ def largest_label(cache: Any) -> tuple[int, str | None]:
     return top, where
 
 
-def cache_num_classes(cache: Any) -> int:
+def cache_num_classes(cache: Cache) -> int:
     """1 + the largest label value in the cache (InputError for an unlabelled cache)."""
     top, _ = largest_label(cache)
     if top < 1:
@@ -53,7 +53,7 @@ def cache_num_classes(cache: Any) -> int:
     return top + 1
 
 
-def check_num_classes(cfg: FinetuneConfig, cache: Any) -> int:
+def check_num_classes(cfg: FinetuneConfig, cache: Cache) -> int:
     """The run's class count: ``cfg.num_classes``, or 1 + the cache's largest label; InputError
     (before anything is written) when ``num_classes`` leaves out a label of the cache."""
     needed = cache_num_classes(cache)
@@ -68,7 +68,7 @@ def check_num_classes(cfg: FinetuneConfig, cache: Any) -> int:
     return cfg.num_classes
 
 
-def run_label_names(cfg: FinetuneConfig, cache: Any, num_classes: int) -> dict[int, str] | None:
+def run_label_names(cfg: FinetuneConfig, cache: Cache, num_classes: int) -> dict[int, str] | None:
     """The label names the run's checkpoints carry: ``cfg.labels`` (a dataset.json) or else the
     cache's (its labels.json, from the dataset.json it was preprocessed from); None when neither
     names any. InputError naming the file when it names a label value the model has no class for
@@ -96,7 +96,7 @@ INIT_MODEL_FIELDS = frozenset({"drop_path", "grad_checkpointing", "attn_backend"
 OFFICIAL_ARCH_FIELDS = frozenset({"num_heads", "decoder_num_heads"})
 
 
-def build_model(cfg: FinetuneConfig, num_classes: int) -> Any:
+def build_model(cfg: FinetuneConfig, num_classes: int) -> UNETR:
     """The UNETR: from ``cfg.init`` (hiend mae -> new decoder, hiend unetr -> continued, the paper's
     pre-training .pth -> new decoder) or, without init, a randomly initialised ``preset`` encoder."""
     overrides = dict(cfg.model)
@@ -138,7 +138,7 @@ def build_model(cfg: FinetuneConfig, num_classes: int) -> Any:
         ) from None
 
 
-def training_class_counts(cache: Any, indices: list[int], num_classes: int) -> list[int]:
+def training_class_counts(cache: Cache, indices: list[int], num_classes: int) -> list[int]:
     """Voxels of each class 0..K-1 summed over the cache's cases at ``indices`` (from the cache's
     per-case class counts: nothing is read from the label maps)."""
     counts = [0] * num_classes
@@ -158,7 +158,7 @@ def training_class_counts(cache: Any, indices: list[int], num_classes: int) -> l
 
 
 def class_weights_for(
-    cfg: FinetuneConfig, cache: Any, indices: list[int], num_classes: int
+    cfg: FinetuneConfig, cache: Cache, indices: list[int], num_classes: int
 ) -> torch.Tensor | None:
     """The cross-entropy weights of ``cfg.class_weights`` ([K] float32, or None for "none")."""
     spec = cfg.class_weights
@@ -175,7 +175,7 @@ def class_weights_for(
 
 
 @torch.no_grad()
-def validate(ctx: Context, model: Any, roi: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+def validate(ctx: Context, model: UNETR, roi: tuple[int, ...], num_classes: int) -> dict[str, Any]:
     """Sliding-window Dice of each foreground class over the validation cases (split over ranks).
 
     Returns {"val_dice": mean over scored classes, "val_dice_per_class": [K-1] (NaN: never present)}.
@@ -188,17 +188,17 @@ def validate(ctx: Context, model: Any, roi: tuple[int, ...], num_classes: int) -
     for idx in ctx.val_idx[env.rank :: env.world]:
         case = ctx.cache.case(idx)
         image = torch.from_numpy(np.array(case.image, dtype=np.float32))  # a writable copy
-        with naming_bad_cases(image[None], [case.name], ctx.cache, "validation"):
-            logits = sliding_window_logits(
-                model,
-                image,
-                roi=roi,
-                overlap=cfg.sw_overlap,
-                sw_batch_size=cfg.sw_batch,
-                device=env.device,
-                out_device="cpu",
-                amp=ctx.precision != "fp32" and env.device.type == "cuda",
-            )
+        check_finite(image[None], [case.name], ctx.cache.root, "validation")
+        logits = sliding_window_logits(
+            model,
+            image,
+            roi=roi,
+            overlap=cfg.sw_overlap,
+            sw_batch_size=cfg.sw_batch,
+            device=env.device,
+            out_device="cpu",
+            amp=ctx.precision != "fp32" and env.device.type == "cuda",
+        )
         dice, scored = dice_counts(logits.argmax(0), torch.from_numpy(np.array(case.label)), num_classes)
         sums[0] += dice.to(env.device)
         sums[1] += scored.to(env.device)
@@ -231,7 +231,7 @@ def build_task(ctx: Context) -> Task:
     if weights is not None:
         weights = weights.to(env.device)
 
-    def loss_fn(net: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss_fn(net: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         images, labels = device_augment(
             aug_cfg,
             batch["image"].to(env.device, non_blocking=True),
@@ -254,7 +254,7 @@ def build_task(ctx: Context) -> Task:
 
     plan = ctx.cache.plan.model_copy(update={"crop_size": roi})
     return Task(
-        kind="finetune",
+        stage="finetune",
         model=model,
         ddp_model=wrap_ddp(model, env),
         loss_fn=loss_fn,

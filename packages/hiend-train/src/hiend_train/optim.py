@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 #: parameter names (last component) that never decay, whatever their shape
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token")
@@ -26,7 +29,9 @@ def decays(name: str, ndim: int) -> bool:
 
 
 def param_groups(
-    named: Iterable[tuple[str, Any]], weight_decay: float, lr_scales: Mapping[str, float] | None = None
+    named: Iterable[tuple[str, torch.nn.Parameter]],
+    weight_decay: float,
+    lr_scales: Mapping[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """``model.named_parameters()`` -> AdamW groups: ``{"params", "weight_decay", "names"}``.
 
@@ -77,7 +82,7 @@ def encoder_depth(name: str, num_blocks: int) -> int:
 
 
 def layer_lr_scales(
-    model: Any, layer_decay: float | None = None, encoder_lr_scale: float = 1.0
+    model: torch.nn.Module, layer_decay: float | None = None, encoder_lr_scale: float = 1.0
 ) -> dict[str, float]:
     """Learning-rate multiplier of every parameter of ``model`` (a network whose ViT is ``model.encoder``
     with ``.blocks``, such as the UNETR), by ``model.named_parameters()`` name.
@@ -107,12 +112,12 @@ def layer_lr_scales(
 
 
 def build_optimizer(
-    model: Any,
+    model: torch.nn.Module,
     lr: float,
     weight_decay: float,
     betas: tuple[float, float],
     lr_scales: Mapping[str, float] | None = None,
-) -> Any:
+) -> torch.optim.Optimizer:
     """AdamW over :func:`param_groups` of ``model`` (the unwrapped module, so names have no ``module.``).
 
     ``lr_scales`` (e.g. from :func:`layer_lr_scales`): each group starts at ``lr x lr_scale`` and keeps
@@ -150,7 +155,7 @@ def lr_at(step: float, base_lr: float, warmup_steps: float, total_steps: float, 
     return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def set_lr(optimizer: Any, lr: float) -> None:
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set every group's learning rate: ``lr x group["lr_scale"]`` (``lr`` for a group without one)."""
     for group in optimizer.param_groups:
         scale = group.get("lr_scale")

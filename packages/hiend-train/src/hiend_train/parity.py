@@ -2,7 +2,7 @@
 step, from the same weights on the same batch, on the CPU in fp32.
 
 :func:`step_gradients` runs one micro-batch through :func:`hiend_train.loop.train_one_epoch` itself
-(its autocast, its loss scaling, fp16's grad scaler and unscaling) with an optimizer that only records
+(its autocast, its loss scaling, fp16's grad scaler and unscaling: :func:`hiend_train.precision.optimizer_step`) with an optimizer that only records
 the gradients it is asked to apply: the loss and gradients of the loop's step, not of a re-implementation.
 :func:`compare_to_reference` does that on a device and precision and on the CPU in fp32, and reports the
 relative loss difference and the norm-wise relative difference of the whole gradient (every parameter's
@@ -31,9 +31,11 @@ from hiend_model.unetr import UNETR
 from .config import TrainConfig
 from .dist import DistEnv
 from .events import MultiSink
-from .loop import LossFn, Task, train_one_epoch
+from .loop import Training, train_one_epoch
 from .losses import dice_ce_loss
+from .precision import make_scaler
 from .rundir import RunDir
+from .task import LossFn, Task
 
 __all__ = ["TOLERANCES", "Tolerance", "StepParity", "step_gradients", "compare_to_reference", "tiny_case"]
 
@@ -87,12 +89,12 @@ def step_gradients(
     net = copy.deepcopy(model).to(device).train()
     named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
     optimizer = _GradRecorder(named)
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    scaler = make_scaler(precision, device.type)
     cfg = TrainConfig(
         epochs=1, warmup_epochs=0, lr=1.0, log_every=1 << 30, progress=False, device=str(device)
     )
     task = Task(
-        kind="parity",
+        stage="parity",
         model=net,
         ddp_model=net,
         loss_fn=loss_fn,
@@ -106,18 +108,8 @@ def step_gradients(
         # fp16: a step whose scaled gradients overflow is skipped and the scale halved, as in a run
         for _ in range(1 if scaler is None else 32):
             optimizer.grads = {}
-            _, record = train_one_epoch(
-                task,
-                optimizer,
-                scaler,
-                cfg,
-                DistEnv(device=device),
-                run,
-                epoch=0,
-                step=0,
-                precision=precision,
-                events=MultiSink(),
-            )
+            t = Training(task, optimizer, scaler, cfg, DistEnv(device=device), run, precision, MultiSink())
+            _, record = train_one_epoch(t, epoch=0, step=0)
             if optimizer.grads:
                 break
     if len(optimizer.grads) != len(named):

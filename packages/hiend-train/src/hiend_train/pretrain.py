@@ -7,28 +7,37 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from hiend_data.errors import InputError
 
 from .config import PretrainConfig
-from .data import case_error, device_augment, make_train_loader
+from .data import case_error, check_finite, device_augment, make_train_loader
 from .dist import all_sum
-from .loop import Task, autocast, naming_bad_cases, optimizer_steps_per_epoch
+from .precision import autocast
 from .preview import write_preview
+from .progress import optimizer_steps_per_epoch
 from .runner import Context, RunResult, execute, wrap_ddp
+from .task import Batch, LossFn, Task
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from hiend_data.sampling import SamplerConfig
+    from hiend_data.torch import CropDataset
+    from hiend_model import HiEndMAE
 
 #: epoch key of the fixed crops used for validation and previews (never a training epoch)
 FIXED_EPOCH = 1 << 30
 
 
-def make_loss(aug_cfg: Any = None):
+def make_loss(aug_cfg: SamplerConfig | None = None) -> LossFn:
     """The masked-patch loss of a batch; with ``aug_cfg`` the crops are augmented on the device first
     (``augment_on="gpu"``, :func:`hiend_train.data.device_augment`)."""
 
-    def loss(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         device = next(iter(_params(model))).device
         images, _ = device_augment(aug_cfg, batch["image"].to(device, non_blocking=True))
         return model(images).loss, {}
@@ -39,11 +48,13 @@ def make_loss(aug_cfg: Any = None):
 _loss = make_loss()
 
 
-def _params(model: Any) -> Any:
+def _params(model: torch.nn.Module) -> Iterator[torch.nn.Parameter]:
     return (model.module if hasattr(model, "module") else model).parameters()
 
 
-def fixed_batch(dataset: Any, index: int, seed: int, num_patches: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fixed_batch(
+    dataset: CropDataset, index: int, seed: int, num_patches: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Crops of case ``index`` and masking noise that stay the same every epoch: images
     [N, C, *crop], noise [N, L]."""
     sampler = dataset.sampler
@@ -54,7 +65,7 @@ def fixed_batch(dataset: Any, index: int, seed: int, num_patches: int) -> tuple[
 
 
 @torch.no_grad()
-def validation_loss(ctx: Context, model: Any, dataset: Any) -> float | None:
+def validation_loss(ctx: Context, model: HiEndMAE, dataset: CropDataset) -> float | None:
     """Mean masked-patch loss over the validation cases' fixed crops and noise (all ranks), or None."""
     env = ctx.env
     mine = ctx.val_idx[env.rank :: env.world]
@@ -67,8 +78,8 @@ def validation_loss(ctx: Context, model: Any, dataset: Any) -> float | None:
             images, noise = fixed_batch(dataset, idx, ctx.cfg.seed, model.num_patches)
         except InputError as exc:  # the sampler's message names no case
             raise InputError(case_error(ctx.cache.root, name, exc, "validation")) from None
-        names = [name] * images.shape[0]
-        with autocast(ctx.precision, env.device), naming_bad_cases(images, names, ctx.cache, "validation"):
+        check_finite(images, [name] * images.shape[0], ctx.cache.root, "validation")
+        with autocast(ctx.precision, env.device):
             loss = model(images.to(env.device), noise.to(env.device)).loss
         total[0] += float(loss) * images.shape[0]
         total[1] += images.shape[0]
@@ -126,7 +137,7 @@ def build_task(ctx: Context) -> Task:
 
     plan = ctx.cache.plan.model_copy(update={"crop_size": crop})
     return Task(
-        kind="pretrain",
+        stage="pretrain",
         model=model,
         ddp_model=wrap_ddp(model, env),
         loss_fn=make_loss(aug_cfg),

@@ -7,7 +7,7 @@ None and writes nothing. The PNG is written atomically (:func:`hiend_data.atomic
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,9 +15,16 @@ from hiend_data.atomic import atomic_path
 
 from .outputs import writing
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from hiend_model import HiEndMAE
+
 
 @torch.no_grad()
-def preview_slices(model: Any, images: torch.Tensor, noise: torch.Tensor) -> tuple[Any, Any, Any, float]:
+def preview_slices(
+    model: HiEndMAE, images: torch.Tensor, noise: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """images [1, C, H, W, D], noise [1, L] -> (input, masked input, reconstruction) middle slices along
     the last axis (channel 0, [H, W] numpy float32) and the masked-patch loss."""
     was_training = model.training
@@ -31,7 +38,7 @@ def preview_slices(model: Any, images: torch.Tensor, noise: torch.Tensor) -> tup
 
 
 def write_preview(
-    model: Any, images: torch.Tensor, noise: torch.Tensor, path: str | Path, title: str = ""
+    model: HiEndMAE, images: torch.Tensor, noise: torch.Tensor, path: str | Path, title: str = ""
 ) -> Path | None:
     """Write the three slices side by side to ``path`` (PNG, atomically: whole or not at all, parent folders
     created); None when matplotlib is missing."""

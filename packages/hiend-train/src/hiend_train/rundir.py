@@ -16,15 +16,12 @@
     RUN/tb/                 TensorBoard event files (``tensorboard = true``)
     RUN/.lock               while a run is going: its PID (:class:`RunLock`; removed when it ends)
 
-Every file is written under a temporary name in ``RUN``, fsync-ed and renamed (:mod:`hiend_data.atomic`). ``state.pt`` is read with
-``torch.load(weights_only=True)``: it holds only tensors, numbers, strings, lists and dicts.
-
-A checkpoint is two files, so it is saved in three atomic steps (:meth:`RunDir.stage_state`, the
-weights, :meth:`RunDir.commit_state`): the state goes to ``state_NNNNNNNN.pt`` (named by its optimizer
-step), then ``last.safetensors`` is replaced, then ``state_NNNNNNNN.pt`` is renamed over ``state.pt``.
-Stopped anywhere (kill -9, SIGINT, a full disk), the folder holds a consistent pair: before the
-weights, last.safetensors + state.pt (the previous save); after them, last.safetensors +
-state_NNNNNNNN.pt, which :meth:`RunDir.resume_candidates` offers right after the pair.
+Every file is written under a temporary name in ``RUN``, fsync-ed and renamed (:mod:`hiend_data.atomic`).
+A checkpoint is two files (the weights and state.pt), saved in three atomic steps so that a save
+stopped anywhere leaves a pair that agrees; that protocol, keep-last and what ``--resume`` takes are
+:mod:`hiend_train.checkpointing`'s. This module keeps the folder: its paths (:class:`RunDir`), the
+lock that keeps one run per folder (:class:`RunLock`), and the checks before a run writes
+(:meth:`RunDir.check`, :meth:`RunDir.check_outputs`).
 """
 
 from __future__ import annotations
@@ -36,23 +33,21 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from hiend_data.atomic import atomic_path, fsync_dir, write_text
+from hiend_data.atomic import write_text
 from hiend_data.errors import InputError
 
-from .config import RUNTIME_FIELDS, TrainConfig
+from .config import RUNTIME_FIELDS, TrainConfig, current_keys
 from .events import JsonlSink
 from .outputs import writing
+from .task import STAGES
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - no POSIX locks on this platform
     fcntl = None  # type: ignore[assignment]
-
-STATE_FORMAT = "hiend-train-state/1"
 
 #: the lock file of a run folder (:class:`RunLock`)
 LOCK_NAME = ".lock"
@@ -168,14 +163,6 @@ class RunLock:
         self.release()
 
 
-def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """``write(tmp)`` writes the whole file to the temporary path ``tmp``, which then becomes ``path``
-    atomically and durably (:func:`hiend_data.atomic.atomic_path`: fsync, rename, folder fsync; on
-    failure the temporary file is removed and ``path`` keeps its old content)."""
-    with writing(path), atomic_path(path, mkdir=False) as tmp:
-        write(tmp)
-
-
 def atomic_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (:func:`hiend_data.atomic.write_text`, UTF-8)."""
     with writing(path):
@@ -251,9 +238,12 @@ class RunDir:
         return data
 
     def saved_config(self) -> dict[str, Any] | None:
-        """The config fields in the config.json of an earlier run in this folder (without ``split``), or None."""
+        """The config fields in the config.json of an earlier run in this folder (without ``split``), or
+        None; a run saved before ``stage`` was named so has ``kind`` (:func:`~hiend_train.config.current_keys`)."""
         data = self._saved()
-        return None if data is None else {k: v for k, v in data.items() if k not in RESOLVED_KEYS}
+        return (
+            None if data is None else current_keys({k: v for k, v in data.items() if k not in RESOLVED_KEYS})
+        )
 
     def saved_split(self) -> dict[str, list[str]] | None:
         """``{"train": [case names], "val": [case names]}`` of config.json (None: none, or an older run)."""
@@ -273,25 +263,12 @@ class RunDir:
         files alone do not count: a run stopped before its first save.)"""
         return self.last.exists() or self.state_path.exists() or bool(self.periodic())
 
-    def last_saved(self) -> dict[str, Any] | None:
-        """Where last.safetensors was saved (``epoch``, ``batch``, ``step`` of its metadata), or None
-        when there is none or it cannot be read."""
-        from hiend_model.checkpoint import read_checkpoint_info
-
-        if not self.last.is_file():
-            return None
-        try:
-            saved = (read_checkpoint_info(self.last).extra or {}).get("hiend_train")
-        except Exception:  # noqa: BLE001 - for a message only
-            return None
-        return saved if isinstance(saved, dict) else None
-
     def _never_saved(self, saved: dict[str, Any] | None) -> bool:
         """config.json of a hiend run that stopped before its first checkpoint (killed or failed after
         setup): a fresh start may reuse the folder."""
         return (
             saved is not None
-            and saved.get("kind") in ("pretrain", "finetune")
+            and saved.get("stage") in STAGES
             and self.log_path.is_file()
             and not self.has_checkpoint()
         )
@@ -425,16 +402,9 @@ class RunDir:
         """Every record of log.jsonl."""
         return [json.loads(x) for x in self.log_path.read_text().splitlines() if x.strip()]
 
-    # -- training state ------------------------------------------------------------------------------
-    def save_state(self, state: dict[str, Any]) -> None:
-        """``torch.save`` ``state`` (plain containers and tensors only) to state.pt, atomically. (The
-        loop saves in two steps, :meth:`stage_state` and :meth:`commit_state`, around the weights.)"""
-        if not self.writer:
-            return
-        self.commit_state(self.stage_state(state))
-
+    # -- where checkpoints go (what goes there: hiend_train.checkpointing) ----------------------------
     def staged_state_path(self, step: int) -> Path:
-        """Where :meth:`stage_state` writes the state of optimizer step ``step``."""
+        """Where the state of a save at optimizer step ``step`` is staged before it becomes state.pt."""
         return self.root / f"state_{step:08d}.pt"
 
     def staged_states(self) -> list[Path]:
@@ -442,47 +412,6 @@ class RunDir:
         found = [p for p in self.root.glob("state_*.pt") if _STAGED.fullmatch(p.name)]
         return sorted(found, reverse=True)
 
-    def stage_state(self, state: dict[str, Any]) -> Path:
-        """First step of a save: ``state`` (with its ``step``) to ``state_NNNNNNNN.pt``, atomically;
-        state.pt is untouched. Returns the path for :meth:`commit_state`."""
-
-        path = self.staged_state_path(int(state["step"]))
-        if self.writer:
-            _atomic_write(path, lambda tmp: _torch_save({"format": STATE_FORMAT, **state}, tmp))
-        return path
-
-    def commit_state(self, staged: Path) -> None:
-        """Last step of a save, once the weights are in place: the staged state becomes state.pt (one
-        rename) and staged states of saves that never finished are removed."""
-        if not self.writer:
-            return
-        os.replace(staged, self.state_path)
-        fsync_dir(self.root)
-        for stale in self.staged_states():
-            stale.unlink(missing_ok=True)
-
-    def load_state(
-        self, map_location: Any = "cpu", path: str | os.PathLike[str] | None = None
-    ) -> dict[str, Any]:
-        """state.pt (or the state file at ``path``), read with ``torch.load(weights_only=True)``."""
-        import torch
-
-        path = self.state_path if path is None else Path(path)
-        try:
-            state = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input
-            raise InputError(
-                f"{path}: not a readable training state ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''})"
-            ) from None
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise InputError(
-                f"{path}: not a hiend-train state file (format "
-                f"{state.get('format') if isinstance(state, dict) else None!r})"
-            )
-        return state
-
-    # -- periodic checkpoints ------------------------------------------------------------------------
     def periodic(self) -> list[tuple[int, Path, Path]]:
         """The periodic checkpoints in RUN/checkpoints as (step, weights, state), oldest first (a step
         counts once both of its files are there)."""
@@ -496,75 +425,11 @@ class RunDir:
                 found.append((int(match.group(1)), path, state))
         return sorted(found)
 
-    def keep_periodic(self, step: int, keep: int) -> None:
-        """Keep last.safetensors + state.pt (just written at optimizer step ``step``) as
-        RUN/checkpoints/step_NNNNNNNN.safetensors / .pt, then delete all but the newest ``keep`` steps.
-
-        The copies are hard links where the filesystem has them (no bytes written: the next save
-        replaces last.safetensors by a new file, the link keeps the old one), else atomic copies.
-        """
-        if not self.writer:
-            return
-        if keep > 0:
-            with writing(self.checkpoints):
-                self.checkpoints.mkdir(parents=True, exist_ok=True)
-            name = f"step_{step:08d}"
-            for src, dst in (
-                (self.last, self.checkpoints / f"{name}.safetensors"),
-                (self.state_path, self.checkpoints / f"{name}.pt"),
-            ):
-                _link_or_copy(src, dst)
-        kept = self.periodic()
-        for _, weights, state in kept[: max(len(kept) - keep, 0)]:
-            state.unlink(missing_ok=True)  # the state first: a step without it no longer counts
-            weights.unlink(missing_ok=True)
-
-    def resume_candidates(self) -> list[tuple[Path, Path]]:
-        """(weights, state) pairs to resume from, in order of preference: last.safetensors + state.pt,
-        last.safetensors + a staged state (a save stopped after its weights, before its rename), then
-        the periodic checkpoints, newest first. The caller takes the first whose files agree."""
-        pairs = [(self.last, self.state_path)] + [(self.last, s) for s in self.staged_states()]
-        return pairs + [(w, s) for _, w, s in reversed(self.periodic())]
+    def periodic_paths(self, step: int) -> tuple[Path, Path]:
+        """The weights and state of the periodic checkpoint of optimizer step ``step``."""
+        name = f"step_{step:08d}"
+        return self.checkpoints / f"{name}.safetensors", self.checkpoints / f"{name}.pt"
 
 
 _PERIODIC = re.compile(r"step_(\d+)\.safetensors")
 _STAGED = re.compile(r"state_(\d+)\.pt")
-
-
-def _torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` through a Python file, so that a failed write (a full disk) keeps its OSError as
-    the context of torch's RuntimeError, which :func:`hiend_train.outputs.writing` reads."""
-    import torch
-
-    with open(path, "wb") as fh:
-        torch.save(obj, fh)
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """``dst`` becomes ``src``'s content atomically: a hard link under a temporary name renamed over
-    ``dst``, or (no hard links on this filesystem) an atomic copy."""
-    with writing(dst), atomic_path(dst, mkdir=False) as tmp:
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-
-
-def rng_state() -> dict[str, Any]:
-    """torch's CPU and CUDA generator states as uint8 tensors (weights_only-loadable)."""
-    import torch
-
-    out: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["cuda"] = list(torch.cuda.get_rng_state_all())
-    return out
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned."""
-    import torch
-
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

@@ -1,7 +1,7 @@
 """Setup shared by both kinds of run: process group, device, precision, cache, run folder, split.
 
 ``execute(cfg, resume, build)`` prepares a :class:`Context`, lets ``build(ctx)`` (pre-training or
-fine-tuning) make the :class:`~hiend_train.loop.Task`, then runs :func:`~hiend_train.loop.fit`. Every
+fine-tuning) make the :class:`~hiend_train.task.Task`, then runs :func:`~hiend_train.loop.fit`. Every
 event of the run goes to the sink of :func:`event_sink` (:mod:`hiend_train.events`).
 """
 
@@ -10,20 +10,24 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from hiend_data.cache import Cache
 from hiend_data.errors import InputError
 
 from .config import TrainConfig
-from .data import few_shot_split, open_cache
+from .data import close_loader, few_shot_split, open_cache
 from .dist import DistEnv, broadcast_object, setup, teardown
 from .events import EventSink, MultiSink, TensorBoardSink
-from .loop import FitResult, Task, fit, resolve_precision
+from .loop import FitResult, fit
 from .optim import build_optimizer
+from .precision import make_scaler, resolve_precision
 from .rundir import RunDir, RunLock, cache_identity
+from .task import Task
 
 
 @dataclass
@@ -34,7 +38,7 @@ class Context:
     cfg: TrainConfig
     env: DistEnv
     precision: str
-    cache: Any
+    cache: Cache
     run: RunDir
     train_idx: list[int]
     val_idx: list[int]
@@ -46,9 +50,9 @@ class Context:
 class RunResult:
     """A finished (or stopped) run: where it wrote, what fit returned, the trained model (unwrapped)."""
 
-    out: Any
+    out: Path
     fit: FitResult
-    model: Any
+    model: torch.nn.Module
     env: DistEnv
 
 
@@ -106,6 +110,7 @@ def execute(cfg: TrainConfig, resume: bool, build: Callable[[Context], Task]) ->
     before the first file is written to the run folder (``RunDir.start``)."""
     env = setup(cfg.device)
     events: EventSink | None = None
+    task: Task | None = None
     lock = RunLock(cfg.out) if cfg.out is not None and env.main else None
     try:
         precision = resolve_precision(cfg.precision, env.device)
@@ -130,12 +135,12 @@ def execute(cfg: TrainConfig, resume: bool, build: Callable[[Context], Task]) ->
         task = build(ctx)
         compile_model(task, cfg)
         optimizer = build_optimizer(task.model, cfg.lr, cfg.weight_decay, cfg.betas, lr_scales=task.lr_scales)
-        scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        scaler = make_scaler(precision)
         run.start(cfg, resume, split, trained_on)
         events.emit("start", resume=resume)
         events.emit(
             "setup",
-            kind=task.kind,
+            stage=task.stage,
             world=env.world,
             device=str(env.device),
             precision=precision,
@@ -163,6 +168,8 @@ def execute(cfg: TrainConfig, resume: bool, build: Callable[[Context], Task]) ->
         events.emit("end", epochs=result.epochs, steps=result.steps, best=result.best)
         return RunResult(out=run.root, fit=result, model=task.model, env=env)
     finally:
+        if task is not None:
+            close_loader(task.loader)  # its workers end with the run (an error too)
         try:
             if events is not None:
                 events.close()
@@ -187,7 +194,7 @@ def case_split(cfg: TrainConfig, names: list[str]) -> tuple[list[int], list[int]
     )
 
 
-def wrap_ddp(model: Any, env: DistEnv) -> Any:
+def wrap_ddp(model: torch.nn.Module, env: DistEnv) -> torch.nn.Module:
     """DistributedDataParallel around ``model`` when several processes run, else ``model``."""
     if not env.distributed:
         return model

@@ -32,7 +32,14 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    import torch
+
+    from .dist import DistEnv
 
 #: The signals that ask a run to stop with a checkpoint
 SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGUSR1)
@@ -68,6 +75,45 @@ REQUEST = StopRequest()
 WORKER_IGNORED: tuple[signal.Signals, ...] = (*SIGNALS, signal.SIGINT)
 
 
+class StopVote:
+    """Whether the run was asked to stop, agreed by every rank (see the module).
+
+    One process: :data:`REQUEST`, at once. DDP: each rank's mark rides along the all-reduce of the
+    step statistics (:meth:`all_sum`), and the ranks read the agreed vote only where they synchronise
+    anyway (:meth:`asked` with ``synced``), so that all stop at the same step."""
+
+    def __init__(self, env: DistEnv) -> None:
+        self.env = env
+        #: the ranks' marks so far, all-reduced, on the device (DDP only)
+        self.votes: torch.Tensor | None = None
+
+    def all_sum(self, stats: torch.Tensor) -> torch.Tensor:
+        """``stats`` summed over the processes (:func:`hiend_train.dist.all_sum`), with this rank's
+        stop mark summed alongside (DDP) and kept in :attr:`votes`."""
+        import torch
+
+        from .dist import all_sum
+
+        if not self.env.distributed:
+            return all_sum(self.env, stats)
+        mark = torch.full((1,), float(REQUEST.requested), dtype=stats.dtype, device=stats.device)
+        summed = all_sum(self.env, torch.cat([stats, mark]))
+        self.votes = torch.maximum(self.votes, summed[-1]) if self.votes is not None else summed[-1]
+        return summed[:-1]
+
+    def asked(self, synced: bool) -> bool:
+        """Did a signal ask the run to stop? One process: at once; DDP: only where the ranks sync
+        anyway (``synced``: a host read of the votes costs nothing more there)."""
+        if not self.env.distributed:
+            return REQUEST.requested
+        return synced and self.votes is not None and float(self.votes) > 0
+
+    @staticmethod
+    def signal_name() -> str:
+        """The signal's name (a rank stopped by another rank's signal names the scheduler's usual one)."""
+        return REQUEST.name or "SIGTERM"
+
+
 def worker_ignores_signals(worker_id: int = 0) -> None:
     """A DataLoader ``worker_init_fn``: this worker ignores SIGTERM, SIGUSR1 and SIGINT, so that a
     signal sent to the whole process group reaches only the main process's decision. (The worker still
@@ -92,7 +138,7 @@ def stop_on_signals(signals: Sequence[int] = SIGNALS) -> Iterator[StopRequest]:
         yield REQUEST
         return
 
-    def handler(signum: int, frame: Any) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
         REQUEST.request(signum)
         signal.signal(signum, signal.SIG_DFL)
 
