@@ -228,3 +228,12 @@ def test_predictor_keeps_its_settings(shared_data: Path, unetr_model, tiny):
     labels = predictor.predict(volume, progress=lambda d, t: calls.append((d, t)))
     np.testing.assert_array_equal(labels, predict_volume(unetr_model, volume, tiny.plan()))
     assert calls[-1][0] == calls[-1][1] and predictor.settings.progress is None
+
+
+def test_predictor_from_checkpoints_loads_onto_the_settings_device(unetr_ckpt: Path, tiny):
+    from hiend_model.predict import Predictor
+
+    predictor = Predictor.from_checkpoints([unetr_ckpt, unetr_ckpt], tiny.plan())
+    assert len(predictor.members) == 2 and predictor.settings == WindowSettings()
+    assert {p.device.type for m in predictor.members for p in m.parameters()} == {"cpu"}
+    assert predictor.in_chans == 1

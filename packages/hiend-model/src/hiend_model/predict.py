@@ -140,10 +140,14 @@ class Predictor:
         self.settings = settings if settings is not None else WindowSettings()
 
     @classmethod
-    def from_checkpoints(cls, paths: Sequence[Path], plan: Any, settings: WindowSettings) -> Predictor:
-        """The UNETR checkpoints ``paths`` loaded onto ``settings.device`` (checked beforehand by
-        :func:`~hiend_model.ensemble.check_ensemble`: all are held in memory together)."""
-        models = [load_checkpoint(p, expected_kind="unetr", map_location=settings.device)[0] for p in paths]
+    def from_checkpoints(
+        cls, paths: Sequence[Path], plan: Any, settings: WindowSettings | None = None
+    ) -> Predictor:
+        """The UNETR checkpoints ``paths`` loaded onto ``settings.device`` (None: cpu), all held in
+        memory together; check them first (:func:`~hiend_model.ensemble.check_ensemble`)."""
+        settings = settings if settings is not None else WindowSettings()
+        where = settings.device if settings.device is not None else "cpu"
+        models = [load_checkpoint(p, expected_kind="unetr", map_location=where)[0] for p in paths]
         return cls(models, plan, settings)
 
     @property
