@@ -270,8 +270,8 @@ def test_run_predicts_then_scores(folders, seg, monkeypatch):
     ds = _dataset(root, arrays, seg[1])
     calls = []
 
-    def predict_files(ckpt_path, inputs, out_dir, device="cpu"):
-        calls.append((Path(ckpt_path), [Path(p) for p in inputs], Path(out_dir), device))
+    def predict_files(ckpt_path, inputs, out_dir, device="cpu", progress=True):
+        calls.append((Path(ckpt_path), [Path(p) for p in inputs], Path(out_dir), device, progress))
         out_dir.mkdir(parents=True)
         written = []
         for img in sorted((ds / "imagesTr").iterdir()):
@@ -290,9 +290,10 @@ def test_run_predicts_then_scores(folders, seg, monkeypatch):
         sys.modules, "hiend_model.predict", types.SimpleNamespace(predict_files=predict_files)
     )
     (root / "m.safetensors").write_bytes(b"x")
-    res = _invoke("run", root / "m.safetensors", ds, "--out", root / "out")
+    res = _invoke("run", root / "m.safetensors", ds, "--out", root / "out", "-q")
     assert res.exit_code == 0, res.stderr
-    assert calls == [(root / "m.safetensors", [ds / "imagesTr"], root / "out" / "predictions", "cpu")]
+    # the device as every hiend command defaults it (auto: cuda where there is one), -q reaches predict
+    assert calls == [(root / "m.safetensors", [ds / "imagesTr"], root / "out" / "predictions", "auto", False)]
     summary = json.loads((root / "out" / "summary.json").read_text())
     assert summary["mean"]["foreground"]["dice"] == 1.0 and summary["missing_predictions"] == []
 
@@ -431,3 +432,26 @@ def test_read_label_source_dispatches_on_the_suffix(folders):
     ckpt = _hiend_checkpoint(root / "u.SAFETENSORS", {"labels": {"2": "spleen", "1": "liver"}})
     assert read_label_source(ckpt) == {1: "liver", 2: "spleen"}
     assert read_label_source(root / "dataset.json") == read_labels(root / "dataset.json")
+
+
+def test_workers_0_scores_in_this_process_with_the_same_numbers(folders, monkeypatch):
+    """``--workers 0`` means this process alone, as in every hiend command: no process pool is made,
+    and the summary equals the one of 2 processes."""
+    import concurrent.futures
+
+    root, _, _ = folders
+    res = _invoke("score", root / "pred", root / "ref", "-o", root / "two", "--workers", "2")
+    assert res.exit_code == 0, res.stderr
+
+    def no_pool(*a, **k):
+        raise AssertionError("--workers 0 started a process pool")
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", no_pool)
+    import hiend_eval.score as score_module
+
+    monkeypatch.setattr(score_module, "ProcessPoolExecutor", no_pool)
+    res = _invoke("score", root / "pred", root / "ref", "-o", root / "zero", "--workers", "0")
+    assert res.exit_code == 0, res.stderr
+    two = json.loads((root / "two" / "summary.json").read_text())
+    zero = json.loads((root / "zero" / "summary.json").read_text())
+    assert zero["mean"] == two["mean"] and zero["per_case"] == two["per_case"]

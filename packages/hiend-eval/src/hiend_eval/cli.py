@@ -1,4 +1,13 @@
-"""Command line of hiend-eval. Heavy imports (scipy, nibabel, torch) happen inside commands so --help is fast."""
+"""Command line of hiend-eval. Heavy imports (scipy, nibabel, torch) happen inside commands so --help is fast.
+
+``hiend-eval score PRED REF --out DIR``  Dice, IoU, HD95, ASSD, NSD per label and case
+``hiend-eval run CKPT DATASET --out DIR``  predict a dataset's images with a checkpoint, then score them
+
+The conventions of every hiend command line: ``--out`` (``-o``) names the output; ``--workers N`` is N
+processes and ``0`` this process alone (default: the CPUs available, at most 8); ``--device`` defaults to
+``auto``; ``--progress/--no-progress`` (``-q``). Exit codes: 0 success; 2 bad input or usage (one line
+on stderr naming the file or value); 1 a bug (a traceback).
+"""
 
 from __future__ import annotations
 
@@ -31,7 +40,7 @@ def _score_and_report(
     tolerance: float,
     as_json: bool,
     resample_to_reference: bool,
-    workers: int,
+    workers: int | None,
 ) -> None:
     from hiend_data.errors import InputError, shown
 
@@ -54,7 +63,7 @@ def _score_and_report(
             names,
             tolerance=tolerance,
             resample_to_reference=resample_to_reference,
-            workers=workers if workers > 0 else default_workers(),
+            workers=default_workers() if workers is None else max(1, workers),  # 0: this process alone
         )
         write_outputs(summary, out, plotter)
     finally:
@@ -66,16 +75,17 @@ def _score_and_report(
         print(f"wrote {shown(out / 'summary.json')} and {shown(out / 'per_case.csv')}")
 
 
-def _check_numbers(tolerance: float, workers: int) -> None:
-    """``--tolerance`` a finite number of mm >= 0; ``--workers`` 0 (automatic) or a positive count."""
+def _check_numbers(tolerance: float, workers: int | None) -> None:
+    """``--tolerance`` a finite number of mm >= 0; ``--workers`` None (automatic), 0 (this process
+    alone) or a positive count."""
     import math
 
     from hiend_data.errors import InputError
 
     if not math.isfinite(tolerance) or tolerance < 0:
         raise InputError(f"--tolerance {tolerance}: expected a finite number of mm >= 0")
-    if workers < 0:
-        raise InputError(f"--workers {workers}: expected 0 (the CPUs available) or a positive number")
+    if workers is not None and workers < 0:
+        raise InputError(f"--workers {workers}: expected 0 (this process alone) or a number of processes")
 
 
 @app.command()
@@ -86,7 +96,9 @@ def score(
     ref: Path = typer.Argument(
         ..., help="Folder of reference label maps (e.g. labelsTr; NIfTI or DICOM-SEG .dcm), or one file."
     ),
-    out: Path = typer.Option(..., "--out", help="Folder for summary.json, per_case.csv and per_label.png."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Folder for summary.json, per_case.csv and per_label.png."
+    ),
     labels: Path = typer.Option(
         None,
         "--labels",
@@ -106,10 +118,11 @@ def score(
         help="Resample predictions on another grid onto the reference "
         "(nearest neighbour) instead of failing.",
     ),
-    workers: int = typer.Option(
-        0,
+    workers: int | None = typer.Option(
+        None,
         "--workers",
-        help="Processes over cases (threads over labels for one case); 0: the CPUs available, at most 8.",
+        help="Processes over cases (threads over labels for one case); 0: this process alone; "
+        "default: the CPUs available, at most 8.",
     ),
 ) -> None:
     """Score predictions against references: Dice, IoU, HD95, ASSD, NSD and volumes per label and case.
@@ -127,11 +140,18 @@ def score(
 def run(
     ckpt: Path = typer.Argument(..., help="hiend-model checkpoint (.safetensors) of a fine-tuned UNETR."),
     dataset: Path = typer.Argument(..., help="nnU-Net dataset folder (imagesTr, labelsTr, dataset.json)."),
-    out: Path = typer.Option(..., "--out", help="Folder for predictions/ and the score outputs."),
-    device: str = typer.Option("cpu", "--device", help="torch device for inference, e.g. cpu or cuda."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for predictions/ and the score outputs."),
+    device: str = typer.Option(
+        "auto",
+        "--device",
+        help="torch device for inference: auto (cuda if available, else cpu), cpu, cuda:N.",
+    ),
     tolerance: float = typer.Option(2.0, "--tolerance", help="NSD tolerance in mm."),
     as_json: bool = typer.Option(False, "--json", help="Also print the summary as one JSON line on stdout."),
-    workers: int = typer.Option(0, "--workers", help="Scoring processes (0: the CPUs available, at most 8)."),
+    workers: int | None = typer.Option(
+        None, "--workers", help="Scoring processes (0: this process alone; default: the CPUs, at most 8)."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", " /-q", help="Show progress (-q: no)."),
 ) -> None:
     """Predict every image of DATASET/imagesTr with a checkpoint, then score against DATASET/labelsTr
     (labels named by DATASET/dataset.json, else by the checkpoint's label names)."""
@@ -151,7 +171,7 @@ def run(
         predictions = out / "predictions"
         # predict_files groups nnU-Net channel files (case_0000, case_0001, ...) into one scan per case
         # and writes predictions/{case}.nii.gz on each image's own grid.
-        predict_files(ckpt, [dataset / "imagesTr"], predictions, device=device)
+        predict_files(ckpt, [dataset / "imagesTr"], predictions, device=device, progress=progress)
         labels = dataset / "dataset.json"
         if not labels.is_file():  # no dataset.json: the names the fine-tuned checkpoint carries, if any
             labels = ckpt if _checkpoint_has_names(ckpt) else None
