@@ -403,7 +403,7 @@ def _with_metadata(src: Path, dst: Path, **fields: str) -> Path:
         ({"plan__spacing": "[NaN, 6, 6]"}, "metadata 'plan'"),  # (the Plan's own rule)
         ({"plan__window": "[250, -175]"}, "low must be below high"),
         ({"plan__window": "[-Infinity, Infinity]"}, "metadata 'plan'"),
-        ({"plan__window": "[-1e308, 1e308]"}, "window [-1e+308, 1e+308]"),
+        ({"plan__window": "[-1e308, 1e308]"}, "beyond +-1e+06 HU"),
         ({"config__num_classes": "0"}, "metadata 'config': invalid UNETRConfig: num_classes=0"),
         ({"config__num_classes": "1000000"}, "1000000"),
         ({"config__in_chans": "2"}, "encoder.patch_embed.proj.weight"),
