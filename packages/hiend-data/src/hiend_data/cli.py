@@ -217,7 +217,7 @@ def preprocess(
         False, "--skip-bad", help="Report bad cases and go on instead of stopping."
     ),
     progress: bool = typer.Option(
-        True, "--progress/--no-progress", " /-q", help="Show a progress bar (-q: no)."
+        True, "--progress/--no-progress", " /-q", " /--quiet", help="Show a progress bar (-q: no)."
     ),
     series: list[str] | None = typer.Option(
         None,

@@ -151,7 +151,9 @@ def run(
     workers: int | None = typer.Option(
         None, "--workers", help="Scoring processes (0: this process alone; default: the CPUs, at most 8)."
     ),
-    progress: bool = typer.Option(True, "--progress/--no-progress", " /-q", help="Show progress (-q: no)."),
+    progress: bool = typer.Option(
+        True, "--progress/--no-progress", " /-q", " /--quiet", help="Show progress (-q: no)."
+    ),
 ) -> None:
     """Predict every image of DATASET/imagesTr with a checkpoint, then score against DATASET/labelsTr
     (labels named by DATASET/dataset.json, else by the checkpoint's label names)."""

@@ -10,6 +10,9 @@ The command line's own parsing is here: telling checkpoints from inputs in ``pre
 (:func:`split_checkpoint_args`), ``--keep-largest`` text to label values (:func:`keep_largest_values`),
 the window options to one :class:`~hiend_model.window.WindowSettings`; the library checks the values.
 
+The conventions of every hiend command line: ``--out`` (``-o``) names the output; ``--device`` defaults
+to ``auto`` (cuda where there is one, else cpu); ``--progress/--no-progress`` (``-q``, ``--quiet``).
+
 Exit codes: 0 success, 2 bad input (one line on stderr naming the file or value; an option value that
 is out of range or not of its type included), 130 / 143 predict or convert stopped by SIGINT / SIGTERM (one line;
 temporaries removed, every output file written so far complete), 1 unexpected.
@@ -185,7 +188,7 @@ def predict(
         help="nnU-Net dataset.json naming the labels (the segments of a DICOM-SEG); default: the "
         "names the checkpoint carries.",
     ),
-    device: str = typer.Option("cpu", help=f"Where the model runs: {DEVICE_HELP}."),
+    device: str = typer.Option("auto", help=f"Where the model runs: {DEVICE_HELP}."),
     overlap: float = typer.Option(0.5, help="Window overlap fraction, in [0, 1)."),
     tta: bool = typer.Option(False, "--tta", help="Average over the 8 axis-flip combinations (8x slower)."),
     sw_batch: int = typer.Option(1, "--sw-batch", help="Windows per model call (>= 1)."),
@@ -201,7 +204,9 @@ def predict(
         "--min-component",
         help="Other labels drop components smaller than this fraction of their largest (0..1; 0: off).",
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    progress: bool = typer.Option(
+        True, "--progress/--no-progress", " /-q", " /--quiet", help="Show the progress bar (-q: no)."
+    ),
 ) -> None:
     """Segment scans with one checkpoint or an ensemble of them (help text: _PREDICT_HELP)."""
     with stopped_by_signals("predict"), cli_errors():
@@ -214,7 +219,7 @@ def predict(
             ckpts if len(ckpts) > 1 else ckpts[0],
             scans,
             out,
-            progress=not quiet,
+            progress=progress,
             output_format=output_format,
             labels=labels,
             seg_type=seg_type,
