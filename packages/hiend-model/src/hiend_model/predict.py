@@ -2,9 +2,10 @@
 
 :func:`predict_files` (what ``hiend-model predict`` runs) reads as its steps: load the models (one
 checkpoint, or an ensemble checked by :func:`hiend_model.ensemble.check_ensemble`) into a
-:class:`Predictor` -> collect the cases (:func:`collect_cases`) and read each once to check it -> per
-case: read, infer (:meth:`Predictor.predict`), post-process
-(:func:`hiend_model.postprocess.clean_components`), write (:class:`hiend_model.outputs.OutputWriter`).
+:class:`Predictor` -> collect the cases (:func:`hiend_data.discovery.collect_cases`, the folder rule
+``preprocess`` uses too) and read each once to check it -> per case: read, infer
+(:meth:`Predictor.predict`), post-process (:func:`hiend_model.postprocess.clean_components`), write
+(:class:`hiend_model.outputs.OutputWriter`).
 
 Inference of one scan: :func:`hiend_data.preprocess_case` with the checkpoint's plan (reorient,
 resample, normalise, crop to the foreground) -> :func:`~hiend_model.inference.sliding_window_logits`
@@ -29,17 +30,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hiend_data import load_volume, preprocess_case, restore_label
-from hiend_data.discovery import unique_ids
+from hiend_data.discovery import collect_cases
 from hiend_data.errors import InputError, markup
 from hiend_data.io import check_oriented
 from hiend_data.naming import (
     ChannelGroup,
-    check_unique,
-    dicom_case_name,
-    dicom_folders,
-    group_channels,
     is_dicom_source,
-    is_image,
     safe_case_name,
 )
 
@@ -55,7 +51,6 @@ from .window import WindowSettings
 
 __all__ = [
     "Predictor",
-    "ScanCase",
     "WindowSettings",
     "collect_cases",
     "ensemble_probabilities",
@@ -63,66 +58,6 @@ __all__ = [
     "predict_files",
     "predict_volume",
 ]
-
-#: One scan to segment: output name (``{name}.nii.gz``) and its channel files in channel order
-#: (:func:`hiend_data.naming.group_channels`' groups).
-ScanCase = ChannelGroup
-
-
-def collect_cases(inputs: Sequence[str | os.PathLike[str]]) -> list[ScanCase]:
-    """Scans named by files and folders: NIfTI files, a folder's own ``.nii``/``.nii.gz`` files (not its
-    subfolders), and DICOM series (``hiend-data[dicom]``).
-
-    nnU-Net channel files ``{case}_0000``, ``{case}_0001``, ... in one folder form one scan named
-    ``{case}``; a ``_dddd`` name without a ``_0000`` sibling is a scan of its own, named in full
-    (:mod:`hiend_data.naming`, the rule every hiend package uses). DICOM: a folder that holds no NIfTI
-    files is searched for series folders (:func:`hiend_data.naming.dicom_folders`: each folder directly
-    holding DICOM files is one scan, named by the folder, and each ``.zip`` of a series one scan;
-    colliding names are prefixed by their parent folders, ``patient1__CT``, as in discovery); a
-    ``.zip`` or a multi-frame DICOM file is one scan named by its file name without the suffix.
-    Raises InputError for a missing path, a file that is neither, a folder with neither, channels with
-    gaps, and two scans that would be written to the same output name.
-    """
-    if not inputs:
-        raise InputError("no input scans given")
-    files: list[Path] = []
-    series: list[ScanCase] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(f for f in path.iterdir() if f.is_file() and is_image(f))
-            if found:
-                files += found
-                continue
-            folders = dicom_folders(path)
-            if not folders:
-                raise InputError(f"{path}: folder holds no .nii/.nii.gz files and no DICOM series")
-            # named by the folder (a zip by its name), prefixed by parent folders where names collide
-            # (patient1/CT, patient2/CT -> patient1__CT, patient2__CT): discovery's rule
-            keys = [(f.relative_to(path).parent, dicom_case_name(f)) for f in folders]
-            series += [ScanCase(n, (f,)) for n, f in zip(unique_ids(keys, path), folders, strict=True)]
-        elif path.is_file():
-            if is_image(path):
-                files.append(path)
-            elif is_dicom_source(path):
-                series.append(ScanCase(dicom_case_name(path), (path,)))
-            else:
-                raise InputError(f"{path}: not a NIfTI file name (expected .nii or .nii.gz) nor DICOM")
-        else:
-            raise InputError(f"{path}: no such file or folder")
-    cases = group_channels(files) + series  # the one case-naming rule (hiend_data.naming)
-    for case in cases:  # output names come from input file names: one plain file name each
-        safe_case_name(case.name, case.files[0])
-    check_unique([case.name for case in cases], "the inputs' output names")
-    seen: dict[str, ScanCase] = {}
-    for case in cases:
-        if case.name in seen:
-            raise InputError(
-                f"{case.files[0]} and {seen[case.name].files[0]} would both be written as "
-                f"{case.name}.nii.gz: segment them into different output folders"
-            )
-        seen[case.name] = case
-    return cases
 
 
 class Predictor:
@@ -231,7 +166,7 @@ def predict_volume(model: Any, volume: Any, plan: Any, settings: WindowSettings 
 
 
 def _check_inputs(
-    cases: list[ScanCase],
+    cases: list[ChannelGroup],
     in_chans: int | None,
     out_dir: Path,
     output_format: str = "nifti",
