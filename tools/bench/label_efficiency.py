@@ -6,7 +6,7 @@
    0.8..3 mm and orientation drawn per case) plus the real CT scans in ``../shared/data/ct/`` (the
    label map there is left out), preprocessed once with the plan below.
 2. Pre-training of the ``tiny`` preset with the Hi-End-MAE decoder and with the plain-MAE decoder
-   (``model.decoder = "mae"``): same steps, same seed, same data, same recipe; only the decoder differs.
+   (``model.decoder = "plain"``; the arm keeps its old name "mae", a value still accepted): same steps, same seed, same data, same recipe; only the decoder differs.
 3. Fine-tuning of a UNETR from each and from scratch on N = 1, 2, 4 labelled phantom cases (a nested
    seeded subset, ``--train-cases N``), 3 seeds each, the same optimizer steps for every arm and N
    (epochs = steps / N with one volume per step), the same recipe (no arm tuned apart).

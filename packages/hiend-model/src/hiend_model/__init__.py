@@ -33,7 +33,9 @@ _LAZY = {
     "predict_files": ".predict",
     "predict_volume": ".predict",
     "predict_ensemble": ".predict",
-    "ensemble_probabilities": ".predict",
+    "ensemble_probabilities": ".ensemble",
+    "Predictor": ".predict",
+    "WindowSettings": ".window",
 }
 
 __all__ = [
@@ -61,12 +63,15 @@ __all__ = [
     "predict_volume",
     "predict_ensemble",
     "ensemble_probabilities",
+    "Predictor",
+    "WindowSettings",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
     from .config import PRESETS, MAEConfig, UNETRConfig
     from .decoders import DECODERS
+    from .ensemble import ensemble_probabilities
     from .mae import HiEndMAE, MAEOutput, build
     from .official import (
         convert_official,
@@ -76,9 +81,10 @@ if TYPE_CHECKING:  # pragma: no cover
         load_official_finetuned,
         load_official_pretrained,
     )
-    from .predict import ensemble_probabilities, predict_ensemble, predict_files, predict_volume
+    from .predict import Predictor, predict_ensemble, predict_files, predict_volume
     from .pretrained import load_pretrained_mae, load_unetr_init
     from .unetr import UNETR
+    from .window import WindowSettings
 
 
 def __getattr__(name: str):  # noqa: ANN202 - PEP 562 lazy attribute
