@@ -38,6 +38,9 @@ def test_check_output_folder(tmp_path: Path):
     _touch(dicom / "p1" / "CT" / "IM0001")  # no NIfTI files: a folder searched for series
     assert check_output_folder(tmp_path / "out", [nifti, dicom]) == (tmp_path / "out").resolve()
     assert check_output_folder(nifti / "pred", [nifti])  # a NIfTI folder is read one level deep
+    for fmt in ("dicom-seg", "both"):  # ... but searched to the bottom for series, where SEGs would go
+        with pytest.raises(InputError, match="writes DICOM-SEGs there"):
+            check_output_folder(nifti / "pred", [nifti], fmt)
     with pytest.raises(InputError, match=r"^--out .*scans: is the input folder .*scans;"):
         check_output_folder(nifti, [nifti])
     with pytest.raises(

@@ -87,7 +87,9 @@ def resolved(path: str | os.PathLike[str]) -> Path:
     raise InputError(f"{path}: a symbolic-link loop (too many levels of symbolic links); choose another path")
 
 
-def check_output_folder(out_dir: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]]) -> Path:
+def check_output_folder(
+    out_dir: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], output_format: str = "nifti"
+) -> Path:
     """The output folder, refused (InputError naming it and the input) where a later run on the same
     inputs would read the outputs as scans. The rule, for every input kind, links resolved:
 
@@ -96,9 +98,13 @@ def check_output_folder(out_dir: str | os.PathLike[str], inputs: Sequence[str | 
       (``predict m scans/a_0000.nii.gz --out scans``: ``a.nii.gz`` would join the scans there; beside
       a DICOM series or zip, the NIfTI label map would turn the folder into a folder of scans);
     * ``--out`` never lies inside an input folder searched for DICOM series (a folder with no NIfTI
-      files of its own: the search goes down every subfolder, so the outputs would be read as series).
+      files of its own: the search goes down every subfolder, so the outputs would be read as series);
+    * with ``output_format`` writing DICOM-SEGs (``dicom-seg``, ``both``), ``--out`` never lies inside
+      any input folder: every input folder is searched to the bottom for DICOM series
+      (:func:`hiend_data.discovery.folder_scans`), so the SEGs would be found by the next run.
 
-    A folder of NIfTI scans is only read one level deep: an output folder inside it is fine. Input
+    A folder of NIfTI scans reads its NIfTI files one level deep: a NIfTI-only output folder inside it
+    is fine. Input
     files (NIfTI, a .zip, a multi-frame DICOM) are also guarded file by file (an output never replaces
     one: :func:`check_case_outputs`).
     """
@@ -123,6 +129,12 @@ def check_output_folder(out_dir: str | os.PathLike[str], inputs: Sequence[str | 
             raise InputError(
                 f"--out {out_dir}: lies inside the DICOM input folder {folder}, which is searched to the "
                 "bottom for series: choose an output folder outside the inputs"
+            )
+        if output_format != "nifti" and where in out.parents:
+            raise InputError(
+                f"--out {out_dir}: lies inside the input folder {folder}, which is searched to the bottom "
+                f"for DICOM series, and --format {output_format} writes DICOM-SEGs there: choose an "
+                "output folder outside the inputs"
             )
     return out
 

@@ -332,7 +332,7 @@ def predict_files(
     check_min_component(min_component)
     seg = check_formats(output_format, seg_type)
     paths = _checkpoint_list(ckpt_path)
-    check_output_folder(out_dir, inputs)
+    check_output_folder(out_dir, inputs, output_format)
     settings = replace(settings, device=resolve_device(settings.device))
 
     # load the models: every checkpoint's metadata checked before any weights are read

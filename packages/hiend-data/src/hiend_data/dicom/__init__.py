@@ -1,7 +1,7 @@
 """Reading DICOM series (the optional extra ``hiend-data[dicom]``: pydicom and dicom2nifti).
 
-:func:`hiend_data.io.load_volume` hands a path here when :func:`hiend_data.naming.is_dicom_source`
-says it is DICOM: a folder holding one series, a ``.zip`` of such a folder, or one multi-frame file.
+:func:`hiend_data.io.load_volume` hands a path here when the readers table
+(:func:`hiend_data.readers.reader_for`) picks its DICOM entry: a folder holding one series, a ``.zip`` of such a folder, or one multi-frame file.
 This package finds the files, picks the series and refuses what hiend must not guess about;
 **dicom2nifti** (on pydicom) then sorts the slices, applies RescaleSlope / RescaleIntercept and builds
 the affine (first slice's ImagePositionPatient, slice step = (last - first) / (n - 1)), returned as a
