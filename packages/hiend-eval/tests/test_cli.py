@@ -304,7 +304,7 @@ def test_run_with_a_real_tiny_checkpoint(tmp_path, shared_data, seg):
     import torch
 
     from hiend_data import Plan
-    from hiend_eval.labelnames import read_labels
+    from hiend_data.labels import read_label_names
     from hiend_eval.score import score_folders
     from hiend_model.checkpoint import save_checkpoint
     from hiend_model.config import MAEConfig
@@ -339,7 +339,7 @@ def test_run_with_a_real_tiny_checkpoint(tmp_path, shared_data, seg):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     pred = tmp_path / "out" / "predictions" / "body.nii.gz"
     assert nib.load(str(pred)).shape == labels.shape
-    again = score_folders(pred.parent, ds / "labelsTr", read_labels(ds / "dataset.json"))
+    again = score_folders(pred.parent, ds / "labelsTr", read_label_names(ds / "dataset.json"))
     assert json.loads(json.dumps(again["per_case"])) == summary["per_case"]
     assert summary["names"]["2"] == "bone"
 
@@ -426,12 +426,13 @@ def test_bad_checkpoint_as_labels(folders, make, needle):
 
 
 def test_read_label_source_dispatches_on_the_suffix(folders):
-    from hiend_eval.labelnames import read_label_source, read_labels
+    from hiend_data.labels import read_label_names
+    from hiend_eval.labelnames import read_label_source
 
     root, _, _ = folders
     ckpt = _hiend_checkpoint(root / "u.SAFETENSORS", {"labels": {"2": "spleen", "1": "liver"}})
     assert read_label_source(ckpt) == {1: "liver", 2: "spleen"}
-    assert read_label_source(root / "dataset.json") == read_labels(root / "dataset.json")
+    assert read_label_source(root / "dataset.json") == read_label_names(root / "dataset.json")
 
 
 def test_workers_0_scores_in_this_process_with_the_same_numbers(folders, monkeypatch):

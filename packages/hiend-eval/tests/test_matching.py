@@ -36,7 +36,6 @@ def test_matching_follows_hiend_data_naming(tmp_path):
         ("Matching", hiend_eval.matching),
         ("CasePair", hiend_eval.matching),
         ("check_no_loop", hiend_eval.matching),
-        ("read_labels", hiend_eval.labelnames),
         ("read_label_source", hiend_eval.labelnames),
         ("read_checkpoint_label_names", hiend_eval.labelnames),
         ("check_seg_names", hiend_eval.labelnames),

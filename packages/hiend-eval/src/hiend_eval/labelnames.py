@@ -20,12 +20,6 @@ from .matching import CasePair, is_seg_name
 CHECKPOINT_FORMAT = "hiend"
 
 
-def read_labels(dataset_json: Path) -> dict[int, str]:
-    """Label value -> name (background left out) from an nnU-Net ``dataset.json``: an alias of
-    :func:`hiend_data.labels.read_label_names` (v2 and v1/MSD; regions refused)."""
-    return read_label_names(dataset_json)
-
-
 def read_checkpoint_label_names(path: Path) -> dict[int, str]:
     """Label value -> name from a hiend checkpoint (``.safetensors``): its metadata ``extra.labels``
     (what ``hiend-train finetune`` stores from the dataset.json), read without torch.
@@ -61,11 +55,11 @@ def read_checkpoint_label_names(path: Path) -> dict[int, str]:
 def read_label_source(path: Path) -> dict[int, str]:
     """Label value -> name from ``--labels``: a hiend checkpoint (``.safetensors``:
     :func:`read_checkpoint_label_names`) or an nnU-Net ``dataset.json`` (anything else:
-    :func:`read_labels`)."""
+    :func:`hiend_data.labels.read_label_names`)."""
     path = Path(path)
     if path.suffix.lower() == ".safetensors":
         return read_checkpoint_label_names(path)
-    return read_labels(path)
+    return read_label_names(path)
 
 
 def _placeholder(value: int, name: str) -> bool:

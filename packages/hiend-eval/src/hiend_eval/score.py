@@ -7,7 +7,7 @@ in worker processes when there are several, and returns the ``summary.json`` str
 (:func:`hiend_eval.summary.summarize`).
 
 The names of those modules are importable from here too (``hiend_eval.score.match_cases``,
-``read_labels``, ``read_label_source``, ``score_case``, ``summarize``, ...), where they lived before
+``read_label_source``, ``score_case``, ``summarize``, ...), where they lived before
 the split.
 """
 
@@ -27,7 +27,6 @@ from .labelnames import (
     check_seg_names,
     read_checkpoint_label_names,
     read_label_source,
-    read_labels,
 )
 from .matching import SEG_SUFFIX, CasePair, Matching, check_no_loop, is_seg_name, label_case_name, match_cases
 from .metrics import pair_scores
@@ -48,7 +47,6 @@ __all__ = [
     "match_cases",
     "read_checkpoint_label_names",
     "read_label_source",
-    "read_labels",
     "score_case",
     "score_folders",
     "summarize",
