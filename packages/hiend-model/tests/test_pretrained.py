@@ -27,7 +27,8 @@ def test_either_format_gives_the_same_model(tmp_path, mae_model):
         pretrained.load_pretrained_mae(path, num_heads=2)
 
 
-def test_the_old_import_paths_still_work():
-    # official.py re-exports them until hiend-train imports them from hiend_model.pretrained
-    assert official.load_unetr_init is pretrained.load_unetr_init is hiend_model.load_unetr_init
-    assert official.load_pretrained_mae is pretrained.load_pretrained_mae is hiend_model.load_pretrained_mae
+def test_one_home_for_loading_either_format():
+    # hiend_model.pretrained is the one module (official.py is about the paper's files only)
+    assert pretrained.load_unetr_init is hiend_model.load_unetr_init
+    assert pretrained.load_pretrained_mae is hiend_model.load_pretrained_mae
+    assert not hasattr(official, "load_unetr_init") and not hasattr(official, "load_pretrained_mae")

@@ -18,7 +18,6 @@ kind ``unetr``); see :mod:`hiend_model.kinds`.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 import os
 import re
@@ -478,14 +477,3 @@ __all__ = [
     "RELEASED_PRETRAIN",
     "RELEASED_FINETUNE",
 ]
-
-#: Moved to :mod:`hiend_model.pretrained` (they load hiend's files too); still found here, on first
-#: use, for hiend-train until its imports name the new module (that module imports this one, so this
-#: one cannot import it at the top).
-_MOVED = {"load_pretrained_mae": "pretrained", "load_unetr_init": "pretrained"}
-
-
-def __getattr__(name: str):  # noqa: ANN202 - PEP 562, transitional
-    if name in _MOVED:
-        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

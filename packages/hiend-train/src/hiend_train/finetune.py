@@ -19,7 +19,7 @@ from hiend_model.checkpoint import load_checkpoint, read_checkpoint_info
 from hiend_model.inference import sliding_window_logits
 from hiend_model.kinds import UNETR_KIND
 from hiend_model.mae import build
-from hiend_model.official import load_unetr_init
+from hiend_model.pretrained import load_unetr_init
 from hiend_model.unetr import UNETR
 
 from .config import FinetuneConfig
