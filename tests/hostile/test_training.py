@@ -225,3 +225,16 @@ def test_sigterm_mid_run_saves_at_the_next_step_exit_143_and_resume_continues(ca
         run("hiend-train", "pretrain", "--out", out, "--resume", "-q", "--stop-after-steps", step + 2)
     )
     assert summary["steps"] == step + 2
+
+
+def test_a_loss_that_becomes_non_finite_has_its_own_exit_code(cache, tmp_path):
+    """Not bad input (2) and not a bug (1): a run whose loss blows up exits 3 with one line, and the
+    run folder keeps no half-written checkpoint."""
+    out = tmp_path / "blown"
+    proc = run("hiend-train", "pretrain", "--cache", cache, "--out", out, "--epochs", "1", "--lr", "1e30",
+               "--warmup-epochs", "0", "--workers", "0", "-q", *PRE)  # fmt: skip
+    assert proc.returncode == 3, (proc.returncode, proc.stderr[-2000:])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "non-finite" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]

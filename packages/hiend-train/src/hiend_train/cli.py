@@ -36,13 +36,14 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from hiend_data.errors import InputError, cli_errors, shown
+from hiend_data.errors import InputError, OneLineErrors, cli_errors, shown
 
 if TYPE_CHECKING:  # (torch stays unimported until a command runs)
     from .config import TrainConfig
     from .runner import RunResult
 
 app = typer.Typer(
+    cls=OneLineErrors,
     name="hiend-train",
     no_args_is_help=True,
     add_completion=False,
@@ -100,11 +101,13 @@ def parse_sets(items: list[str], origins: dict[str, str] | None = None) -> dict[
 
 
 #: command-line options whose name is not ``--`` + the field with dashes
-_OPTION_NAMES = {"progress": "--quiet", "compile": "--compile"}
+_OPTION_NAMES = {"compile": "--compile"}
 
 
 def _flag_text(field: str, value: Any) -> str:
     """How the option that set ``field`` to ``value`` reads on the command line (``--lr 0.001``)."""
+    if field == "progress":
+        return "--progress" if value else "--no-progress"
     name = _OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
     return name if isinstance(value, bool) else f"{name} {value}"
 
@@ -353,7 +356,13 @@ _FIXED: tuple[tuple[str, object, Any], ...] = (
         bool,
         typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
     ),
-    ("quiet", bool, typer.Option(False, "--quiet", "-q", help="No progress bar.")),
+    (
+        "progress",
+        bool | None,
+        typer.Option(
+            None, "--progress/--no-progress", " /-q", " /--quiet", help="Show the progress bar (-q: no)."
+        ),
+    ),
     ("set_", list[str], typer.Option([], "--set", help=_SET_HELP)),
 )
 
@@ -364,7 +373,7 @@ def _command(stage: str, flags: tuple[Flag, ...], doc: str) -> Callable[..., Non
 
     def command(**values: Any) -> None:
         given = {f.field: values[f.field] for f in flags}
-        given["progress"] = False if values["quiet"] else None
+        given["progress"] = values["progress"]  # None: the config's (default: shown)
         resume = values["resume"]
         with cli_errors():
             _execute(stage, _resolve(stage, values["config"], given, values["set_"], resume), resume)
