@@ -107,7 +107,7 @@ _OPTION_NAMES = {"compile": "--compile"}
 def _flag_text(field: str, value: Any) -> str:
     """How the option that set ``field`` to ``value`` reads on the command line (``--lr 0.001``)."""
     if field == "progress":
-        return "--progress" if value else "--no-progress"
+        return "--progress" if value else "--quiet"  # (-q, --quiet and --no-progress are one flag)
     name = _OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
     return name if isinstance(value, bool) else f"{name} {value}"
 
