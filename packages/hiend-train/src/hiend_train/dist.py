@@ -69,9 +69,14 @@ def setup(device: str) -> DistEnv:
     return DistEnv(rank=rank, world=world, local_rank=local_rank, device=dev)
 
 
-def teardown(env: DistEnv) -> None:
-    """Leave the process group (if this module joined one)."""
+def teardown(env: DistEnv, finished: bool = False) -> None:
+    """Leave the process group (if this module joined one). ``finished``: every rank ended its run
+    normally, so they first meet at a barrier: no rank tears its connections down while a peer still
+    reads from them (gloo then aborted the peer: "terminate called without an active exception"). On an
+    error no barrier is waited for: torchrun ends the other ranks."""
     if env.distributed and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

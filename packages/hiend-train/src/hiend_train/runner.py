@@ -111,6 +111,7 @@ def execute(cfg: TrainConfig, resume: bool, build: Callable[[Context], Task]) ->
     env = setup(cfg.device)
     events: EventSink | None = None
     task: Task | None = None
+    finished = False  # every step of the run done (the ranks then meet before leaving the group)
     lock = RunLock(cfg.out) if cfg.out is not None and env.main else None
     try:
         precision = resolve_precision(cfg.precision, env.device)
@@ -166,6 +167,7 @@ def execute(cfg: TrainConfig, resume: bool, build: Callable[[Context], Task]) ->
         )
         result = fit(task, optimizer, scaler, cfg, env, run, precision, resume=resume, events=events)
         events.emit("end", epochs=result.epochs, steps=result.steps, best=result.best)
+        finished = True
         return RunResult(out=run.root, fit=result, model=task.model, env=env)
     finally:
         if task is not None:
@@ -178,7 +180,7 @@ def execute(cfg: TrainConfig, resume: bool, build: Callable[[Context], Task]) ->
                 if lock is not None:
                     lock.release()
             finally:
-                teardown(env)
+                teardown(env, finished)
 
 
 def case_split(cfg: TrainConfig, names: list[str]) -> tuple[list[int], list[int]]:
