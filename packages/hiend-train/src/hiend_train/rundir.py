@@ -163,8 +163,9 @@ class RunLock:
         self.release()
 
 
-def atomic_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (:func:`hiend_data.atomic.write_text`, UTF-8)."""
+def write_run_text(path: Path, text: str) -> None:
+    """Write a run file: :func:`hiend_data.atomic.write_text` (atomic, UTF-8) with a failure named by
+    :func:`hiend_train.outputs.writing` (one line naming ``path``)."""
     with writing(path):
         write_text(path, text)
 
@@ -381,15 +382,15 @@ class RunDir:
             record = fields if split is None else {**fields, "split": split}
             if trained_on is not None:
                 record["trained_on"] = trained_on
-            atomic_text(self.config_path, json.dumps(record, indent=2) + "\n")
+            write_run_text(self.config_path, json.dumps(record, indent=2) + "\n")
             if split is not None:
                 how = {
                     k: fields[k]
                     for k in ("seed", "val_fraction", "fold", "folds", "train_cases")
                     if k in fields
                 }
-                atomic_text(self.split_path, json.dumps({**how, **split}, indent=2) + "\n")
-            atomic_text(self.log_path, "")
+                write_run_text(self.split_path, json.dumps({**how, **split}, indent=2) + "\n")
+            write_run_text(self.log_path, "")
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one record ``{"event": ..., **fields}`` to log.jsonl only (with a UTC time stamp).
