@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,13 +116,15 @@ def is_dicom_zip(path: str | os.PathLike[str], look: int = 8) -> bool:
     return False
 
 
-def _visible_files(folder: Path) -> Iterable[Path]:
+def walk_files(folder: Path, broken: Callable[[Path], None] | None = None) -> list[Path]:
     """The regular files below ``folder`` at any depth, sorted by their path below it: symbolic links
-    to files and folders followed (a series folder linked into a dataset is found, as the DICOM reader
-    reads it), each real folder walked once (a link to an ancestor cannot loop), entries named ``.*``
-    and broken links skipped."""
+    to files and folders followed (a series folder linked into a dataset is found), each real folder
+    walked once (a link to an ancestor cannot loop) and each real file taken once, entries named ``.*``
+    skipped. A broken link is passed to ``broken`` (which may raise: the DICOM reader refuses one, since
+    it may stand for a slice), else skipped. The one walk of discovery and of the DICOM reader."""
     out: list[Path] = []
-    seen: set[tuple[int, int]] = set()
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[tuple[int, int]] = set()
     stack = [folder]
     while stack:
         here = stack.pop()
@@ -130,19 +133,28 @@ def _visible_files(folder: Path) -> Iterable[Path]:
             entries = sorted(os.scandir(here), key=lambda e: e.name)
         except OSError:  # unreadable, vanished or a loop the kernel refuses: nothing to find there
             continue
-        if (st.st_dev, st.st_ino) in seen:
+        if (st.st_dev, st.st_ino) in seen_dirs:
             continue
-        seen.add((st.st_dev, st.st_ino))
+        seen_dirs.add((st.st_dev, st.st_ino))
+        subfolders = []
         for entry in entries:
             if entry.name.startswith("."):
                 continue
+            p = Path(entry.path)
             try:
-                if entry.is_dir():  # follows links
-                    stack.append(Path(entry.path))
-                elif entry.is_file():
-                    out.append(Path(entry.path))
+                st = p.stat()  # through links
+            except FileNotFoundError:
+                if broken is not None:
+                    broken(p)
+                continue
             except OSError:
                 continue
+            if stat.S_ISDIR(st.st_mode):
+                subfolders.append(p)
+            elif stat.S_ISREG(st.st_mode) and ((st.st_dev, st.st_ino) not in seen_files or not st.st_ino):
+                seen_files.add((st.st_dev, st.st_ino))
+                out.append(p)
+        stack.extend(reversed(subfolders))
     return sorted(out, key=lambda p: p.relative_to(folder).parts)
 
 
@@ -151,7 +163,7 @@ def is_dicom_source(path: str | os.PathLike[str]) -> bool:
     holding at least one DICOM file (searched recursively; stops at the first)."""
     path = Path(path)
     if path.is_dir():
-        return any(not is_image(f) and is_dicom_file(f) for f in _visible_files(path))
+        return any(not is_image(f) and is_dicom_file(f) for f in walk_files(path))
     if is_image(path):
         return False
     return path.name.lower().endswith(DICOM_SUFFIXES) or is_dicom_file(path)
@@ -164,7 +176,7 @@ def dicom_folders(root: str | os.PathLike[str], skip: Iterable[Path] = ()) -> li
     known = set(skip)
     found: set[Path] = set()
     zips: list[Path] = []
-    for f in _visible_files(Path(root)):
+    for f in walk_files(Path(root)):
         if f.parent in found or f in known or is_image(f):
             continue
         if f.name.lower().endswith(".zip"):

@@ -12,7 +12,6 @@ name it is called by in messages (its path below the folder or zip: :func:`_labe
 from __future__ import annotations
 
 import contextlib
-import os
 import stat
 import tempfile
 import warnings
@@ -24,7 +23,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..limits import ENV, max_volume_bytes
-from ..naming import is_dicom_zip
+from ..naming import is_dicom_zip, walk_files
 
 INSTALL = "pip install 'hiend-data[dicom]'"
 #: a zip member declaring more than ZIP_RATIO_FROM bytes may be at most ZIP_MAX_RATIO times its
@@ -123,42 +122,16 @@ def _inflate(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Pat
 
 
 def _files(where: Path, root: Path) -> list[Path]:
-    """The files to read at ``root`` (a file: itself), sorted by path below ``root``: every file at any
-    depth, symbolic links to files and folders followed, each real folder walked once (a link to an
-    ancestor cannot loop) and each real file taken once; entries named ``.*`` skipped; a broken link
-    refused (it may stand for a slice)."""
+    """The files to read at ``root`` (a file: itself): :func:`hiend_data.naming.walk_files` (every
+    file at any depth, links followed, each real folder and file once, ``.*`` skipped, sorted), with a
+    broken link refused (it may stand for a slice)."""
     if root.is_file():
         return [root]
-    out: list[Path] = []
-    seen_dirs: set[tuple[int, int]] = set()
-    seen_files: set[tuple[int, int]] = set()
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        st = folder.stat()
-        if (st.st_dev, st.st_ino) in seen_dirs:
-            continue
-        seen_dirs.add((st.st_dev, st.st_ino))
-        subfolders = []
-        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-            if entry.name.startswith("."):
-                continue
-            p = Path(entry.path)
-            try:
-                st = p.stat()  # through links
-            except FileNotFoundError:
-                raise InputError(
-                    f"{where}: {_below(root, p)} is a broken symbolic link (its target does not exist)"
-                ) from None
-            if stat.S_ISDIR(st.st_mode):
-                subfolders.append(p)
-            elif stat.S_ISREG(st.st_mode):
-                key = (st.st_dev, st.st_ino)
-                if key not in seen_files or not st.st_ino:
-                    seen_files.add(key)
-                    out.append(p)
-        stack.extend(reversed(subfolders))
-    return sorted(out, key=lambda p: p.relative_to(root).parts)
+
+    def refuse(p: Path) -> None:
+        raise InputError(f"{where}: {_below(root, p)} is a broken symbolic link (its target does not exist)")
+
+    return walk_files(root, broken=refuse)
 
 
 def _below(root: Path, p: Path) -> str:
