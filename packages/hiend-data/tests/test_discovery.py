@@ -227,7 +227,11 @@ def test_collect_cases_groups_channels(tmp_path):
 @pytest.mark.parametrize(
     ("names", "args", "match"),
     [
-        (["x_0000.nii.gz", "x_0002.nii.gz"], ["."], r"x_0001.nii.gz: channel file missing; case 'x'"),
+        (
+            ["x_0000.nii.gz", "x_0002.nii.gz"],
+            ["."],
+            r"x_0001.nii.gz: channel file missing; case 'x' has channels _0000, _0002",
+        ),
         (["p/a.nii.gz", "q/a.nii.gz"], ["p", "q"], r"both be written as a.nii.gz"),
         (["a.nii.gz", "a_0000.nii.gz"], ["."], r"both be written as a.nii.gz"),
         (
