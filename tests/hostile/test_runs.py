@@ -8,7 +8,6 @@ leaves a checkpoint that loads and resumes.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hostile_cli import BIN, one_line_exit_2, run
+from hostile_cli import BIN, TINY_TRAIN, events, ok, one_line_exit_2, run
 from safetensors.torch import load_file
 
 from hiend_data import Plan
@@ -24,24 +23,8 @@ from hiend_data.cache import preprocess_dataset
 from hiend_data.phantom import make_phantom_dataset
 from hiend_model.checkpoint import read_checkpoint_info
 
-#: a 32^3 model of four blocks: a step in milliseconds
-TINY = [
-    "--preset", "tiny", "--set", "model.img_size=32", "--set", "model.depth=4", "--set", "model.embed_dim=48",
-    "--set", "model.decoder_embed_dim=24", "--device", "cpu", "-q", "--num-samples", "2", "--batch-size", "1",
-]  # fmt: skip
+TINY = TINY_TRAIN
 PRE = [*TINY, "--preview-every", "0"]
-
-
-def ok(proc) -> dict:
-    assert proc.returncode == 0, (proc.returncode, proc.stderr[-3000:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def events(out: Path) -> list[dict]:
-    path = out / "log.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip().endswith("}")]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ the value or file, no traceback; each interruption leaves a run folder that resu
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import subprocess
@@ -14,32 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hostile_cli import BIN, one_line_exit_2, run
+from hostile_cli import BIN, TINY_TRAIN, events, ok, one_line_exit_2, run
 
 from hiend_data import Plan
 from hiend_data.cache import preprocess_dataset
 from hiend_data.phantom import make_phantom_dataset
 from hiend_model.checkpoint import read_checkpoint_info
 
-#: a 32^3 model of four blocks: a step in milliseconds
-TINY = [
-    "--preset", "tiny", "--set", "model.img_size=32", "--set", "model.depth=4", "--set", "model.embed_dim=48",
-    "--set", "model.decoder_embed_dim=24", "--workers", "0", "--device", "cpu", "-q", "--num-samples", "2",
-    "--batch-size", "1",
-]  # fmt: skip
+TINY = [*TINY_TRAIN, "--workers", "0"]
 PRE = [*TINY, "--preview-every", "0"]
-
-
-def ok(proc) -> dict:
-    assert proc.returncode == 0, (proc.returncode, proc.stderr[-3000:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def events(out: Path) -> list[dict]:
-    path = out / "log.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip().endswith("}")]
 
 
 @pytest.fixture(scope="module")
