@@ -18,8 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-from hostile_cli import one_line_exit_2, run
+from hostile_cli import one_line_exit_2, run, tiny_checkpoint
 
 pydicom = pytest.importorskip("pydicom")
 pytest.importorskip("highdicom")
@@ -125,17 +124,7 @@ def test_segment_numbered_zero_refused_by_preprocess(tmp_path):
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     """A tiny UNETR (3 classes) on a 32^3 crop at 6 mm."""
-    from hiend_data import Plan
-    from hiend_model.checkpoint import save_checkpoint
-    from hiend_model.mae import build
-    from hiend_model.unetr import UNETR
-
-    torch.manual_seed(0)
-    mae = build("tiny", img_size=32, patch_size=16, embed_dim=24, depth=4, num_heads=2, decoder_embed_dim=24,
-                decoder_num_heads=2)  # fmt: skip
-    model = UNETR.from_mae(mae, num_classes=3, feature_size=4).eval()
-    plan = Plan(spacing=(6.0, 6.0, 6.0), crop_size=(32, 32, 32))
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "u.safetensors", model, plan=plan)
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "u.safetensors")
 
 
 def _dataset_json(path: Path, name: str) -> Path:

@@ -20,11 +20,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from hostile_cli import BIN, one_line_exit_2, run
+from hostile_cli import BIN, one_line_exit_2, run, tiny_plan, tiny_unetr
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from hiend_data import Plan
 from hiend_data.phantom import make_phantom_dataset
 from hiend_model.checkpoint import save_checkpoint
 from hiend_model.cli import app
@@ -32,7 +31,7 @@ from hiend_model.mae import build
 from hiend_model.unetr import UNETR
 
 ROOT = Path(__file__).resolve().parents[2]
-PLAN = Plan(spacing=(6.0, 6.0, 6.0), crop_size=(32, 32, 32))
+PLAN = tiny_plan()
 
 
 def cli(*args: object):
@@ -46,10 +45,7 @@ def script(*args: object):
 
 
 def _unetr(num_classes: int = 3) -> UNETR:
-    torch.manual_seed(0)
-    mae = build("tiny", img_size=32, patch_size=16, embed_dim=24, depth=4, num_heads=2, decoder_embed_dim=24,
-                decoder_num_heads=2)  # fmt: skip
-    return UNETR.from_mae(mae, num_classes=num_classes, feature_size=4).eval()
+    return tiny_unetr(num_classes)
 
 
 @pytest.fixture(scope="module")

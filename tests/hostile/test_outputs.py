@@ -11,16 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from hostile_cli import one_line_exit_2, run
+from hostile_cli import one_line_exit_2, run, tiny_checkpoint
 from typer.testing import CliRunner
 
-from hiend_data import Plan
 from hiend_data.cli import app as data_app
 from hiend_data.phantom import make_phantom_dataset
-from hiend_model.checkpoint import save_checkpoint
-from hiend_model.mae import build
-from hiend_model.unetr import UNETR
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +27,7 @@ def phantom(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    mae = build("tiny", img_size=32, patch_size=16, embed_dim=24, depth=4, num_heads=2, decoder_embed_dim=24,
-                decoder_num_heads=2)  # fmt: skip
-    model = UNETR.from_mae(mae, num_classes=3, feature_size=4).eval()
-    plan = Plan(spacing=(6.0, 6.0, 6.0), crop_size=(32, 32, 32))
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "u.safetensors", model, plan=plan)
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "u.safetensors")
 
 
 def test_output_folders_that_are_files(phantom, ckpt, tmp_path):
