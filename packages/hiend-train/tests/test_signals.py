@@ -98,3 +98,44 @@ def test_one_process_stops_at_once_and_the_vote_passes_statistics_through(monkey
     assert vote.asked(synced=False) and vote.signal_name() == "SIGUSR1"
     REQUEST.clear()
     assert StopVote.signal_name() == "SIGTERM"  # a rank stopped by another rank's signal
+
+
+def test_ctrl_c_inside_a_checkpoint_write_lands_after_the_whole_save(tiny, tmp_path, monkeypatch):
+    """A Ctrl-C that arrives while state.pt is being written (the CI failure: torch's zip writer broke
+    with "unexpected pos" and the run exited 1) is held until the save is whole, then interrupts."""
+    import os
+
+    from hiend_train import checkpointing
+    from hiend_train.checkpointing import saved_at
+
+    real = checkpointing._torch_save
+    sent = {"n": 0}
+
+    def torch_save(obj, path):
+        if sent["n"] == 0:
+            sent["n"] += 1
+            os.kill(os.getpid(), signal.SIGINT)  # delivered at once to this (the main) thread
+        real(obj, path)
+
+    monkeypatch.setattr(checkpointing, "_torch_save", torch_save)
+    cfg = tiny("pretrain", out=tmp_path / "run", epochs=3, save_every_steps=2)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.run(cfg)
+    run = RunDir(cfg.out)
+    state = torch.load(run.state_path, weights_only=True)
+    assert state["step"] == 2 and saved_at(run.last)["step"] == 2  # the pair of the interrupted save
+    assert not list(run.staged_states())
+
+
+def test_deferred_ctrl_c_keeps_an_ignored_sigint_ignored():
+    import os
+
+    from hiend_train.signals import interrupts_deferred
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -42,6 +42,7 @@ from hiend_data.atomic import atomic_path, fsync_dir
 from hiend_data.errors import USER_ERRNOS, InputError
 
 from .outputs import writing
+from .signals import interrupts_deferred
 from .task import JSON, Task, unwrap
 
 if TYPE_CHECKING:
@@ -356,7 +357,8 @@ class Checkpointer:
         """A new best ``score`` after ``done`` epochs: best.safetensors (rank 0)."""
         self.best = score
         if self.env.main:
-            save_weights(self.task, self.run.best, done, step, {"score": score})
+            with interrupts_deferred():
+                save_weights(self.task, self.run.best, done, step, {"score": score})
 
     def save(
         self, epoch: int, batch: int, step: int, running: RunningMeans | None = None, periodic: bool = False
@@ -377,7 +379,8 @@ class Checkpointer:
             if loss is not None and not math.isfinite(loss[0]):
                 return False
         try:
-            self._save(epoch, batch, step, sums)
+            with interrupts_deferred():  # Ctrl-C lands between whole files (hiend_train.signals)
+                self._save(epoch, batch, step, sums)
         except OSError as exc:  # a full disk, a read-only folder (hiend_train.outputs names the file)
             if exc.errno not in USER_ERRNOS:
                 raise

@@ -29,6 +29,7 @@ Python-API users opt in the same way: ``with stop_on_signals(): run(cfg)``.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator, Sequence
@@ -150,3 +151,38 @@ def stop_on_signals(signals: Sequence[int] = SIGNALS) -> Iterator[StopRequest]:
     finally:
         for s, old in previous.items():
             signal.signal(s, old if old is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then deliver it as the handler in place would have.
+
+    A checkpoint is written through Python callbacks (``torch.save`` to a Python file, safetensors):
+    a KeyboardInterrupt raised inside one leaves torch's zip writer at an unexpected position, and its
+    RuntimeError replaces the interrupt (a traceback and exit 1 instead of exit 130). The saves run
+    inside this block, so a Ctrl-C lands between two whole files: the atomic save keeps the folder
+    consistent either way, and the interrupt keeps its meaning. Outside the main thread, or where
+    SIGINT is ignored, nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN or previous is None:
+        yield
+        return
+    caught: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        caught.append(signum)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if not caught:
+        return
+    if previous is signal.SIG_DFL:  # the default disposition ends the process: as if it came now
+        os.kill(os.getpid(), signal.SIGINT)
+    elif callable(previous):  # Python's default handler raises KeyboardInterrupt here
+        previous(signal.SIGINT, None)
