@@ -147,6 +147,8 @@ def test_tensorboard_scalars_equal_log_jsonl(tiny, tmp_path):
         val_fraction=0.2,
         val_every=1,
         preview_every=2,
+        probe=tiny("pretrain").cache,
+        probe_every=2,
     )
     pretrain.run(cfg)
     run = RunDir(cfg.out)
@@ -168,6 +170,15 @@ def test_tensorboard_scalars_equal_log_jsonl(tiny, tmp_path):
     preview = next(r for r in log if r["event"] == "preview")
     assert [i.step for i in images] == [preview["step"]] == [epochs[-1]["step"]]
     assert images[0].width > 0 and images[0].height > 0
+    probes = [r for r in log if r["event"] == "probe"]
+    assert [r["step"] for r in probes] == [0, 2, 4]
+    assert {e.step: e.value for e in acc.Scalars("probe/mean")} == {
+        r["step"]: float(np.float32(r["mean"])) for r in probes
+    }
+    liver = {e.step: e.value for e in acc.Scalars("probe/dice/liver")}
+    assert liver == {r["step"]: float(np.float32(r["dice"]["liver"])) for r in probes}
+    last = {e.step: e.value for e in acc.Scalars("probe/last/mean")}
+    assert last == {r["step"]: float(np.float32(r["layers"]["last"]["mean"])) for r in probes}
 
 
 def test_tensorboard_after_a_resume_from_an_earlier_step_shows_each_step_once(tiny, tmp_path):

@@ -4,7 +4,8 @@ A checkpoint is two files: the weights (``last.safetensors``, a hiend checkpoint
 and, in ``extra.hiend_train``, the ``stage`` and where in the run it was saved) and the training state
 (``state.pt``: optimizer, grad scaler, ``epoch`` epochs done, ``batch`` micro-batches done of the next
 epoch (0 at an epoch end), ``step`` optimizer steps done, the best score, torch's RNG states and,
-inside an epoch, ``running``: the epoch's running sums). The folder layout is
+inside an epoch, ``running``: the epoch's running sums; ``hooks``: the task's step hook's state, the
+probe's best score and last probed step). The folder layout is
 :mod:`hiend_train.rundir`'s.
 
 A save happens between optimizer steps (no gradient being accumulated), in three atomic steps
@@ -268,6 +269,8 @@ def resume(
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
+        if task.on_step is not None:
+            task.on_step.load_state_dict(state.get("hooks") or {})
         point = ResumePoint(
             epoch=int(state["epoch"]),
             batch=int(state.get("batch", 0)),
@@ -402,6 +405,7 @@ class Checkpointer:
                 "rng": rng_state(),
                 "best": self.best,
                 "running": running,
+                "hooks": self.task.on_step.state_dict() if self.task.on_step is not None else {},
             },
         )
         try:

@@ -2,6 +2,7 @@
 
 ``hiend-train pretrain [CONFIG] --cache DIR --out RUN [--preset tiny] [--epochs N] [--resume] ...``
 ``hiend-train finetune [CONFIG] --cache DIR --out RUN [--init CKPT | --preset NAME] [--labels JSON] [--resume] ...``
+``hiend-train probe [CKPT | --random PRESET] --cache LABELLED_CACHE [--out JSON]``
 
 Config precedence: defaults < CONFIG (.toml / .json) < flags. ``--resume`` without CONFIG continues
 from ``RUN/config.json``. Under torchrun every process runs the same command (DDP). The options both
@@ -293,6 +294,14 @@ SHARED: tuple[Flag, ...] = (
 #: the options of one command only
 PRETRAIN: tuple[Flag, ...] = (
     _flag("preview_every", int, help="Reconstruction PNG every N epochs (0: never).", min=0),
+    _flag(
+        "probe",
+        Path,
+        help="A labelled cache: probe the encoder's segmentation features at step 0 and every "
+        "--probe-every steps (log.jsonl 'probe' events, best_probe.safetensors).",
+    ),
+    _flag("probe_every", int, help="Optimizer steps between two probes.", min=1),
+    _flag("probe_cases", int, help="Labelled cases the probe's head is fitted on.", min=1),
 )
 FINETUNE: tuple[Flag, ...] = (
     _flag(
@@ -403,6 +412,45 @@ finetune = app.command(name="finetune")(
         "Fine-tune a UNETR (Dice + CE) on a labelled cache; best.safetensors by validation Dice.",
     )
 )
+
+
+@app.command(name="probe")
+def probe_command(
+    checkpoint: Path | None = typer.Argument(
+        None,
+        help="hiend .safetensors (pre-training, plain-MAE or Hi-End, or fine-tuned UNETR) or the paper's .pth.",
+    ),
+    cache: Path = typer.Option(
+        ..., "--cache", help="A labelled hiend-data cache (same plan as pre-training)."
+    ),
+    random: str | None = typer.Option(
+        None, "--random", help="Probe a model preset at its random initialisation instead (the baseline)."
+    ),
+    img_size: int | None = typer.Option(
+        None, "--img-size", help="With --random: the crop size (a cube).", min=1
+    ),
+    cases: int = typer.Option(4, "--cases", help="Labelled cases the head is fitted on.", min=1),
+    val_cases: int = typer.Option(2, "--val-cases", help="Held-out labelled cases scored.", min=1),
+    crops: int = typer.Option(4, "--crops", help="Crops per case.", min=1),
+    seed: int = typer.Option(0, "--seed", help="Which cases and crops (and --random's weights)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:N."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the result as JSON here."),
+    num_heads: int | None = typer.Option(
+        None,
+        "--num-heads",
+        help="The paper's .pth: encoder heads (not in the tensors; default: the released 16).",
+        min=1,
+    ),
+    decoder_num_heads: int | None = typer.Option(
+        None, "--decoder-num-heads", help="The paper's .pth: decoder heads (default 16).", min=1
+    ),
+) -> None:
+    """Probe an encoder: Dice per organ of a per-token linear head on its frozen features (see the README)."""
+    with cli_errors():
+        from .probe_cli import probe_main
+
+        arch = {k: v for k, v in (("num_heads", num_heads), ("decoder_num_heads", decoder_num_heads)) if v}
+        probe_main(checkpoint, cache, random, img_size, cases, val_cases, crops, seed, device, out, arch)
 
 
 def main() -> None:

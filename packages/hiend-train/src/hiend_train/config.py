@@ -34,6 +34,7 @@ RUNTIME_FIELDS = frozenset(
     {"out", "cache", "workers", "stop_after", "progress", "log_every", "device", "preview_every"}
     | {"stop_after_steps", "save_every_steps", "save_every_minutes", "keep_last", "tensorboard", "compile"}
     | {"prefetch", "labels"}
+    | {"probe", "probe_every", "probe_cases", "probe_val_cases", "probe_crops"}
 )
 
 
@@ -147,6 +148,15 @@ class PretrainConfig(TrainConfig):
 
     stage: Literal["pretrain"] = "pretrain"
     preview_every: int = Field(10, ge=0, description="reconstruction PNG every N epochs (0: never)")
+    probe: Path | None = Field(
+        None,
+        description="a labelled cache: probe the encoder's segmentation features at step 0 and every "
+        "probe_every optimizer steps (hiend_train.probe; log.jsonl 'probe' events, best_probe.safetensors)",
+    )
+    probe_every: int = Field(500, ge=1, description="optimizer steps between two probes")
+    probe_cases: int = Field(4, ge=1, description="labelled cases the probe's head is fitted on")
+    probe_val_cases: int = Field(2, ge=1, description="held-out labelled cases the probe scores")
+    probe_crops: int = Field(4, ge=1, description="crops per probed case")
 
 
 class FinetuneConfig(TrainConfig):

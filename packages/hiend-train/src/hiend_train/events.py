@@ -2,7 +2,7 @@
 other logger) can be one more.
 
 An event is a name and its fields: ``start`` (``resume``), ``setup`` (what the run is), ``step`` (the
-means since the previous step line), ``epoch``, ``warning``, ``end`` (README, "Outputs of a run").
+means since the previous step line), ``epoch``, ``probe``, ``warning``, ``end`` (README, "Outputs of a run").
 The training loop (:mod:`hiend_train.loop`) and its setup (:mod:`hiend_train.runner`) call
 :meth:`EventSink.emit` and nothing else; :func:`hiend_train.runner.event_sink` decides, in one
 place, which sinks a run has: a :class:`MultiSink` holding the run folder's :class:`JsonlSink` and,
@@ -111,6 +111,8 @@ class TensorBoardSink:
       ``val/dice_per_class/K`` (foreground class K), ``val/best_score``;
     - ``preview`` events (pre-training): the PNG at ``path`` as the image ``preview`` (read with
       matplotlib, which wrote it);
+    - ``probe`` events (pre-training with ``probe``): ``probe/mean``, ``probe/dice/<organ>`` and
+      ``probe/<layer>/mean`` (:mod:`hiend_train.probing`);
     - ``resume``: TensorBoard hides what the interrupted run wrote after the resumed step
       (SummaryWriter's ``purge_step``), so curves do not fold back on themselves.
 
@@ -155,6 +157,21 @@ class TensorBoardSink:
                 self.writer.flush()
         elif event == "preview" and fields.get("path"):
             self._image("preview", fields["path"], int(fields.get("step", 0)))
+        elif event == "probe":
+            self._probe(fields)
+
+    def _probe(self, fields: dict[str, Any]) -> None:
+        """A ``probe`` event: ``probe/mean``, ``probe/dice/<organ>`` (the best layer's) and
+        ``probe/<layer>/mean``."""
+        step = int(fields.get("step", 0))
+        scalars = {"probe/mean": fields.get("mean")}
+        scalars.update({f"probe/dice/{organ}": d for organ, d in (fields.get("dice") or {}).items()})
+        for layer, score in (fields.get("layers") or {}).items():
+            scalars[f"probe/{layer}/mean"] = (score or {}).get("mean")
+        for tag, value in scalars.items():
+            if _number(value) and not math.isnan(value):
+                self.writer.add_scalar(tag, float(value), step)
+        self.writer.flush()
 
     def _scalars(self, prefix: str, fields: dict[str, Any]) -> None:
         step = int(fields.get("step", 0))

@@ -215,6 +215,8 @@ def train_one_epoch(
             _log_step(t, means, where, bar)
         if last_micro:
             boundary = (i + 1, means.snapshot())
+            if task.on_step is not None:  # the probe: before the checkpointer saves (its state goes in)
+                task.on_step(epoch, i + 1, step)
         t.eta.advance()
         t.progress.update(bar, advance=1, eta=t.eta.text())
         if last_micro and t.saver is not None:
@@ -307,6 +309,8 @@ def fit(
     history: list[dict[str, Any]] = []
     last: dict[str, Any] = {}
     step, epochs_done, stopped, signal = point.step, point.epoch, False, None
+    if task.on_step is not None:  # step 0 of a fresh run (the random initialisation); nothing on resume
+        task.on_step(point.epoch, point.batch, step)
     with progress_bar(cfg.progress and env.main) as progress:
         t = Training(task, optimizer, scaler, cfg, env, run, precision, events, progress, eta, saver)
         for epoch in range(point.epoch, end):

@@ -1,4 +1,5 @@
-"""Hi-End-MAE pre-training: the model, its loss, validation loss and reconstruction previews.
+"""Hi-End-MAE pre-training: the model, its loss, validation loss, reconstruction previews and the
+segmentation probe (``probe``: :mod:`hiend_train.probing`).
 
 ``run(PretrainConfig(cache=..., out=..., preset="tiny", epochs=...))`` trains a
 :class:`hiend_model.HiEndMAE` on crops of an (unlabelled or labelled) cache with the paper's recipe.
@@ -18,6 +19,7 @@ from .data import case_error, check_finite, device_augment, make_train_loader
 from .dist import all_sum
 from .precision import autocast
 from .preview import write_preview
+from .probing import make_pretrain_probe
 from .progress import optimizer_steps_per_epoch
 from .runner import Context, RunResult, execute, wrap_ddp
 from .task import Batch, LossFn, Task
@@ -136,7 +138,15 @@ def build_task(ctx: Context) -> Task:
         return out
 
     plan = ctx.cache.plan.model_copy(update={"crop_size": crop})
-    return Task(
+    tasks: list[Task] = []
+
+    def save(path: Any, epoch: int, batch: int, step: int, extra: dict[str, Any]) -> None:
+        from .checkpointing import save_weights
+
+        save_weights(tasks[0], path, epoch, step, {"batch": batch, **extra})
+
+    probe = make_pretrain_probe(cfg, model, env, ctx.precision, ctx.events, ctx.run, save)
+    task = Task(
         stage="pretrain",
         model=model,
         ddp_model=wrap_ddp(model, env),
@@ -147,7 +157,10 @@ def build_task(ctx: Context) -> Task:
         plan=plan,
         on_epoch_end=on_epoch_end,
         cache=ctx.cache,
+        on_step=probe,
     )
+    tasks.append(task)
+    return task
 
 
 def run(cfg: PretrainConfig, resume: bool = False) -> RunResult:

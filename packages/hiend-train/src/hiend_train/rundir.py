@@ -8,6 +8,8 @@
     RUN/log.jsonl           one JSON object per line: {"event": "step" | "epoch" | "val" | ..., ...}
     RUN/last.safetensors    model weights (hiend checkpoint with the cache's plan), after each save
     RUN/best.safetensors    fine-tuning: the weights with the best validation Dice so far
+    RUN/best_probe.safetensors  pre-training with ``probe``: the weights with the best probe score so
+                            far (its step in log.jsonl's ``probe`` events, :mod:`hiend_train.probing`)
     RUN/state.pt            training state: optimizer, grad scaler, epoch, batch, step, RNG states, best score
     RUN/state_NNNNNNNN.pt   a save in progress (step N): written first, renamed to state.pt last
     RUN/checkpoints/        periodic checkpoints (``save_every_steps`` / ``save_every_minutes``):
@@ -219,6 +221,7 @@ class RunDir:
         self.log_path = self.root / "log.jsonl"
         self.last = self.root / "last.safetensors"
         self.best = self.root / "best.safetensors"
+        self.best_probe = self.root / "best_probe.safetensors"
         self.state_path = self.root / "state.pt"
         self.previews = self.root / "previews"
         self.checkpoints = self.root / "checkpoints"
@@ -288,7 +291,8 @@ class RunDir:
                 raise InputError(f"{folder}: exists and is not a folder (the run writes {what} there)")
             if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
                 raise InputError(f"{folder}: not writable (the run writes {what} there)")
-        files = (self.config_path, self.split_path, self.log_path, self.last, self.best, self.state_path)
+        files = (self.config_path, self.split_path, self.log_path, self.last, self.best, self.best_probe)
+        files += (self.state_path,)
         for path in files:
             if path.exists() and not path.is_file():
                 raise InputError(f"{path}: exists and is not a file (the run writes it)")
@@ -366,14 +370,14 @@ class RunDir:
         """Create the folder, write config.json (with ``split`` and ``trained_on``) and split.json (fresh
         runs) and start (empty) or continue log.jsonl. A fresh run in the folder of a run that never
         saved a checkpoint (:meth:`check` allows it) first removes what that run left: its staged state,
-        best.safetensors, previews and TensorBoard files. The ``start`` event is the caller's to emit
+        best.safetensors, best_probe.safetensors, previews and TensorBoard files. The ``start`` event is the caller's to emit
         (:func:`hiend_train.runner.execute`), through its sinks."""
         if not self.writer:
             return
         self.root.mkdir(parents=True, exist_ok=True)
         if not resume:
             if self._never_saved(self.saved_config()):
-                for path in (self.best, *self.staged_states()):
+                for path in (self.best, self.best_probe, *self.staged_states()):
                     path.unlink(missing_ok=True)
                 for folder in (self.previews, self.tb, self.checkpoints):
                     if folder.is_dir():

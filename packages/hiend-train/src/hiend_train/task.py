@@ -44,6 +44,23 @@ LossFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, Mapping[str, "to
 EpochHook = Callable[[int], dict[str, JSON]]
 
 
+class StepHook(Protocol):
+    """Work at optimizer-step boundaries (the pre-training probe, :mod:`hiend_train.probing`).
+
+    :func:`hiend_train.loop.fit` calls it once before the first step of a run (a resumed run: at the
+    step it resumes from) and after every optimizer step, before the checkpointer decides to save:
+    ``hook(epoch, batch, step)`` with ``epoch`` epochs done, ``batch`` micro-batches of the current
+    epoch done and ``step`` optimizer steps done. Its :meth:`state_dict` goes into every checkpoint's
+    state.pt (numbers, strings, None, lists and dicts: ``weights_only`` loading) and comes back through
+    :meth:`load_state_dict` on resume, so that a resumed run repeats nothing and skips nothing."""
+
+    def __call__(self, epoch: int, batch: int, step: int) -> None: ...
+
+    def state_dict(self) -> dict[str, JSON]: ...
+
+    def load_state_dict(self, state: Mapping[str, JSON]) -> None: ...
+
+
 class EpochAware(Protocol):
     """A dataset or sampler that draws per epoch (:class:`hiend_data.torch.CropDataset`,
     :class:`hiend_train.data.EpochSampler`)."""
@@ -70,7 +87,8 @@ class Task:
     log (validation, previews), with ``"score"`` (higher is better) to keep ``best.safetensors``; extra:
     more checkpoint metadata (label names, class weights); lr_scales: per-parameter learning-rate
     multipliers for :func:`~hiend_train.optim.build_optimizer` (None: all 1); cache: the
-    :class:`hiend_data.cache.Cache` the crops come from (named in errors about its data).
+    :class:`hiend_data.cache.Cache` the crops come from (named in errors about its data); on_step: a
+    :class:`StepHook` run at step boundaries (None: none).
     """
 
     stage: str
@@ -85,6 +103,7 @@ class Task:
     extra: dict[str, JSON] = field(default_factory=dict)
     lr_scales: dict[str, float] | None = None
     cache: Cache | None = None
+    on_step: StepHook | None = None
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
