@@ -47,18 +47,24 @@ class Curves:
     probe_every: int
     seeds: tuple[int, ...]
     probe_cases: int = 4  # the probe's fitting cases; the labelled cache's others (2) are held out
+    probe_crops: int = 4  # crops per probed case
+    name: str = ""  # the runs' folder prefix (WORK/probe{name}_DECODER_sSEED)
 
 
 CURVES = {
     # 1,200 steps (100 epochs of 48 + 2 real volumes at 4 a step: 12 steps an epoch) x 16 crops, 3 seeds
     "full": Curves("full", epochs=100, batch=4, probe_every=100, seeds=(0, 1, 2)),
+    # 4x longer (4,800 steps), twice the probe's crops (fewer held-out crops made the curve noisy)
+    "long": Curves(
+        "full", epochs=400, batch=4, probe_every=400, seeds=(0, 1, 2), probe_crops=8, name="_long"
+    ),
     "smoke": Curves("smoke", epochs=2, batch=2, probe_every=1, seeds=(0,), probe_cases=2),
 }
 
 
 def pretrain(work: Path, c: Curves, pool: Path, lab: Path, decoder: str, seed: int, sh: Runner) -> dict:
     """One probed pre-training (skipped when done); returns its records."""
-    run = work / f"probe_{decoder}_s{seed}"
+    run = work / f"probe{c.name}_{decoder}_s{seed}"
     if not (run / "done.json").exists():
         t0 = time.time()
         import shutil
@@ -95,6 +101,8 @@ def pretrain(work: Path, c: Curves, pool: Path, lab: Path, decoder: str, seed: i
             str(c.probe_every),
             "--probe-cases",
             str(c.probe_cases),
+            "--set",
+            f"probe_crops={c.probe_crops}",
             "--set",
             f"probe_val_cases={SIZES[c.data].labelled - c.probe_cases}",
             "-q",
@@ -228,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = [
             pretrain(work, c, Path(), Path(), d, s, None)
             for d, s in jobs
-            if (work / f"probe_{d}_s{s}" / "done.json").exists()
+            if (work / f"probe{c.name}_{d}_s{s}" / "done.json").exists()
         ]  # type: ignore[arg-type]
     else:
         sh = Runner(work, threads=1)

@@ -207,3 +207,11 @@ def test_a_probe_cache_with_too_few_cases_is_refused_before_the_run_writes(tiny,
     with pytest.raises(InputError, match="the probe needs 7 labelled cases"):
         pretrain.run(cfg)
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_runs_of_any_seed_are_probed_on_the_same_crops(tiny, tmp_path):
+    from hiend_train.probing import probe_settings
+
+    a = probe_settings(tiny("pretrain", seed=0, probe=tiny("pretrain").cache))
+    b = probe_settings(tiny("pretrain", seed=3, probe=tiny("pretrain").cache))
+    assert a == b == ProbeSettings(cases=4, val_cases=2, crops=4, seed=0)

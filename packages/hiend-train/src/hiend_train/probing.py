@@ -40,10 +40,11 @@ __all__ = ["PretrainProbe", "load_encoder", "probe_settings"]
 
 
 def probe_settings(cfg: Any) -> ProbeSettings:
-    """The :class:`~hiend_train.probe.ProbeSettings` of a :class:`~hiend_train.config.PretrainConfig`."""
-    return ProbeSettings(
-        cases=cfg.probe_cases, val_cases=cfg.probe_val_cases, crops=cfg.probe_crops, seed=cfg.seed
-    )
+    """The :class:`~hiend_train.probe.ProbeSettings` of a :class:`~hiend_train.config.PretrainConfig`.
+    The cases and crops do not depend on the run's seed (the probe's seed is 0, as ``hiend-train
+    probe``'s default): runs of any seed on the same labelled cache are probed on the same crops, so
+    their curves compare."""
+    return ProbeSettings(cases=cfg.probe_cases, val_cases=cfg.probe_val_cases, crops=cfg.probe_crops, seed=0)
 
 
 class PretrainProbe:
