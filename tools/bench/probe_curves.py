@@ -4,7 +4,8 @@
 
 Part 1 of the study of issue 20 (the fine-tuning grid is ``label_efficiency.py``). The data are
 ``label_efficiency.py``'s (built once, shared through ``--work``): an unlabelled pool of realistic
-phantoms plus the real CT scans of ``../shared/data/ct/``, and a labelled phantom cache, both at 3 mm.
+phantoms plus the real CT scans of ``../shared/data/ct/``, and a labelled phantom cache, both at 6 mm
+(the demo's plan).
 
 For each decoder (Hi-End-MAE ``hiend``, plain MAE ``plain``) and each seed, one pre-training of the
 ``tiny`` preset with ``label_efficiency.py``'s recipe, the same data and steps, only the decoder and
@@ -53,8 +54,8 @@ class Curves:
 
 CURVES = {
     # 1,200 steps (100 epochs of 48 + 2 real volumes at 4 a step: 12 steps an epoch) x 16 crops, 3 seeds
-    "full": Curves("full", epochs=100, batch=4, probe_every=100, seeds=(0, 1, 2)),
-    # 4x longer (4,800 steps), twice the probe's crops (fewer held-out crops made the curve noisy)
+    "full": Curves("full", epochs=100, batch=4, probe_every=100, seeds=(0, 1, 2), name="_6mm"),
+    # 4x longer: 4,800 steps
     "long": Curves(
         "full", epochs=400, batch=4, probe_every=400, seeds=(0, 1, 2), probe_crops=8, name="_long"
     ),
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size", choices=sorted(CURVES), default="full")
-    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "label_efficiency")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "label_efficiency_6mm")
     parser.add_argument("--out", type=Path, default=None, help="default: tools/bench/results/probe_curves")
     parser.add_argument("--jobs", type=int, default=2, help="pre-trainings at once, one torch thread each")
     parser.add_argument("--report", action="store_true", help="only write the outputs from finished runs")

@@ -55,6 +55,9 @@ def test_two_cpu_ranks_train_the_same_model(phantom_cache, tmp_path):
     # only rank 0 wrote: one start line, one preview, the trained weights
     assert sum(r["event"] == "start" for r in log) == 1
     assert [p.name for p in run.previews.iterdir()] == ["epoch_0001.png"]
+    # the probe ran on rank 0 only, once per step from step 0, and the ranks stayed in step
+    assert [r["step"] for r in log if r["event"] == "probe"] == [0, 1, 2, 3]
+    assert run.best_probe.is_file()
     saved = load_file(str(run.last))
     for k, v in saved.items():
         assert torch.equal(v, w0[k]), k
