@@ -219,15 +219,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--size", choices=sorted(CURVES), default="full")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "label_efficiency_6mm")
-    parser.add_argument("--out", type=Path, default=None, help="default: tools/bench/results/probe_curves")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default: tools/bench/results/probe_curves_6mm[_long]"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="pre-trainings at once, one torch thread each")
     parser.add_argument("--report", action="store_true", help="only write the outputs from finished runs")
     args = parser.parse_args(argv)
     c = CURVES[args.size]
     work: Path = args.work.resolve()
     out: Path = args.out or (
-        ROOT / "tools" / "bench" / "results" / "probe_curves"
-        if args.size == "full"
+        ROOT / "tools" / "bench" / "results" / f"probe_curves{c.name}"
+        if args.size != "smoke"
         else work / "probe_results"
     )
     work.mkdir(parents=True, exist_ok=True)
