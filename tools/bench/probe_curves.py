@@ -55,7 +55,7 @@ class Curves:
 CURVES = {
     # 1,200 steps (100 epochs of 48 + 2 real volumes at 4 a step: 12 steps an epoch) x 16 crops, 3 seeds
     "full": Curves("full", epochs=100, batch=4, probe_every=100, seeds=(0, 1, 2), name="_6mm"),
-    # 4x longer: 4,800 steps
+    # 4x longer: 4,800 steps; 8 crops a probed case (a steadier probe, twice its cost)
     "long": Curves(
         "full", epochs=400, batch=4, probe_every=400, seeds=(0, 1, 2), probe_crops=8, name="_long"
     ),
