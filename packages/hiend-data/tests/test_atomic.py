@@ -422,3 +422,21 @@ def test_an_output_below_a_symlink_loop_is_an_input_error(tmp_path):
         with pytest.raises(InputError, match=rf"^{target}: a symbolic-link loop"):
             write_text(target, "{}")
     assert check_output_path(tmp_path / "new" / "x") == tmp_path / "new" / "x"  # not there yet: fine
+
+
+def test_a_writer_that_recreates_the_file_by_name_still_gets_the_umask(tmp_path):
+    """safetensors (and any writer that removes and recreates the file) makes it 0600; colleagues
+    sharing a run folder must read the checkpoint as the umask says."""
+    from hiend_data.atomic import atomic_path
+
+    target = tmp_path / "w.safetensors"
+    old = os.umask(0o022)
+    try:
+        with atomic_path(target) as tmp:
+            os.unlink(tmp)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, b"x")
+            os.close(fd)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644

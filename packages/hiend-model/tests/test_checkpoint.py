@@ -293,3 +293,17 @@ def test_loading_refuses_values_that_are_not_finite_once_loaded(tmp_path: Path, 
     save_file(tensors, str(big), metadata=meta)
     with pytest.raises(InputError, match=r"tensor 'encoder.pos_embed': 1 of its"):
         load_checkpoint(big)
+
+
+def test_checkpoints_follow_the_umask_not_safetensors_0600(tmp_path):
+    import stat
+
+    from hiend_model import build
+    from hiend_model.checkpoint import save_checkpoint
+
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "m.safetensors", build("tiny", depth=4, embed_dim=24, num_heads=2))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # readable by the group and others, as open() makes it

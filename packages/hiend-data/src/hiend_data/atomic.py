@@ -159,6 +159,8 @@ def atomic_path(path: str | os.PathLike[str], *, mkdir: bool = True) -> Iterator
         yield Path(tmp)
         if not os.path.exists(tmp):
             raise FileNotFoundError(2, "the writer left no file to rename into place", tmp)
+        # again: a writer that replaced the file by name (safetensors creates it 0600) lost the mode
+        os.chmod(tmp, 0o666 & ~_umask())
         _fsync_file(tmp)
         os.replace(tmp, path)
         fsync_dir(path.parent)
