@@ -123,7 +123,7 @@ def inspect(
     ),
 ) -> None:
     """Shape, spacing, orientation, dtype, intensity range and label values of a NIfTI file or a DICOM
-    series (``hiend-data[dicom]``); for a cache folder (``hiend-data preprocess``), its plan, cases and
+    series (``hiend-data\\[dicom]``); for a cache folder (``hiend-data preprocess``), its plan, cases and
     image storage dtype.
 
     Refuses (exit 2) files that are unreadable, truncated, 2-D/5-D, with NaN/inf voxels (saying how

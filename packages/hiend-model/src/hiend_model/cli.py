@@ -159,7 +159,7 @@ def predict(
         metavar="[CKPT]... INPUT",
         help="NIfTI files and/or folders of them (nnU-Net {case}_0000 "
         "channel files are grouped), DICOM series folders, zips and multi-frame files "
-        "(hiend-data[dicom]), after any further checkpoints.",
+        "(hiend-data\\[dicom]), after any further checkpoints.",
     ),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Output folder: {case}.nii.gz and/or {case}.dcm (DICOM-SEG) per scan."
@@ -168,7 +168,7 @@ def predict(
         "nifti",
         "--format",
         help="nifti: {case}.nii.gz; dicom-seg: {case}.dcm, a DICOM Segmentation referencing the input "
-        "series (DICOM input only; needs hiend-model[dicom]); both.",
+        "series (DICOM input only; needs hiend-model\\[dicom]); both.",
     ),
     seg_type: str = typer.Option(
         "binary",
