@@ -123,6 +123,16 @@ def test_help_does_not_import_torch():
             ["finetune", "--cache", "{cache}", "--out", "{tmp}/r", "--labels", "{tmp}/none.json"],
             "none.json",
         ),
+        (  # a misspelt sampler field: one line with the known ones (was a 96-line traceback, exit 1)
+            {},
+            ["pretrain", "--cache", "{cache}", "--out", "{tmp}/r", "--set", "sampler.flip_axis=[1]"],
+            "sampler: flip_axis: unknown field (known: ",
+        ),
+        (
+            {},
+            ["finetune", "--cache", "{cache}", "--out", "{tmp}/r", "--set", "sampler.rot90_prob=2"],
+            "sampler: rot90_prob: Input should be less than or equal to 1",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, phantom_cache, monkeypatch, files, args, message):

@@ -230,6 +230,21 @@ def few_shot_split(
     return [i for i in train if i in chosen], val
 
 
+def sampler_config(recipe: str, **fields: Any) -> SamplerConfig:
+    """``SamplerConfig.<recipe>(**fields)`` (``pretrain`` | ``finetune``: the paper's recipe with the run's
+    ``sampler`` table over it), or a one-line InputError naming the field: ``sampler: flip_axis: unknown
+    field (known: ...)``, ``sampler: rot90_prob: Input should be less than or equal to 1``."""
+    from pydantic import ValidationError
+
+    from hiend_data.errors import from_validation_error
+    from hiend_data.sampling import SamplerConfig
+
+    try:
+        return getattr(SamplerConfig, recipe)(**fields)
+    except ValidationError as exc:
+        raise from_validation_error(exc, "sampler", SamplerConfig.model_fields) from None
+
+
 def split_augmentation(
     sampler_cfg: SamplerConfig, augment_on: str
 ) -> tuple[SamplerConfig, SamplerConfig | None]:

@@ -14,7 +14,6 @@ import torch
 from hiend_data.cache import LABELS_NAME, Cache
 from hiend_data.errors import InputError
 from hiend_data.labels import label_names_to_json, read_label_names
-from hiend_data.sampling import SamplerConfig
 from hiend_model.checkpoint import load_checkpoint, read_checkpoint_info
 from hiend_model.inference import sliding_window_logits
 from hiend_model.kinds import UNETR_KIND
@@ -23,7 +22,7 @@ from hiend_model.pretrained import load_unetr_init
 from hiend_model.unetr import UNETR
 
 from .config import FinetuneConfig
-from .data import check_finite, device_augment, make_train_loader
+from .data import check_finite, device_augment, make_train_loader, sampler_config
 from .dist import all_sum
 from .losses import dice_ce_loss, dice_counts, inverse_sqrt_weights, mean_dice
 from .runner import Context, RunResult, execute, wrap_ddp
@@ -225,7 +224,9 @@ def build_task(ctx: Context) -> Task:
 
         lr_scales = layer_lr_scales(model, cfg.layer_decay, cfg.encoder_lr_scale)
     roi = tuple(model.config.img_size)
-    sampler_cfg = SamplerConfig.finetune(**{"crop_size": roi, "num_samples": cfg.num_samples, **cfg.sampler})
+    sampler_cfg = sampler_config(
+        "finetune", **{"crop_size": roi, "num_samples": cfg.num_samples, **cfg.sampler}
+    )
     dataset, sampler, loader, aug_cfg = make_train_loader(cfg, ctx.cache, ctx.train_idx, env, sampler_cfg)
     weights = class_weights_for(cfg, ctx.cache, ctx.train_idx, num_classes)
     if weights is not None:

@@ -15,7 +15,7 @@ import torch
 from hiend_data.errors import InputError
 
 from .config import PretrainConfig
-from .data import case_error, check_finite, device_augment, make_train_loader
+from .data import case_error, check_finite, device_augment, make_train_loader, sampler_config
 from .dist import all_sum
 from .precision import autocast
 from .preview import write_preview
@@ -92,7 +92,6 @@ def validation_loss(ctx: Context, model: HiEndMAE, dataset: CropDataset) -> floa
 
 def build_task(ctx: Context) -> Task:
     """The pre-training model (``preset`` + ``model`` overrides) and its data on this process."""
-    from hiend_data.sampling import SamplerConfig
     from hiend_model import HiEndMAE
     from hiend_model.config import resolve_config
 
@@ -100,7 +99,9 @@ def build_task(ctx: Context) -> Task:
     env = ctx.env
     model = HiEndMAE(resolve_config(cfg.preset, **cfg.model)).to(env.device)
     crop = tuple(model.config.img_size)
-    sampler_cfg = SamplerConfig.pretrain(**{"crop_size": crop, "num_samples": cfg.num_samples, **cfg.sampler})
+    sampler_cfg = sampler_config(
+        "pretrain", **{"crop_size": crop, "num_samples": cfg.num_samples, **cfg.sampler}
+    )
     dataset, sampler, loader, aug_cfg = make_train_loader(cfg, ctx.cache, ctx.train_idx, env, sampler_cfg)
     warned: list[bool] = []
 
