@@ -116,9 +116,22 @@ def test_an_extreme_spacing_is_refused_before_resampling(phantom, tmp_path):
         run("hiend-data", "preprocess", phantom, tmp_path / "cache", "--spacing", "0.01"), "0.01x0.01x0.01 mm"
     )
     assert "voxels" in line and "HIEND_MAX_VOLUME_BYTES" in line
-    assert not [
-        p
-        for p in (tmp_path / "cache").rglob("*")
-        if p.suffix == ".npy" or (p.name.startswith(".") and p.name != ".lock")
-    ]
+    assert not (tmp_path / "cache").exists()  # the refused run left nothing (no plan.json, lock, cases/)
     assert json.loads((phantom / "dataset.json").read_text())  # the input is untouched
+
+
+def test_a_spacing_in_the_wrong_unit_is_refused_and_leaves_nothing(phantom, tmp_path):
+    """``--spacing 1500`` (micrometres meant) made 1x1x1-voxel cases and exited 0."""
+    line = one_line_exit_2(
+        run("hiend-data", "preprocess", phantom, tmp_path / "cache", "--spacing", "1500"), "1500x1500x1500 mm"
+    )
+    assert "leaves 1x1x1 voxels" in line and "in millimetres" in line
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_refused_run_keeps_an_existing_cache_as_it_was(phantom, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "mine.txt").write_text("kept")
+    one_line_exit_2(run("hiend-data", "preprocess", phantom, cache, "--spacing", "1500"), "1500x1500x1500 mm")
+    assert (cache / "mine.txt").read_text() == "kept"  # not created by the run: not removed

@@ -26,6 +26,10 @@ from .io import Volume, as_label, check_same_grid, count_nonfinite, spacing_of
 from .limits import check_volume_bytes
 from .plan import Plan
 
+#: fewer voxels than this along an axis after resampling is refused: nothing to segment, and the
+#: sign of a spacing given in another unit (``--spacing 1500``, micrometres meant)
+MIN_RESAMPLED_VOXELS = 4
+
 Int3 = tuple[int, int, int]
 Float3 = tuple[float, float, float]
 
@@ -104,6 +108,13 @@ def preprocess_case(image: Volume, plan: Plan | None = None, label: Volume | Non
         name,
         f"resampling to {'x'.join(f'{v:g}' for v in plan.spacing)} mm gives",
     )
+    if min(shape2) < MIN_RESAMPLED_VOXELS:  # a spacing in the wrong unit (1500 meant 1.5 mm)
+        old = "x".join(f"{v:g}" for v in spacing_of(affine1))
+        raise InputError(
+            f"{name}: resampling its {'x'.join(map(str, shape1))} voxels of {old} mm to "
+            f"{'x'.join(f'{v:g}' for v in plan.spacing)} mm leaves {'x'.join(map(str, shape2))} voxels; "
+            "--spacing is in millimetres"
+        )
     affine2 = geo.resample_affine(affine1, shape1, shape2)
 
     img = geo.resample_linear(arr1, shape2)  # float32 [C, *shape2]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,6 +64,32 @@ def preprocess_dataset(
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
     folder = out / "cases"
+    created = not out.exists()
+    try:
+        _write_cache(cases, out, folder, plan, names, workers, max_indices, progress, skip_bad)
+    except InputError:
+        # a refused run (bad input) leaves nothing behind: a cache this call created that holds no
+        # finished case is removed whole (plan.json, the lock, an empty cases/). (A crash or a
+        # signal keeps what is there: the next run cleans its temporaries and goes on.)
+        if created and out.is_dir() and not any(folder.glob("*.json")):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return Cache.open(out)
+
+
+def _write_cache(
+    cases: list[Case],
+    out: Path,
+    folder: Path,
+    plan: Plan,
+    names: dict[int, str] | None,
+    workers: int,
+    max_indices: int,
+    progress: bool,
+    skip_bad: bool,
+) -> None:
+    """The body of :func:`preprocess_dataset` once its inputs are checked: the lock, plan.json, the
+    label names and the cases not yet current."""
     folder.mkdir(parents=True, exist_ok=True)
     # one writer per cache: a second preprocess is refused, not interleaved
     with _writer_lock(out) as lock_fd, _sigterm_raises():
@@ -83,4 +110,3 @@ def preprocess_dataset(
         except Terminated:
             _clean_temporaries(folder)  # the workers are gone: what they were writing goes too
             raise
-    return Cache.open(out)
