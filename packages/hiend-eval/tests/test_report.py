@@ -126,3 +126,31 @@ def test_the_command_fails_mid_write_without_partial_outputs(tmp_path, monkeypat
     assert res.exit_code == 1 and isinstance(res.exception, RuntimeError)
     assert _contents(out) == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "pred", "ref"]
+
+
+def test_the_per_label_plot_keeps_its_axis_titles_and_tick_labels_inside_the_figure():
+    """per_label.png clipped "DICE" / "HD95" off the left edge and cut the last tick label to
+    "foreground union of all labe"."""
+    from hiend_eval.plot import figure
+
+    keys = ["1", "2", "foreground"]
+    names = {"1": "liver", "2": "spleen", "foreground": "union of all labels"}
+    per_case = [
+        {"labels": {k: {"dice": 0.1 * (i + j), "hd95": 10.0 * (i + j + 1)} for j, k in enumerate(keys)}}
+        for i in range(3)
+    ]
+    fig = figure({"mean": {k: {} for k in keys}, "names": names, "per_case": per_case})
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+    bottom = fig.axes[1]
+    texts = [ax.yaxis.label for ax in fig.axes] + list(bottom.get_xticklabels())
+    for text in texts:
+        box = text.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height, text.get_text()
+    assert [t.get_text() for t in bottom.get_xticklabels()] == [
+        "1 liver",
+        "2 spleen",
+        "foreground union of all labels",
+    ]
+    assert [ax.yaxis.label.get_text() for ax in fig.axes] == ["DICE", "HD95 (mm)"]

@@ -27,16 +27,27 @@ def plain(text: object) -> str:
     return " " + out if out.startswith("_") else out
 
 
-def draw(summary: dict, path: Path) -> None:
-    """Box plots of per-case Dice and HD95 per label (null values left out), without pyplot's state."""
+#: the longest tick label drawn whole (longer ones end in an ellipsis)
+MAX_LABEL = 40
+
+
+def tick_label(key: str, name: str | None) -> str:
+    """``"3 kidney_right"`` (the value and its name; the name alone where it is the key), at most
+    :data:`MAX_LABEL` characters."""
+    text = key if not name or name == key else f"{key} {name}"
+    return plain(text if len(text) <= MAX_LABEL else text[: MAX_LABEL - 1] + "\u2026")
+
+
+def figure(summary: dict):  # -> matplotlib.figure.Figure
+    """Box plots of per-case Dice and HD95 per label (null values left out), without pyplot's state;
+    constrained layout, so that the axis titles and the tick labels stay inside the figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     keys = list(summary["mean"])
     names = summary["names"]
-    fig = Figure(figsize=(max(6.0, 0.28 * len(keys) + 2), 7))
+    fig = Figure(figsize=(max(6.0, 0.28 * len(keys) + 2), 7), layout="constrained")
     FigureCanvasAgg(fig)
-    fig.subplots_adjust(left=0.07, right=0.99, top=0.94, bottom=0.22, hspace=0.08)
     axes = fig.subplots(2, 1, sharex=True)
     for ax, metric, unit in ((axes[0], "dice", ""), (axes[1], "hd95", " (mm)")):
         data = [
@@ -46,10 +57,15 @@ def draw(summary: dict, path: Path) -> None:
         ax.boxplot([d if d else [math.nan] for d in data], showfliers=True)
         ax.set_ylabel(metric.upper() + unit)
         ax.grid(axis="y", alpha=0.3)
-    labels = [plain(k if names.get(k, k) == k else f"{k} {names[k]}"[:28]) for k in keys]
+    labels = [tick_label(k, names.get(k)) for k in keys]
     axes[1].set_xticks(range(1, len(keys) + 1), labels, rotation=90, fontsize=7)
     axes[0].set_title(f"per-label distributions over {len(summary['per_case'])} case(s)")
-    fig.savefig(path, dpi=100)
+    return fig
+
+
+def draw(summary: dict, path: Path) -> None:
+    """:func:`figure`, written as a PNG at ``path``."""
+    figure(summary).savefig(path, dpi=100)
 
 
 class Plotter:
