@@ -44,3 +44,21 @@ def test_extras_named_in_help_are_shown_whole(cli):
     shown = _helps(module)
     missing = [n for n in sorted(named) if n not in shown]
     assert not missing, f"{cli} --help lost {missing}"
+
+
+@pytest.mark.parametrize(
+    "cli, command, choices",
+    [
+        ("hiend-model", "predict", ["[nifti|dicom-seg|both]", "[binary|labelmap]"]),
+        ("hiend-data", "preprocess", ["[ct|mri]", "[auto|uint8|int16|float16|float32]"]),
+    ],
+)
+def test_options_with_a_fixed_set_of_values_list_them(cli, command, choices):
+    import importlib
+
+    from typer.testing import CliRunner
+
+    app = importlib.import_module(APPS[cli][0]).app
+    shown = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "400"}).output
+    for c in choices:
+        assert c in shown, c

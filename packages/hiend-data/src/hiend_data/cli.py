@@ -204,12 +204,15 @@ def preprocess(
         None, "--window", metavar="LO HI", help="CT window in HU. Default -175 250."
     ),
     workers: int = typer.Option(1, "--workers", min=0, help="Parallel worker processes (0 = in-process)."),
-    modality: str = typer.Option("ct", "--modality", help="ct (window to [0,1]) or mri (z-score)."),
+    modality: str = typer.Option(
+        "ct", "--modality", metavar="[ct|mri]", help="ct (window to [0,1]) or mri (z-score)."
+    ),
     include_test: bool = typer.Option(False, "--include-test", help="nnU-Net: also imagesTs (unlabelled)."),
     no_crop: bool = typer.Option(False, "--no-crop", help="Keep the whole volume (no foreground crop)."),
     cache_dtype: str = typer.Option(
         "auto",
         "--cache-dtype",
+        metavar="[auto|uint8|int16|float16|float32]",
         help="How the image is stored: auto (CT: uint8 for windows up to 510 HU, else int16; MRI: "
         "float32), uint8, int16, float16 or float32. Crops are float32 [0, 1] whatever it is.",
     ),

@@ -167,12 +167,14 @@ def predict(
     output_format: str = typer.Option(
         "nifti",
         "--format",
+        metavar="[nifti|dicom-seg|both]",
         help="nifti: {case}.nii.gz; dicom-seg: {case}.dcm, a DICOM Segmentation referencing the input "
         "series (DICOM input only; needs hiend-model\\[dicom]); both.",
     ),
     seg_type: str = typer.Option(
         "binary",
         "--seg-type",
+        metavar="[binary|labelmap]",
         help="DICOM-SEG kind: binary (read by every viewer and PACS) or labelmap (DICOM 2024 label-map "
         "SEG, JPEG-LS: for 41 labels 136x smaller and 11x faster to write; newer viewers only).",
     ),
