@@ -531,6 +531,16 @@ def test_seg_written_on_a_series_decodes_back_and_reads_alone(series, key, tmp_p
     # one frame per (slice, segment) holding that segment: 1 -> z//2 - z//3 slices, 2 -> 1, 4 -> 2
     assert int(ds.NumberOfFrames) == (z // 2 - z // 3) + 1 + 2
     assert segment_names(out) == {1: "liver", 2: "spleen", 3: "label 3", 4: "kidney_left"}
+    # SNOMED codes a viewer recognises (a paired organ with its side), and a display colour each
+    types = {int(d.SegmentNumber): d.SegmentedPropertyTypeCodeSequence[0] for d in ds.SegmentSequence}
+    assert {n: (c.CodeValue, c.CodingSchemeDesignator) for n, c in types.items()} == {
+        1: ("10200004", "SCT"),
+        2: ("78961009", "SCT"),
+        3: ("85756007", "SCT"),  # "label 3": Tissue
+        4: ("18639004", "SCT"),  # Left kidney
+    }
+    colours = [tuple(d.RecommendedDisplayCIELabValue) for d in ds.SegmentSequence]
+    assert len(set(colours)) == 4
     assert np.array_equal(decode_on_source(out, headers, vol.affine, vol.shape), labels)
     alone = load_volume(out)
     assert alone.shape[2] == z // 2 + 2 - z // 3  # the span of its frames only

@@ -243,3 +243,25 @@ def test_description_a_long_string_cannot_hold_refused(ct, tmp_path):
             labels_of(vol.shape), vol.affine, series_headers(ct), tmp_path / "s.dcm", description="a\\b"
         )
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "name, code",
+    [
+        ("kidney_right", "9846003"),
+        ("right kidney", "9846003"),
+        ("kidney_left", "18639004"),
+        ("lung_left", "44029006"),
+        ("lungs", "39607008"),
+        ("spine", "421060004"),
+        ("tumour", "85756007"),
+    ],
+)
+def test_segment_codes_name_paired_organs_by_side_and_plurals_by_organ(name, code):
+    from hiend_data.dicom_seg.writer import _category_and_type
+
+    category, kind = _category_and_type(name)
+    assert kind.value == code and kind.scheme_designator == "SCT"
+    assert category.value == (
+        "85756007" if code == "85756007" else "91723000"
+    )  # Tissue | Anatomical structure

@@ -26,8 +26,9 @@ from .io import Volume, as_label, check_same_grid, count_nonfinite, spacing_of
 from .limits import check_volume_bytes
 from .plan import Plan
 
-#: fewer voxels than this along an axis after resampling is refused: nothing to segment, and the
-#: sign of a spacing given in another unit (``--spacing 1500``, micrometres meant)
+#: fewer voxels than this along every axis after resampling is refused: nothing to segment, and the
+#: sign of a spacing given in another unit (``--spacing 1500``, micrometres meant: 1x1x1 voxels); a
+#: thin slab (few voxels along one axis) is fine
 MIN_RESAMPLED_VOXELS = 4
 
 Int3 = tuple[int, int, int]
@@ -108,7 +109,7 @@ def preprocess_case(image: Volume, plan: Plan | None = None, label: Volume | Non
         name,
         f"resampling to {'x'.join(f'{v:g}' for v in plan.spacing)} mm gives",
     )
-    if min(shape2) < MIN_RESAMPLED_VOXELS:  # a spacing in the wrong unit (1500 meant 1.5 mm)
+    if max(shape2) < MIN_RESAMPLED_VOXELS:  # a spacing in the wrong unit (1500 meant 1.5 mm)
         old = "x".join(f"{v:g}" for v in spacing_of(affine1))
         raise InputError(
             f"{name}: resampling its {'x'.join(map(str, shape1))} voxels of {old} mm to "

@@ -55,15 +55,51 @@ def _with_type2(datasets: Sequence[Any]) -> list[Any]:
     return out
 
 
+#: SNOMED CT concepts of paired organs by side, which pydicom's code dictionary does not name
+#: (TotalSegmentator's and the phantoms' ``kidney_left`` ...): (organ, side) -> (code, meaning)
+LATERAL_SCT: dict[tuple[str, str], tuple[str, str]] = {
+    ("kidney", "left"): ("18639004", "Left kidney"),
+    ("kidney", "right"): ("9846003", "Right kidney"),
+    ("lung", "left"): ("44029006", "Left lung"),
+    ("lung", "right"): ("3341006", "Right lung"),
+}
+
+#: segment colours (sRGB), one per segment number in turn: distinct for neighbouring organs
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (221, 130, 101),
+    (157, 108, 162),
+    (185, 102, 83),
+    (255, 187, 97),
+    (241, 214, 145),
+    (116, 196, 213),
+    (144, 238, 144),
+    (255, 99, 71),
+    (30, 144, 255),
+    (255, 215, 0),
+    (186, 85, 211),
+    (0, 206, 209),
+)
+
+
 def _category_and_type(name: str) -> tuple[Any, Any]:
-    """SNOMED CT codes for a label name pydicom knows (``"liver"``, ``"spleen"``, ``"left kidney"``,
-    ``"kidney_left"``, ...): (Anatomical Structure, the organ); otherwise (Tissue, Tissue)."""
+    """SNOMED CT codes for a label name: (Anatomical Structure, the organ) for a name pydicom knows
+    (``"liver"``, ``"spleen"``, ``"lungs"`` as Lung) and for a paired organ with its side
+    (``"kidney_left"``, ``"left kidney"``, ``"lung_right"``: :data:`LATERAL_SCT`); otherwise
+    (Tissue, Tissue)."""
+    import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    words = name.replace("_", " ").replace("-", " ").split()
+    words = [w.lower() for w in name.replace("_", " ").replace("-", " ").split()]
+    sides = [w for w in words if w in ("left", "right")]
+    organ = [w for w in words if w not in ("left", "right")]
+    if len(sides) == 1 and len(organ) == 1:
+        base = organ[0].removesuffix("s")
+        if (base, sides[0]) in LATERAL_SCT:
+            value, meaning = LATERAL_SCT[(base, sides[0])]
+            return codes.SCT.AnatomicalStructure, hd.sr.CodedConcept(value, "SCT", meaning)
     candidates = ["".join(w.capitalize() for w in words)]
-    if len(words) == 2 and words[1].lower() in ("left", "right"):  # kidney_left -> LeftKidney
-        candidates.append(words[1].capitalize() + words[0].capitalize())
+    if words and words[-1].endswith("s"):  # lungs -> Lung
+        candidates.append("".join(w.capitalize() for w in [*words[:-1], words[-1][:-1]]))
     for key in candidates:
         try:
             code = getattr(codes.SCT, key)
@@ -71,6 +107,13 @@ def _category_and_type(name: str) -> tuple[Any, Any]:
             continue
         return codes.SCT.AnatomicalStructure, code
     return codes.SCT.Tissue, codes.SCT.Tissue
+
+
+def display_colour(number: int) -> Any:
+    """The segment's RecommendedDisplayCIELabValue (highdicom ``CIELabColor``) from :data:`PALETTE`."""
+    import highdicom as hd
+
+    return hd.color.CIELabColor.from_rgb(*PALETTE[(number - 1) % len(PALETTE)])
 
 
 def write_seg(
@@ -149,6 +192,7 @@ def write_seg(
                 segmented_property_type=kind,
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
                 algorithm_identification=algo,
+                display_color=display_colour(number),
             )
         )
     first = datasets[0]
