@@ -137,6 +137,18 @@ def test_folder_recursive_with_channels_and_collisions(tmp_path):
     assert all(c.label is None for c in cases)
 
 
+def test_label_maps_beside_their_scans_are_not_taken_as_scans(tmp_path, capsys):
+    """A folder such as ../shared/data/ct (``x.nii.gz`` + ``x_seg.nii.gz``): preprocess took the label
+    map as one more CT case."""
+    for name in ("a.nii.gz", "a_seg.nii.gz", "b.nii", "b_Label.nii", "c_mask.nii.gz", "seg.nii.gz"):
+        _touch(tmp_path / name)
+    cases = discover(tmp_path)
+    assert sorted(c.case_id for c in cases) == ["a", "b", "seg"]  # a name that only is "seg" stays a scan
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "left out 3 label map(s) by name" in err[0] and "a_seg.nii.gz" in err[0]
+    assert sorted(c.name for c in collect_cases([tmp_path])) == ["a", "b", "seg"]  # predict: the same rule
+
+
 def test_empty_folder(tmp_path):
     with pytest.raises(InputError, match="no NIfTI cases"):
         discover(tmp_path)

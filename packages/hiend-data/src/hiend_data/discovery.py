@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, shown
 from .jsonfile import read_json
 from .naming import (
     IMAGE_SUFFIXES,
@@ -261,6 +262,15 @@ def folder_scans(root: str | os.PathLike[str], recursive: bool = True) -> list[C
     else:
         candidates = (p for p in root.iterdir() if not p.name.startswith("."))
     files = sorted(p for p in candidates if p.is_file() and is_image(p))
+    maps = [p for p in files if looks_like_label_map(p)]
+    if maps:
+        files = [p for p in files if p not in maps]
+        shown_names = ", ".join(p.name for p in maps[:3]) + (", ..." if len(maps) > 3 else "")
+        print(
+            f"warning: {shown(str(root))}: left out {len(maps)} label map(s) by name ({shown(shown_names)}); "
+            "a labelled dataset goes in nnU-Net layout (imagesTr/ + labelsTr/) or a manifest with its labels",
+            file=sys.stderr,
+        )
     groups = group_channels(files)  # gaps in a channel set raise InputError naming the missing file
     keys = [(g.files[0].parent.relative_to(root), g.name) for g in groups]
     sources = [g.files for g in groups]
@@ -269,6 +279,17 @@ def folder_scans(root: str | os.PathLike[str], recursive: bool = True) -> list[C
         sources.append((folder,))
     ids = unique_ids(keys, root)
     return [ChannelGroup(i, f) for i, f in zip(ids, sources, strict=True)]
+
+
+#: name endings of label maps kept beside their scans (``ct_seg.nii.gz``, TotalSegmentator's and
+#: many exports' convention): never taken as scans by :func:`folder_scans`
+LABEL_MAP_ENDINGS = ("_seg", "_segmentation", "_label", "_labels", "_mask")
+
+
+def looks_like_label_map(path: Path) -> bool:
+    """Is ``path`` named like a label map (``x_seg.nii.gz``, ``x_label.nii``, ... :data:`LABEL_MAP_ENDINGS`)?"""
+    stem = strip_suffix(path.name)
+    return stem is not None and stem.lower().endswith(LABEL_MAP_ENDINGS)
 
 
 def _from_folder(root: Path) -> list[Case]:
