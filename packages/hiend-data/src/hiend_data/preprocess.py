@@ -14,18 +14,22 @@ where ``save_volume(path, out, like=original)`` lands it on the input's own grid
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from . import geometry as geo
-from .errors import InputError
+from .errors import InputError, shown
 from .intensity import ct_window, zscore
 from .io import Volume, as_label, check_same_grid, count_nonfinite, spacing_of
 from .limits import check_volume_bytes
 from .plan import Plan
 
+#: a CT scan holds air (-1000 HU) around the body; a scan whose lowest value is above this is
+#: probably not CT (MR intensities start at 0): warned about, since the CT window saturates it
+NOT_CT_ABOVE = -500.0
 #: fewer voxels than this along every axis after resampling is refused: nothing to segment, and the
 #: sign of a spacing given in another unit (``--spacing 1500``, micrometres meant: 1x1x1 voxels); a
 #: thin slab (few voxels along one axis) is fine
@@ -126,6 +130,13 @@ def preprocess_case(image: Volume, plan: Plan | None = None, label: Volume | Non
     stats: list[tuple[float, float]] = []
     raw_nonzero = (img != 0).any(axis=0) if plan.modality == "mri" else None  # MRI background is 0
     if plan.modality == "ct":
+        low = float(img.min()) if img.size else 0.0
+        if low > NOT_CT_ABOVE:  # never air: an MR scan (or a PET, a mask) taken for CT
+            print(
+                f"warning: {shown(name)}: no voxel below {NOT_CT_ABOVE:g} (air in CT is -1000 HU; its "
+                f"lowest is {low:g}): windowed as CT; an MR scan needs --modality mri (z-score)",
+                file=sys.stderr,
+            )
         img = ct_window(img, plan.window, inplace=True)
         fg = (img > 0).any(axis=0)
     else:
