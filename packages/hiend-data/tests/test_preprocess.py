@@ -312,6 +312,8 @@ def test_a_scan_that_never_reaches_air_is_warned_about_as_not_ct(capsys):
     err = capsys.readouterr().err
     assert "no voxel below -500" in err and "--modality mri" in err
     preprocess_case(mr, Plan(spacing=(3.0, 3.0, 3.0), modality="mri"))
-    ct = Volume(np.where(rng.random((24, 24, 16)) < 0.3, -1000, 40).astype(np.float32), np.diag([1.5, 1.5, 3.0, 1.0]))
+    ct = Volume(
+        np.where(rng.random((24, 24, 16)) < 0.3, -1000, 40).astype(np.float32), np.diag([1.5, 1.5, 3.0, 1.0])
+    )
     preprocess_case(ct, Plan(spacing=(3.0, 3.0, 3.0)))
     assert capsys.readouterr().err == ""  # MR as MR, and CT with air: nothing to say
