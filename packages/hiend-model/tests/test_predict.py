@@ -199,3 +199,23 @@ def test_predictor_from_checkpoints_loads_onto_the_settings_device(unetr_ckpt: P
     assert len(predictor.members) == 2 and predictor.settings == WindowSettings()
     assert {p.device.type for m in predictor.members for p in m.parameters()} == {"cpu"}
     assert predictor.in_chans == 1
+
+
+def test_a_batch_log_gets_a_line_per_scan_with_timings(
+    tmp_path: Path, shared_data: Path, unetr_ckpt: Path, capsys
+):
+    """stderr not a terminal (a batch job's log): the bar drew nothing until the end; now each written
+    scan is one line with its stages' seconds and the ETA; with progress off, nothing."""
+    import re
+
+    (tmp_path / "a").mkdir()  # the same scan twice: two cases
+    os.symlink(shared_data / BODY, tmp_path / "a" / "one.nii.gz")
+    os.symlink(shared_data / BODY, tmp_path / "a" / "two.nii.gz")
+    predict_files(unetr_ckpt, [tmp_path / "a"], tmp_path / "out", progress=True, sw_batch_size=4)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2, lines
+    pattern = r"\[(\d)/2\] (one|two): done in [\d.]+ s \(read [\d.]+ s, model [\d.]+ s, write [\d.]+ s\)"
+    assert re.match(pattern + r"; about \d+ s left$", lines[0]) and lines[0].startswith("[1/2] one")
+    assert re.match(pattern + "$", lines[1]) and lines[1].startswith("[2/2] two")
+    predict_files(unetr_ckpt, [tmp_path / "a"], tmp_path / "out2", progress=False, sw_batch_size=4)
+    assert capsys.readouterr().err == ""

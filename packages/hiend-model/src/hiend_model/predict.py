@@ -19,6 +19,7 @@ device, autocast, progress) is one :class:`~hiend_model.window.WindowSettings`, 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -27,11 +28,18 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from hiend_data import load_volume, preprocess_case, restore_label
 from hiend_data.discovery import collect_cases
-from hiend_data.errors import InputError, markup
+from hiend_data.errors import InputError, markup, shown
 from hiend_data.io import check_oriented
 from hiend_data.naming import (
     ChannelGroup,
@@ -266,14 +274,55 @@ def _window_settings(settings: WindowSettings | None, **given: Any) -> WindowSet
 
 
 def _progress_bar(show: bool) -> Progress:
+    """The bar on a terminal (a scan's windows, elapsed time and ETA); disabled elsewhere: a batch log
+    gets :class:`_LogLines` instead."""
+    console = Console(stderr=True)
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=Console(stderr=True),
-        disable=not show,
+        TimeRemainingColumn(),
+        console=console,
+        disable=not (show and console.is_terminal),
     )
+
+
+class _LogLines:
+    """Progress where stderr is not a terminal (a batch job's log): one line when a scan is written,
+    with its stages' seconds and the ETA of the rest from the mean so far. (No line when a scan
+    starts: a scan refused while it is read stays one line on stderr, the error.)"""
+
+    def __init__(self, show: bool, total: int) -> None:
+        import time
+
+        self.show = show and not Console(stderr=True).is_terminal
+        self.total = total
+        self.clock = time.perf_counter
+        self.t0 = self.clock()
+        self.stages: dict[str, float] = {}
+        self.last = self.t0
+
+    def start(self) -> None:
+        self.stages, self.last = {}, self.clock()
+
+    def stage(self, name: str) -> None:
+        now = self.clock()
+        self.stages[name] = self.stages.get(name, 0.0) + now - self.last
+        self.last = now
+
+    def done(self, i: int, name: str) -> None:
+        if not self.show:
+            return
+        spent = sum(self.stages.values())
+        parts = ", ".join(f"{k} {v:.1f} s" for k, v in self.stages.items())
+        left = (self.clock() - self.t0) / i * (self.total - i)
+        eta = f"; about {left:.0f} s left" if i < self.total else ""
+        print(
+            f"[{i}/{self.total}] {shown(name)}: done in {spent:.1f} s ({parts}){eta}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def predict_files(
@@ -354,22 +403,29 @@ def predict_files(
 
     what = f" ({len(predictor.members)} models)" if len(predictor.members) > 1 else ""
     written: list[Path] = []
+    lines = _LogLines(progress, len(cases))
     with _progress_bar(progress) as bar:
         for i, case in enumerate(cases, 1):
             label = f"[{i}/{len(cases)}] {markup(case.name)}"  # a file's name, shown as written
             task = bar.add_task(f"{label}: reading", total=None)
+            lines.start()
 
             def step(done: int, total: int, task=task, label=label) -> None:
                 bar.update(task, description=f"{label}: windows{what}", completed=done, total=total)
 
             volume = load_volume(list(case.files), series=series or None)
+            lines.stage("read")
             bar.update(task, description=f"{label}: preprocessing")
             labels_map = predictor.predict(volume, progress=step if progress else None)
+            lines.stage("model")
             if largest or min_component > 0:
                 bar.update(task, description=f"{label}: connected components")
                 labels_map = clean_components(labels_map, largest, min_component)
+                lines.stage("components")
             bar.update(task, description=f"{label}: writing")
             written += writer.write(case.name, case.files[0], labels_map, volume)
+            lines.stage("write")
             bar.update(task, description=f"{label}: done")
+            lines.done(i, case.name)
             del volume, labels_map
     return written
