@@ -56,6 +56,9 @@ def test_finetuning_loss_falls_and_dice_rises(tiny, cache6):
     assert info.extra["hiend_train"]["score"] == pytest.approx(max(r["val_dice"] for r in vals))
     assert best.config.num_classes == 7 and info.plan.crop_size == (32, 32, 32)
     assert result.fit.best == info.extra["hiend_train"]["score"]
+    assert info.extra["augment"] == {
+        "flip_axes": [1, 2]
+    }  # the flips it trained with (its sampler), for --tta
 
 
 def test_finetuning_starts_from_the_pretrained_encoder(tiny, tmp_path):

@@ -55,7 +55,7 @@ from .inference import argmax_labels, label_dtype, sliding_window_logits
 from .outputs import OutputWriter, check_case_outputs, check_formats, check_output_folder, segment_names
 from .postprocess import check_min_component, clean_components, keep_largest_classes, parse_keep_largest
 from .window import Progress as WindowProgress
-from .window import WindowSettings
+from .window import WindowSettings, flips_over, trained_flip_axes
 
 __all__ = [
     "Predictor",
@@ -325,6 +325,30 @@ class _LogLines:
         )
 
 
+def _trained_flips(settings: WindowSettings, infos: Sequence[Any]) -> WindowSettings:
+    """``--tta`` (all 8 flips asked for) restricted to the flips the models were trained with
+    (:func:`hiend_model.window.trained_flip_axes`), with a note on stderr saying which; explicit flip
+    lists and checkpoints that do not say are left as they are."""
+    if settings.tta is not True:
+        return settings
+    axes = trained_flip_axes([info.extra for info in infos])
+    if axes is None or len(axes) == 3:
+        return settings
+    flips = flips_over(axes)
+    if len(flips) == 1:
+        print(
+            "note: --tta: the model was trained without flips; predicting without test-time flips",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"note: --tta: averaging the {len(flips)} flips of axes {list(axes)}, the ones the model was "
+            "trained with (a flip it never saw would mirror paired organs)",
+            file=sys.stderr,
+        )
+    return replace(settings, tta=flips if len(flips) > 1 else False)
+
+
 def predict_files(
     ckpt_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     inputs: Sequence[str | os.PathLike[str]],
@@ -387,6 +411,7 @@ def predict_files(
     # load the models: every checkpoint's metadata checked before any weights are read
     infos = [read_checkpoint_info(p, expected_kind="unetr") for p in paths]
     check_ensemble(infos)
+    settings = _trained_flips(settings, infos)
     num_classes = int(infos[0].config.get("num_classes", 2))
     check_num_classes(infos[0].path, num_classes)
     largest = _keep_largest(keep_largest, num_classes)

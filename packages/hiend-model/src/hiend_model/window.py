@@ -20,7 +20,7 @@ from typing import Any
 
 from hiend_data.errors import InputError
 
-__all__ = ["FLIPS_ALL", "Progress", "WindowSettings", "flip_set"]
+__all__ = ["FLIPS_ALL", "Progress", "WindowSettings", "flip_set", "flips_over", "trained_flip_axes"]
 
 #: The eight axis-flip combinations of a 3-D volume (spatial axes 0, 1, 2), identity first.
 FLIPS_ALL: tuple[tuple[int, ...], ...] = tuple(
@@ -29,6 +29,29 @@ FLIPS_ALL: tuple[tuple[int, ...], ...] = tuple(
 
 #: ``progress(windows_done, windows_total)``, called after each model call
 Progress = Callable[[int, int], None]
+
+
+def flips_over(axes: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+    """Every flip combination of ``axes`` (identity first): ``(1, 2)`` -> ``((), (1,), (2,), (1, 2))``."""
+    import itertools
+
+    axes = sorted(set(int(a) for a in axes))
+    return tuple(c for n in range(len(axes) + 1) for c in itertools.combinations(axes, n))
+
+
+def trained_flip_axes(extras: Sequence[Any]) -> tuple[int, ...] | None:
+    """The flip axes every model of an ensemble was trained with (``extra.augment.flip_axes`` of each
+    checkpoint, which hiend-train's fine-tuning writes), or None when a checkpoint does not say (the
+    paper's, older ones): test-time flips should stay among them, or a model trained without
+    left/right flips sees a mirrored body (its "left kidney" on the right)."""
+    common: set[int] | None = None
+    for extra in extras:
+        augment = extra.get("augment") if isinstance(extra, dict) else None
+        if not isinstance(augment, dict) or not isinstance(augment.get("flip_axes"), list):
+            return None
+        axes = {int(a) for a in augment["flip_axes"] if a in (0, 1, 2)}
+        common = axes if common is None else common & axes
+    return tuple(sorted(common)) if common is not None else None
 
 
 def flip_set(tta: bool | Sequence[Sequence[int]] | None) -> tuple[tuple[int, ...], ...]:

@@ -266,6 +266,8 @@ def build_task(ctx: Context) -> Task:
         on_epoch_end=on_epoch_end,
         extra={
             "init": str(cfg.init) if cfg.init else None,
+            # the flips the model saw (array axes of the plan's orientation): predict's --tta uses these
+            "augment": {"flip_axes": list(sampler_cfg.flip_axes) if sampler_cfg.flip_prob > 0 else []},
             "class_weights": None if weights is None else [round(float(w), 6) for w in weights],
             **({"labels": label_names_to_json(names)} if names else {}),
         },
