@@ -119,8 +119,14 @@ def test_ctrl_c_inside_a_checkpoint_write_lands_after_the_whole_save(tiny, tmp_p
 
     monkeypatch.setattr(checkpointing, "_torch_save", torch_save)
     cfg = tiny("pretrain", out=tmp_path / "run", epochs=3, save_every_steps=2)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain.run(cfg)
+    previous = signal.signal(
+        signal.SIGINT, signal.default_int_handler
+    )  # Python's Ctrl-C, whatever ran before
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pretrain.run(cfg)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     run = RunDir(cfg.out)
     state = torch.load(run.state_path, weights_only=True)
     assert state["step"] == 2 and saved_at(run.last)["step"] == 2  # the pair of the interrupted save
