@@ -8,7 +8,8 @@ Dice on held-out cases is the score.
    ``cases`` fitting and ``val_cases`` held-out cases of a labelled cache, chosen by a seeded
    permutation of the case names; crop centres are class-balanced (each organ as often as the others;
    3 organ-centred crops for 1 background one) with no augmentation, drawn from a fixed key of the
-   sampler's streams: the same crops at every probe of a run.
+   sampler's streams: the same crops at every probe of a run (and, inside pre-training, for every run
+   on the same labelled cache: :func:`hiend_train.probing.probe_settings`).
 2. **Features** (:func:`token_features`): the encoder runs on every crop in eval mode without
    gradients (no copy of its weights is made: nothing of it changes, and the training mode is put
    back). Each probed layer gives tokens ``[N, L, D]`` (class token left out): the outputs of the
@@ -19,8 +20,8 @@ Dice on held-out cases is the score.
    token: what the head knows of a voxel comes from its patch's token only. It is fitted in closed
    form (class-weighted ridge regression onto the voxels' one-hot classes, in float64): no learning
    rate, no steps, no random number, so the probe is a function of the encoder's weights. (A head
-   trained by Adam on soft Dice + cross-entropy scored 0.03 to 0.04 higher on the tiny phantoms, the
-   same for every encoder, at 400 times the cost: 130 s against 0.3 s.)
+   trained by Adam on soft Dice + cross-entropy for 150 full-batch steps scored 0.03 and 0.04 higher
+   on the two encoders compared on the tiny phantoms, at a few hundred times the cost.)
 4. **Score** (:func:`run_probe`): argmax per voxel on the held-out crops; Dice per organ pooled over
    all of them (:func:`hiend_train.losses.dice_counts`); an organ absent from both prediction and
    reference is not scored. A layer's ``mean`` is the mean over scored organs. The probe's headline
