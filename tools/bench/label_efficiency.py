@@ -50,6 +50,10 @@ from pathlib import Path
 
 import tomllib
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the demo's real slab, its reference folded onto the phantom labels, and predict's clean-up: one home
+from demo import CLEAN, REAL_SLAB, fold_reference  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_CT = ROOT.parent / "shared" / "data" / "ct"
 BIN = Path(sys.executable).parent
@@ -57,8 +61,7 @@ ARMS = ("hiend", "mae", "scratch")
 #: fine-tuning modes: every weight (the paper's downstream recipe), MAE's layer-wise lr decay 0.75 (the
 #: ViT-L fine-tuning recipe of He et al.; the paper uses none), and a frozen encoder (the features alone)
 MODES = {"full": [], "ld": ["--layer-decay", "0.75"], "frozen": ["--freeze-encoder"]}
-#: the real slab of ../shared (never trained on) and its TotalSegmentator map, folded onto the labels
-REAL_SLAB = SHARED_CT / "body_ct_3mm_ras_30slices"
+
 ORGANS = {"1": "liver", "2": "spleen", "3": "kidney_right", "4": "kidney_left", "5": "spine", "6": "lungs"}
 
 
@@ -116,8 +119,7 @@ CROP = 32
 #: the demo's fine-tuning recipe, one TOML file shared by tools/demo.py and
 #: tools/bench/label_efficiency.py (its comments say why each setting): hiend-train's CONFIG argument
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "demo_finetune.toml"
-#: predict's connected-component clean-up, as the demo (tools/demo.py)
-CLEAN = ["--keep-largest", "1,2,3,4", "--min-component", "0.1"]
+
 FINETUNE = [str(RECIPE)]
 #: the one pre-training recipe both decoders get
 PRETRAIN = ["--num-samples", "4", "--lr", "1.5e-3", "--val-fraction", "0.1", "--preview-every", "0"]
@@ -347,12 +349,9 @@ def real_slab(run: Path, lab_raw: Path, sh: Runner) -> dict | None:
         return None
     ref = run.parent / "real_ref"
     if not (ref / image.name).exists():
-        from hiend_data import load_volume, save_volume
-        from hiend_data.phantom.totalseg import fold_totalsegmentator
-
-        seg = load_volume(Path(f"{REAL_SLAB}_seg.nii.gz"))
-        names = json.loads(Path(f"{REAL_SLAB}_seg_labels.json").read_text())["labels_present_in_example_seg"]
-        save_volume(ref / image.name, fold_totalsegmentator(seg.array, names), like=seg)
+        fold_reference(
+            Path(f"{REAL_SLAB}_seg.nii.gz"), Path(f"{REAL_SLAB}_seg_labels.json"), ref / image.name
+        )
     sh(
         "hiend-model",
         "predict",
